@@ -1,0 +1,538 @@
+//! Threads that run tasks: the event threads and the worker pool.
+//!
+//! Both are a [`Group`] of threads that take [`Runnable`]s from queues and run
+//! them, each thread publishing its polls in its own [`Slot`] for the
+//! watchdog. The groups differ only in their queues:
+//!
+//! * **Event threads** (Node's event loop) poll async tasks. Each has a FIFO
+//!   local deque that the others can steal from, and a shared injector takes
+//!   tasks spawned or woken from outside. A hijacked thread's local tasks
+//!   stay stealable, so they are never stuck behind the poisoned poll.
+//! * **The worker pool** (Node's worker pool) runs blocking jobs from one
+//!   bounded injector. A job is a task that completes in its first poll.
+//!
+//! The hot path is [`WorkerCtx::run`]: pop, run, check the slot. Parking
+//! follows the usual protocol: a thread registers as a sleeper, re-checks the
+//! queues, then parks; a producer pushes, fences, then wakes a sleeper only
+//! if there is one, so a busy runtime never takes the sleepers' lock.
+
+use std::cell::Cell;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+
+use arc_swap::ArcSwap;
+use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+
+use crate::context;
+use crate::error::Location;
+use crate::runtime::Shared;
+use crate::slot::{HIJACKED, SlotState, tag};
+use crate::task::Header;
+
+/// A task ready to be polled.
+pub(crate) type Runnable = async_task::Runnable<Header>;
+
+/// Which group a thread belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GroupId {
+    Event,
+    Blocking,
+}
+
+impl GroupId {
+    pub(crate) fn location(self) -> Location {
+        match self {
+            GroupId::Event => Location::EventThread,
+            GroupId::Blocking => Location::WorkerPool,
+        }
+    }
+}
+
+/// One monitored thread, as the rest of the runtime sees it.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) id: usize,
+    /// The protocol word shared with the watchdog.
+    pub(crate) state: SlotState<Header>,
+    /// The poll sequence number the watchdog found over its time slice.
+    pub(crate) slice_expired: AtomicU32,
+    /// Lets other event threads steal this thread's local tasks.
+    pub(crate) stealer: Option<Stealer<Runnable>>,
+    thread: Thread,
+    /// Set by a producer that woke this thread from its park.
+    notified: AtomicBool,
+    // Owner-written counters (a plain load and store each, no contention).
+    polls: AtomicU64,
+    completed: AtomicU64,
+    panicked: AtomicU64,
+    // Watchdog-private observation of the state word.
+    pub(crate) seen_word: AtomicU64,
+    pub(crate) seen_at_ns: AtomicU64,
+    pub(crate) deferred: AtomicBool,
+}
+
+#[inline]
+fn bump(counter: &AtomicU64) {
+    // Only the owner thread writes: no read-modify-write needed.
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+impl Slot {
+    #[inline]
+    pub(crate) fn count_poll(&self) {
+        bump(&self.polls);
+    }
+
+    pub(crate) fn count_finished(&self, panicked: bool) {
+        bump(if panicked {
+            &self.panicked
+        } else {
+            &self.completed
+        });
+    }
+}
+
+/// Totals folded in from threads that have exited.
+#[derive(Debug, Default)]
+struct Retired {
+    polls: AtomicU64,
+    completed: AtomicU64,
+    panicked: AtomicU64,
+}
+
+/// Counts a group reports in [`crate::metrics`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct GroupCounts {
+    pub(crate) polls: u64,
+    pub(crate) completed: u64,
+    pub(crate) panicked: u64,
+    pub(crate) queue_depth: usize,
+}
+
+/// A set of threads sharing queues, a target size and a hijack cap.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) id: GroupId,
+    /// Healthy threads to keep.
+    pub(crate) target: usize,
+    /// Most threads that may be hijacked (abandoned) at once.
+    pub(crate) max_hijacked: usize,
+    /// Maximum queued tasks (the worker pool's bound); `usize::MAX` for none.
+    pub(crate) capacity: usize,
+    pub(crate) injector: Injector<Runnable>,
+    pub(crate) queued: AtomicUsize,
+    /// Every live thread's slot, healthy or hijacked.
+    pub(crate) slots: ArcSwap<Vec<Arc<Slot>>>,
+    slots_lock: Mutex<()>,
+    sleepers: Mutex<Vec<Arc<Slot>>>,
+    num_sleeping: AtomicUsize,
+    next_id: AtomicUsize,
+    /// Threads that are not hijacked. Changed only by thread start-up,
+    /// a hijack (watchdog) and a healthy thread's exit.
+    pub(crate) healthy: AtomicUsize,
+    /// Threads alive, hijacked or not.
+    pub(crate) alive: AtomicUsize,
+    pub(crate) hijacked_now: AtomicUsize,
+    pub(crate) hijacked_total: AtomicU64,
+    pub(crate) deferred_total: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) spawned: AtomicU64,
+    retired: Retired,
+}
+
+impl Group {
+    pub(crate) fn new(id: GroupId, target: usize, max_hijacked: usize, capacity: usize) -> Self {
+        Self {
+            id,
+            target,
+            max_hijacked,
+            capacity,
+            injector: Injector::new(),
+            queued: AtomicUsize::new(0),
+            slots: ArcSwap::from_pointee(Vec::new()),
+            slots_lock: Mutex::new(()),
+            sleepers: Mutex::new(Vec::new()),
+            num_sleeping: AtomicUsize::new(0),
+            next_id: AtomicUsize::new(0),
+            healthy: AtomicUsize::new(0),
+            alive: AtomicUsize::new(0),
+            hijacked_now: AtomicUsize::new(0),
+            hijacked_total: AtomicU64::new(0),
+            deferred_total: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            spawned: AtomicU64::new(0),
+            retired: Retired::default(),
+        }
+    }
+
+    fn register(&self, slot: Arc<Slot>) {
+        let _g = self.slots_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = Vec::clone(&self.slots.load());
+        v.push(slot);
+        self.slots.store(Arc::new(v));
+    }
+
+    fn deregister(&self, slot: &Arc<Slot>) {
+        {
+            let _g = self.slots_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v = Vec::clone(&self.slots.load());
+            v.retain(|s| !Arc::ptr_eq(s, slot));
+            self.slots.store(Arc::new(v));
+        }
+        self.retired
+            .polls
+            .fetch_add(slot.polls.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.retired
+            .completed
+            .fetch_add(slot.completed.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.retired
+            .panicked
+            .fetch_add(slot.panicked.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    pub(crate) fn counts(&self) -> GroupCounts {
+        let mut c = GroupCounts {
+            polls: self.retired.polls.load(Ordering::Relaxed),
+            completed: self.retired.completed.load(Ordering::Relaxed),
+            panicked: self.retired.panicked.load(Ordering::Relaxed),
+            queue_depth: self.injector.len(),
+        };
+        for s in self.slots.load().iter() {
+            c.polls += s.polls.load(Ordering::Relaxed);
+            c.completed += s.completed.load(Ordering::Relaxed);
+            c.panicked += s.panicked.load(Ordering::Relaxed);
+            c.queue_depth += s.stealer.as_ref().map_or(0, Stealer::len);
+        }
+        c
+    }
+
+    /// Queues a runnable from a thread that is not one of this group's.
+    pub(crate) fn push_remote(&self, r: Runnable) {
+        self.injector.push(r);
+        self.notify();
+    }
+
+    /// Wakes one parked thread, if any thread is parked. Cost when none is:
+    /// one fence and one load.
+    #[inline]
+    pub(crate) fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.num_sleeping.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        self.notify_slow();
+    }
+
+    #[cold]
+    fn notify_slow(&self) {
+        let woken = {
+            let mut sleepers = self.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            let s = sleepers.pop();
+            self.num_sleeping.store(sleepers.len(), Ordering::SeqCst);
+            s
+        };
+        if let Some(s) = woken {
+            s.notified.store(true, Ordering::Release);
+            s.thread.unpark();
+        }
+    }
+
+    /// Wakes every parked thread (shutdown).
+    pub(crate) fn notify_all(&self) {
+        let all = {
+            let mut sleepers = self.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            self.num_sleeping.store(0, Ordering::SeqCst);
+            std::mem::take(&mut *sleepers)
+        };
+        for s in all {
+            s.notified.store(true, Ordering::Release);
+            s.thread.unpark();
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.injector.is_empty()
+            || self
+                .slots
+                .load()
+                .iter()
+                .any(|s| s.stealer.as_ref().is_some_and(|st| !st.is_empty()))
+    }
+
+    /// Drops every queued task (shutdown): their handles resolve as
+    /// cancelled.
+    pub(crate) fn drain(&self) {
+        loop {
+            match self.injector.steal() {
+                Steal::Success(r) => drop(r),
+                Steal::Retry => continue,
+                Steal::Empty => break,
+            }
+        }
+    }
+}
+
+/// Starts one more thread in `group`.
+pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()> {
+    let group = shared.group(gid);
+    let id = group.next_id.fetch_add(1, Ordering::Relaxed);
+    let local = (gid == GroupId::Event).then(Worker::new_fifo);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Slot>>(1);
+    let name = match gid {
+        GroupId::Event => format!("{}-{id}", shared.config.thread_name),
+        GroupId::Blocking => format!("{}-blocking-{id}", shared.config.thread_name),
+    };
+    let stealer = local.as_ref().map(Worker::stealer);
+    let shared2 = shared.clone();
+    group.alive.fetch_add(1, Ordering::SeqCst);
+    group.healthy.fetch_add(1, Ordering::SeqCst);
+    let spawned = std::thread::Builder::new()
+        .name(name)
+        .stack_size(shared.config.thread_stack_size)
+        .spawn(move || {
+            let slot = Arc::new(Slot {
+                id,
+                state: SlotState::new(),
+                slice_expired: AtomicU32::new(u32::MAX),
+                stealer,
+                thread: std::thread::current(),
+                notified: AtomicBool::new(false),
+                polls: AtomicU64::new(0),
+                completed: AtomicU64::new(0),
+                panicked: AtomicU64::new(0),
+                seen_word: AtomicU64::new(u64::MAX),
+                seen_at_ns: AtomicU64::new(0),
+                deferred: AtomicBool::new(false),
+            });
+            shared2.group(gid).register(slot.clone());
+            let _ = tx.send(slot.clone());
+            WorkerCtx {
+                shared: shared2,
+                gid,
+                slot,
+                local,
+                seq: Cell::new(0),
+                tick: Cell::new(0),
+            }
+            .main();
+        });
+    match spawned {
+        Ok(_) => {
+            // Wait until the slot is registered, so that a runtime is fully
+            // visible to the watchdog and to stealers once `build` returns.
+            let _ = rx.recv();
+            Ok(())
+        }
+        Err(e) => {
+            group.alive.fetch_sub(1, Ordering::SeqCst);
+            group.healthy.fetch_sub(1, Ordering::SeqCst);
+            Err(e)
+        }
+    }
+}
+
+/// The state of one worker loop, owned by its thread.
+pub(crate) struct WorkerCtx {
+    shared: Arc<Shared>,
+    gid: GroupId,
+    pub(crate) slot: Arc<Slot>,
+    local: Option<Worker<Runnable>>,
+    seq: Cell<u32>,
+    tick: Cell<u32>,
+}
+
+/// How many rounds a thread looks for work before it parks.
+const SPIN_ROUNDS: u32 = 32;
+
+impl WorkerCtx {
+    #[inline]
+    pub(crate) fn next_seq(&self) -> u32 {
+        let s = self.seq.get().wrapping_add(1);
+        self.seq.set(s);
+        s
+    }
+
+    pub(crate) fn seq(&self) -> u32 {
+        self.seq.get()
+    }
+
+    /// Pushes a task woken or spawned on this thread, if it belongs to
+    /// this thread's runtime and group. Gives the task back otherwise.
+    #[inline]
+    pub(crate) fn push_local(&self, shared: &Shared, r: Runnable) -> Result<(), Runnable> {
+        match &self.local {
+            Some(local) if std::ptr::eq(&*self.shared, shared) => {
+                local.push(r);
+                Ok(())
+            }
+            _ => Err(r),
+        }
+    }
+
+    fn group(&self) -> &Group {
+        self.shared.group(self.gid)
+    }
+
+    fn main(self) {
+        let _tokio = self.shared.tokio.enter();
+        let _runtime =
+            context::enter_runtime(crate::runtime::Handle::from_shared(self.shared.clone()));
+        let worker = context::enter_worker(&self);
+        let hijacked = self.run();
+        drop(worker);
+        self.retire(hijacked);
+    }
+
+    /// The worker loop. Returns whether the thread was hijacked.
+    fn run(&self) -> bool {
+        let group = self.group();
+        loop {
+            if self.shared.is_shutdown() {
+                return false;
+            }
+            match self.find_task(group) {
+                Some(r) => {
+                    r.run();
+                    if tag(self.slot.state.load()) == HIJACKED {
+                        return true;
+                    }
+                }
+                None => self.park(group),
+            }
+        }
+    }
+
+    fn find_task(&self, group: &Group) -> Option<Runnable> {
+        let found = match &self.local {
+            Some(local) => {
+                // Check the injector first now and then, so that tasks from
+                // outside are not starved by a busy local queue.
+                let tick = self.tick.get().wrapping_add(1);
+                self.tick.set(tick);
+                let from_injector = || loop {
+                    match group.injector.steal_batch_and_pop(local) {
+                        Steal::Success(r) => break Some(r),
+                        Steal::Retry => continue,
+                        Steal::Empty => break None,
+                    }
+                };
+                if tick % 61 == 0 {
+                    from_injector().or_else(|| local.pop())
+                } else {
+                    local.pop().or_else(|| {
+                        let r = from_injector().or_else(|| self.steal(group, local));
+                        if r.is_some() && !local.is_empty() {
+                            // We took a batch: wake a sleeper to share it.
+                            group.notify();
+                        }
+                        r
+                    })
+                }
+            }
+            None => loop {
+                match group.injector.steal() {
+                    Steal::Success(r) => break Some(r),
+                    Steal::Retry => continue,
+                    Steal::Empty => break None,
+                }
+            },
+        };
+        if found.is_some() && self.local.is_none() {
+            group.queued.fetch_sub(1, Ordering::Relaxed);
+            if !group.injector.is_empty() {
+                group.notify();
+            }
+        }
+        found
+    }
+
+    fn steal(&self, group: &Group, local: &Worker<Runnable>) -> Option<Runnable> {
+        let slots = group.slots.load();
+        let n = slots.len();
+        if n <= 1 {
+            return None;
+        }
+        let start = self.slot.id % n;
+        for i in 0..n {
+            let other = &slots[(start + i) % n];
+            if Arc::ptr_eq(other, &self.slot) {
+                continue;
+            }
+            if let Some(stealer) = &other.stealer {
+                loop {
+                    match stealer.steal_batch_and_pop(local) {
+                        Steal::Success(r) => return Some(r),
+                        Steal::Retry => continue,
+                        Steal::Empty => break,
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn park(&self, group: &Group) {
+        for _ in 0..SPIN_ROUNDS {
+            if group.has_work() || self.shared.is_shutdown() {
+                return;
+            }
+            std::hint::spin_loop();
+            std::thread::yield_now();
+        }
+        {
+            let mut sleepers = group.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            sleepers.push(self.slot.clone());
+            group.num_sleeping.store(sleepers.len(), Ordering::SeqCst);
+        }
+        fence(Ordering::SeqCst);
+        let seq = self.seq.get();
+        if !group.has_work() && !self.shared.is_shutdown() {
+            self.slot.state.sleep(seq);
+            while !self.slot.notified.swap(false, Ordering::Acquire) && !self.shared.is_shutdown() {
+                std::thread::park();
+            }
+            self.slot.state.wake(seq);
+            // The watchdog parks when every thread sleeps; it must watch the
+            // polls this thread is about to run.
+            self.shared.unpark_watchdog();
+        }
+        // Leave the sleeper list if no producer took us off it.
+        let mut sleepers = group.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = sleepers.iter().position(|s| Arc::ptr_eq(s, &self.slot)) {
+            sleepers.swap_remove(i);
+            group.num_sleeping.store(sleepers.len(), Ordering::SeqCst);
+        }
+        self.slot.notified.store(false, Ordering::Relaxed);
+    }
+
+    fn retire(self, hijacked: bool) {
+        let group = self.group();
+        if let Some(local) = &self.local {
+            // Hand on whatever was queued here.
+            while let Some(r) = local.pop() {
+                if self.shared.is_shutdown() {
+                    drop(r);
+                } else {
+                    group.injector.push(r);
+                }
+            }
+            group.notify();
+        }
+        group.deregister(&self.slot);
+        if hijacked {
+            group.hijacked_now.fetch_sub(1, Ordering::SeqCst);
+            tracing::info!(
+                target: "curfew",
+                thread = self.slot.id,
+                group = ?self.gid,
+                "hijacked thread's poll returned; the task was dropped and the thread exits"
+            );
+        } else {
+            group.healthy.fetch_sub(1, Ordering::SeqCst);
+        }
+        group.alive.fetch_sub(1, Ordering::SeqCst);
+        self.shared.thread_exited();
+    }
+}

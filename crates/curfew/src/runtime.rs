@@ -1,0 +1,878 @@
+//! The runtime: configuration, start-up, spawning and shutdown.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use async_task::{ScheduleInfo, WithInfo};
+
+use crate::context;
+use crate::error::{BuildError, Refusal};
+use crate::executor::{self, Group, GroupId, Runnable};
+use crate::metrics::RuntimeMetrics;
+use crate::policy::{ClientPolicy, Clients, NO_CLIENT};
+use crate::task::{self, Guarded, Header, JoinHandle};
+use crate::watchdog;
+
+/// Validated settings of a runtime.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) event_threads: usize,
+    pub(crate) blocking_threads: usize,
+    pub(crate) poll_budget: Option<Duration>,
+    pub(crate) job_budget: Option<Duration>,
+    pub(crate) max_hijacked_threads: usize,
+    pub(crate) max_abandoned_threads: usize,
+    pub(crate) max_blocking_queue: usize,
+    pub(crate) hijack_grace: Duration,
+    pub(crate) watchdog_interval: Duration,
+    pub(crate) time_slice: Duration,
+    pub(crate) thread_name: String,
+    pub(crate) thread_stack_size: usize,
+    pub(crate) client_policy: Option<ClientPolicy>,
+    pub(crate) max_tracked_clients: usize,
+}
+
+/// Default poll budget: the paper's event-loop setting for its Figure 3.
+pub const DEFAULT_POLL_BUDGET: Duration = Duration::from_millis(100);
+/// Default job budget: Node.cure's default for its worker pool.
+pub const DEFAULT_JOB_BUDGET: Duration = Duration::from_secs(1);
+
+const MAX_THREADS: usize = 1024;
+
+/// Builds a [`Runtime`] with custom settings.
+///
+/// Every setting has a default; [`build`](Self::build) checks them all and
+/// returns a [`BuildError`] naming the first bad one, never a panic.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let rt = curfew::Runtime::builder()
+///     .event_threads(2)
+///     .poll_budget(Duration::from_millis(50))
+///     .max_hijacked_threads(8)
+///     .thread_name("api")
+///     .build()
+///     .expect("valid settings");
+/// # drop(rt);
+///
+/// let err = curfew::Runtime::builder().event_threads(0).build().unwrap_err();
+/// assert_eq!(err.setting(), "event_threads");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    event_threads: Option<usize>,
+    blocking_threads: usize,
+    poll_budget: Option<Duration>,
+    job_budget: Option<Duration>,
+    max_hijacked_threads: Option<usize>,
+    max_abandoned_threads: Option<usize>,
+    max_blocking_queue: usize,
+    hijack_grace: Duration,
+    watchdog_interval: Duration,
+    time_slice: Duration,
+    thread_name: String,
+    thread_stack_size: usize,
+    client_policy: Option<ClientPolicy>,
+    max_tracked_clients: usize,
+    tokio_handle: Option<tokio::runtime::Handle>,
+    env_error: Option<BuildError>,
+    is_default: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            event_threads: None,
+            blocking_threads: 4,
+            poll_budget: Some(DEFAULT_POLL_BUDGET),
+            job_budget: Some(DEFAULT_JOB_BUDGET),
+            max_hijacked_threads: None,
+            max_abandoned_threads: None,
+            max_blocking_queue: 4096,
+            hijack_grace: Duration::from_millis(5),
+            watchdog_interval: Duration::from_micros(500),
+            time_slice: Duration::from_millis(2),
+            thread_name: "curfew".into(),
+            thread_stack_size: 2 << 20,
+            client_policy: None,
+            max_tracked_clients: 1024,
+            tokio_handle: None,
+            env_error: None,
+            is_default: false,
+        }
+    }
+}
+
+impl Builder {
+    /// Settings with their defaults: one event thread per core, a 100 ms
+    /// poll budget, four pool threads with a 1 s job budget.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Event threads that poll async tasks. Default: the number of cores.
+    pub fn event_threads(mut self, n: usize) -> Self {
+        self.event_threads = Some(n);
+        self
+    }
+
+    /// Worker-pool threads that run blocking jobs. Default: 4, as Node's
+    /// pool.
+    pub fn blocking_threads(mut self, n: usize) -> Self {
+        self.blocking_threads = n;
+        self
+    }
+
+    /// The longest one poll of an async task may run. Default: 100 ms.
+    pub fn poll_budget(mut self, budget: Duration) -> Self {
+        self.poll_budget = Some(budget);
+        self
+    }
+
+    /// The longest one blocking job may run. Default: 1 s.
+    pub fn job_budget(mut self, budget: Duration) -> Self {
+        self.job_budget = Some(budget);
+        self
+    }
+
+    /// Turns the default budgets off: tasks are timed out only if they set
+    /// a budget of their own. The watchdog still runs, for per-task budgets,
+    /// client accounting and [`need_yield`](crate::need_yield).
+    pub fn no_default_budgets(mut self) -> Self {
+        self.poll_budget = None;
+        self.job_budget = None;
+        self
+    }
+
+    /// The most event threads that may be hijacked at once. Default: four
+    /// times the event threads.
+    ///
+    /// At the cap, an overrunning poll is still answered with a timeout on
+    /// time, but its thread is not replaced until a hijacked thread exits:
+    /// the runtime runs with fewer healthy threads and reports them as
+    /// `overdue_threads` in [`metrics`](Runtime::metrics). It never starts
+    /// more threads than `event_threads + max_hijacked_threads`.
+    pub fn max_hijacked_threads(mut self, n: usize) -> Self {
+        self.max_hijacked_threads = Some(n);
+        self
+    }
+
+    /// The most pool threads that may be abandoned at once (the same rule
+    /// as [`max_hijacked_threads`](Self::max_hijacked_threads), for the
+    /// worker pool). Default: four times the pool threads.
+    pub fn max_abandoned_threads(mut self, n: usize) -> Self {
+        self.max_abandoned_threads = Some(n);
+        self
+    }
+
+    /// The most jobs the worker pool queues; past it `spawn_blocking`
+    /// resolves at once with [`JoinError::is_refused`](crate::JoinError::is_refused).
+    /// Default: 4096.
+    pub fn max_blocking_queue(mut self, n: usize) -> Self {
+        self.max_blocking_queue = n;
+        self
+    }
+
+    /// How long a timed-out poll may keep its thread before the thread is
+    /// written off and replaced. Code that reaches a
+    /// [`checkpoint`](crate::checkpoint) within the grace gives its thread
+    /// back and nothing is abandoned. Default: 5 ms. Zero replaces at once.
+    pub fn hijack_grace(mut self, grace: Duration) -> Self {
+        self.hijack_grace = grace;
+        self
+    }
+
+    /// How often the watchdog samples the threads while any is awake.
+    /// Timeouts land between the budget and the budget plus about two
+    /// intervals. Default: 500 µs; allowed: 100 µs to 100 ms.
+    pub fn watchdog_interval(mut self, interval: Duration) -> Self {
+        self.watchdog_interval = interval;
+        self
+    }
+
+    /// How long a poll runs before [`need_yield`](crate::need_yield)
+    /// returns true. Default: 2 ms.
+    pub fn time_slice(mut self, slice: Duration) -> Self {
+        self.time_slice = slice;
+        self
+    }
+
+    /// The prefix of thread names. Default: `curfew`.
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.thread_name = name.into();
+        self
+    }
+
+    /// The stack size of event and pool threads. Default: 2 MiB.
+    pub fn thread_stack_size(mut self, bytes: usize) -> Self {
+        self.thread_stack_size = bytes;
+        self
+    }
+
+    /// Refuse clients whose tasks keep timing out. Default: none (clients
+    /// are only accounted).
+    pub fn client_policy(mut self, policy: ClientPolicy) -> Self {
+        self.client_policy = Some(policy);
+        self
+    }
+
+    /// How many distinct clients are accounted; later ones are counted as
+    /// `untracked_clients`. Default: 1024.
+    pub fn max_tracked_clients(mut self, n: usize) -> Self {
+        self.max_tracked_clients = n;
+        self
+    }
+
+    /// Drive I/O and timers with an existing tokio runtime instead of a
+    /// private one.
+    pub fn tokio_handle(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.tokio_handle = Some(handle);
+        self
+    }
+
+    /// Reads settings from the environment, as Node.cure reads
+    /// `NODECURE_NODE_TIMEOUT_MS`:
+    ///
+    /// | variable | setting |
+    /// | --- | --- |
+    /// | `CURFEW_EVENT_THREADS` | [`event_threads`](Self::event_threads) |
+    /// | `CURFEW_BLOCKING_THREADS` | [`blocking_threads`](Self::blocking_threads) |
+    /// | `CURFEW_POLL_BUDGET_MS` | [`poll_budget`](Self::poll_budget) |
+    /// | `CURFEW_JOB_BUDGET_MS` | [`job_budget`](Self::job_budget) |
+    /// | `CURFEW_MAX_HIJACKED_THREADS` | [`max_hijacked_threads`](Self::max_hijacked_threads) |
+    /// | `CURFEW_MAX_ABANDONED_THREADS` | [`max_abandoned_threads`](Self::max_abandoned_threads) |
+    /// | `CURFEW_MAX_BLOCKING_QUEUE` | [`max_blocking_queue`](Self::max_blocking_queue) |
+    /// | `CURFEW_HIJACK_GRACE_MS` | [`hijack_grace`](Self::hijack_grace) |
+    ///
+    /// A variable that is set but not a whole number makes
+    /// [`build`](Self::build) fail with an error naming it. The default
+    /// runtime behind [`curfew::spawn`](crate::spawn) is built this way.
+    pub fn from_env(self) -> Self {
+        self.from_vars(|k| std::env::var(k).ok())
+    }
+
+    pub(crate) fn from_vars(mut self, get: impl Fn(&str) -> Option<String>) -> Self {
+        fn num(
+            get: &impl Fn(&str) -> Option<String>,
+            var: &'static str,
+            err: &mut Option<BuildError>,
+        ) -> Option<u64> {
+            let v = get(var)?;
+            match v.trim().parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    err.get_or_insert(BuildError::new(var, format!("`{v}` is not a whole number")));
+                    None
+                }
+            }
+        }
+        let e = &mut self.env_error;
+        if let Some(n) = num(&get, "CURFEW_EVENT_THREADS", e) {
+            self.event_threads = Some(n as usize);
+        }
+        if let Some(n) = num(&get, "CURFEW_BLOCKING_THREADS", e) {
+            self.blocking_threads = n as usize;
+        }
+        if let Some(n) = num(&get, "CURFEW_POLL_BUDGET_MS", e) {
+            self.poll_budget = Some(Duration::from_millis(n));
+        }
+        if let Some(n) = num(&get, "CURFEW_JOB_BUDGET_MS", e) {
+            self.job_budget = Some(Duration::from_millis(n));
+        }
+        if let Some(n) = num(&get, "CURFEW_MAX_HIJACKED_THREADS", e) {
+            self.max_hijacked_threads = Some(n as usize);
+        }
+        if let Some(n) = num(&get, "CURFEW_MAX_ABANDONED_THREADS", e) {
+            self.max_abandoned_threads = Some(n as usize);
+        }
+        if let Some(n) = num(&get, "CURFEW_MAX_BLOCKING_QUEUE", e) {
+            self.max_blocking_queue = n as usize;
+        }
+        if let Some(n) = num(&get, "CURFEW_HIJACK_GRACE_MS", e) {
+            self.hijack_grace = Duration::from_millis(n);
+        }
+        self
+    }
+
+    fn validate(&self) -> Result<Config, BuildError> {
+        if let Some(e) = &self.env_error {
+            return Err(e.clone());
+        }
+        let event_threads = self
+            .event_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let count = |setting: &'static str, n: usize, max: usize| {
+            if n == 0 {
+                Err(BuildError::new(setting, "must be at least 1"))
+            } else if n > max {
+                Err(BuildError::new(
+                    setting,
+                    format!("{n} is more than the limit of {max}"),
+                ))
+            } else {
+                Ok(n)
+            }
+        };
+        count("event_threads", event_threads, MAX_THREADS)?;
+        count("blocking_threads", self.blocking_threads, MAX_THREADS)?;
+        let interval = self.watchdog_interval;
+        if interval < Duration::from_micros(100) || interval > Duration::from_millis(100) {
+            return Err(BuildError::new(
+                "watchdog_interval",
+                format!("{interval:?} is outside 100µs..=100ms"),
+            ));
+        }
+        let budget = |setting: &'static str, b: Option<Duration>| match b {
+            Some(d) if d.is_zero() => Err(BuildError::new(
+                setting,
+                "a budget must be greater than zero",
+            )),
+            Some(d) if d < interval => Err(BuildError::new(
+                setting,
+                format!(
+                    "{d:?} is shorter than the watchdog interval ({interval:?}), which cannot enforce it"
+                ),
+            )),
+            _ => Ok(b),
+        };
+        let poll_budget = budget("poll_budget", self.poll_budget)?;
+        let job_budget = budget("job_budget", self.job_budget)?;
+        let max_hijacked_threads = count(
+            "max_hijacked_threads",
+            self.max_hijacked_threads
+                .unwrap_or(4 * event_threads.max(1)),
+            64 * MAX_THREADS,
+        )
+        .map_err(|e| hijack_cap_error(e, "event thread"))?;
+        let max_abandoned_threads = count(
+            "max_abandoned_threads",
+            self.max_abandoned_threads
+                .unwrap_or(4 * self.blocking_threads.max(1)),
+            64 * MAX_THREADS,
+        )
+        .map_err(|e| hijack_cap_error(e, "pool thread"))?;
+        count("max_blocking_queue", self.max_blocking_queue, 1 << 24)?;
+        count("max_tracked_clients", self.max_tracked_clients, 1 << 20)?;
+        if self.time_slice.is_zero() {
+            return Err(BuildError::new("time_slice", "must be greater than zero"));
+        }
+        if self.hijack_grace > Duration::from_secs(60) {
+            return Err(BuildError::new("hijack_grace", "must be at most 60 s"));
+        }
+        if self.thread_name.is_empty() || self.thread_name.contains('\0') {
+            return Err(BuildError::new(
+                "thread_name",
+                "must be non-empty and contain no NUL byte",
+            ));
+        }
+        if self.thread_stack_size < 64 * 1024 {
+            return Err(BuildError::new(
+                "thread_stack_size",
+                "must be at least 64 KiB",
+            ));
+        }
+        if let Some(p) = &self.client_policy {
+            if p.strikes == 0 {
+                return Err(BuildError::new(
+                    "client_policy",
+                    "strikes must be at least 1",
+                ));
+            }
+            if p.cool_off.is_zero() {
+                return Err(BuildError::new(
+                    "client_policy",
+                    "cool_off must be greater than zero",
+                ));
+            }
+        }
+        Ok(Config {
+            event_threads,
+            blocking_threads: self.blocking_threads,
+            poll_budget,
+            job_budget,
+            max_hijacked_threads,
+            max_abandoned_threads,
+            max_blocking_queue: self.max_blocking_queue,
+            hijack_grace: self.hijack_grace,
+            watchdog_interval: interval,
+            time_slice: self.time_slice,
+            thread_name: self.thread_name.clone(),
+            thread_stack_size: self.thread_stack_size,
+            client_policy: self.client_policy,
+            max_tracked_clients: self.max_tracked_clients,
+        })
+    }
+
+    /// Checks the settings and starts the runtime's threads.
+    pub fn build(self) -> Result<Runtime, BuildError> {
+        let config = self.validate()?;
+        let (tokio, owned_tokio) = match self.tokio_handle {
+            Some(h) => (h, None),
+            None => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name(format!("{}-io", config.thread_name))
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        BuildError::new("tokio", format!("cannot start the I/O driver: {e}"))
+                    })?;
+                (rt.handle().clone(), Some(rt))
+            }
+        };
+        let shared = Arc::new(Shared {
+            event: Group::new(
+                GroupId::Event,
+                config.event_threads,
+                config.max_hijacked_threads,
+                usize::MAX,
+            ),
+            blocking: Group::new(
+                GroupId::Blocking,
+                config.blocking_threads,
+                config.max_abandoned_threads,
+                config.max_blocking_queue,
+            ),
+            clients: Clients::new(config.max_tracked_clients, config.client_policy),
+            config,
+            tokio,
+            shutdown: AtomicBool::new(false),
+            watchdog_stop: AtomicBool::new(false),
+            watchdog: OnceLock::new(),
+            exit_lock: Mutex::new(()),
+            exit_cv: Condvar::new(),
+            is_default: self.is_default,
+            epoch: Instant::now(),
+            refused: AtomicU64::new(0),
+        });
+        let mut rt = Runtime {
+            handle: Handle {
+                shared: shared.clone(),
+            },
+            owned_tokio,
+            watchdog: None,
+        };
+        let start = |gid: GroupId, n: usize| -> Result<(), BuildError> {
+            for _ in 0..n {
+                executor::spawn_thread(&shared, gid).map_err(|e| {
+                    BuildError::new("threads", format!("cannot start a thread: {e}"))
+                })?;
+            }
+            Ok(())
+        };
+        start(GroupId::Event, shared.config.event_threads)?;
+        start(GroupId::Blocking, shared.config.blocking_threads)?;
+        let wd = watchdog::start(shared.clone())
+            .map_err(|e| BuildError::new("threads", format!("cannot start the watchdog: {e}")))?;
+        rt.watchdog = Some(wd);
+        Ok(rt)
+    }
+}
+
+fn hijack_cap_error(e: BuildError, what: &str) -> BuildError {
+    if e.reason.starts_with("must be at least") {
+        BuildError::new(
+            e.setting,
+            format!(
+                "must be at least 1: with no room for a replacement, every timed-out poll would cost \
+                 an {what} for good"
+            ),
+        )
+    } else {
+        e
+    }
+}
+
+/// State shared by a runtime's threads, handles and tasks.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) event: Group,
+    pub(crate) blocking: Group,
+    pub(crate) clients: Clients,
+    pub(crate) tokio: tokio::runtime::Handle,
+    shutdown: AtomicBool,
+    pub(crate) watchdog_stop: AtomicBool,
+    pub(crate) watchdog: OnceLock<Thread>,
+    exit_lock: Mutex<()>,
+    exit_cv: Condvar,
+    is_default: bool,
+    pub(crate) epoch: Instant,
+    pub(crate) refused: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn group(&self, gid: GroupId) -> &Group {
+        match gid {
+            GroupId::Event => &self.event,
+            GroupId::Blocking => &self.blocking,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_shutdown(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn unpark_watchdog(&self) {
+        if let Some(t) = self.watchdog.get() {
+            t.unpark();
+        }
+    }
+
+    pub(crate) fn thread_exited(&self) {
+        let _g = self.exit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.exit_cv.notify_all();
+        drop(_g);
+        self.unpark_watchdog();
+    }
+
+    /// The schedule function of async tasks.
+    fn schedule_event(&self, r: Runnable, info: ScheduleInfo) {
+        let r = match context::with_worker(|w| match w {
+            Some(w) => w.push_local(self, r),
+            None => Err(r),
+        }) {
+            Ok(()) => {
+                // A task that yielded is run by this thread next; anything
+                // else may be worth waking a sleeping thread for.
+                if !info.woken_while_running {
+                    self.event.notify();
+                }
+                return;
+            }
+            Err(r) => r,
+        };
+        self.event.push_remote(r);
+    }
+
+    /// The schedule function of blocking jobs.
+    pub(crate) fn schedule_blocking(&self, r: Runnable) {
+        self.blocking.queued.fetch_add(1, Ordering::Relaxed);
+        self.blocking.push_remote(r);
+    }
+
+    pub(crate) fn refuse<T>(&self, r: Refusal) -> JoinHandle<T> {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        JoinHandle::refused(r)
+    }
+
+    /// Builds a task's header, or the refusal for it.
+    pub(crate) fn header(&self, opts: task::Builder, gid: GroupId) -> Result<Header, Refusal> {
+        if self.is_shutdown() {
+            return Err(Refusal::Shutdown);
+        }
+        let client_idx = match &opts.client {
+            Some(c) => self.clients.index_of(c),
+            None => NO_CLIENT,
+        };
+        if let Some(remaining) = self.clients.cooling_off(client_idx) {
+            return Err(Refusal::ClientCoolingOff {
+                client: opts
+                    .client
+                    .clone()
+                    .expect("a client index implies a client"),
+                remaining,
+            });
+        }
+        let budget = match gid {
+            GroupId::Event => opts.poll_budget.unwrap_or(self.config.poll_budget),
+            GroupId::Blocking => opts.job_budget.unwrap_or(self.config.job_budget),
+        };
+        // On the default runtime, a task runs with its spawner's tokio
+        // runtime entered, so that the spawner's sockets and timers work.
+        let tokio = if self.is_default {
+            tokio::runtime::Handle::try_current().ok()
+        } else {
+            None
+        };
+        let span = if opts.name.is_some() || opts.client.is_some() {
+            tracing::debug_span!(
+                target: "curfew",
+                "task",
+                name = opts.name.as_deref(),
+                client = opts.client.as_ref().map(|c| c.as_str()),
+            )
+        } else {
+            tracing::Span::none()
+        };
+        Ok(Header::new(
+            budget,
+            client_idx,
+            gid.location(),
+            opts.name,
+            opts.client,
+            tokio,
+            span,
+        ))
+    }
+}
+
+/// A curfew runtime: event threads, a worker pool and a watchdog.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = curfew::Runtime::builder().event_threads(2).build()?;
+/// let answer = rt.block_on(async {
+///     let a = curfew::spawn(async { 40 });
+///     let b = curfew::spawn_blocking(|| 2);
+///     a.await.unwrap() + b.await.unwrap()
+/// });
+/// assert_eq!(answer, 42);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Runtime {
+    handle: Handle,
+    owned_tokio: Option<tokio::runtime::Runtime>,
+    watchdog: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// A builder with default settings.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// A runtime with default settings.
+    pub fn new() -> Result<Runtime, BuildError> {
+        Builder::new().build()
+    }
+
+    /// A handle to spawn on this runtime from anywhere.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Spawns an async task under the poll budget.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(future)
+    }
+
+    /// Runs a blocking job on the worker pool under the job budget.
+    pub fn spawn_blocking<F, R>(&self, f: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.handle.spawn_blocking(f)
+    }
+
+    /// Runs `future` to completion on the current thread, with this runtime
+    /// as the target of `curfew::spawn` and its tokio runtime entered.
+    ///
+    /// The future itself is not under the watchdog (the calling thread
+    /// cannot be replaced); the tasks it spawns are.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called from one of curfew's own threads, where it would
+    /// block a thread the watchdog is timing.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.handle.block_on(future)
+    }
+
+    /// A snapshot of the runtime's counters.
+    pub fn metrics(&self) -> RuntimeMetrics {
+        self.handle.metrics()
+    }
+
+    /// Shuts the runtime down, waiting at most `timeout` for its threads.
+    ///
+    /// Queued tasks are dropped (their handles resolve as cancelled), idle
+    /// threads exit, and polls in progress are left to finish. Threads still
+    /// busy when the timeout runs out, such as hijacked threads spinning in
+    /// a poisoned poll, are detached: each drops its task and exits when its
+    /// poll returns.
+    pub fn shutdown_timeout(mut self, timeout: Duration) {
+        self.close(Some(Instant::now() + timeout));
+    }
+
+    /// Shuts the runtime down without waiting for its threads.
+    pub fn shutdown_background(self) {
+        self.shutdown_timeout(Duration::ZERO);
+    }
+
+    fn close(&mut self, deadline: Option<Instant>) {
+        let Some(wd) = self.watchdog.take() else {
+            return;
+        };
+        let shared = &self.handle.shared;
+        shared.shutdown.store(true, Ordering::SeqCst);
+        shared.event.notify_all();
+        shared.blocking.notify_all();
+        {
+            // Without a deadline (drop), wait for the healthy threads: each
+            // finishes its current poll, which the watchdog still bounds.
+            // With one, wait for every thread until the deadline.
+            let mut g = shared.exit_lock.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                let remaining = match deadline {
+                    None => {
+                        shared.event.healthy.load(Ordering::SeqCst)
+                            + shared.blocking.healthy.load(Ordering::SeqCst)
+                    }
+                    Some(_) => {
+                        shared.event.alive.load(Ordering::SeqCst)
+                            + shared.blocking.alive.load(Ordering::SeqCst)
+                    }
+                };
+                if remaining == 0 {
+                    break;
+                }
+                let mut wait = Duration::from_millis(10);
+                if let Some(d) = deadline {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    wait = wait.min(d - now);
+                }
+                g = shared
+                    .exit_cv
+                    .wait_timeout(g, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        shared.watchdog_stop.store(true, Ordering::SeqCst);
+        shared.unpark_watchdog();
+        let _ = wd.join();
+        shared.event.drain();
+        shared.blocking.drain();
+        if let Some(rt) = self.owned_tokio.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Runtime {
+    /// Shuts down like [`shutdown_timeout`](Runtime::shutdown_timeout), but
+    /// waits only for the healthy threads: at most about the poll or job
+    /// budget plus the hijack grace, since the watchdog keeps timing the
+    /// polls in progress. Hijacked threads are detached.
+    fn drop(&mut self) {
+        self.close(None);
+    }
+}
+
+/// A cheap, cloneable reference to a runtime, for spawning from anywhere.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Handle {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The runtime of the current curfew task or `block_on`.
+    ///
+    /// # Panics
+    ///
+    /// Panics outside a curfew runtime; see [`try_current`](Self::try_current).
+    pub fn current() -> Handle {
+        Self::try_current()
+            .expect("`curfew::Handle::current` called outside a curfew runtime (a curfew task or `block_on`)")
+    }
+
+    /// The runtime of the current curfew task or `block_on`, if any.
+    pub fn try_current() -> Option<Handle> {
+        context::try_current()
+    }
+
+    /// Spawns an async task on this runtime under the poll budget.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_with(task::Builder::new(), future)
+    }
+
+    /// Runs a blocking job on this runtime's worker pool under the job
+    /// budget.
+    pub fn spawn_blocking<F, R>(&self, f: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.spawn_blocking_with(task::Builder::new(), f)
+    }
+
+    /// Like [`Runtime::block_on`].
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        assert!(
+            !context::on_worker_thread(),
+            "cannot call `block_on` on a curfew event or pool thread: it would block a thread \
+             the watchdog is timing; `.await` the future instead"
+        );
+        let _tokio = self.shared.tokio.enter();
+        let _rt = context::enter_runtime(self.clone());
+        futures::executor::block_on(future)
+    }
+
+    /// A snapshot of the runtime's counters.
+    pub fn metrics(&self) -> RuntimeMetrics {
+        RuntimeMetrics::collect(&self.shared)
+    }
+
+    pub(crate) fn spawn_with<F>(&self, opts: task::Builder, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let shared = &self.shared;
+        let header = match shared.header(opts, GroupId::Event) {
+            Ok(h) => h,
+            Err(r) => return shared.refuse(r),
+        };
+        let sched = shared.clone();
+        let schedule = WithInfo(move |r, info| sched.schedule_event(r, info));
+        shared.event.spawned.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `spawn_unchecked` lifts `Send` and `'static` bounds, and we
+        // need it only so the future may borrow its own header (the task's
+        // metadata). The future borrows nothing else and is `Send` (`F` is,
+        // and `Header` is `Sync`), the schedule function is `Send + Sync +
+        // 'static`, and async-task keeps the metadata alive for as long as
+        // the future exists.
+        let (runnable, task) = unsafe {
+            async_task::Builder::new()
+                .metadata(header)
+                .spawn_unchecked(move |h: &Header| Guarded::new(h, future), schedule)
+        };
+        runnable.schedule();
+        JoinHandle::new(task)
+    }
+}
+
+static DEFAULT: OnceLock<Runtime> = OnceLock::new();
+
+/// The runtime `curfew::spawn` uses outside any curfew runtime, started on
+/// first use with [`Builder::from_env`].
+pub(crate) fn default_handle() -> &'static Handle {
+    &DEFAULT
+        .get_or_init(|| {
+            let mut b = Builder::new().from_env();
+            b.is_default = true;
+            b.build()
+                .unwrap_or_else(|e| panic!("cannot start curfew's default runtime: {e}"))
+        })
+        .handle
+}

@@ -1,0 +1,432 @@
+//! The protocol between a monitored thread and the watchdog.
+//!
+//! Every event thread and every pool thread owns one [`Slot`]. The thread
+//! publishes what it is running in the slot; the watchdog samples all slots
+//! and acts on a poll that has run past its budget. This file is the only
+//! place where the two sides meet, and it is small on purpose so that it can
+//! be model-checked with loom (`RUSTFLAGS="--cfg curfew_loom"`, see the tests at
+//! the bottom).
+//!
+//! # The state word
+//!
+//! One `AtomicU64` holds `tag | seq | budget`:
+//!
+//! ```text
+//!  63            32 31            3 2   0
+//! +----------------+---------------+-----+
+//! |  poll sequence | budget (µs)   | tag |
+//! +----------------+---------------+-----+
+//! ```
+//!
+//! The owner thread moves `IDLE -> RUNNING` with a plain store at the start of
+//! every poll and `RUNNING -> IDLE` with one compare-exchange at the end. Those
+//! two atomic operations are the whole per-poll cost of the watchdog; there is
+//! no clock read, syscall or lock on the hot path.
+//!
+//! The watchdog moves a poll it finds over budget through
+//! `RUNNING -> CLAIMED -> EXPIRED -> HIJACKED`:
+//!
+//! * `CLAIMED`: the watchdog is resolving the task's handle. While a slot is
+//!   claimed the owner cannot leave its poll, so the task header the slot
+//!   points to stays alive. This is what makes it sound for the watchdog to
+//!   touch the header of a task it does not own.
+//! * `EXPIRED`: the handle has been answered with a timeout. If the poll
+//!   returns now (for example because it reached a `checkpoint()`), the owner
+//!   moves the slot back to `IDLE` and keeps serving: nothing is abandoned.
+//! * `HIJACKED`: the grace period ran out while the poll was still running.
+//!   The watchdog has started a replacement thread; when the poll finally
+//!   returns, the owner drops the task and exits.
+//!
+//! The owner's end-of-poll compare-exchange and the watchdog's transitions are
+//! the only read-modify-write operations on the word, so the race between "the
+//! poll finished" and "the watchdog fired" always has exactly one winner.
+
+#[cfg(curfew_loom)]
+use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+#[cfg(not(curfew_loom))]
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+/// Between polls; the thread is looking for work.
+pub(crate) const IDLE: u64 = 0;
+/// A poll is running.
+pub(crate) const RUNNING: u64 = 1;
+/// The watchdog is resolving the running task's handle.
+pub(crate) const CLAIMED: u64 = 2;
+/// The task timed out; the poll is still running, within the grace period.
+pub(crate) const EXPIRED: u64 = 3;
+/// The thread has been written off and replaced.
+pub(crate) const HIJACKED: u64 = 4;
+/// The thread is parked, waiting for work.
+pub(crate) const SLEEPING: u64 = 5;
+
+const TAG_BITS: u32 = 3;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+const BUDGET_BITS: u32 = 29;
+const BUDGET_MASK: u64 = (1 << BUDGET_BITS) - 1;
+
+/// The budget code that means "never time this poll out".
+pub(crate) const UNLIMITED: u32 = BUDGET_MASK as u32;
+
+/// Encodes a budget in microseconds for the state word. Budgets of about nine
+/// minutes and longer saturate to [`UNLIMITED`].
+pub(crate) fn budget_code(budget: Option<std::time::Duration>) -> u32 {
+    match budget {
+        None => UNLIMITED,
+        Some(d) => {
+            let us = d.as_micros();
+            if us >= u128::from(UNLIMITED) {
+                UNLIMITED
+            } else {
+                // A zero budget is rejected by the builders; keep at least 1 µs.
+                (us as u32).max(1)
+            }
+        }
+    }
+}
+
+#[inline]
+pub(crate) const fn pack(tag: u64, seq: u32, budget: u32) -> u64 {
+    ((seq as u64) << 32) | (((budget as u64) & BUDGET_MASK) << TAG_BITS) | tag
+}
+
+#[inline]
+pub(crate) const fn tag(word: u64) -> u64 {
+    word & TAG_MASK
+}
+
+#[inline]
+pub(crate) const fn seq(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+#[inline]
+pub(crate) const fn budget(word: u64) -> u32 {
+    ((word >> TAG_BITS) & BUDGET_MASK) as u32
+}
+
+/// What the owner learns when its poll ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PollEnd {
+    /// The poll finished within its budget.
+    InTime,
+    /// The task timed out, but the poll returned within the grace period:
+    /// the thread stays healthy.
+    TimedOut,
+    /// The thread was replaced; it must drop the task and exit.
+    Hijacked,
+}
+
+/// One monitored thread's published state. `T` is the task header type.
+#[derive(Debug)]
+pub(crate) struct SlotState<T> {
+    word: AtomicU64,
+    /// The header of the task being polled. Meaningful only while the word is
+    /// `RUNNING`, and dereferenced by the watchdog only while it holds the
+    /// slot `CLAIMED`.
+    current: AtomicPtr<T>,
+    /// The client index of the task being polled, for CPU-time attribution.
+    client: AtomicU32,
+}
+
+impl<T> SlotState<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            word: AtomicU64::new(pack(IDLE, 0, 0)),
+            current: AtomicPtr::new(std::ptr::null_mut()),
+            client: AtomicU32::new(0),
+        }
+    }
+
+    /// Owner: a poll of `task` begins. Three relaxed-or-release stores.
+    #[inline]
+    pub(crate) fn begin(&self, seq: u32, budget: u32, client: u32, task: *const T) {
+        self.current.store(task as *mut T, Ordering::Relaxed);
+        self.client.store(client, Ordering::Relaxed);
+        // Release: a watchdog that acquires this word sees `current`.
+        self.word
+            .store(pack(RUNNING, seq, budget), Ordering::Release);
+    }
+
+    /// Owner: the poll that began with `seq`/`budget` has returned.
+    #[inline]
+    pub(crate) fn end(&self, seq: u32, budget: u32) -> PollEnd {
+        let running = pack(RUNNING, seq, budget);
+        match self.word.compare_exchange(
+            running,
+            pack(IDLE, seq, 0),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => PollEnd::InTime,
+            Err(_) => self.end_slow(seq),
+        }
+    }
+
+    #[cold]
+    fn end_slow(&self, seq: u32) -> PollEnd {
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            match tag(word) {
+                // The watchdog is using our task header; it holds the claim for
+                // a few instructions, so wait it out.
+                CLAIMED => spin_wait(),
+                EXPIRED => {
+                    if self
+                        .word
+                        .compare_exchange(
+                            word,
+                            pack(IDLE, seq, 0),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+                    {
+                        return PollEnd::TimedOut;
+                    }
+                }
+                HIJACKED => return PollEnd::Hijacked,
+                other => unreachable!("slot in state {other} at the end of a poll"),
+            }
+        }
+    }
+
+    /// Owner: about to park.
+    pub(crate) fn sleep(&self, seq: u32) {
+        self.word.store(pack(SLEEPING, seq, 0), Ordering::SeqCst);
+    }
+
+    /// Owner: back from parking.
+    pub(crate) fn wake(&self, seq: u32) {
+        self.word.store(pack(IDLE, seq, 0), Ordering::SeqCst);
+    }
+
+    /// Anyone: the current state word.
+    #[inline]
+    pub(crate) fn load(&self) -> u64 {
+        self.word.load(Ordering::Acquire)
+    }
+
+    /// Anyone: the client index of the most recent poll.
+    pub(crate) fn client(&self) -> u32 {
+        self.client.load(Ordering::Relaxed)
+    }
+
+    /// Watchdog: claims the poll observed as `observed` (a `RUNNING` word).
+    ///
+    /// On success the owner cannot finish that poll until [`Self::expire`] is
+    /// called, so the returned header pointer stays valid until then.
+    pub(crate) fn claim(&self, observed: u64) -> Option<*const T> {
+        debug_assert_eq!(tag(observed), RUNNING);
+        let claimed = (observed & !TAG_MASK) | CLAIMED;
+        self.word
+            .compare_exchange(observed, claimed, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| self.current.load(Ordering::Relaxed) as *const T)
+    }
+
+    /// Watchdog: done with the header of the claimed poll; its task has been
+    /// answered. Returns the `EXPIRED` word.
+    pub(crate) fn expire(&self) -> u64 {
+        let word = self.word.load(Ordering::Relaxed);
+        debug_assert_eq!(tag(word), CLAIMED);
+        let expired = (word & !TAG_MASK) | EXPIRED;
+        self.word.store(expired, Ordering::Release);
+        expired
+    }
+
+    /// Watchdog: writes the thread off if the poll observed as `expired` is
+    /// still running. Returns whether the thread is now hijacked.
+    pub(crate) fn hijack(&self, expired: u64) -> bool {
+        debug_assert_eq!(tag(expired), EXPIRED);
+        let hijacked = (expired & !TAG_MASK) | HIJACKED;
+        self.word
+            .compare_exchange(expired, hijacked, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+#[cfg(not(curfew_loom))]
+#[inline]
+fn spin_wait() {
+    std::hint::spin_loop();
+}
+
+#[cfg(curfew_loom)]
+fn spin_wait() {
+    loom::thread::yield_now();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn packing_round_trips() {
+        let w = pack(RUNNING, u32::MAX, UNLIMITED);
+        assert_eq!(tag(w), RUNNING);
+        assert_eq!(seq(w), u32::MAX);
+        assert_eq!(budget(w), UNLIMITED);
+        let w = pack(SLEEPING, 7, 1234);
+        assert_eq!((tag(w), seq(w), budget(w)), (SLEEPING, 7, 1234));
+    }
+
+    #[test]
+    fn budget_codes() {
+        assert_eq!(budget_code(None), UNLIMITED);
+        assert_eq!(budget_code(Some(Duration::from_millis(5))), 5000);
+        assert_eq!(budget_code(Some(Duration::from_secs(100_000))), UNLIMITED);
+        assert_eq!(budget_code(Some(Duration::from_nanos(10))), 1);
+    }
+
+    #[cfg(not(curfew_loom))]
+    #[test]
+    fn sequential_protocol() {
+        let header = 5u8;
+        let s = SlotState::<u8>::new();
+        s.begin(1, 10, 0, &header);
+        assert_eq!(s.end(1, 10), PollEnd::InTime);
+        // A claim on a finished poll fails.
+        assert!(s.claim(pack(RUNNING, 1, 10)).is_none());
+
+        s.begin(2, 10, 0, &header);
+        let observed = s.load();
+        let p = s.claim(observed).expect("claim a running poll");
+        assert_eq!(p, &header as *const u8);
+        let expired = s.expire();
+        assert_eq!(s.end(2, 10), PollEnd::TimedOut);
+        assert!(
+            !s.hijack(expired),
+            "cannot hijack a thread whose poll returned"
+        );
+
+        s.begin(3, 10, 0, &header);
+        s.claim(s.load()).unwrap();
+        let expired = s.expire();
+        assert!(s.hijack(expired));
+        assert_eq!(s.end(3, 10), PollEnd::Hijacked);
+    }
+}
+
+/// Model checks of the protocol: every interleaving of one poll against the
+/// watchdog firing on it. Run with
+/// `RUSTFLAGS="--cfg curfew_loom" cargo test -p curfew --lib --release loom`.
+#[cfg(all(test, curfew_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::cell::UnsafeCell;
+    use loom::sync::Arc;
+    use loom::sync::atomic::AtomicBool;
+
+    /// Stands in for a task header: the owner frees it (writes to the cell)
+    /// once its poll has ended; the watchdog reads it while it holds a claim.
+    /// loom reports any interleaving where the two accesses race.
+    struct FakeHeader {
+        alive: UnsafeCell<bool>,
+        timed_out: AtomicBool,
+    }
+
+    fn run_model(hijack_too: bool) {
+        loom::model(move || {
+            let slot = Arc::new(SlotState::<FakeHeader>::new());
+            let header = Arc::new(FakeHeader {
+                alive: UnsafeCell::new(true),
+                timed_out: AtomicBool::new(false),
+            });
+
+            let owner = {
+                let slot = slot.clone();
+                let header = header.clone();
+                loom::thread::spawn(move || {
+                    slot.begin(1, 100, 0, &*header as *const FakeHeader);
+                    let end = slot.end(1, 100);
+                    // The task is dropped after the poll, as async-task does
+                    // when a future completes.
+                    header.alive.with_mut(|a| unsafe { *a = false });
+                    end
+                })
+            };
+
+            let word = slot.load();
+            let mut fired = false;
+            let mut hijacked = false;
+            if tag(word) == RUNNING {
+                if let Some(p) = slot.claim(word) {
+                    // SAFETY (of the model): the claim keeps the owner inside
+                    // its poll, so the header is alive.
+                    let h = unsafe { &*p };
+                    h.alive
+                        .with(|a| assert!(unsafe { *a }, "header used after free"));
+                    h.timed_out.store(true, Ordering::SeqCst);
+                    fired = true;
+                    let expired = slot.expire();
+                    if hijack_too {
+                        hijacked = slot.hijack(expired);
+                    }
+                }
+            }
+
+            let end = owner.join().unwrap();
+            match end {
+                PollEnd::InTime => {
+                    assert!(!fired);
+                    assert!(!header.timed_out.load(Ordering::SeqCst));
+                }
+                PollEnd::TimedOut => {
+                    assert!(fired && !hijacked);
+                    assert!(header.timed_out.load(Ordering::SeqCst));
+                }
+                PollEnd::Hijacked => {
+                    assert!(fired && hijacked);
+                }
+            }
+            // Exactly one side won every race, and the slot ends consistent.
+            let last = tag(slot.load());
+            if hijacked {
+                assert_eq!(last, HIJACKED);
+            } else {
+                assert_eq!(last, IDLE);
+            }
+        });
+    }
+
+    #[test]
+    fn loom_poll_end_races_timeout() {
+        run_model(false);
+    }
+
+    #[test]
+    fn loom_poll_end_races_hijack() {
+        run_model(true);
+    }
+
+    /// Two consecutive polls: a claim observed on the first poll must never
+    /// succeed against the second.
+    #[test]
+    fn loom_stale_claim_fails() {
+        loom::model(|| {
+            let slot = Arc::new(SlotState::<u8>::new());
+            let a = Arc::new(1u8);
+            let b = Arc::new(2u8);
+            let owner = {
+                let (slot, a, b) = (slot.clone(), a.clone(), b.clone());
+                loom::thread::spawn(move || {
+                    slot.begin(1, 100, 0, &*a);
+                    let first = slot.end(1, 100);
+                    slot.begin(2, 100, 0, &*b);
+                    (first, slot.end(2, 100))
+                })
+            };
+            let word = slot.load();
+            if tag(word) == RUNNING {
+                if let Some(p) = slot.claim(word) {
+                    let expected: *const u8 = if seq(word) == 1 { &*a } else { &*b };
+                    assert_eq!(p, expected, "claim returned another poll's task");
+                    slot.expire();
+                }
+            }
+            let (first, second) = owner.join().unwrap();
+            assert!(first != PollEnd::Hijacked && second != PollEnd::Hijacked);
+        });
+    }
+}

@@ -1,0 +1,537 @@
+//! Tasks: spawning with options, join handles, and cooperative yielding.
+//!
+//! Every task is an [`async_task`] task whose metadata is a [`Header`]: the
+//! task's budget, name and client, and the outcome cell that lets the
+//! watchdog answer the task's [`JoinHandle`] while a poll is still running.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//!
+//! let rt = curfew::Runtime::builder().event_threads(2).build()?;
+//! let handle = curfew::task::Builder::new()
+//!     .name("checkout")
+//!     .client("198.51.100.4")
+//!     .poll_budget(Duration::from_millis(50))
+//!     .spawn_on(&rt.handle(), async { 6 * 7 });
+//! assert_eq!(rt.block_on(handle)?, 42);
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_task::FallibleTask;
+use futures::task::AtomicWaker;
+
+use crate::context;
+use crate::error::{JoinError, Location, Refusal, TimeoutError};
+use crate::policy::ClientKey;
+use crate::runtime::Handle;
+use crate::slot::PollEnd;
+
+const PENDING: u8 = 0;
+const DONE: u8 = 1;
+const TIMED_OUT: u8 = 2;
+const ABORTED: u8 = 3;
+
+/// The metadata every task carries, inline in its `async_task` allocation.
+///
+/// It outlives every poll of the task (a running `Runnable` keeps the
+/// allocation alive), which is what lets the watchdog reach it through the
+/// pointer a thread publishes in its slot.
+#[derive(Debug)]
+pub(crate) struct Header {
+    /// `PENDING` until the first of completion, timeout and abort wins.
+    outcome: AtomicU8,
+    /// Woken when the watchdog or an abort resolves the task.
+    join_waker: AtomicWaker,
+    /// Set by the watchdog before it resolves the task with a timeout.
+    elapsed_ns: AtomicU64,
+    pub(crate) budget: Option<Duration>,
+    pub(crate) budget_code: u32,
+    pub(crate) client_idx: u32,
+    pub(crate) location: Location,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) client: Option<ClientKey>,
+    /// A tokio runtime to enter while polling, when it differs from the
+    /// one the thread has entered for good (the drop-in `curfew::spawn`).
+    pub(crate) tokio: Option<tokio::runtime::Handle>,
+    pub(crate) span: tracing::Span,
+}
+
+impl Header {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        budget: Option<Duration>,
+        client_idx: u32,
+        location: Location,
+        name: Option<Arc<str>>,
+        client: Option<ClientKey>,
+        tokio: Option<tokio::runtime::Handle>,
+        span: tracing::Span,
+    ) -> Self {
+        Self {
+            outcome: AtomicU8::new(PENDING),
+            join_waker: AtomicWaker::new(),
+            elapsed_ns: AtomicU64::new(0),
+            budget,
+            budget_code: crate::slot::budget_code(budget),
+            client_idx,
+            location,
+            name,
+            client,
+            tokio,
+            span,
+        }
+    }
+
+    /// The task produced its output (or panicked). False if a timeout or an
+    /// abort got there first.
+    fn complete(&self) -> bool {
+        self.outcome
+            .compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Watchdog: resolves the task with a timeout. False if it had already
+    /// completed or been aborted.
+    pub(crate) fn time_out(&self, elapsed: Duration) -> bool {
+        self.elapsed_ns
+            .store(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        let won = self
+            .outcome
+            .compare_exchange(PENDING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if won {
+            self.join_waker.wake();
+        }
+        won
+    }
+
+    fn abort(&self) -> bool {
+        let won = self
+            .outcome
+            .compare_exchange(PENDING, ABORTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if won {
+            self.join_waker.wake();
+        }
+        won
+    }
+
+    /// Whether the watchdog has answered for this task. One relaxed load:
+    /// this is what [`checkpoint`](crate::checkpoint) costs.
+    #[inline]
+    pub(crate) fn is_timed_out(&self) -> bool {
+        self.outcome.load(Ordering::Relaxed) == TIMED_OUT
+    }
+
+    fn is_resolved_early(&self) -> bool {
+        self.outcome.load(Ordering::Acquire) >= TIMED_OUT
+    }
+
+    pub(crate) fn timeout_error(&self) -> TimeoutError {
+        TimeoutError {
+            budget: self.budget.unwrap_or(Duration::MAX),
+            elapsed: Duration::from_nanos(self.elapsed_ns.load(Ordering::Relaxed)),
+            name: self.name.clone(),
+            client: self.client.clone(),
+            location: self.location,
+        }
+    }
+
+    /// The error of a task resolved by the watchdog or by an abort.
+    fn early_error(&self) -> Option<JoinError> {
+        match self.outcome.load(Ordering::Acquire) {
+            TIMED_OUT => Some(JoinError::timed_out(self.timeout_error())),
+            ABORTED => Some(JoinError::cancelled()),
+            _ => None,
+        }
+    }
+}
+
+/// The future async-task runs: the user's future, polled under the
+/// watchdog, with panics caught.
+#[pin_project::pin_project]
+pub(crate) struct Guarded<'h, F> {
+    header: &'h Header,
+    #[pin]
+    inner: Option<F>,
+}
+
+impl<'h, F> Guarded<'h, F> {
+    pub(crate) fn new(header: &'h Header, inner: F) -> Self {
+        Self {
+            header,
+            inner: Some(inner),
+        }
+    }
+}
+
+impl<F: Future> Future for Guarded<'_, F> {
+    type Output = Result<F::Output, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let header: &Header = this.header;
+        let Some(fut) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(Err(JoinError::cancelled()));
+        };
+        if header.is_resolved_early() {
+            // Aborted (or timed out) while waiting: drop the future here.
+            drop_quietly(this.inner);
+            return Poll::Ready(Err(JoinError::cancelled()));
+        }
+
+        let (res, end) = context::poll_under_watchdog(header, || {
+            catch_unwind(AssertUnwindSafe(|| {
+                let _span = header.span.enter();
+                let _tokio = header.tokio.as_ref().map(|h| h.enter());
+                fut.poll(cx)
+            }))
+        });
+
+        if end != PollEnd::InTime || header.is_resolved_early() {
+            // The caller has been answered already. Whatever the poll
+            // produced is dropped, and so is the future, on this thread, so
+            // its destructors run now.
+            drop(res);
+            drop_quietly(this.inner);
+            return Poll::Ready(Err(JoinError::cancelled()));
+        }
+        match res {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => {
+                context::count_finished(false);
+                if header.complete() {
+                    Poll::Ready(Ok(out))
+                } else {
+                    Poll::Ready(Err(JoinError::cancelled()))
+                }
+            }
+            Err(panic) => {
+                context::count_finished(true);
+                drop_quietly(this.inner);
+                header.complete();
+                Poll::Ready(Err(JoinError::panic(panic)))
+            }
+        }
+    }
+}
+
+/// Drops a future in place, swallowing a panic from its destructor so that
+/// it cannot take the thread down.
+fn drop_quietly<F>(slot: Pin<&mut Option<F>>) {
+    let _ = catch_unwind(AssertUnwindSafe(move || {
+        let mut slot = slot;
+        slot.set(None);
+    }));
+}
+
+/// The task side of a running `JoinHandle`.
+struct Running<T> {
+    task: FallibleTask<Result<T, JoinError>, Header>,
+    /// The task's metadata. `FallibleTask` has no accessor for it, so the
+    /// pointer is taken from the `Task` before it is made fallible.
+    header: NonNull<Header>,
+}
+
+impl<T> Running<T> {
+    fn header(&self) -> &Header {
+        // SAFETY: `header` points at the metadata inside the task's
+        // allocation, which `self.task` keeps alive; the metadata is never
+        // moved or mutated through anything but shared references.
+        unsafe { self.header.as_ref() }
+    }
+
+    fn detach(self) {
+        self.task.detach();
+    }
+}
+
+enum Inner<T> {
+    Running(Running<T>),
+    Resolved(JoinError),
+    Done,
+}
+
+/// An owned permission to await a task's output, as tokio's `JoinHandle`.
+///
+/// It resolves exactly once: to the output, or to a [`JoinError`] that says
+/// whether the task timed out, panicked, was aborted or was refused. A
+/// timeout arrives while the offending poll is still running: the watchdog
+/// does not wait for the task to give its thread back.
+///
+/// Dropping a `JoinHandle` detaches the task; it keeps running.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = curfew::Runtime::builder().event_threads(1).build()?;
+/// let h = rt.spawn(async { "done" });
+/// assert_eq!(rt.block_on(h)?, "done");
+///
+/// let h = rt.spawn(std::future::pending::<()>());
+/// h.abort();
+/// assert!(rt.block_on(h).unwrap_err().is_cancelled());
+/// # Ok(()) }
+/// ```
+pub struct JoinHandle<T> {
+    inner: Mutex<Inner<T>>,
+}
+
+impl<T> JoinHandle<T> {
+    pub(crate) fn new(task: async_task::Task<Result<T, JoinError>, Header>) -> Self {
+        let header = NonNull::from(task.metadata());
+        Self {
+            inner: Mutex::new(Inner::Running(Running {
+                task: task.fallible(),
+                header,
+            })),
+        }
+    }
+
+    pub(crate) fn refused(r: Refusal) -> Self {
+        Self {
+            inner: Mutex::new(Inner::Resolved(JoinError::refused(r))),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Aborts the task. Its handle resolves with
+    /// [`JoinError::is_cancelled`] unless it had already finished or timed
+    /// out. An idle task's future is dropped at once; a running one is
+    /// dropped when its current poll returns.
+    pub fn abort(&self) {
+        let mut inner = self.lock();
+        if let Inner::Running(running) = &*inner {
+            if running.header().abort() {
+                // Dropping the task cancels it: async-task drops the future
+                // now if it is idle, or after the poll that is running.
+                *inner = Inner::Resolved(JoinError::cancelled());
+            }
+        }
+    }
+
+    /// Whether the task has finished, timed out or been aborted, so that
+    /// awaiting the handle will not wait.
+    pub fn is_finished(&self) -> bool {
+        match &*self.lock() {
+            Inner::Running(r) => r.task.is_finished() || r.header().is_resolved_early(),
+            _ => true,
+        }
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self
+            .get_mut()
+            .inner
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        let running = match inner {
+            Inner::Running(running) => running,
+            Inner::Resolved(_) => {
+                let Inner::Resolved(err) = std::mem::replace(inner, Inner::Done) else {
+                    unreachable!()
+                };
+                return Poll::Ready(Err(err));
+            }
+            Inner::Done => panic!("`JoinHandle` polled after it resolved"),
+        };
+        let polled = Pin::new(&mut running.task).poll(cx);
+        let header = running.header();
+        let out = match polled {
+            // The watchdog's or an abort's answer wins over whatever the
+            // future returned while being dropped.
+            Poll::Ready(out) => header
+                .early_error()
+                .map(Err)
+                .or(out)
+                .unwrap_or_else(|| Err(JoinError::cancelled())),
+            Poll::Pending => {
+                header.join_waker.register(cx.waker());
+                match header.early_error() {
+                    Some(err) => Err(err),
+                    None => return Poll::Pending,
+                }
+            }
+        };
+        if let Inner::Running(task) = std::mem::replace(inner, Inner::Done) {
+            task.detach();
+        }
+        Poll::Ready(out)
+    }
+}
+
+// SAFETY: a `JoinHandle` is a `FallibleTask` (Send and Sync when its output
+// is Send) plus a pointer to the task's `Header`, which is `Sync` and lives
+// as long as the task.
+unsafe impl<T: Send> Send for JoinHandle<T> {}
+// SAFETY: as above; shared access goes through the `Mutex`.
+unsafe impl<T: Send> Sync for JoinHandle<T> {}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Inner::Running(task) = std::mem::replace(inner, Inner::Done) {
+            task.detach();
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+/// Options for one spawn: a name, a client and budgets.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+///
+/// let rt = curfew::Runtime::builder().event_threads(1).build()?;
+/// let job = curfew::task::Builder::new()
+///     .name("thumbnail")
+///     .job_budget(Duration::from_secs(2))
+///     .spawn_blocking_on(&rt.handle(), || 2 + 2);
+/// assert_eq!(rt.block_on(job)?, 4);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) client: Option<ClientKey>,
+    pub(crate) poll_budget: Option<Option<Duration>>,
+    pub(crate) job_budget: Option<Option<Duration>>,
+}
+
+impl Builder {
+    /// Options with the runtime's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Names the task in timeouts, tracing spans and metrics.
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        self.name = Some(name.as_ref().into());
+        self
+    }
+
+    /// The client the task works for. Its poll time and timeouts are
+    /// attributed to this key, and the runtime's
+    /// [`ClientPolicy`](crate::policy::ClientPolicy) may refuse it.
+    pub fn client(mut self, client: impl Into<ClientKey>) -> Self {
+        self.client = Some(client.into());
+        self
+    }
+
+    /// The budget for each poll of this task, instead of the runtime's.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `budget` is zero; use [`unlimited`](Self::unlimited) to
+    /// exempt a task from the watchdog.
+    pub fn poll_budget(mut self, budget: Duration) -> Self {
+        assert!(!budget.is_zero(), "a poll budget must be greater than zero");
+        self.poll_budget = Some(Some(budget));
+        self
+    }
+
+    /// The budget for this blocking job, instead of the runtime's.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `budget` is zero.
+    pub fn job_budget(mut self, budget: Duration) -> Self {
+        assert!(!budget.is_zero(), "a job budget must be greater than zero");
+        self.job_budget = Some(Some(budget));
+        self
+    }
+
+    /// Exempts the task or job from the watchdog: it is never timed out.
+    /// For trusted work that is known to run long, such as a startup load.
+    pub fn unlimited(mut self) -> Self {
+        self.poll_budget = Some(None);
+        self.job_budget = Some(None);
+        self
+    }
+
+    /// Spawns `future` on the current curfew runtime, or on the default
+    /// runtime (see [`spawn`](crate::spawn)).
+    pub fn spawn<F>(self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        context::with_handle(|h| h.spawn_with(self, future))
+    }
+
+    /// Spawns `future` on the runtime behind `handle`.
+    pub fn spawn_on<F>(self, handle: &Handle, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        handle.spawn_with(self, future)
+    }
+
+    /// Runs `f` on the current runtime's worker pool under the job budget.
+    pub fn spawn_blocking<F, R>(self, f: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        context::with_handle(|h| h.spawn_blocking_with(self, f))
+    }
+
+    /// Runs `f` on the worker pool of the runtime behind `handle`.
+    pub fn spawn_blocking_on<F, R>(self, handle: &Handle, f: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        handle.spawn_blocking_with(self, f)
+    }
+}
+
+/// Yields once to the scheduler, like `tokio::task::yield_now`.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Yields if the current poll has used up its time slice
+/// ([`need_yield`](crate::need_yield)); otherwise returns at once. Call it in
+/// long loops to keep latency low for the other tasks, like Glommio's
+/// `yield_if_needed`.
+pub async fn yield_if_needed() {
+    if crate::need_yield() {
+        yield_now().await;
+    }
+}
