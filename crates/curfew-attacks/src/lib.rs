@@ -61,6 +61,12 @@ pub mod yaml;
 
 mod util;
 
+/// Compiles and runs the README's example as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+#[derive(Debug)]
+pub struct ReadmeDoctests;
+
 /// The attack classes of Davis et al. (2018), with "other CPU-bound DoS" split
 /// by the mechanism that makes a handler slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,7 +103,7 @@ impl AttackClass {
 
 impl fmt::Display for AttackClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -123,7 +129,7 @@ impl CostKind {
 
 impl fmt::Display for CostKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

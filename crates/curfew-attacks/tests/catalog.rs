@@ -116,3 +116,9 @@ fn attack_error_displays_vector_message_and_source() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<AttackError>();
 }
+
+#[test]
+fn class_and_kind_honour_width() {
+    assert_eq!(format!("{:7}|", AttackClass::ReDoS), "ReDoS  |");
+    assert_eq!(format!("{:>4}", CostKind::Cpu), " Cpu");
+}
