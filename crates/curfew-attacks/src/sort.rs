@@ -21,12 +21,17 @@ pub fn payload(n: usize) -> Vec<u8> {
 }
 
 /// Generates as many pseudo-random `u64`s as the body asks for, sorts them and
-/// reports the median.
+/// reports the median. A count whose values cannot be allocated is an error.
 pub fn handle(body: &[u8]) -> Result<String, AttackError> {
     let n = util::count("sort", body)?;
     let n = usize::try_from(n).map_err(|_| AttackError::new("sort", "count does not fit"))?;
+    let mut values: Vec<u64> = Vec::new();
+    // A count too large to allocate is refused rather than aborting the process.
+    values
+        .try_reserve_exact(n)
+        .map_err(|e| AttackError::with_source("sort", "cannot allocate the values", e))?;
     let mut rng = util::SplitMix64::new(0x736f_7274);
-    let mut values: Vec<u64> = (0..n).map(|_| rng.next_u64()).collect();
+    values.extend((0..n).map(|_| rng.next_u64()));
     values.sort_unstable();
     let median = values.get(n / 2).copied().unwrap_or(0);
     Ok(format!("sorted {n} values (median {median})"))

@@ -187,3 +187,9 @@ fn malformed_bodies_are_errors_not_panics() {
         }
     }
 }
+
+#[test]
+fn an_impossible_sort_count_is_an_error_not_an_abort() {
+    let err = sort::handle(&sort::payload(usize::MAX)).unwrap_err();
+    assert_eq!(err.vector(), "sort");
+}
