@@ -4,6 +4,8 @@
 //! top-level `examples/`, `tests/` and `benches/` directories.
 #![warn(missing_docs)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Spins on the current thread for `d` without yielding, like a handler stuck
@@ -15,4 +17,89 @@ pub fn spin_for(d: Duration) -> u64 {
         n = std::hint::black_box(n.wrapping_add(1));
     }
     n
+}
+
+/// Spins until `release` is set, like a handler in an endless loop that only
+/// the test can end.
+pub fn spin_until(release: &AtomicBool) {
+    while !release.load(Ordering::Relaxed) {
+        std::hint::spin_loop();
+    }
+}
+
+/// Polls `cond` every millisecond until it holds or `timeout` passes.
+/// Returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Counts how many of the guards made from it have been dropped, and on
+/// which threads.
+#[derive(Debug, Clone, Default)]
+pub struct DropCounter {
+    dropped: Arc<AtomicUsize>,
+    threads: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl DropCounter {
+    /// A new counter at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A guard that counts itself when dropped.
+    pub fn guard(&self) -> DropGuard {
+        DropGuard(self.clone())
+    }
+
+    /// How many guards have been dropped.
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::SeqCst)
+    }
+
+    /// The names of the threads the guards were dropped on.
+    pub fn threads(&self) -> Vec<String> {
+        self.threads.lock().unwrap().clone()
+    }
+}
+
+/// Made by [`DropCounter::guard`]; move it into a future to see when the
+/// future is dropped.
+#[derive(Debug)]
+pub struct DropGuard(DropCounter);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        self.0.threads.lock().unwrap().push(name);
+        self.0.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Spins without yielding until the watchdog has answered for the current
+/// curfew task (`curfew::checkpoint()` fails), or until `max` has passed.
+/// Returns whether the timeout came.
+///
+/// Tests use it instead of spinning for a fixed time past the budget, so that
+/// they do not depend on how soon a loaded machine lets the watchdog run.
+pub fn spin_until_timed_out(max: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < max {
+        for _ in 0..1024 {
+            std::hint::spin_loop();
+        }
+        if curfew::checkpoint().is_err() {
+            return true;
+        }
+    }
+    false
 }

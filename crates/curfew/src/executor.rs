@@ -19,7 +19,7 @@
 use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 
 use arc_swap::ArcSwap;
@@ -60,7 +60,11 @@ pub(crate) struct Slot {
     pub(crate) slice_expired: AtomicU32,
     /// Lets other event threads steal this thread's local tasks.
     pub(crate) stealer: Option<Stealer<Runnable>>,
-    thread: Thread,
+    /// Set by the thread itself as it starts, before it can park.
+    thread: OnceLock<Thread>,
+    /// The OS thread id, for demoting a hijacked thread's scheduling
+    /// priority; 0 until the thread starts.
+    pub(crate) os_tid: std::sync::atomic::AtomicI64,
     /// Set by a producer that woke this thread from its park.
     notified: AtomicBool,
     // Owner-written counters (a plain load and store each, no contention).
@@ -235,7 +239,9 @@ impl Group {
         };
         if let Some(s) = woken {
             s.notified.store(true, Ordering::Release);
-            s.thread.unpark();
+            if let Some(t) = s.thread.get() {
+                t.unpark();
+            }
         }
     }
 
@@ -248,7 +254,9 @@ impl Group {
         };
         for s in all {
             s.notified.store(true, Ordering::Release);
-            s.thread.unpark();
+            if let Some(t) = s.thread.get() {
+                t.unpark();
+            }
         }
     }
 
@@ -275,57 +283,57 @@ impl Group {
 }
 
 /// Starts one more thread in `group`.
+///
+/// The slot is registered before the thread runs, so the caller (often the
+/// watchdog) never waits for the new thread to be scheduled.
 pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()> {
     let group = shared.group(gid);
     let id = group.next_id.fetch_add(1, Ordering::Relaxed);
     let local = (gid == GroupId::Event).then(Worker::new_fifo);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Slot>>(1);
     let name = match gid {
         GroupId::Event => format!("{}-{id}", shared.config.thread_name),
         GroupId::Blocking => format!("{}-blocking-{id}", shared.config.thread_name),
     };
-    let stealer = local.as_ref().map(Worker::stealer);
-    let shared2 = shared.clone();
+    let slot = Arc::new(Slot {
+        id,
+        state: SlotState::new(),
+        slice_expired: AtomicU32::new(u32::MAX),
+        stealer: local.as_ref().map(Worker::stealer),
+        thread: OnceLock::new(),
+        os_tid: std::sync::atomic::AtomicI64::new(0),
+        notified: AtomicBool::new(false),
+        polls: AtomicU64::new(0),
+        completed: AtomicU64::new(0),
+        panicked: AtomicU64::new(0),
+        seen_word: AtomicU64::new(u64::MAX),
+        seen_at_ns: AtomicU64::new(0),
+        deferred: AtomicBool::new(false),
+    });
     group.alive.fetch_add(1, Ordering::SeqCst);
     group.healthy.fetch_add(1, Ordering::SeqCst);
+    group.register(slot.clone());
+    let ctx = WorkerCtx {
+        shared: shared.clone(),
+        gid,
+        slot: slot.clone(),
+        local,
+        seq: Cell::new(0),
+        tick: Cell::new(0),
+    };
     let spawned = std::thread::Builder::new()
         .name(name)
         .stack_size(shared.config.thread_stack_size)
         .spawn(move || {
-            let slot = Arc::new(Slot {
-                id,
-                state: SlotState::new(),
-                slice_expired: AtomicU32::new(u32::MAX),
-                stealer,
-                thread: std::thread::current(),
-                notified: AtomicBool::new(false),
-                polls: AtomicU64::new(0),
-                completed: AtomicU64::new(0),
-                panicked: AtomicU64::new(0),
-                seen_word: AtomicU64::new(u64::MAX),
-                seen_at_ns: AtomicU64::new(0),
-                deferred: AtomicBool::new(false),
-            });
-            shared2.group(gid).register(slot.clone());
-            let _ = tx.send(slot.clone());
-            WorkerCtx {
-                shared: shared2,
-                gid,
-                slot,
-                local,
-                seq: Cell::new(0),
-                tick: Cell::new(0),
-            }
-            .main();
+            let _ = ctx.slot.thread.set(std::thread::current());
+            ctx.slot
+                .os_tid
+                .store(crate::sys::current_tid(), Ordering::Relaxed);
+            ctx.main();
         });
     match spawned {
-        Ok(_) => {
-            // Wait until the slot is registered, so that a runtime is fully
-            // visible to the watchdog and to stealers once `build` returns.
-            let _ = rx.recv();
-            Ok(())
-        }
+        Ok(_) => Ok(()),
         Err(e) => {
+            group.deregister(&slot);
             group.alive.fetch_sub(1, Ordering::SeqCst);
             group.healthy.fetch_sub(1, Ordering::SeqCst);
             Err(e)

@@ -110,6 +110,7 @@ pub mod policy;
 pub mod pool;
 mod runtime;
 mod slot;
+mod sys;
 pub mod task;
 mod watchdog;
 

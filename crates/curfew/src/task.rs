@@ -100,19 +100,21 @@ impl Header {
             .is_ok()
     }
 
-    /// Watchdog: resolves the task with a timeout. False if it had already
-    /// completed or been aborted.
+    /// Watchdog: marks the task timed out. False if it had already
+    /// completed or been aborted. The caller records the timeout, then
+    /// calls [`Self::wake_join`], so that whoever the handle wakes sees the
+    /// timeout in the metrics.
     pub(crate) fn time_out(&self, elapsed: Duration) -> bool {
         self.elapsed_ns
             .store(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        let won = self
-            .outcome
+        self.outcome
             .compare_exchange(PENDING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if won {
-            self.join_waker.wake();
-        }
-        won
+            .is_ok()
+    }
+
+    /// Wakes the task's `JoinHandle`.
+    pub(crate) fn wake_join(&self) {
+        self.join_waker.wake();
     }
 
     fn abort(&self) -> bool {

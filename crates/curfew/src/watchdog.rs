@@ -155,7 +155,10 @@ impl Watchdog {
         let header = unsafe { &*header };
         let answered = header.time_out(elapsed);
         let info = answered.then(|| {
+            // Record before waking the caller, so that it sees the count.
+            group.timeouts.fetch_add(1, Ordering::Relaxed);
             let cool_off = self.shared.clients.strike(header.client_idx);
+            header.wake_join();
             (
                 header.name.clone(),
                 header.client.clone(),
@@ -169,7 +172,6 @@ impl Watchdog {
         slot.seen_at_ns.store(now_ns, Ordering::Relaxed);
 
         if let Some((name, client, budget, cool_off)) = info {
-            group.timeouts.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 target: "curfew",
                 task = name.as_deref().unwrap_or(""),
@@ -222,6 +224,8 @@ impl Watchdog {
             return;
         }
         slot.deferred.store(false, Ordering::Relaxed);
+        // It may spin for a long time yet: let it have only spare CPU.
+        crate::sys::demote(slot.os_tid.load(Ordering::Relaxed));
         group.healthy.fetch_sub(1, Ordering::SeqCst);
         group.hijacked_total.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(

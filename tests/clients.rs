@@ -1,0 +1,107 @@
+//! Per-client accounting: poll time and timeouts are attributed to the
+//! client key, and the client policy refuses a client after its strikes.
+
+use std::time::Duration;
+
+use curfew::policy::ClientPolicy;
+
+#[test]
+fn poll_time_and_timeouts_are_attributed_to_clients() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(2)
+        .poll_budget(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let busy = curfew::task::Builder::new()
+        .client("busy")
+        .spawn_on(&h, async {
+            curfew_suite::spin_for(Duration::from_millis(30))
+        });
+    let quiet = curfew::task::Builder::new()
+        .client("quiet")
+        .spawn_on(&h, async {});
+    let bad = curfew::task::Builder::new()
+        .client("bad")
+        .poll_budget(Duration::from_millis(40))
+        .spawn_on(&h, async {
+            curfew_suite::spin_until_timed_out(Duration::from_secs(20))
+        });
+    rt.block_on(busy).unwrap();
+    rt.block_on(quiet).unwrap();
+    assert!(rt.block_on(bad).unwrap_err().is_timeout());
+
+    let m = rt.metrics();
+    let busy = m.client("busy").expect("busy is accounted");
+    let quiet = m.client("quiet").expect("quiet is accounted");
+    let bad = m.client("bad").expect("bad is accounted");
+    // Sampled at the watchdog interval: generous bounds.
+    assert!(busy.poll_time >= Duration::from_millis(10), "{busy:?}");
+    assert!(bad.poll_time > busy.poll_time, "{bad:?} vs {busy:?}");
+    assert!(quiet.poll_time < Duration::from_millis(10), "{quiet:?}");
+    assert_eq!((busy.timeouts, quiet.timeouts, bad.timeouts), (0, 0, 1));
+    assert!(!bad.cooling_off, "no policy, no cool-off");
+}
+
+#[test]
+fn policy_refuses_a_client_after_its_strikes_and_not_others() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(2)
+        .poll_budget(Duration::from_millis(10))
+        .client_policy(ClientPolicy::new(2, Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let attack = |who: &str| {
+        curfew::task::Builder::new()
+            .client(who)
+            .spawn_on(&h, async {
+                curfew_suite::spin_until_timed_out(Duration::from_secs(20))
+            })
+    };
+    assert!(rt.block_on(attack("mallory")).unwrap_err().is_timeout());
+    assert!(rt.block_on(attack("mallory")).unwrap_err().is_timeout());
+    let err = rt.block_on(attack("mallory")).unwrap_err();
+    assert!(err.is_refused(), "{err:?}");
+    match err.refusal() {
+        Some(curfew::Refusal::ClientCoolingOff { client, remaining }) => {
+            assert_eq!(client.as_str(), "mallory");
+            assert!(*remaining > Duration::from_secs(50));
+        }
+        other => panic!("wrong refusal: {other:?}"),
+    }
+    // Blocking jobs for the same client are refused too; others are served.
+    let job = curfew::task::Builder::new()
+        .client("mallory")
+        .spawn_blocking_on(&h, || ());
+    assert!(rt.block_on(job).unwrap_err().is_refused());
+    let alice = curfew::task::Builder::new()
+        .client("alice")
+        .spawn_on(&h, async { 1 });
+    assert_eq!(rt.block_on(alice).unwrap(), 1);
+
+    let m = rt.metrics();
+    let mallory = m.client("mallory").unwrap();
+    assert!(mallory.cooling_off);
+    assert_eq!(mallory.timeouts, 2);
+    assert_eq!(mallory.refused, 2);
+    assert_eq!(m.refused, 2);
+}
+
+#[test]
+fn clients_beyond_the_tracking_capacity_are_counted() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .max_tracked_clients(2)
+        .build()
+        .unwrap();
+    for c in ["a", "b", "c", "d"] {
+        let t = curfew::task::Builder::new()
+            .client(c)
+            .spawn_on(&rt.handle(), async {});
+        rt.block_on(t).unwrap();
+    }
+    let m = rt.metrics();
+    assert_eq!(m.clients.len(), 2);
+    assert_eq!(m.untracked_clients, 2);
+}

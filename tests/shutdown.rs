@@ -1,0 +1,96 @@
+//! Shutdown: dropping or shutting down a runtime while hijacked threads
+//! still spin returns within the shutdown timeout; queued tasks are
+//! cancelled and later spawns refused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use curfew_suite::{spin_until, wait_until};
+
+fn runtime_with_spinners(release: &Arc<AtomicBool>) -> curfew::Runtime {
+    let rt = curfew::Runtime::builder()
+        .event_threads(2)
+        .blocking_threads(1)
+        .poll_budget(Duration::from_millis(20))
+        .job_budget(Duration::from_millis(20))
+        .hijack_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let r = release.clone();
+        let h = rt.spawn(async move { spin_until(&r) });
+        assert!(rt.block_on(h).unwrap_err().is_timeout());
+    }
+    let r = release.clone();
+    let job = rt.spawn_blocking(move || spin_until(&r));
+    assert!(rt.block_on(job).unwrap_err().is_timeout());
+    assert!(wait_until(Duration::from_secs(20), || {
+        let m = rt.metrics();
+        m.event.hijacked_threads == 3 && m.blocking.hijacked_threads == 1
+    }));
+    rt
+}
+
+#[test]
+fn shutdown_timeout_returns_in_time_with_spinning_hijacked_threads() {
+    let release = Arc::new(AtomicBool::new(false));
+    let rt = runtime_with_spinners(&release);
+    let start = Instant::now();
+    rt.shutdown_timeout(Duration::from_millis(300));
+    let took = start.elapsed();
+    // Generous slack for a loaded machine; the point is that it returns
+    // while four threads still spin.
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    assert!(!release.load(Ordering::SeqCst));
+    release.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn drop_returns_with_spinning_hijacked_threads() {
+    let release = Arc::new(AtomicBool::new(false));
+    let rt = runtime_with_spinners(&release);
+    let start = Instant::now();
+    drop(rt);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "drop took {:?}",
+        start.elapsed()
+    );
+    release.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn drop_waits_out_a_long_poll_through_the_watchdog() {
+    // A poll that is running when the runtime is dropped is still timed
+    // out and written off, so drop returns after about budget + grace.
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .poll_budget(Duration::from_millis(30))
+        .hijack_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    let release = Arc::new(AtomicBool::new(false));
+    let r = release.clone();
+    let h = rt.spawn(async move { spin_until(&r) });
+    std::thread::sleep(Duration::from_millis(5));
+    let start = Instant::now();
+    drop(rt);
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(futures::executor::block_on(h).unwrap_err().is_timeout());
+    release.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn queued_tasks_are_cancelled_and_later_spawns_refused() {
+    let rt = curfew::Runtime::builder().event_threads(1).build().unwrap();
+    let handle = rt.handle();
+    let pending = rt.spawn(std::future::pending::<()>());
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let err = futures::executor::block_on(pending).unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    let late = handle.spawn(async { 1 });
+    let err = futures::executor::block_on(late).unwrap_err();
+    assert!(err.is_refused());
+    assert_eq!(err.refusal(), Some(&curfew::Refusal::Shutdown));
+}
