@@ -1,0 +1,101 @@
+//! Shared set-up for the benches: both runtimes with the same thread count,
+//! and criterion settings that keep a full `cargo bench` short.
+#![allow(dead_code)] // each bench target uses a different subset
+
+use std::time::Duration;
+
+use criterion::Criterion;
+
+/// Threads per runtime: event threads for curfew, workers for tokio.
+/// Two by default (one per core on the reference machine); override with
+/// `CURFEW_BENCH_THREADS`.
+pub fn threads() -> usize {
+    std::env::var("CURFEW_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2)
+}
+
+/// A multi-threaded tokio runtime with [`threads`] workers.
+pub fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads())
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A curfew runtime with [`threads`] event threads and default budgets.
+pub fn curfew_rt() -> curfew::Runtime {
+    curfew_builder().build().expect("curfew runtime")
+}
+
+/// The builder behind [`curfew_rt`], to adjust before building.
+pub fn curfew_builder() -> curfew::Builder {
+    curfew::Runtime::builder()
+        .event_threads(threads())
+        .thread_name("bench")
+}
+
+/// Criterion settings: 20 samples over 3 s after a 1 s warm-up.
+pub fn criterion() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+/// Busy-waits for `d` while yielding the CPU, as tokio's benches' `stall`.
+pub fn stall(d: Duration) {
+    let now = std::time::Instant::now();
+    while now.elapsed() < d {
+        std::thread::yield_now();
+    }
+}
+
+/// CPU time of each thread of this process whose name starts with
+/// `prefix`, keyed by `"name (tid)"`: (on-CPU ns from
+/// `/proc/self/task/<tid>/schedstat`, utime + stime in clock ticks from
+/// `/proc/self/task/<tid>/stat`). Linux only; empty elsewhere.
+pub fn thread_cpu(prefix: &str) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let p = e.path();
+        let Ok(comm) = std::fs::read_to_string(p.join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim().to_string();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let ns = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let ticks = std::fs::read_to_string(p.join("stat"))
+            .ok()
+            .and_then(|s| {
+                // The fields after `(comm)`, which may hold spaces; utime
+                // and stime are fields 14 and 15, so 12 and 13 from here.
+                let rest = &s[s.rfind(')')? + 2..];
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        out.insert(
+            format!("{comm} ({})", e.file_name().to_string_lossy()),
+            (ns, ticks),
+        );
+    }
+    out
+}
+
+/// Total on-CPU nanoseconds of the threads whose name starts with `prefix`
+/// (threads that exited in between are not counted).
+pub fn total_cpu_ns(prefix: &str) -> u64 {
+    thread_cpu(prefix).values().map(|v| v.0).sum()
+}

@@ -1,0 +1,217 @@
+//! Timeout delivery latency: how long after a budget runs out the caller
+//! awaiting the task holds its `TimeoutError`.
+//!
+//! For each budget (5, 10, 50, 100 ms) and each kind of overrun, it runs a
+//! bounded number of trials and prints p50, p99 and max of
+//!
+//! ```text
+//! delivery = (instant the caller's await returns) - (instant the poll started + budget)
+//! ```
+//!
+//! where the poll's start is recorded by the task itself, as its first
+//! instruction. Kinds:
+//!
+//! * `spin/block_on`: an async task spins past its budget (no checkpoint);
+//!   the caller is `Runtime::block_on` on the bench thread.
+//! * `spin/task`: the same, awaited by another curfew task on the other
+//!   event thread (the caller a server would have).
+//! * `sleep-job/block_on`, `sleep-job/task`: a `spawn_blocking` job that
+//!   sleeps past its job budget.
+//! * `spin/task+load`: `spin/task` while two more tasks keep both event
+//!   threads busy (yield + 10 µs stall, as tokio's busy benches).
+//!
+//! The overrunning poll or job stops by itself 10 ms after its budget, so
+//! each trial also exercises the hijack (grace 5 ms) and the replacement of
+//! the thread.
+//!
+//! ```text
+//! cargo bench --bench timeout_latency
+//! ```
+//!
+//! `CURFEW_BENCH_TRIALS` sets the trials per budget (default 50). Without
+//! `--bench` (as under `cargo test --benches`) it runs 2 trials per budget
+//! as a smoke test. The target is budget + 1 ms at p99.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+const BUDGETS_MS: [u64; 4] = [5, 10, 50, 100];
+/// How long an overrunning poll or job keeps going past its budget.
+const TAIL: Duration = Duration::from_millis(10);
+/// A bound on the whole run, whatever the trial count.
+const MAX_TOTAL: Duration = Duration::from_secs(240);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Spin,
+    SleepJob,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    BlockOn,
+    Task,
+}
+
+struct Sample {
+    /// Signed, in nanoseconds: negative would mean the timeout came early.
+    delivery_ns: i64,
+    reported: Duration,
+}
+
+fn run_trial(rt: &curfew::Runtime, kind: Kind, caller: Caller, budget: Duration) -> Sample {
+    let started: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let s = started.clone();
+    let handle = rt.handle();
+    // The caller: spawns the overrunning work and awaits it; returns the
+    // instant its await returned.
+    let call = async move {
+        let res = match kind {
+            Kind::Spin => {
+                curfew::task::Builder::new()
+                    .poll_budget(budget)
+                    .spawn_on(&handle, async move {
+                        let t0 = Instant::now();
+                        let _ = s.set(t0);
+                        while t0.elapsed() < budget + TAIL {
+                            std::hint::spin_loop();
+                        }
+                    })
+                    .await
+            }
+            Kind::SleepJob => {
+                curfew::task::Builder::new()
+                    .job_budget(budget)
+                    .spawn_blocking_on(&handle, move || {
+                        let _ = s.set(Instant::now());
+                        std::thread::sleep(budget + TAIL);
+                    })
+                    .await
+            }
+        };
+        let end = Instant::now();
+        (res, end)
+    };
+    let (res, end) = match caller {
+        Caller::BlockOn => rt.block_on(call),
+        Caller::Task => rt.block_on(rt.spawn(call)).expect("the caller task"),
+    };
+    let err = res.expect_err("the overrun must time out");
+    let t = err.timeout().expect("a timeout error");
+    let start = *started.get().expect("the overrun started");
+    let deadline = start + budget;
+    let delivery_ns = if end >= deadline {
+        (end - deadline).as_nanos() as i64
+    } else {
+        -((deadline - end).as_nanos() as i64)
+    };
+    Sample {
+        delivery_ns,
+        reported: t.elapsed(),
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    // Nearest rank.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(ns: i64) -> String {
+    format!("{:.3}", ns as f64 / 1e6)
+}
+
+fn main() {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let trials: usize = if bench_mode {
+        std::env::var("CURFEW_BENCH_TRIALS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(50)
+    } else {
+        2
+    };
+    let began = Instant::now();
+    println!(
+        "timeout delivery latency: {} event threads, 4 pool threads, watchdog interval 500 µs, \
+         hijack grace 5 ms, {trials} trials per row",
+        common::threads()
+    );
+    println!("delivery = caller's await returned - (poll start + budget); target: p99 <= 1 ms\n");
+    println!(
+        "| kind | budget (ms) | trials | p50 (ms) | p99 (ms) | max (ms) | min (ms) | reported elapsed p50 (ms) | p99 within budget + 1 ms |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    let rows: [(&str, Kind, Caller, bool); 5] = [
+        ("spin/block_on", Kind::Spin, Caller::BlockOn, false),
+        ("spin/task", Kind::Spin, Caller::Task, false),
+        ("spin/task+load", Kind::Spin, Caller::Task, true),
+        ("sleep-job/block_on", Kind::SleepJob, Caller::BlockOn, false),
+        ("sleep-job/task", Kind::SleepJob, Caller::Task, false),
+    ];
+    let mut misses = 0;
+    'rows: for (label, kind, caller, load) in rows {
+        for budget_ms in BUDGETS_MS {
+            let budget = Duration::from_millis(budget_ms);
+            let rt = common::curfew_builder()
+                .thread_name("lat")
+                .blocking_threads(4)
+                .build()
+                .expect("curfew runtime");
+            let stop = Arc::new(AtomicBool::new(false));
+            if load {
+                for _ in 0..common::threads() {
+                    let stop = stop.clone();
+                    rt.spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            curfew::task::yield_now().await;
+                            common::stall(Duration::from_micros(10));
+                        }
+                    });
+                }
+            }
+            let mut d = Vec::with_capacity(trials);
+            let mut reported = Vec::with_capacity(trials);
+            for _ in 0..trials {
+                if began.elapsed() > MAX_TOTAL {
+                    println!("(stopped: the run reached its {MAX_TOTAL:?} bound)");
+                    stop.store(true, Ordering::Relaxed);
+                    break 'rows;
+                }
+                let s = run_trial(&rt, kind, caller, budget);
+                d.push(s.delivery_ns);
+                reported.push(s.reported.as_nanos() as i64);
+                // Let the overrunning poll or job finish, so trials do not
+                // pile hijacked threads onto the two cores.
+                std::thread::sleep(TAIL + Duration::from_millis(2));
+            }
+            stop.store(true, Ordering::Relaxed);
+            d.sort_unstable();
+            reported.sort_unstable();
+            let p99 = percentile(&d, 99.0);
+            let ok = p99 <= 1_000_000;
+            if !ok {
+                misses += 1;
+            }
+            println!(
+                "| {label} | {budget_ms} | {} | {} | {} | {} | {} | {} | {} |",
+                d.len(),
+                ms(percentile(&d, 50.0)),
+                ms(p99),
+                ms(*d.last().unwrap()),
+                ms(d[0]),
+                ms(percentile(&reported, 50.0)),
+                if ok { "yes" } else { "**no**" },
+            );
+            rt.shutdown_timeout(Duration::from_millis(200));
+        }
+    }
+    println!(
+        "\n{misses} row(s) over budget + 1 ms at p99; total {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+}
