@@ -1,0 +1,350 @@
+//! The command line: `study`, `serve` and `list`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::server::{Mode, Server, ServerConfig};
+use crate::study::{self, StudyConfig};
+
+/// Event handler poisoning, measured: a small HTTP server under real
+/// attacks, served by plain tokio and by curfew.
+#[derive(Debug, Parser)]
+#[command(name = "curfew-lab", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every attack against every mode and write a report and a plot.
+    Study(StudyArgs),
+    /// Serve the lab's routes, for an outside load generator (wrk, oha).
+    Serve(ServeArgs),
+    /// List the attacks the study knows.
+    List,
+}
+
+/// The server's settings on the command line.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Tokio workers (tokio mode) or curfew event threads (curfew modes).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Tokio workers that serve connections in the curfew modes.
+    #[arg(long, default_value_t = 1)]
+    pub io_threads: usize,
+    /// Curfew's worker-pool threads.
+    #[arg(long, default_value_t = 4)]
+    pub blocking_threads: usize,
+    /// Curfew's poll budget (the paper's Figure 3: 100ms).
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    pub poll_budget: Duration,
+    /// Curfew's job budget (the paper's Figure 3: 1s).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub job_budget: Duration,
+    /// Cap on hijacked event threads [default: curfew's, 4 × threads].
+    #[arg(long)]
+    pub max_hijacked_threads: Option<usize>,
+    /// Cap on abandoned pool threads [default: curfew's, 4 × blocking threads].
+    #[arg(long)]
+    pub max_abandoned_threads: Option<usize>,
+    /// curfew-policy: timeouts before a client is refused.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub strikes: u32,
+    /// curfew-policy: how long a client is refused.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub cool_off: Duration,
+}
+
+impl ServerArgs {
+    /// The server configuration these flags describe.
+    pub fn config(&self) -> ServerConfig {
+        ServerConfig {
+            threads: self.threads,
+            io_threads: self.io_threads,
+            blocking_threads: self.blocking_threads,
+            poll_budget: self.poll_budget,
+            job_budget: self.job_budget,
+            max_hijacked_threads: self.max_hijacked_threads,
+            max_abandoned_threads: self.max_abandoned_threads,
+            strikes: self.strikes,
+            cool_off: self.cool_off,
+            ..ServerConfig::default()
+        }
+    }
+}
+
+/// `curfew-lab study`.
+#[derive(Debug, Clone, Args)]
+pub struct StudyArgs {
+    /// Two attacks, short phases: under 30 seconds.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where the report, plot and CSV go.
+    #[arg(long, default_value = "lab-out")]
+    pub out: PathBuf,
+    /// Modes to run, in order [default: tokio,curfew,curfew-policy].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub modes: Option<Vec<Mode>>,
+    /// Attacks to run (see `curfew-lab list`).
+    #[arg(long, value_delimiter = ',')]
+    pub attacks: Option<Vec<String>>,
+    /// Benign load alone before each attack.
+    #[arg(long, value_parser = parse_duration)]
+    pub baseline: Option<Duration>,
+    /// How long each attack lasts.
+    #[arg(long, value_parser = parse_duration)]
+    pub window: Option<Duration>,
+    /// Benign load alone after each attack.
+    #[arg(long, value_parser = parse_duration)]
+    pub recovery: Option<Duration>,
+    /// Benign keep-alive connections.
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// How long a benign client waits for an answer.
+    #[arg(long, value_parser = parse_duration)]
+    pub benign_timeout: Option<Duration>,
+    /// Attack requests per second, for every attack [default: 4 for
+    /// ReadDoS as in the paper's Figure 3, 2 for the others].
+    #[arg(long)]
+    pub attack_rate: Option<f64>,
+    /// No progress bars.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// The server.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl StudyArgs {
+    /// The study these flags describe.
+    pub fn config(&self) -> Result<StudyConfig, String> {
+        let mut cfg = if self.quick {
+            StudyConfig::quick()
+        } else {
+            StudyConfig::full()
+        };
+        cfg.out = self.out.clone();
+        cfg.server = self.server.config();
+        cfg.progress = !self.no_progress;
+        if let Some(m) = &self.modes {
+            cfg.modes = m.clone();
+        }
+        if let Some(names) = &self.attacks {
+            cfg.attacks = names
+                .iter()
+                .map(|n| {
+                    study::attack(n).ok_or_else(|| {
+                        format!("no attack `{n}`; `curfew-lab list` shows the attacks")
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(rate) = self.attack_rate {
+            if !(rate > 0.0 && rate <= 1000.0) {
+                return Err(format!("--attack-rate {rate} is outside (0, 1000]"));
+            }
+            for a in &mut cfg.attacks {
+                a.rate = rate;
+            }
+        }
+        cfg.baseline = self.baseline.unwrap_or(cfg.baseline);
+        cfg.window = self.window.unwrap_or(cfg.window);
+        cfg.recovery = self.recovery.unwrap_or(cfg.recovery);
+        cfg.connections = self.connections.unwrap_or(cfg.connections);
+        cfg.benign_timeout = self.benign_timeout.unwrap_or(cfg.benign_timeout);
+        if cfg.modes.is_empty() || cfg.attacks.is_empty() || cfg.connections == 0 {
+            return Err("the study needs at least one mode, attack and connection".into());
+        }
+        if cfg.window.is_zero() || cfg.baseline.is_zero() {
+            return Err("--baseline and --window must be longer than zero".into());
+        }
+        Ok(cfg)
+    }
+}
+
+/// `curfew-lab serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// How the server runs its handlers.
+    #[arg(long, value_enum, default_value = "curfew")]
+    pub mode: Mode,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub addr: SocketAddr,
+    /// The server.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Parses `250ms`, `1s`, `1.5s` or `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 250ms, 1s or 2m"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        _ => return Err(format!("`{s}` needs a unit: ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// Runs the command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Study(args) => run_study(&args),
+        Command::Serve(args) => serve(&args),
+        Command::List => {
+            print!("{}", list());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn run_study(args: &StudyArgs) -> ExitCode {
+    let cfg = match args.config() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("curfew-lab: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "curfew-lab: {} attacks × {} modes, {:.1} s per phase; results in {}",
+        cfg.attacks.len(),
+        cfg.modes.len(),
+        cfg.phase_len().as_secs_f64(),
+        cfg.out.display()
+    );
+    match study::run(&cfg) {
+        Ok(outcome) => {
+            println!("{outcome}");
+            println!(
+                "report: {}\nplot:   {}\ncsv:    {}\ntook {:.1} s",
+                outcome.report.display(),
+                outcome.plot.display(),
+                outcome.csv.display(),
+                outcome.elapsed.as_secs_f64()
+            );
+            if outcome.handlers_left > 0 {
+                eprintln!(
+                    "curfew-lab: {} handler(s) still stuck; exiting without waiting for them",
+                    outcome.handlers_left
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("curfew-lab: study failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let server = match Server::start(args.mode, &args.server.config(), args.addr) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("curfew-lab: cannot serve on {}: {e}", args.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "curfew-lab: serving in {} mode on http://{} (GET / lists the routes); Ctrl-C stops",
+        server.mode(),
+        server.addr()
+    );
+    let signal = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| rt.block_on(tokio::signal::ctrl_c()));
+    if let Err(e) = signal {
+        eprintln!("curfew-lab: cannot wait for Ctrl-C: {e}");
+    }
+    server.stop_spinning();
+    let s = server.shutdown(Duration::from_secs(2));
+    if s.handlers_left > 0 {
+        eprintln!(
+            "curfew-lab: {} handler(s) still running; exiting without them",
+            s.handlers_left
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn list() -> String {
+    let mut out = String::from(
+        "attack               vector               class              kind        form    rate  in\n",
+    );
+    for a in study::catalog() {
+        let mut tags = Vec::new();
+        if study::DEFAULT_ATTACKS.contains(&a.label.as_str()) {
+            tags.push("default");
+        }
+        if study::QUICK_ATTACKS.contains(&a.label.as_str()) {
+            tags.push("quick");
+        }
+        out += &format!(
+            "{:<20} {:<20} {:<18} {:<11} {:<7} {:>4}  {}\n",
+            a.label,
+            a.vector.name,
+            a.vector.class.as_str(),
+            a.vector.kind.as_str(),
+            a.form.as_str(),
+            a.rate,
+            tags.join(",")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn flags() {
+        let cli = Cli::try_parse_from([
+            "curfew-lab",
+            "study",
+            "--quick",
+            "--modes",
+            "tokio,curfew-policy",
+            "--attacks",
+            "read-fifo,fancy-regex",
+            "--poll-budget",
+            "50ms",
+        ])
+        .unwrap();
+        let Command::Study(args) = cli.command else {
+            panic!("not a study")
+        };
+        let cfg = args.config().unwrap();
+        assert_eq!(cfg.modes, [Mode::Tokio, Mode::CurfewPolicy]);
+        assert_eq!(cfg.attacks[1].label, "fancy-regex");
+        assert_eq!(cfg.server.poll_budget, Duration::from_millis(50));
+        assert!(list().contains("read-fifo-pool"));
+    }
+}

@@ -1,0 +1,318 @@
+//! The study's table, Markdown report and CSV.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::server::{Form, Mode};
+use crate::study::{Phase, StudyConfig, Summary, buckets};
+
+fn fmt_rps(x: f64) -> String {
+    format!("{x:.0}")
+}
+
+fn fmt_ms(x: f64) -> String {
+    if x.is_nan() {
+        "-".to_owned()
+    } else if x < 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// The poll or job budget that governs the attack's form.
+fn budget(cfg: &StudyConfig, form: Form) -> Duration {
+    match form {
+        Form::Inline => cfg.server.poll_budget,
+        Form::Pool => cfg.server.job_budget,
+    }
+}
+
+/// Whether a phase met the design target for benign clients under attack:
+/// at least 90% of the attack-free throughput, and a p99 within the budget
+/// plus the attack-free p99.
+pub fn target_met(cfg: &StudyConfig, phase: &Phase, s: &Summary) -> bool {
+    let b = budget(cfg, phase.attack.form).as_secs_f64() * 1e3;
+    s.attack_rps >= 0.9 * s.base_rps && s.p99_ms <= b + s.base_p99_ms
+}
+
+const HEADER: [&str; 17] = [
+    "attack",
+    "mode",
+    "base/s",
+    "attack/s",
+    "%",
+    "recov/s",
+    "p50 ms",
+    "p99 ms",
+    "err/sent",
+    "target",
+    "attacker got",
+    "answer p50",
+    "timeouts ev/pool",
+    "hijacked ev/pool",
+    "max hij/overdue",
+    "peak RSS",
+    "threads",
+];
+
+fn row(cfg: &StudyConfig, p: &Phase) -> Vec<String> {
+    let s = p.summary();
+    let timeout_ms = cfg.benign_timeout.as_secs_f64() * 1e3;
+    let p99 = if s.p99_ms >= timeout_ms - 1.0 {
+        format!("≥{}", fmt_ms(timeout_ms))
+    } else {
+        fmt_ms(s.p99_ms)
+    };
+    let pct = if s.base_rps > 0.0 {
+        format!("{:.0}%", 100.0 * s.attack_rps / s.base_rps)
+    } else {
+        "-".to_owned()
+    };
+    let (timeouts, hijacked, max) = match &p.curfew {
+        Some(c) => (
+            format!("{}/{}", c.event_timeouts, c.pool_timeouts),
+            format!("{}/{}", c.event_hijacked, c.pool_hijacked),
+            format!("{}/{}", c.max_hijacked_now, c.max_overdue),
+        ),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    let mut threads = format!(
+        "{} (+{})",
+        p.peak.threads,
+        p.peak.threads.saturating_sub(p.before.threads)
+    );
+    if p.shutdown.handlers_left > 0 {
+        let _ = write!(threads, " {} stuck", p.shutdown.handlers_left);
+    }
+    vec![
+        p.attack.label.clone(),
+        p.mode.to_string(),
+        fmt_rps(s.base_rps),
+        fmt_rps(s.attack_rps),
+        pct,
+        fmt_rps(s.recovery_rps),
+        fmt_ms(s.p50_ms),
+        p99,
+        format!("{}/{}", s.errors, s.sent),
+        if target_met(cfg, p, &s) { "yes" } else { "no" }.to_owned(),
+        s.answers.clone(),
+        s.answer_p50_ms
+            .map_or_else(|| "-".to_owned(), |ms| format!("{} ms", fmt_ms(ms))),
+        timeouts,
+        hijacked,
+        max,
+        format!("{:.0} MiB", p.peak.rss_mib()),
+        threads,
+    ]
+}
+
+fn render(rows: &[Vec<String>], markdown: bool) -> String {
+    let width = |c: usize| {
+        rows.iter()
+            .map(|r| r[c].chars().count())
+            .chain([HEADER[c].chars().count()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..HEADER.len()).map(width).collect();
+    let left = |c: usize| c < 2 || c == 10;
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(c, s)| {
+                let pad = widths[c].saturating_sub(s.chars().count());
+                if left(c) {
+                    format!("{s}{}", " ".repeat(pad))
+                } else {
+                    format!("{}{s}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        if markdown {
+            format!("| {} |\n", padded.join(" | "))
+        } else {
+            format!("{}\n", padded.join("  ").trim_end())
+        }
+    };
+    let mut out = line(HEADER.iter().map(|h| h.to_string()).collect());
+    if markdown {
+        let rule: Vec<String> = widths
+            .iter()
+            .enumerate()
+            .map(|(c, w)| {
+                if left(c) {
+                    format!("{}", "-".repeat((*w).max(3)))
+                } else {
+                    format!("{}:", "-".repeat((*w).max(3) - 1))
+                }
+            })
+            .collect();
+        out += &format!("| {} |\n", rule.join(" | "));
+    }
+    for r in rows {
+        out += &line(r.clone());
+    }
+    out
+}
+
+/// The results as an aligned text table, one row per phase.
+pub fn table(cfg: &StudyConfig, phases: &[Phase]) -> String {
+    let rows: Vec<_> = phases.iter().map(|p| row(cfg, p)).collect();
+    render(&rows, false)
+}
+
+/// The per-bucket time series as CSV.
+pub fn csv(cfg: &StudyConfig, phases: &[Phase]) -> String {
+    let mut out = String::from("attack,mode,bucket_start_s,rps,p99_ms,errors,in_attack_window\n");
+    for p in phases {
+        for b in buckets(p, cfg.bucket) {
+            let in_window = b.start >= p.window_start - 1e-9 && b.start < p.window_end - 1e-9;
+            let _ = writeln!(
+                out,
+                "{},{},{:.3},{:.1},{},{},{}",
+                p.attack.label,
+                p.mode,
+                b.start,
+                b.rps,
+                b.p99_ms.map_or_else(String::new, |v| format!("{v:.3}")),
+                b.errors,
+                in_window
+            );
+        }
+    }
+    out
+}
+
+fn mode_text(mode: Mode, cfg: &StudyConfig) -> String {
+    let s = &cfg.server;
+    match mode {
+        Mode::Tokio => format!(
+            "a tokio multi-thread runtime with {} workers; one task per connection, and the \
+             handler runs inline in it (pool form: `tokio::task::spawn_blocking`, 512 threads \
+             at most, as `tokio::fs` uses)",
+            s.threads
+        ),
+        Mode::Curfew => format!(
+            "connections served by a tokio runtime with {} worker(s); every handler runs under \
+             a curfew runtime with {} event threads (poll budget {:?}) and {} pool threads (job \
+             budget {:?}); caps on hijacked/abandoned threads: {}/{}",
+            s.io_threads,
+            s.threads,
+            s.poll_budget,
+            s.blocking_threads,
+            s.job_budget,
+            s.max_hijacked_threads
+                .map_or_else(|| format!("{} (default)", 4 * s.threads), |n| n.to_string()),
+            s.max_abandoned_threads.map_or_else(
+                || format!("{} (default)", 4 * s.blocking_threads),
+                |n| n.to_string()
+            ),
+        ),
+        Mode::CurfewPolicy => format!(
+            "as `curfew`, plus a client policy: a client whose requests time out {} times is \
+             refused for {:?} (the paper's recommended pairing of timeouts with a blacklist)",
+            s.strikes, s.cool_off
+        ),
+    }
+}
+
+/// The Markdown report.
+pub fn markdown(cfg: &StudyConfig, phases: &[Phase], elapsed: Duration) -> String {
+    let mut out = String::new();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(
+        out,
+        "# Event handler poisoning: tokio and curfew under real attacks\n\n\
+         {} attacks × {} modes on {cores} cores, {:.0} s in all. Each phase is a fresh \
+         server on 127.0.0.1: {:?} of benign load, a {:?} attack window, {:?} of recovery.\n",
+        cfg.attacks.len(),
+        cfg.modes.len(),
+        elapsed.as_secs_f64(),
+        cfg.baseline,
+        cfg.window,
+        cfg.recovery,
+    );
+    out += "## Results\n\n";
+    let rows: Vec<_> = phases.iter().map(|p| row(cfg, p)).collect();
+    out += &render(&rows, true);
+    out +=
+        "\n![Benign throughput and p99 latency over time; attack windows shaded](timeline.svg)\n\n";
+    out += "Columns: benign `200` answers per second before (`base/s`), during (`attack/s`, \
+            and `%` of base) and after (`recov/s`) the attack window; p50 and p99 latency of \
+            the benign requests sent during the window, where a request unanswered after the \
+            benign timeout counts as the timeout (so `≥` means at least 1% got no answer); \
+            benign requests that failed or timed out, of those sent in the window; `target`: \
+            whether the window kept at least 90% of the base throughput with a p99 within the \
+            budget plus the base p99; what the attacker's requests got before the phase ended, \
+            and the median time to an answer; curfew's timeouts, hijacked (event) and abandoned \
+            (pool) threads, and the most of them at once / the most overdue (not replaced, cap \
+            reached); the process's peak RSS and thread count (and growth during the phase).\n\n";
+
+    out += "## Setup\n\n";
+    for &m in &cfg.modes {
+        let _ = writeln!(out, "- **{m}**: {}.", mode_text(m, cfg));
+    }
+    let _ = writeln!(
+        out,
+        "- **Benign load**: {} keep-alive connections, closed loop (like `ab -k`), half \
+         `GET /hello` (an async handler), half `GET /file` (a 4 KiB read on the blocking \
+         pool); a request unanswered after {:?} is counted as timed out and its client \
+         reconnects. Each benign client has its own client id.",
+        cfg.connections, cfg.benign_timeout
+    );
+    out += "- **Attacker**: open loop, one new connection per request, client id `attacker`, \
+            at a fixed rate from the start to the end of the window; it waits for answers \
+            until the phase ends.\n";
+    out += "- Client and server share this one process and its cores: every figure includes \
+            the load generator's own CPU use, and only the comparison between modes is \
+            meaningful.\n\n";
+    out += "## Attacks\n\n";
+    for a in &cfg.attacks {
+        let _ = writeln!(
+            out,
+            "- **{}**: {}. Vulnerable: {}; growth {}.",
+            a.label,
+            a.describe(),
+            a.vector.vulnerable,
+            a.vector.growth
+        );
+    }
+    out += "\n## How the lab keeps a poisoned server from poisoning the study\n\n\
+        - Every phase gets its own server, on its own runtimes and threads, and is bounded in \
+          time; benign requests time out, and the attacker stops waiting when the phase ends.\n\
+        - **ReadDoS** reads a FIFO that nobody writes to: the reader blocks in `open(2)` and \
+          holds its thread without CPU. After the phase, the lab opens the FIFO read-write \
+          (which lets every blocked reader through), unlinks it and closes it, so every read \
+          ends at once with end of file.\n\
+        - **The infinite loop** is the corpus's loop (a client-chosen iteration count, here \
+          `usize::MAX`), with one change: every 64 Ki iterations it also looks at a stop flag \
+          that only the lab sets, after the phase. Neither runtime can see the flag (it is not \
+          a curfew checkpoint), so during the phase the loop is as hostile to curfew as to \
+          tokio and a curfew timeout leaves it spinning on its hijacked thread. Without the \
+          flag a poisoned tokio worker would spin until the process exits, burning a core \
+          through every later phase.\n\
+        - CPU vectors finish on their own within seconds; the lab waits for them (up to the \
+          drain bound) before the next phase.\n\
+        - After stopping a server, the lab waits until no handler body is running, so no \
+          phase burns CPU in the next one; a row says `stuck` if one was still running.\n\n";
+    out += "## Reading the results\n\n\
+        - **tokio**: a handler that runs long holds a worker. With as many attack requests in \
+          flight as workers, nothing else is served, not even `accept`: benign throughput \
+          falls to about zero until the attack work is done. Blocking I/O on the blocking \
+          pool (`form=pool`) spares the benign clients but leaks one blocked thread per \
+          attack request, up to 512, and the attacker never gets an answer.\n\
+        - **curfew**: the watchdog answers the attacker `503` with `Retry-After` once the \
+          budget is spent, while the handler is still running, and replaces its thread, so \
+          the benign clients keep their capacity. The stuck thread is not killed: Rust cannot \
+          interrupt it safely. A blocked thread costs memory only; a thread spinning in a CPU \
+          vector keeps burning its core until the handler returns, and competes with the \
+          benign clients for the cores (a CPU cost curfew bounds only through its caps and \
+          reclaims only where code reaches `curfew::checkpoint`). At the cap on hijacked \
+          threads a poisoned thread is no longer replaced (`overdue`), and capacity shrinks.\n\
+        - **curfew-policy**: a client whose requests keep timing out is refused at once for \
+          the cool-off, before any of its work runs: the attacker's cost to the server drops \
+          to a refused spawn per request.\n";
+    out
+}

@@ -1,0 +1,710 @@
+//! The server under study: one set of HTTP routes, served by plain tokio or
+//! by curfew.
+//!
+//! | route | what it does |
+//! | --- | --- |
+//! | `GET /hello` | benign and cheap: answers `hello` from an async handler |
+//! | `GET /file` | benign: reads a 4 KiB file on the blocking pool |
+//! | `POST /attack/{vector}[?form=inline\|pool]` | runs a [`curfew_attacks`] handler on the body |
+//! | `GET /metrics` | the curfew runtime's counters, handlers running, RSS |
+//! | `GET /` | this list, and the vectors |
+//!
+//! In [`Mode::Tokio`] the server is what a hyper or axum server usually is:
+//! a multi-thread tokio runtime, one task per connection, and each handler
+//! running inline in that task (`form=pool` runs it through
+//! `tokio::task::spawn_blocking`, as `tokio::fs` does). In the curfew modes
+//! the connections are still served by tokio, but every handler runs under
+//! curfew: `form=inline` as a curfew task under the poll budget, `form=pool`
+//! as a curfew blocking job under the job budget. A handler that overruns is
+//! answered `503 Service Unavailable` with `Retry-After` while it is still
+//! running; a refused client gets the same with the cool-off left; a panic
+//! is a `500`.
+//!
+//! Every response carries an `x-lab-outcome` header (`ok`, `error`,
+//! `timeout`, `refused`, `panic`, `cancelled`), and the client behind a
+//! request is the `x-client-id` header if there is one, else the peer's IP.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use curfew_attacks::{AttackError, CostKind, Vector};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::sys::ProcStatus;
+
+/// The header that names the client behind a request.
+pub const CLIENT_HEADER: &str = "x-client-id";
+/// The header that says how the server's handler ended.
+pub const OUTCOME_HEADER: &str = "x-lab-outcome";
+
+/// How the server runs its handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Mode {
+    /// Plain tokio: handlers run inline in the connection's task.
+    Tokio,
+    /// Handlers run under curfew's budgets.
+    Curfew,
+    /// As `curfew`, plus a client policy that refuses a client after
+    /// repeated timeouts (the paper's blacklist).
+    CurfewPolicy,
+}
+
+impl Mode {
+    /// Every mode, in the order the study runs them.
+    pub const ALL: [Mode; 3] = [Mode::Tokio, Mode::Curfew, Mode::CurfewPolicy];
+
+    /// A short stable name, as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Tokio => "tokio",
+            Mode::Curfew => "curfew",
+            Mode::CurfewPolicy => "curfew-policy",
+        }
+    }
+
+    /// Whether handlers run under curfew.
+    pub fn is_curfew(self) -> bool {
+        self != Mode::Tokio
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Form {
+    /// In the async handler itself: tokio's connection task, or a curfew
+    /// task under the poll budget. For blocking I/O this is the
+    /// "blocking-in-async" mistake.
+    Inline,
+    /// On the runtime's blocking pool: `tokio::task::spawn_blocking`, or a
+    /// curfew blocking job under the job budget.
+    Pool,
+}
+
+impl Form {
+    /// Where a handler of this kind belongs: computation inline, blocking
+    /// I/O on the pool.
+    pub fn natural(kind: CostKind) -> Form {
+        match kind {
+            CostKind::Cpu => Form::Inline,
+            CostKind::BlockingIo => Form::Pool,
+        }
+    }
+
+    /// `inline` or `pool`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Form::Inline => "inline",
+            Form::Pool => "pool",
+        }
+    }
+}
+
+/// The server's settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Tokio worker threads in tokio mode; curfew event threads in the
+    /// curfew modes. Default: 2.
+    pub threads: usize,
+    /// Tokio worker threads that serve connections in the curfew modes
+    /// (they never run a handler). Default: 1.
+    pub io_threads: usize,
+    /// Curfew's worker-pool threads. Default: 4, as Node's pool.
+    pub blocking_threads: usize,
+    /// Curfew's poll budget. Default: 100 ms, as the paper's Figure 3.
+    pub poll_budget: Duration,
+    /// Curfew's job budget. Default: 1 s, as the paper's Figure 3.
+    pub job_budget: Duration,
+    /// Curfew's cap on hijacked event threads (its default if `None`).
+    pub max_hijacked_threads: Option<usize>,
+    /// Curfew's cap on abandoned pool threads (its default if `None`).
+    pub max_abandoned_threads: Option<usize>,
+    /// Timeouts after which the policy refuses a client (curfew-policy).
+    pub strikes: u32,
+    /// How long the policy refuses a client.
+    pub cool_off: Duration,
+    /// The largest request body accepted.
+    pub max_body: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            io_threads: 1,
+            blocking_threads: 4,
+            poll_budget: curfew::DEFAULT_POLL_BUDGET,
+            job_budget: curfew::DEFAULT_JOB_BUDGET,
+            max_hijacked_threads: None,
+            max_abandoned_threads: None,
+            strikes: 2,
+            cool_off: Duration::from_secs(60),
+            max_body: 64 << 20,
+        }
+    }
+}
+
+/// What handlers share with the server's owner, outside both runtimes.
+#[derive(Debug, Default)]
+struct Gauge {
+    /// Set to end the lab's "infinite" loop (see [`spin`]).
+    stop: AtomicBool,
+    /// Handler bodies running now, hijacked ones included.
+    running: AtomicUsize,
+}
+
+/// Counts a running handler body until dropped.
+struct Busy(Arc<Gauge>);
+
+impl Busy {
+    fn new(g: &Arc<Gauge>) -> Self {
+        g.running.fetch_add(1, Ordering::SeqCst);
+        Busy(g.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A cheap view of a running server, for samplers on other threads.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    gauge: Arc<Gauge>,
+    curfew: Option<curfew::Handle>,
+}
+
+impl Probe {
+    /// Handler bodies running now, including those on hijacked threads.
+    pub fn running(&self) -> usize {
+        self.gauge.running.load(Ordering::SeqCst)
+    }
+
+    /// The curfew runtime's counters (curfew modes only).
+    pub fn metrics(&self) -> Option<curfew::RuntimeMetrics> {
+        self.curfew.as_ref().map(|h| h.metrics())
+    }
+}
+
+/// A running server; [`shutdown`](Server::shutdown) it when done.
+#[derive(Debug)]
+pub struct Server {
+    mode: Mode,
+    addr: SocketAddr,
+    io: Option<tokio::runtime::Runtime>,
+    curfew: Option<curfew::Runtime>,
+    probe: Probe,
+}
+
+/// How a server's shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shutdown {
+    /// How long shutting down took.
+    pub took: Duration,
+    /// Handler bodies still running when the wait ran out (stuck threads
+    /// left behind).
+    pub handlers_left: usize,
+}
+
+impl Server {
+    /// Starts a server on `addr` (port 0 picks a free one).
+    pub fn start(mode: Mode, cfg: &ServerConfig, addr: SocketAddr) -> io::Result<Server> {
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(if mode.is_curfew() {
+                cfg.io_threads
+            } else {
+                cfg.threads
+            })
+            .thread_name(format!("lab-{}", mode.as_str()))
+            .enable_all()
+            .build()?;
+        let curfew = if mode.is_curfew() {
+            let mut b = curfew::Runtime::builder()
+                .event_threads(cfg.threads)
+                .blocking_threads(cfg.blocking_threads)
+                .poll_budget(cfg.poll_budget)
+                .job_budget(cfg.job_budget)
+                .thread_name("lab-curfew")
+                .tokio_handle(io.handle().clone());
+            if let Some(n) = cfg.max_hijacked_threads {
+                b = b.max_hijacked_threads(n);
+            }
+            if let Some(n) = cfg.max_abandoned_threads {
+                b = b.max_abandoned_threads(n);
+            }
+            if mode == Mode::CurfewPolicy {
+                b = b.client_policy(curfew::policy::ClientPolicy::new(cfg.strikes, cfg.cool_off));
+            }
+            Some(b.build().map_err(io::Error::other)?)
+        } else {
+            None
+        };
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let listener = {
+            let _enter = io.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
+        let probe = Probe {
+            gauge: Arc::default(),
+            curfew: curfew.as_ref().map(|rt| rt.handle()),
+        };
+        let app = Arc::new(App {
+            mode,
+            probe: probe.clone(),
+            file: benign_file()?,
+            max_body: cfg.max_body,
+        });
+        io.spawn(accept_loop(listener, app));
+        Ok(Server {
+            mode,
+            addr,
+            io: Some(io),
+            curfew,
+            probe,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// A view for samplers.
+    pub fn probe(&self) -> Probe {
+        self.probe.clone()
+    }
+
+    /// Ends every running and future "infinite" loop (see [`spin`]).
+    pub fn stop_spinning(&self) {
+        self.probe.gauge.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops the server, waiting at most `wait` for its handlers to return.
+    ///
+    /// Tokio workers stuck in a handler are waited for until `wait` runs
+    /// out and then left behind; curfew's hijacked threads likewise.
+    /// [`Shutdown::handlers_left`] says how many handler bodies were still
+    /// running at the end.
+    pub fn shutdown(mut self, wait: Duration) -> Shutdown {
+        let start = Instant::now();
+        let deadline = start + wait;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        if let Some(io) = self.io.take() {
+            io.shutdown_timeout(left());
+        }
+        if let Some(rt) = self.curfew.take() {
+            rt.shutdown_timeout(left());
+        }
+        while self.probe.running() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Shutdown {
+            took: start.elapsed(),
+            handlers_left: self.probe.running(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(io) = self.io.take() {
+            io.shutdown_background();
+        }
+        if let Some(rt) = self.curfew.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The path of a 4 KiB file for `GET /file`, made once per process.
+fn benign_file() -> io::Result<PathBuf> {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = FILE.get() {
+        return Ok(p.clone());
+    }
+    let dir = std::env::temp_dir().join(format!("curfew-lab-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("benign.txt");
+    std::fs::write(&path, "curfew-lab benign file\n".repeat(4096 / 24 + 1))?;
+    Ok(FILE.get_or_init(|| path).clone())
+}
+
+/// The state every request handler sees.
+#[derive(Debug)]
+struct App {
+    mode: Mode,
+    probe: Probe,
+    file: PathBuf,
+    max_body: usize,
+}
+
+/// How a handler failed to produce its output.
+#[derive(Debug)]
+enum Failure {
+    Timeout(String),
+    Refused { message: String, retry_after: u64 },
+    Panic(String),
+    Cancelled(String),
+}
+
+impl Failure {
+    fn from_join(e: curfew::JoinError) -> Self {
+        if e.is_timeout() {
+            Failure::Timeout(e.to_string())
+        } else if e.is_refused() {
+            let retry_after = match e.refusal() {
+                Some(curfew::Refusal::ClientCoolingOff { remaining, .. }) => {
+                    remaining.as_secs_f64().ceil().max(1.0) as u64
+                }
+                _ => 1,
+            };
+            Failure::Refused {
+                message: e.to_string(),
+                retry_after,
+            }
+        } else if e.is_panic() {
+            Failure::Panic(e.to_string())
+        } else {
+            Failure::Cancelled(e.to_string())
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        match self {
+            Failure::Timeout(m) => {
+                let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "timeout", m + "\n");
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            }
+            Failure::Refused {
+                message,
+                retry_after,
+            } => {
+                let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "refused", message + "\n");
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+                r
+            }
+            Failure::Panic(m) => text(StatusCode::INTERNAL_SERVER_ERROR, "panic", m + "\n"),
+            Failure::Cancelled(m) => text(StatusCode::SERVICE_UNAVAILABLE, "cancelled", m + "\n"),
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("handler panicked: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("handler panicked: {s}")
+    } else {
+        "handler panicked".to_owned()
+    }
+}
+
+impl App {
+    /// Runs a handler body where `form` says, under the mode's rules.
+    async fn run<R, W>(&self, form: Form, name: &str, client: String, work: W) -> Result<R, Failure>
+    where
+        W: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let gauge = self.probe.gauge.clone();
+        let work = move || {
+            let _busy = Busy::new(&gauge);
+            work()
+        };
+        match &self.probe.curfew {
+            None => match form {
+                Form::Inline => catch_unwind(AssertUnwindSafe(work))
+                    .map_err(|p| Failure::Panic(panic_message(&*p))),
+                Form::Pool => tokio::task::spawn_blocking(work).await.map_err(|e| {
+                    if e.is_panic() {
+                        Failure::Panic(panic_message(&*e.into_panic()))
+                    } else {
+                        Failure::Cancelled(e.to_string())
+                    }
+                }),
+            },
+            Some(h) => {
+                let b = curfew::task::Builder::new().name(name).client(client);
+                let res = match form {
+                    Form::Inline => b.spawn_on(h, async move { work() }).await,
+                    Form::Pool => b.spawn_blocking_on(h, work).await,
+                };
+                res.map_err(Failure::from_join)
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(_) => {
+                // Out of descriptors, most likely: back off, keep serving.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(route(&app, peer, req).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(
+    status: StatusCode,
+    outcome: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(OUTCOME_HEADER, HeaderValue::from_static(outcome));
+    r
+}
+
+fn client_of(req: &Request<Incoming>, peer: SocketAddr) -> String {
+    req.headers()
+        .get(CLIENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map_or_else(|| peer.ip().to_string(), str::to_owned)
+}
+
+async fn route(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let client = client_of(&req, peer);
+    let path = req.uri().path().to_owned();
+    let form = req.uri().query().and_then(|q| {
+        q.split('&').find_map(|kv| match kv {
+            "form=inline" => Some(Form::Inline),
+            "form=pool" => Some(Form::Pool),
+            _ => None,
+        })
+    });
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/hello") => match app.run(Form::Inline, "hello", client, || ()).await {
+            Ok(()) => text(StatusCode::OK, "ok", "hello\n"),
+            Err(f) => f.into_response(),
+        },
+        (&Method::GET, "/file") => {
+            let file = app.file.clone();
+            match app
+                .run(Form::Pool, "file", client, move || std::fs::read(file))
+                .await
+            {
+                Ok(Ok(data)) => text(StatusCode::OK, "ok", format!("{} bytes\n", data.len())),
+                Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, "error", e.to_string()),
+                Err(f) => f.into_response(),
+            }
+        }
+        (&Method::GET, "/metrics") => text(StatusCode::OK, "ok", metrics_text(app)),
+        (&Method::GET, "/") => text(StatusCode::OK, "ok", index_text(app)),
+        (&Method::POST, p) if p.starts_with("/attack/") => {
+            let name = &p["/attack/".len()..];
+            let Some(vector) = curfew_attacks::by_name(name) else {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "error",
+                    format!("no vector called `{name}`; GET / lists them\n"),
+                );
+            };
+            let body = match Limited::new(req.into_body(), app.max_body).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, "error", e.to_string()),
+            };
+            let form = form.unwrap_or(Form::natural(vector.kind));
+            let stop = app.probe.gauge.clone();
+            let work = move || run_vector(vector, &body, &stop.stop);
+            match app.run(form, vector.name, client, work).await {
+                Ok(Ok(summary)) => text(StatusCode::OK, "ok", summary + "\n"),
+                Ok(Err(e)) => text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "error",
+                    e.to_string() + "\n",
+                ),
+                Err(f) => f.into_response(),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "error",
+            "not found; GET / lists the routes\n",
+        ),
+    }
+}
+
+/// Runs a corpus handler, except that the lab's own [`spin`] stands in for
+/// `infinite-loop` so that the lab can end it.
+fn run_vector(
+    vector: &'static Vector,
+    body: &[u8],
+    stop: &AtomicBool,
+) -> Result<String, AttackError> {
+    if vector.name == "infinite-loop" {
+        spin(body, stop)
+    } else {
+        (vector.handler)(body)
+    }
+}
+
+/// The `infinite-loop` vector as the lab runs it: the corpus's loop (a
+/// client-chosen iteration count, up to "forever"), except that every 64 Ki
+/// iterations it also looks at a stop flag that only the lab sets.
+///
+/// Neither runtime can see the flag: it is not a curfew
+/// [`checkpoint`](curfew::checkpoint), so the loop is as hostile to curfew as
+/// to tokio, and a curfew timeout leaves it spinning on its hijacked thread.
+/// The flag exists only so that the study can end the loops of a mode once
+/// that mode has been measured; without it a poisoned tokio worker would
+/// spin until the process exits, and burn a core through every later
+/// measurement.
+pub fn spin(body: &[u8], stop: &AtomicBool) -> Result<String, AttackError> {
+    let n: u64 = std::str::from_utf8(body)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| AttackError::new("infinite-loop", "body is not a decimal count"))?;
+    let mut acc: u64 = 0;
+    for i in 0..n {
+        acc = std::hint::black_box(acc.wrapping_mul(31).wrapping_add(i));
+        if i & 0xffff == 0 && stop.load(Ordering::Relaxed) {
+            return Err(AttackError::new(
+                "infinite-loop",
+                format!("stopped by the lab after {i} iterations"),
+            ));
+        }
+    }
+    Ok(format!("spun {n} iterations (checksum {acc:#x})"))
+}
+
+fn metrics_text(app: &App) -> String {
+    let p = ProcStatus::now();
+    let mut s = format!(
+        "mode: {}\nhandlers running: {}\nrss: {:.1} MiB\nthreads: {}\n",
+        app.mode,
+        app.probe.running(),
+        p.rss_mib(),
+        p.threads
+    );
+    match app.probe.metrics() {
+        Some(m) => s += &format!("{m:#?}\n"),
+        None => s += "tokio mode: no watchdog, no metrics\n",
+    }
+    s
+}
+
+fn index_text(app: &App) -> String {
+    let mut s = format!(
+        "curfew-lab server, mode {}\n\n\
+         GET  /hello                      benign, cheap (async handler)\n\
+         GET  /file                       benign, reads a 4 KiB file on the blocking pool\n\
+         POST /attack/{{vector}}[?form=inline|pool]  runs the vector's handler on the body\n\
+         GET  /metrics                    runtime counters\n\nvectors:\n",
+        app.mode
+    );
+    for v in curfew_attacks::all() {
+        s += &format!(
+            "  {:<22} {:<18} {:<10} default form {}\n",
+            v.name,
+            v.class.as_str(),
+            v.kind.as_str(),
+            Form::natural(v.kind).as_str()
+        );
+    }
+    s
+}
+
+/// Makes a FIFO that the `read-path` vector blocks on, and releases it.
+///
+/// A reader opening a FIFO with no writer blocks in `open(2)` forever,
+/// holding its thread without using any CPU: the ReadDoS of the paper's
+/// Figure 3 without the CPU cost of `/dev/random`.
+/// [`release`](Fifo::release) lets every blocked reader through to end of
+/// file and removes the FIFO, so later readers fail at once.
+#[derive(Debug)]
+pub struct Fifo {
+    path: PathBuf,
+}
+
+impl Fifo {
+    /// A fresh FIFO in `dir`.
+    pub fn new(dir: &Path) -> io::Result<Fifo> {
+        Ok(Fifo {
+            path: curfew_attacks::read::make_fifo(dir)?,
+        })
+    }
+
+    /// The FIFO's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unblocks every reader and removes the FIFO.
+    ///
+    /// Opening it read-write never blocks on Linux and counts as a writer,
+    /// so readers stuck in `open` get through; unlinking it makes later
+    /// opens fail; closing the last writer gives every reader end of file.
+    pub fn release(&self) {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.path);
+        let _ = std::fs::remove_file(&self.path);
+        if writer.is_ok() {
+            // Let readers that looked the path up just before the unlink
+            // through as well, before they would block again.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(writer);
+    }
+}
+
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

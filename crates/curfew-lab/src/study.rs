@@ -1,0 +1,658 @@
+//! The study: every attack against every mode, one fresh server per phase.
+//!
+//! A *phase* is one attack against one mode. It starts a new server on an
+//! ephemeral port of 127.0.0.1 and runs, on a client runtime of its own:
+//!
+//! 1. **baseline**: benign clients only;
+//! 2. **attack window**: the attacker sends payloads at a fixed rate while
+//!    the benign clients go on;
+//! 3. **recovery**: benign clients only again: does the server come back?
+//!
+//! Then the lab lets stuck handlers go (it releases the FIFO and sets the
+//! stop flag of the lab's infinite loop), stops the server and waits, up to
+//! a bound, for every handler body to return, so that no phase burns CPU in
+//! the next one. Everything is bounded by time: a poisoned tokio server is
+//! simply measured as poisoned.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use curfew_attacks::Vector;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::load::{self, AttackSample, BenignOutcome, BenignSample, Route};
+use crate::server::{Fifo, Form, Mode, Probe, Server, ServerConfig, Shutdown};
+use crate::stats;
+use crate::sys::ProcStatus;
+
+/// What an attack sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// The vector's payload at this size knob.
+    Size(usize),
+    /// The path of a FIFO that nobody writes to (for `read-path`): the
+    /// read blocks in `open` until the lab releases it.
+    Fifo,
+}
+
+/// One attack of the study: a corpus vector, where the server runs it, and
+/// what the attacker sends how often.
+#[derive(Debug, Clone)]
+pub struct AttackSpec {
+    /// The attack's name in the study (and on the command line).
+    pub label: String,
+    /// The corpus vector whose handler the server runs.
+    pub vector: &'static Vector,
+    /// Where the server runs the handler.
+    pub form: Form,
+    /// What the attacker sends.
+    pub payload: Payload,
+    /// Attack requests per second.
+    pub rate: f64,
+}
+
+impl AttackSpec {
+    fn new(label: &str, vector: &str, form: Option<Form>, payload: Payload, rate: f64) -> Self {
+        let vector = curfew_attacks::by_name(vector)
+            .unwrap_or_else(|| panic!("the corpus has no vector `{vector}`"));
+        AttackSpec {
+            label: label.to_owned(),
+            vector,
+            form: form.unwrap_or(Form::natural(vector.kind)),
+            payload,
+            rate,
+        }
+    }
+
+    /// The request path the attacker posts to.
+    pub fn path(&self) -> String {
+        format!("/attack/{}?form={}", self.vector.name, self.form.as_str())
+    }
+
+    /// A one-line description for reports.
+    pub fn describe(&self) -> String {
+        let payload = match self.payload {
+            Payload::Size(n) if n == usize::MAX => "n = usize::MAX".to_owned(),
+            Payload::Size(n) => format!("n = {n}"),
+            Payload::Fifo => "a FIFO's path".to_owned(),
+        };
+        format!(
+            "{} ({}, {}), {} form, {payload}, {}/s",
+            self.vector.name,
+            self.vector.class,
+            self.vector.kind,
+            self.form.as_str(),
+            self.rate
+        )
+    }
+}
+
+/// The ReadDoS attack rate: the paper's Figure 3 sent its ReadDoS requests
+/// "4 times a second".
+const READ_RATE: f64 = 4.0;
+/// The rate of the CPU attacks.
+const CPU_RATE: f64 = 2.0;
+
+/// The attacks the study knows by name: the named ones below, then every
+/// corpus vector under its own name (natural form, attack size, 2/s).
+///
+/// | name | vector | form | payload |
+/// | --- | --- | --- | --- |
+/// | `read-fifo` | `read-path` | inline (blocking in async) | a FIFO |
+/// | `read-fifo-pool` | `read-path` | pool | a FIFO |
+/// | `infinite-loop` | `infinite-loop` (lab's stoppable copy) | inline | `usize::MAX` |
+pub fn catalog() -> Vec<AttackSpec> {
+    let mut v = vec![
+        AttackSpec::new(
+            "read-fifo",
+            "read-path",
+            Some(Form::Inline),
+            Payload::Fifo,
+            READ_RATE,
+        ),
+        AttackSpec::new(
+            "read-fifo-pool",
+            "read-path",
+            Some(Form::Pool),
+            Payload::Fifo,
+            READ_RATE,
+        ),
+    ];
+    for vector in curfew_attacks::all() {
+        if vector.name == "read-path" {
+            continue;
+        }
+        v.push(AttackSpec::new(
+            vector.name,
+            vector.name,
+            None,
+            Payload::Size(vector.attack_size),
+            CPU_RATE,
+        ));
+    }
+    v
+}
+
+/// The attack called `name` in the [`catalog`].
+pub fn attack(name: &str) -> Option<AttackSpec> {
+    catalog().into_iter().find(|a| a.label == name)
+}
+
+/// The attacks of the default study.
+pub const DEFAULT_ATTACKS: &[&str] = &[
+    "fancy-regex",
+    "read-fifo",
+    "read-fifo-pool",
+    "infinite-loop",
+    "bcrypt-cost",
+    "yaml-aliases",
+    "gzip-bomb",
+];
+
+/// The attacks of the quick study.
+pub const QUICK_ATTACKS: &[&str] = &["infinite-loop", "read-fifo"];
+
+/// Everything the study does.
+#[derive(Debug, Clone)]
+pub struct StudyConfig {
+    /// The modes, run in this order for each attack.
+    pub modes: Vec<Mode>,
+    /// The attacks.
+    pub attacks: Vec<AttackSpec>,
+    /// Benign load alone before the attack.
+    pub baseline: Duration,
+    /// How long the attacker sends.
+    pub window: Duration,
+    /// Benign load alone after the attack.
+    pub recovery: Duration,
+    /// Benign keep-alive connections (half ask for `/hello`, half `/file`).
+    pub connections: usize,
+    /// How long a benign client waits for an answer.
+    pub benign_timeout: Duration,
+    /// The server's settings.
+    pub server: ServerConfig,
+    /// The longest wait for stuck handlers when a phase ends.
+    pub drain: Duration,
+    /// The width of a time bucket in the plot.
+    pub bucket: Duration,
+    /// Where the report, plot and CSV go.
+    pub out: PathBuf,
+    /// Whether to draw progress bars (on stderr).
+    pub progress: bool,
+}
+
+fn named(names: &[&str]) -> Vec<AttackSpec> {
+    names
+        .iter()
+        .map(|n| attack(n).unwrap_or_else(|| panic!("no attack `{n}` in the catalog")))
+        .collect()
+}
+
+impl StudyConfig {
+    /// The default study: [`DEFAULT_ATTACKS`] against every mode, about three
+    /// minutes on two cores.
+    pub fn full() -> Self {
+        Self {
+            modes: Mode::ALL.to_vec(),
+            attacks: named(DEFAULT_ATTACKS),
+            baseline: Duration::from_millis(1500),
+            window: Duration::from_secs(4),
+            recovery: Duration::from_millis(1500),
+            connections: 32,
+            benign_timeout: Duration::from_secs(2),
+            server: ServerConfig::default(),
+            drain: Duration::from_secs(10),
+            bucket: Duration::from_millis(250),
+            out: PathBuf::from("lab-out"),
+            progress: true,
+        }
+    }
+
+    /// The quick study: [`QUICK_ATTACKS`] with short phases, under 30
+    /// seconds.
+    pub fn quick() -> Self {
+        Self {
+            attacks: named(QUICK_ATTACKS),
+            baseline: Duration::from_millis(700),
+            window: Duration::from_millis(2000),
+            recovery: Duration::from_millis(800),
+            drain: Duration::from_secs(5),
+            ..Self::full()
+        }
+    }
+
+    /// The length of one phase.
+    pub fn phase_len(&self) -> Duration {
+        self.baseline + self.window + self.recovery
+    }
+}
+
+/// What curfew's metrics said about a phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CurfewCounts {
+    /// Timeouts on the event threads.
+    pub event_timeouts: u64,
+    /// Timeouts in the worker pool.
+    pub pool_timeouts: u64,
+    /// Event threads hijacked during the phase.
+    pub event_hijacked: u64,
+    /// Pool threads abandoned during the phase.
+    pub pool_hijacked: u64,
+    /// The most threads hijacked or abandoned at once.
+    pub max_hijacked_now: usize,
+    /// The most threads overdue at once (not replaced: cap reached).
+    pub max_overdue: usize,
+    /// Spawns refused.
+    pub refused: u64,
+}
+
+/// One attack against one mode.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    /// The mode.
+    pub mode: Mode,
+    /// The attack.
+    pub attack: AttackSpec,
+    /// When the attack window opened, in seconds from the phase start.
+    pub window_start: f64,
+    /// When it closed.
+    pub window_end: f64,
+    /// When the phase ended.
+    pub end: f64,
+    /// Every benign request.
+    pub benign: Vec<BenignSample>,
+    /// Every attack request.
+    pub attacks: Vec<AttackSample>,
+    /// The process before the phase.
+    pub before: ProcStatus,
+    /// The largest values seen during the phase.
+    pub peak: ProcStatus,
+    /// Curfew's counters (curfew modes).
+    pub curfew: Option<CurfewCounts>,
+    /// How stopping the server went.
+    pub shutdown: Shutdown,
+}
+
+/// The numbers of a phase that the table shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Benign answers per second before the attack.
+    pub base_rps: f64,
+    /// Benign answers per second during the attack window.
+    pub attack_rps: f64,
+    /// Benign answers per second after it.
+    pub recovery_rps: f64,
+    /// Median benign latency before the attack, ms.
+    pub base_p50_ms: f64,
+    /// 99th percentile benign latency before the attack, ms.
+    pub base_p99_ms: f64,
+    /// Median benign latency of requests sent in the window, ms (timeouts
+    /// count as the timeout).
+    pub p50_ms: f64,
+    /// 99th percentile of the same.
+    pub p99_ms: f64,
+    /// Benign requests sent in the window.
+    pub sent: usize,
+    /// Of those, failed or timed out.
+    pub errors: usize,
+    /// Attack requests sent.
+    pub attacks: usize,
+    /// Attack requests answered before the phase ended.
+    pub answered: usize,
+    /// Median time to an answer, ms.
+    pub answer_p50_ms: Option<f64>,
+    /// The attacker's answers by status and outcome, e.g. `503 timeout ×8`.
+    pub answers: String,
+}
+
+impl Phase {
+    /// The table's numbers for this phase.
+    pub fn summary(&self) -> Summary {
+        let ok_between = |a: f64, b: f64| {
+            self.benign
+                .iter()
+                .filter(|s| s.outcome == BenignOutcome::Ok && s.done() >= a && s.done() < b)
+                .count() as f64
+                / (b - a).max(1e-9)
+        };
+        // Skip the first quarter second: connections are being made.
+        let warm = (self.window_start / 4.0).min(0.25);
+        let lat = |a: f64, b: f64| {
+            let mut v: Vec<f64> = self
+                .benign
+                .iter()
+                .filter(|s| s.sent >= a && s.sent < b)
+                .map(|s| s.latency * 1e3)
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let base = lat(warm, self.window_start);
+        let window = lat(self.window_start, self.window_end);
+        let in_window: Vec<_> = self
+            .benign
+            .iter()
+            .filter(|s| s.sent >= self.window_start && s.sent < self.window_end)
+            .collect();
+        let mut answered: Vec<f64> = self
+            .attacks
+            .iter()
+            .filter(|a| a.status.is_some())
+            .map(|a| a.latency * 1e3)
+            .collect();
+        answered.sort_by(f64::total_cmp);
+        Summary {
+            base_rps: ok_between(warm, self.window_start),
+            attack_rps: ok_between(self.window_start, self.window_end),
+            recovery_rps: ok_between(self.window_end, self.end),
+            base_p50_ms: stats::percentile(&base, 0.50).unwrap_or(f64::NAN),
+            base_p99_ms: stats::percentile(&base, 0.99).unwrap_or(f64::NAN),
+            p50_ms: stats::percentile(&window, 0.50).unwrap_or(f64::NAN),
+            p99_ms: stats::percentile(&window, 0.99).unwrap_or(f64::NAN),
+            sent: in_window.len(),
+            errors: in_window
+                .iter()
+                .filter(|s| s.outcome != BenignOutcome::Ok)
+                .count(),
+            attacks: self.attacks.len(),
+            answered: answered.len(),
+            answer_p50_ms: stats::percentile(&answered, 0.5),
+            answers: stats::tally(self.attacks.iter().map(|a| match a.status {
+                Some(s) => format!("{s} {}", a.outcome),
+                None => a.outcome.clone(),
+            })),
+        }
+    }
+}
+
+/// What a study produced.
+#[derive(Debug)]
+pub struct StudyOutcome {
+    /// Every phase, in the order run.
+    pub phases: Vec<Phase>,
+    /// The configuration it ran with.
+    pub config: StudyConfig,
+    /// How long it took.
+    pub elapsed: Duration,
+    /// The Markdown report.
+    pub report: PathBuf,
+    /// The SVG plot.
+    pub plot: PathBuf,
+    /// The per-bucket time series.
+    pub csv: PathBuf,
+    /// Handler bodies still running after the last phase (threads the
+    /// process cannot end by itself).
+    pub handlers_left: usize,
+}
+
+impl fmt::Display for StudyOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::report::table(&self.config, &self.phases))
+    }
+}
+
+fn progress_bar(cfg: &StudyConfig, phases: usize) -> ProgressBar {
+    if !cfg.progress {
+        return ProgressBar::hidden();
+    }
+    let total = cfg.phase_len().as_millis() as u64 * phases as u64;
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:32}] {percent:>3}% {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Runs the study, writes the report, plot and CSV into `cfg.out`, and
+/// returns the phases.
+///
+/// It runs each attack against each mode in turn, on fresh servers on
+/// 127.0.0.1, and blocks until done: about
+/// `attacks × modes × phase_len` plus the drains.
+pub fn run(cfg: &StudyConfig) -> io::Result<StudyOutcome> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&cfg.out)?;
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("lab-client")
+        .enable_all()
+        .build()?;
+    let n = cfg.attacks.len() * cfg.modes.len();
+    let pb = progress_bar(cfg, n);
+    let mut phases = Vec::with_capacity(n);
+    let fifo_dir = std::env::temp_dir();
+    for attack in &cfg.attacks {
+        let payload = match attack.payload {
+            Payload::Size(size) => Some(Bytes::from((attack.vector.payload)(size))),
+            Payload::Fifo => None,
+        };
+        for &mode in &cfg.modes {
+            let i = phases.len();
+            let fifo = match attack.payload {
+                Payload::Fifo => Some(Fifo::new(&fifo_dir)?),
+                Payload::Size(_) => None,
+            };
+            let body = match &fifo {
+                Some(f) => Bytes::from(f.path().as_os_str().as_encoded_bytes().to_vec()),
+                None => payload.clone().unwrap_or_default(),
+            };
+            let server = Server::start(mode, &cfg.server, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            let ctx = PhaseCtx {
+                cfg,
+                attack,
+                mode,
+                addr: server.addr(),
+                probe: server.probe(),
+                body,
+                pb: &pb,
+                index: i,
+                of: n,
+            };
+            let mut phase = clients.block_on(ctx.drive());
+            // Let stuck handlers go, then stop the server.
+            pb.set_message(format!("[{}/{n}] {mode} · {} · drain", i + 1, attack.label));
+            server.stop_spinning();
+            if let Some(f) = &fifo {
+                f.release();
+            }
+            phase.shutdown = server.shutdown(cfg.drain);
+            phases.push(phase);
+        }
+    }
+    pb.finish_and_clear();
+    clients.shutdown_timeout(Duration::from_secs(1));
+    let handlers_left = phases.last().map_or(0, |p| p.shutdown.handlers_left);
+    let report = cfg.out.join("report.md");
+    let plot = cfg.out.join("timeline.svg");
+    let csv = cfg.out.join("timeline.csv");
+    let elapsed = started.elapsed();
+    crate::plot::write_svg(&plot, cfg, &phases).map_err(io::Error::other)?;
+    std::fs::write(&csv, crate::report::csv(cfg, &phases))?;
+    std::fs::write(&report, crate::report::markdown(cfg, &phases, elapsed))?;
+    Ok(StudyOutcome {
+        phases,
+        config: cfg.clone(),
+        elapsed,
+        report,
+        plot,
+        csv,
+        handlers_left,
+    })
+}
+
+struct PhaseCtx<'a> {
+    cfg: &'a StudyConfig,
+    attack: &'a AttackSpec,
+    mode: Mode,
+    addr: SocketAddr,
+    probe: Probe,
+    body: Bytes,
+    pb: &'a ProgressBar,
+    index: usize,
+    of: usize,
+}
+
+impl PhaseCtx<'_> {
+    async fn drive(self) -> Phase {
+        let cfg = self.cfg;
+        let before = ProcStatus::now();
+        let start_metrics = self.probe.metrics();
+        let t0 = Instant::now();
+        let a0 = t0 + cfg.baseline;
+        let a1 = a0 + cfg.window;
+        let end = a1 + cfg.recovery;
+        let clients: Vec<_> = (0..cfg.connections)
+            .map(|i| {
+                let route = if i % 2 == 0 {
+                    Route::Hello
+                } else {
+                    Route::File
+                };
+                tokio::spawn(load::benign_client(
+                    self.addr,
+                    i,
+                    route,
+                    t0,
+                    end,
+                    cfg.benign_timeout,
+                ))
+            })
+            .collect();
+        let attacker = tokio::spawn(load::attacker(
+            load::AttackPlan {
+                addr: self.addr,
+                path: self.attack.path(),
+                body: self.body.clone(),
+                rate: self.attack.rate,
+                start: a0,
+                stop: a1,
+                end,
+            },
+            t0,
+        ));
+
+        let mut peak = before;
+        let mut counts = CurfewCounts::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let base_pos = self.index as u64 * cfg.phase_len().as_millis() as u64;
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let p = ProcStatus::now();
+            peak.rss_kib = peak.rss_kib.max(p.rss_kib);
+            peak.threads = peak.threads.max(p.threads);
+            if let Some(m) = self.probe.metrics() {
+                counts.max_hijacked_now = counts
+                    .max_hijacked_now
+                    .max(m.event.hijacked_threads + m.blocking.hijacked_threads);
+                counts.max_overdue = counts
+                    .max_overdue
+                    .max(m.event.overdue_threads + m.blocking.overdue_threads);
+            }
+            let stage = if now < a0 {
+                "baseline"
+            } else if now < a1 {
+                "attack"
+            } else {
+                "recovery"
+            };
+            self.pb
+                .set_position(base_pos + (now - t0).as_millis() as u64);
+            self.pb.set_message(format!(
+                "[{}/{}] {} · {} · {stage}",
+                self.index + 1,
+                self.of,
+                self.mode,
+                self.attack.label
+            ));
+            if now >= end {
+                break;
+            }
+        }
+        let mut benign = Vec::new();
+        for c in clients {
+            benign.extend(c.await.unwrap_or_default());
+        }
+        benign.sort_by(|a, b| a.sent.total_cmp(&b.sent));
+        let attacks = attacker.await.unwrap_or_default();
+        let curfew = match (start_metrics, self.probe.metrics()) {
+            (Some(s), Some(e)) => Some(CurfewCounts {
+                event_timeouts: e.event.timeouts - s.event.timeouts,
+                pool_timeouts: e.blocking.timeouts - s.blocking.timeouts,
+                event_hijacked: e.event.hijacked_total - s.event.hijacked_total,
+                pool_hijacked: e.blocking.hijacked_total - s.blocking.hijacked_total,
+                refused: e.refused - s.refused,
+                ..counts
+            }),
+            _ => None,
+        };
+        let secs = |t: Instant| (t - t0).as_secs_f64();
+        Phase {
+            mode: self.mode,
+            attack: self.attack.clone(),
+            window_start: secs(a0),
+            window_end: secs(a1),
+            end: secs(end),
+            benign,
+            attacks,
+            before,
+            peak,
+            curfew,
+            shutdown: Shutdown {
+                took: Duration::ZERO,
+                handlers_left: 0,
+            },
+        }
+    }
+}
+
+/// Benign answers per second and the 99th percentile latency, per time
+/// bucket of a phase: the series the plot draws.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    /// The bucket's start, in seconds from the phase start.
+    pub start: f64,
+    /// `200` answers completed in the bucket, per second.
+    pub rps: f64,
+    /// The 99th percentile latency of the requests that ended in the
+    /// bucket (answered, failed or timed out), ms; `None` if none ended.
+    pub p99_ms: Option<f64>,
+    /// Requests that ended in the bucket without a `200`.
+    pub errors: usize,
+}
+
+/// The phase's time series, in buckets of `width`.
+pub fn buckets(phase: &Phase, width: Duration) -> Vec<Bucket> {
+    let w = width.as_secs_f64();
+    let n = (phase.end / w).ceil() as usize;
+    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut ok = vec![0usize; n];
+    let mut errors = vec![0usize; n];
+    for s in &phase.benign {
+        let i = ((s.done() / w) as usize).min(n.saturating_sub(1));
+        lat[i].push(s.latency * 1e3);
+        if s.outcome == BenignOutcome::Ok {
+            ok[i] += 1;
+        } else {
+            errors[i] += 1;
+        }
+    }
+    (0..n)
+        .map(|i| {
+            let mut l = std::mem::take(&mut lat[i]);
+            l.sort_by(f64::total_cmp);
+            Bucket {
+                start: i as f64 * w,
+                rps: ok[i] as f64 / w,
+                p99_ms: stats::percentile(&l, 0.99),
+                errors: errors[i],
+            }
+        })
+        .collect()
+}
