@@ -21,7 +21,8 @@ use hyper_util::rt::TokioIo;
 
 use crate::server::{CLIENT_HEADER, OUTCOME_HEADER};
 
-type BoxError = Box<dyn StdError + Send + Sync>;
+/// The error of a client request.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The benign routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -170,27 +171,53 @@ pub async fn benign_client(
     out
 }
 
-async fn shot(addr: SocketAddr, path: &str, body: Bytes) -> Result<(u16, String, bool), BoxError> {
+/// An answer to [`send`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `x-lab-outcome` header, or `?`.
+    pub outcome: String,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// Sends one request on a new connection (closed after it) as `client`.
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    client: &str,
+    body: Bytes,
+) -> Result<Answer, BoxError> {
     let mut s = connect(addr).await?;
     s.ready().await?;
     let req = Request::builder()
-        .method(Method::POST)
+        .method(method)
         .uri(path)
         .header(HOST, "127.0.0.1")
         .header(CONNECTION, "close")
-        .header(CLIENT_HEADER, "attacker")
+        .header(CLIENT_HEADER, client)
         .body(Full::new(body))?;
     let resp = s.send_request(req).await?;
     let status = resp.status().as_u16();
-    let outcome = resp
-        .headers()
-        .get(OUTCOME_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("?")
-        .to_owned();
-    let retry_after = resp.headers().contains_key(hyper::header::RETRY_AFTER);
-    resp.into_body().collect().await?;
-    Ok((status, outcome, retry_after))
+    let header = |name| {
+        resp.headers()
+            .get(name)
+            .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let outcome = header(OUTCOME_HEADER).unwrap_or_else(|| "?".to_owned());
+    let retry_after = header(hyper::header::RETRY_AFTER.as_str());
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(Answer {
+        status,
+        outcome,
+        retry_after,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// What the attacker does in one phase.
@@ -232,10 +259,14 @@ pub async fn attacker(plan: AttackPlan, t0: Instant) -> Vec<AttackSample> {
         let (path, body) = (path.clone(), body.clone());
         shots.push(tokio::spawn(async move {
             let sent = Instant::now();
-            let res = tokio::time::timeout_at(end.into(), shot(addr, &path, body)).await;
+            let res = tokio::time::timeout_at(
+                end.into(),
+                send(addr, Method::POST, &path, "attacker", body),
+            )
+            .await;
             let latency = sent.elapsed().as_secs_f64();
             let (status, outcome, retry_after) = match res {
-                Ok(Ok((status, outcome, retry))) => (Some(status), outcome, retry),
+                Ok(Ok(a)) => (Some(a.status), a.outcome, a.retry_after.is_some()),
                 Ok(Err(_)) => (None, "connection error".to_owned(), false),
                 Err(_) => (None, "no answer".to_owned(), false),
             };

@@ -143,7 +143,7 @@ fn render(rows: &[Vec<String>], markdown: bool) -> String {
             .enumerate()
             .map(|(c, w)| {
                 if left(c) {
-                    format!("{}", "-".repeat((*w).max(3)))
+                    "-".repeat((*w).max(3))
                 } else {
                     format!("{}:", "-".repeat((*w).max(3) - 1))
                 }

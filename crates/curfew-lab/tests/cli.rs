@@ -1,0 +1,29 @@
+//! The binary's subcommands that finish at once.
+
+use std::process::Command;
+
+fn lab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_curfew-lab"))
+}
+
+#[test]
+fn list_shows_the_attacks() {
+    let out = lab().arg("list").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for attack in curfew_lab::study::DEFAULT_ATTACKS {
+        assert!(text.contains(attack), "{attack} missing from\n{text}");
+    }
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let out = lab()
+        .args(["study", "--attacks", "no-such-attack"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-attack"));
+    let out = lab().args(["serve", "--mode", "nginx"]).output().unwrap();
+    assert!(!out.status.success());
+}
