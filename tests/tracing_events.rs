@@ -8,8 +8,11 @@ use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
+/// An event's level and its fields, rendered.
+type Event = (tracing::Level, HashMap<String, String>);
+
 #[derive(Default, Clone)]
-struct Captured(Arc<Mutex<Vec<(tracing::Level, HashMap<String, String>)>>>);
+struct Captured(Arc<Mutex<Vec<Event>>>);
 
 struct Fields(HashMap<String, String>);
 

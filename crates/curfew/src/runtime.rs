@@ -252,10 +252,10 @@ impl Builder {
     /// [`build`](Self::build) fail with an error naming it. The default
     /// runtime behind [`curfew::spawn`](crate::spawn) is built this way.
     pub fn from_env(self) -> Self {
-        self.from_vars(|k| std::env::var(k).ok())
+        self.apply_vars(|k| std::env::var(k).ok())
     }
 
-    pub(crate) fn from_vars(mut self, get: impl Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn apply_vars(mut self, get: impl Fn(&str) -> Option<String>) -> Self {
         fn num(
             get: &impl Fn(&str) -> Option<String>,
             var: &'static str,
