@@ -338,7 +338,7 @@ static VECTORS: [Vector; 15] = [
         payload: sort::payload,
         handler: sort::handle,
         benign_size: 1_000,
-        attack_size: 20_000_000,
+        attack_size: 40_000_000,
     },
     Vector {
         name: "quicksort-sorted",
@@ -349,7 +349,7 @@ static VECTORS: [Vector; 15] = [
         payload: sort::sorted_payload,
         handler: sort::handle_quicksort,
         benign_size: 100,
-        attack_size: 60_000,
+        attack_size: 80_000,
     },
 ];
 
