@@ -136,7 +136,9 @@ fn run(mode: Mode) -> Report {
         .thread_name("server")
         .build()
         .unwrap();
-    let listener = server_rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = server_rt
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let curfew_handle = curfew_rt.handle();
     server_rt.spawn(async move {
@@ -184,7 +186,11 @@ fn run(mode: Mode) -> Report {
     let window = ATTACK_AT..ATTACK_AT + POISON_SPIN;
     let mut errors = 0;
     for s in stats {
-        during_attack += s.answers.iter().filter(|(at, _)| window.contains(at)).count();
+        during_attack += s
+            .answers
+            .iter()
+            .filter(|(at, _)| window.contains(at))
+            .count();
         lat.extend(s.answers.into_iter().map(|(_, l)| l));
         errors += s.errors;
     }

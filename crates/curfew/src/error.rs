@@ -298,14 +298,16 @@ impl std::error::Error for JoinError {
     }
 }
 
+/// A timeout becomes an error of kind `TimedOut` that wraps the
+/// [`TimeoutError`] (reach it with `get_ref` and `downcast_ref`); a refusal,
+/// one of kind `WouldBlock`; anything else, `Other`.
 impl From<JoinError> for std::io::Error {
     fn from(e: JoinError) -> Self {
-        let kind = match e.repr {
-            Repr::Timeout(_) => std::io::ErrorKind::TimedOut,
-            Repr::Refused(_) => std::io::ErrorKind::WouldBlock,
-            _ => std::io::ErrorKind::Other,
-        };
-        std::io::Error::new(kind, e.to_string())
+        match e.repr {
+            Repr::Timeout(t) => t.into(),
+            Repr::Refused(_) => std::io::Error::new(std::io::ErrorKind::WouldBlock, e.to_string()),
+            _ => std::io::Error::other(e.to_string()),
+        }
     }
 }
 

@@ -105,6 +105,7 @@
 mod context;
 pub mod error;
 mod executor;
+pub mod fs;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
