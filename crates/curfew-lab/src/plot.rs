@@ -71,6 +71,7 @@ pub fn write_svg(
         .disable_x_mesh()
         .x_desc("seconds (each attack gets its own stretch; all modes share it)")
         .y_desc("benign answers/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     for (i, a) in cfg.attacks.iter().enumerate() {
         let x0 = offset(i) + cfg.baseline.as_secs_f64();
@@ -110,9 +111,10 @@ pub fn write_svg(
         .label_font((FONT, 13))
         .draw()?;
 
-    // Latency: log scale, gaps where no request ended.
+    // Latency: log scale; the waits of requests still in flight count, so a
+    // stall rises toward the benign timeout instead of leaving a gap.
     let timeout_ms = cfg.benign_timeout.as_secs_f64() * 1e3;
-    let (lo, hi) = (0.01f64, timeout_ms * 2.0);
+    let (lo, hi) = (0.1f64, timeout_ms * 2.0);
     let mut chart = ChartBuilder::on(&lower)
         .margin(12)
         .x_label_area_size(30)
@@ -122,7 +124,8 @@ pub fn write_svg(
         .configure_mesh()
         .disable_x_mesh()
         .x_desc("seconds")
-        .y_desc("benign p99 latency, ms (log)")
+        .y_desc("benign p99 wait, ms (log)")
+        .y_label_formatter(&|v| format!("{v}"))
         .draw()?;
     for i in 0..cfg.attacks.len() {
         let x0 = offset(i) + cfg.baseline.as_secs_f64();
@@ -146,7 +149,7 @@ pub fn write_svg(
     )])?;
     for (mode, i, b) in &series {
         let c = color(*mode);
-        // Split the line where a bucket had no request end.
+        // Split the line where a bucket saw no request at all.
         let mut run: Vec<(f64, f64)> = Vec::new();
         for b in b {
             match b.p99_ms {

@@ -36,7 +36,7 @@ pub fn target_met(cfg: &StudyConfig, phase: &Phase, s: &Summary) -> bool {
     s.attack_rps >= 0.9 * s.base_rps && s.p99_ms <= b + s.base_p99_ms
 }
 
-const HEADER: [&str; 17] = [
+const HEADER: [&str; 19] = [
     "attack",
     "mode",
     "base/s",
@@ -45,6 +45,7 @@ const HEADER: [&str; 17] = [
     "recov/s",
     "p50 ms",
     "p99 ms",
+    "max ms",
     "err/sent",
     "target",
     "attacker got",
@@ -54,6 +55,7 @@ const HEADER: [&str; 17] = [
     "max hij/overdue",
     "peak RSS",
     "threads",
+    "drain",
 ];
 
 fn row(cfg: &StudyConfig, p: &Phase) -> Vec<String> {
@@ -77,6 +79,7 @@ fn row(cfg: &StudyConfig, p: &Phase) -> Vec<String> {
         ),
         None => ("-".into(), "-".into(), "-".into()),
     };
+    let drain = format!("{:.1} s", p.shutdown.took.as_secs_f64());
     let mut threads = format!(
         "{} (+{})",
         p.peak.threads,
@@ -94,6 +97,7 @@ fn row(cfg: &StudyConfig, p: &Phase) -> Vec<String> {
         fmt_rps(s.recovery_rps),
         fmt_ms(s.p50_ms),
         p99,
+        fmt_ms(s.max_ms),
         format!("{}/{}", s.errors, s.sent),
         if target_met(cfg, p, &s) { "yes" } else { "no" }.to_owned(),
         s.answers.clone(),
@@ -104,6 +108,7 @@ fn row(cfg: &StudyConfig, p: &Phase) -> Vec<String> {
         max,
         format!("{:.0} MiB", p.peak.rss_mib()),
         threads,
+        drain,
     ]
 }
 
@@ -116,7 +121,7 @@ fn render(rows: &[Vec<String>], markdown: bool) -> String {
             .unwrap_or(0)
     };
     let widths: Vec<usize> = (0..HEADER.len()).map(width).collect();
-    let left = |c: usize| c < 2 || c == 10;
+    let left = |c: usize| c < 2 || c == 11;
     let line = |cells: Vec<String>| {
         let padded: Vec<String> = cells
             .iter()
@@ -219,17 +224,25 @@ fn mode_text(mode: Mode, cfg: &StudyConfig) -> String {
 }
 
 /// The Markdown report.
-pub fn markdown(cfg: &StudyConfig, phases: &[Phase], elapsed: Duration) -> String {
+pub fn markdown(
+    cfg: &StudyConfig,
+    phases: &[Phase],
+    elapsed: Duration,
+    load: &(String, String),
+) -> String {
     let mut out = String::new();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
         out,
         "# Event handler poisoning: tokio and curfew under real attacks\n\n\
-         {} attacks × {} modes on {cores} cores, {:.0} s in all. Each phase is a fresh \
-         server on 127.0.0.1: {:?} of benign load, a {:?} attack window, {:?} of recovery.\n",
+         {} attacks × {} modes on {cores} cores, {:.0} s in all (load average {} at the \
+         start, {} at the end). Each phase is a fresh server on 127.0.0.1: {:?} of benign \
+         load, a {:?} attack window, {:?} of recovery.\n",
         cfg.attacks.len(),
         cfg.modes.len(),
         elapsed.as_secs_f64(),
+        load.0,
+        load.1,
         cfg.baseline,
         cfg.window,
         cfg.recovery,
@@ -241,14 +254,19 @@ pub fn markdown(cfg: &StudyConfig, phases: &[Phase], elapsed: Duration) -> Strin
         "\n![Benign throughput and p99 latency over time; attack windows shaded](timeline.svg)\n\n";
     out += "Columns: benign `200` answers per second before (`base/s`), during (`attack/s`, \
             and `%` of base) and after (`recov/s`) the attack window; p50 and p99 latency of \
-            the benign requests sent during the window, where a request unanswered after the \
-            benign timeout counts as the timeout (so `≥` means at least 1% got no answer); \
+            the benign requests sent during the window, corrected for coordinated omission (a \
+            request that waited `L` also stands for the requests its client would have sent \
+            meanwhile, one per baseline mean latency, as HdrHistogram does), where a request \
+            unanswered after the benign timeout counts as the timeout (so `≥` means at least \
+            1% waited that long); \
             benign requests that failed or timed out, of those sent in the window; `target`: \
             whether the window kept at least 90% of the base throughput with a p99 within the \
             budget plus the base p99; what the attacker's requests got before the phase ended, \
             and the median time to an answer; curfew's timeouts, hijacked (event) and abandoned \
             (pool) threads, and the most of them at once / the most overdue (not replaced, cap \
-            reached); the process's peak RSS and thread count (and growth during the phase).\n\n";
+            reached); the process's peak RSS and thread count (and growth during the phase); \
+            how long the lab then waited for the phase's handlers to return after letting \
+            them go (see below).\n\n";
 
     out += "## Setup\n\n";
     for &m in &cfg.modes {

@@ -97,8 +97,23 @@ const READ_RATE: f64 = 4.0;
 /// The rate of the CPU attacks.
 const CPU_RATE: f64 = 2.0;
 
+/// Attack sizes of the lab's own, where it departs from the corpus's
+/// `attack_size` (one to five seconds a request): about 0.5 to 1 s of CPU
+/// a request on the 2-core reference machine. That is 5 to 10 times the
+/// poll budget, far past it, yet short enough that the threads these
+/// requests hold (a tokio worker, or a curfew thread hijacked and demoted
+/// to idle priority) finish soon after a phase and do not run into the
+/// next one.
+pub const LAB_SIZES: &[(&str, usize)] = &[
+    ("fancy-regex", 21),
+    ("bcrypt-cost", 13),
+    ("ammonia-nesting", 14_000),
+    ("gzip-bomb", 4096),
+];
+
 /// The attacks the study knows by name: the named ones below, then every
-/// corpus vector under its own name (natural form, attack size, 2/s).
+/// corpus vector under its own name (natural form, 2/s, the size in
+/// [`LAB_SIZES`] or else the corpus's `attack_size`).
 ///
 /// | name | vector | form | payload |
 /// | --- | --- | --- | --- |
@@ -126,11 +141,15 @@ pub fn catalog() -> Vec<AttackSpec> {
         if vector.name == "read-path" {
             continue;
         }
+        let size = LAB_SIZES
+            .iter()
+            .find(|(name, _)| *name == vector.name)
+            .map_or(vector.attack_size, |&(_, n)| n);
         v.push(AttackSpec::new(
             vector.name,
             vector.name,
             None,
-            Payload::Size(vector.attack_size),
+            Payload::Size(size),
             CPU_RATE,
         ));
     }
@@ -149,7 +168,7 @@ pub const DEFAULT_ATTACKS: &[&str] = &[
     "read-fifo-pool",
     "infinite-loop",
     "bcrypt-cost",
-    "yaml-aliases",
+    "ammonia-nesting",
     "gzip-bomb",
 ];
 
@@ -205,8 +224,8 @@ impl StudyConfig {
             connections: 32,
             benign_timeout: Duration::from_secs(2),
             server: ServerConfig::default(),
-            drain: Duration::from_secs(10),
-            bucket: Duration::from_millis(250),
+            drain: Duration::from_secs(20),
+            bucket: Duration::from_millis(500),
             out: PathBuf::from("lab-out"),
             progress: true,
         }
@@ -221,6 +240,7 @@ impl StudyConfig {
             window: Duration::from_millis(2000),
             recovery: Duration::from_millis(800),
             drain: Duration::from_secs(5),
+            bucket: Duration::from_millis(250),
             ..Self::full()
         }
     }
@@ -290,11 +310,14 @@ pub struct Summary {
     pub base_p50_ms: f64,
     /// 99th percentile benign latency before the attack, ms.
     pub base_p99_ms: f64,
-    /// Median benign latency of requests sent in the window, ms (timeouts
-    /// count as the timeout).
+    /// Median benign latency of requests sent in the window, ms, corrected
+    /// for coordinated omission ([`stats::corrected`], with the baseline's
+    /// mean latency as the interval); timeouts count as the timeout.
     pub p50_ms: f64,
     /// 99th percentile of the same.
     pub p99_ms: f64,
+    /// The slowest benign request sent in the window, ms.
+    pub max_ms: f64,
     /// Benign requests sent in the window.
     pub sent: usize,
     /// Of those, failed or timed out.
@@ -332,7 +355,14 @@ impl Phase {
             v
         };
         let base = lat(warm, self.window_start);
-        let window = lat(self.window_start, self.window_end);
+        // The usual time between two requests of one closed-loop client.
+        let interval = if base.is_empty() {
+            0.0
+        } else {
+            base.iter().sum::<f64>() / base.len() as f64
+        };
+        let window = stats::corrected(&lat(self.window_start, self.window_end), interval);
+        let max_ms = window.last().copied().unwrap_or(f64::NAN);
         let in_window: Vec<_> = self
             .benign
             .iter()
@@ -353,6 +383,7 @@ impl Phase {
             base_p99_ms: stats::percentile(&base, 0.99).unwrap_or(f64::NAN),
             p50_ms: stats::percentile(&window, 0.50).unwrap_or(f64::NAN),
             p99_ms: stats::percentile(&window, 0.99).unwrap_or(f64::NAN),
+            max_ms,
             sent: in_window.len(),
             errors: in_window
                 .iter()
@@ -387,6 +418,9 @@ pub struct StudyOutcome {
     /// Handler bodies still running after the last phase (threads the
     /// process cannot end by itself).
     pub handlers_left: usize,
+    /// The system's load averages when the study started and ended: other
+    /// work on the machine shows up in every number.
+    pub load: (String, String),
 }
 
 impl fmt::Display for StudyOutcome {
@@ -417,6 +451,7 @@ fn progress_bar(cfg: &StudyConfig, phases: usize) -> ProgressBar {
 /// `attacks × modes × phase_len` plus the drains.
 pub fn run(cfg: &StudyConfig) -> io::Result<StudyOutcome> {
     let started = Instant::now();
+    let load_before = crate::sys::load_average();
     std::fs::create_dir_all(&cfg.out)?;
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -472,9 +507,13 @@ pub fn run(cfg: &StudyConfig) -> io::Result<StudyOutcome> {
     let plot = cfg.out.join("timeline.svg");
     let csv = cfg.out.join("timeline.csv");
     let elapsed = started.elapsed();
+    let load = (load_before, crate::sys::load_average());
     crate::plot::write_svg(&plot, cfg, &phases).map_err(io::Error::other)?;
     std::fs::write(&csv, crate::report::csv(cfg, &phases))?;
-    std::fs::write(&report, crate::report::markdown(cfg, &phases, elapsed))?;
+    std::fs::write(
+        &report,
+        crate::report::markdown(cfg, &phases, elapsed, &load),
+    )?;
     Ok(StudyOutcome {
         phases,
         config: cfg.clone(),
@@ -483,6 +522,7 @@ pub fn run(cfg: &StudyConfig) -> io::Result<StudyOutcome> {
         plot,
         csv,
         handlers_left,
+        load,
     })
 }
 
@@ -620,8 +660,11 @@ pub struct Bucket {
     pub start: f64,
     /// `200` answers completed in the bucket, per second.
     pub rps: f64,
-    /// The 99th percentile latency of the requests that ended in the
-    /// bucket (answered, failed or timed out), ms; `None` if none ended.
+    /// The 99th percentile of the waits seen in the bucket, ms: the
+    /// latency of each request that ended in it (answered, failed or timed
+    /// out), and the age of each request still waiting at its end, so that
+    /// a stall shows as a rising line rather than a gap. `None` if the
+    /// bucket saw no request.
     pub p99_ms: Option<f64>,
     /// Requests that ended in the bucket without a `200`.
     pub errors: usize,
@@ -634,9 +677,13 @@ pub fn buckets(phase: &Phase, width: Duration) -> Vec<Bucket> {
     let mut lat: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut ok = vec![0usize; n];
     let mut errors = vec![0usize; n];
+    let index = |t: f64| ((t / w) as usize).min(n.saturating_sub(1));
     for s in &phase.benign {
-        let i = ((s.done() / w) as usize).min(n.saturating_sub(1));
+        let i = index(s.done());
         lat[i].push(s.latency * 1e3);
+        for (j, l) in lat.iter_mut().enumerate().take(i).skip(index(s.sent)) {
+            l.push(((j + 1) as f64 * w - s.sent) * 1e3);
+        }
         if s.outcome == BenignOutcome::Ok {
             ok[i] += 1;
         } else {

@@ -38,6 +38,14 @@ impl ProcStatus {
     }
 }
 
+/// The system's load averages over 1, 5 and 15 minutes, as text, from
+/// `/proc/loadavg`; `unknown` where it is not available.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

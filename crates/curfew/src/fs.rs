@@ -42,7 +42,7 @@
 //! ```
 
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::TimeoutError;
 
@@ -76,7 +76,7 @@ fn timed_out(e: TimeoutError) -> io::Error {
 }
 
 /// The job: read `path` in chunks with a checkpoint between them.
-fn read_chunked(path: &PathBuf, limit: usize) -> io::Result<Vec<u8>> {
+fn read_chunked(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
     let (mut file, waitable) = open(path)?;
     let meta = file.metadata()?;
     let regular = meta.is_file();
