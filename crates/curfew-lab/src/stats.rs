@@ -11,30 +11,35 @@ pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// Latencies corrected for coordinated omission, sorted.
+/// One request and the requests it stands for, corrected for coordinated
+/// omission, as `(sent, latency)` pairs.
 ///
-/// A closed-loop client that waits `L` for one answer does not send the
-/// requests it would otherwise have sent meanwhile, one every `interval`
-/// (its usual latency), so a plain percentile over-represents the fast
-/// answers of the good times. As HdrHistogram's
-/// `recordValueWithExpectedInterval` does, each latency `L` above the
-/// interval also stands for the requests `L - interval`, `L - 2·interval`,
-/// and so on down to the interval (at most `MAX_FILL` of them per sample).
-pub fn corrected(latencies: &[f64], interval: f64) -> Vec<f64> {
+/// A closed-loop client that waits `latency` for one answer does not send
+/// the requests it would otherwise have sent meanwhile, one every
+/// `interval` (its usual latency), so plain statistics over-represent the
+/// fast answers of the good times. As HdrHistogram's
+/// `recordValueWithExpectedInterval` does, a latency `L` above twice the
+/// interval also stands for requests sent `k·interval` later with latency
+/// `L - k·interval`, down to the interval (at most 100,000 of them).
+pub fn with_missed(sent: f64, latency: f64, interval: f64) -> impl Iterator<Item = (f64, f64)> {
     const MAX_FILL: usize = 100_000;
-    let mut v = Vec::with_capacity(latencies.len());
-    for &l in latencies {
-        v.push(l);
-        if interval > 0.0 && l > 2.0 * interval {
-            let mut missed = l - interval;
-            let mut n = 0;
-            while missed >= interval && n < MAX_FILL {
-                v.push(missed);
-                missed -= interval;
-                n += 1;
-            }
-        }
-    }
+    let fill = if interval > 0.0 && latency > 2.0 * interval {
+        ((latency / interval) as usize - 1).min(MAX_FILL)
+    } else {
+        0
+    };
+    (0..=fill).map(move |k| {
+        let shift = k as f64 * interval;
+        (sent + shift, latency - shift)
+    })
+}
+
+/// The latencies of [`with_missed`] for every sample, sorted.
+pub fn corrected(latencies: &[f64], interval: f64) -> Vec<f64> {
+    let mut v: Vec<f64> = latencies
+        .iter()
+        .flat_map(|&l| with_missed(0.0, l, interval).map(|(_, l)| l))
+        .collect();
     v.sort_by(f64::total_cmp);
     v
 }
@@ -73,15 +78,18 @@ mod tests {
 
     #[test]
     fn correction_fills_in_missed_requests() {
-        // 98 fast answers and one stall of 100 intervals: the stall stands
-        // for 99 requests, so the corrected p99 is far above the interval.
-        let mut v = vec![1.0; 98];
+        // 199 fast answers and one stall of 100 intervals: the stall stands
+        // for 100 requests, so the corrected p99 is far above the interval.
+        let mut v = vec![1.0; 199];
         v.push(100.0);
         assert_eq!(percentile(&v, 0.99), Some(1.0));
         let c = corrected(&v, 1.0);
-        assert_eq!(c.len(), 98 + 1 + 99);
+        assert_eq!(c.len(), 199 + 100);
         assert!(percentile(&c, 0.99).unwrap() > 90.0);
         assert_eq!(corrected(&[1.0, 1.5], 1.0), vec![1.0, 1.5]);
+        let missed: Vec<_> = with_missed(10.0, 3.0, 1.0).collect();
+        assert_eq!(missed, vec![(10.0, 3.0), (11.0, 2.0), (12.0, 1.0)]);
+        assert_eq!(with_missed(0.0, 5.0, 0.0).count(), 1);
     }
 
     #[test]

@@ -333,6 +333,25 @@ pub struct Summary {
 }
 
 impl Phase {
+    /// The start of the baseline's measured part, in seconds: the first
+    /// quarter second goes to making connections.
+    fn warm(&self) -> f64 {
+        (self.window_start / 4.0).min(0.25)
+    }
+
+    /// The usual time between two requests of one closed-loop benign
+    /// client, in seconds: the mean latency before the attack. It is the
+    /// interval of the coordinated-omission correction
+    /// ([`stats::with_missed`]).
+    pub fn interval(&self) -> f64 {
+        let (sum, n) = self
+            .benign
+            .iter()
+            .filter(|s| s.sent >= self.warm() && s.sent < self.window_start)
+            .fold((0.0, 0usize), |(sum, n), s| (sum + s.latency, n + 1));
+        if n == 0 { 0.0 } else { sum / n as f64 }
+    }
+
     /// The table's numbers for this phase.
     pub fn summary(&self) -> Summary {
         let ok_between = |a: f64, b: f64| {
@@ -342,26 +361,25 @@ impl Phase {
                 .count() as f64
                 / (b - a).max(1e-9)
         };
-        // Skip the first quarter second: connections are being made.
-        let warm = (self.window_start / 4.0).min(0.25);
-        let lat = |a: f64, b: f64| {
+        let window = stats::corrected(
+            &self
+                .benign
+                .iter()
+                .filter(|s| s.sent >= self.window_start && s.sent < self.window_end)
+                .map(|s| s.latency * 1e3)
+                .collect::<Vec<_>>(),
+            self.interval() * 1e3,
+        );
+        let base = {
             let mut v: Vec<f64> = self
                 .benign
                 .iter()
-                .filter(|s| s.sent >= a && s.sent < b)
+                .filter(|s| s.sent >= self.warm() && s.sent < self.window_start)
                 .map(|s| s.latency * 1e3)
                 .collect();
             v.sort_by(f64::total_cmp);
             v
         };
-        let base = lat(warm, self.window_start);
-        // The usual time between two requests of one closed-loop client.
-        let interval = if base.is_empty() {
-            0.0
-        } else {
-            base.iter().sum::<f64>() / base.len() as f64
-        };
-        let window = stats::corrected(&lat(self.window_start, self.window_end), interval);
         let max_ms = window.last().copied().unwrap_or(f64::NAN);
         let in_window: Vec<_> = self
             .benign
@@ -376,7 +394,7 @@ impl Phase {
             .collect();
         answered.sort_by(f64::total_cmp);
         Summary {
-            base_rps: ok_between(warm, self.window_start),
+            base_rps: ok_between(self.warm(), self.window_start),
             attack_rps: ok_between(self.window_start, self.window_end),
             recovery_rps: ok_between(self.window_end, self.end),
             base_p50_ms: stats::percentile(&base, 0.50).unwrap_or(f64::NAN),
@@ -663,8 +681,9 @@ pub struct Bucket {
     /// The 99th percentile of the waits seen in the bucket, ms: the
     /// latency of each request that ended in it (answered, failed or timed
     /// out), and the age of each request still waiting at its end, so that
-    /// a stall shows as a rising line rather than a gap. `None` if the
-    /// bucket saw no request.
+    /// a stall shows as a rising line rather than a gap; corrected for
+    /// coordinated omission ([`stats::with_missed`]). `None` if the bucket
+    /// saw no request.
     pub p99_ms: Option<f64>,
     /// Requests that ended in the bucket without a `200`.
     pub errors: usize,
@@ -678,11 +697,15 @@ pub fn buckets(phase: &Phase, width: Duration) -> Vec<Bucket> {
     let mut ok = vec![0usize; n];
     let mut errors = vec![0usize; n];
     let index = |t: f64| ((t / w) as usize).min(n.saturating_sub(1));
+    let interval = phase.interval();
     for s in &phase.benign {
-        let i = index(s.done());
-        lat[i].push(s.latency * 1e3);
-        for (j, l) in lat.iter_mut().enumerate().take(i).skip(index(s.sent)) {
-            l.push(((j + 1) as f64 * w - s.sent) * 1e3);
+        let done = s.done();
+        let i = index(done);
+        for (sent, latency) in stats::with_missed(s.sent, s.latency, interval) {
+            lat[i].push(latency * 1e3);
+            for (j, l) in lat.iter_mut().enumerate().take(i).skip(index(sent)) {
+                l.push(((j + 1) as f64 * w - sent) * 1e3);
+            }
         }
         if s.outcome == BenignOutcome::Ok {
             ok[i] += 1;
