@@ -597,16 +597,14 @@ impl Shared {
         } else {
             None
         };
-        let span = if opts.name.is_some() || opts.client.is_some() {
-            tracing::debug_span!(
-                target: "curfew",
-                "task",
-                name = opts.name.as_deref(),
-                client = opts.client.as_ref().map(|c| c.as_str()),
-            )
-        } else {
-            tracing::Span::none()
-        };
+        // Every task gets a span; when debug-level curfew spans are
+        // filtered out (the usual case) this is one check of the level.
+        let span = tracing::debug_span!(
+            target: "curfew",
+            "task",
+            name = opts.name.as_deref(),
+            client = opts.client.as_ref().map(|c| c.as_str()),
+        );
         Ok(Header::new(
             budget,
             client_idx,

@@ -537,3 +537,138 @@ pub async fn yield_if_needed() {
         yield_now().await;
     }
 }
+
+/// Tests of the task plumbing alone (no runtime threads), small enough for
+/// Miri: `cargo +nightly miri test -p curfew --lib task::tests`. They cover
+/// the unsafe parts: futures borrowing their own header through
+/// `spawn_unchecked`, and the `JoinHandle`'s pointer to that header.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::AtomicUsize;
+
+    type Queue = Arc<StdMutex<Vec<async_task::Runnable<Header>>>>;
+
+    fn header() -> Header {
+        Header::new(
+            Some(Duration::from_millis(10)),
+            0,
+            Location::EventThread,
+            Some("t".into()),
+            None,
+            None,
+            tracing::Span::none(),
+        )
+    }
+
+    fn spawn<F>(q: &Queue, fut: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let q2 = q.clone();
+        // SAFETY: the future borrows only its own header (the metadata).
+        let (runnable, task) = unsafe {
+            async_task::Builder::new()
+                .metadata(header())
+                .spawn_unchecked(
+                    move |h: &Header| Guarded::new(h, fut),
+                    move |r| q2.lock().unwrap().push(r),
+                )
+        };
+        runnable.schedule();
+        JoinHandle::new(task)
+    }
+
+    fn run_all(q: &Queue) {
+        loop {
+            let next = q.lock().unwrap().pop();
+            match next {
+                Some(r) => {
+                    r.run();
+                }
+                None => break,
+            }
+        }
+    }
+
+    #[test]
+    fn output_reaches_the_handle() {
+        let q = Queue::default();
+        let h = spawn(&q, async { 41 + 1 });
+        assert!(!h.is_finished());
+        run_all(&q);
+        assert!(h.is_finished());
+        assert_eq!(futures::executor::block_on(h).unwrap(), 42);
+    }
+
+    #[test]
+    fn timeout_wins_over_a_later_output() {
+        let q = Queue::default();
+        let h = spawn(&q, async { "late" });
+        // What the watchdog does, without a thread to claim.
+        let header = match &*h.lock() {
+            Inner::Running(r) => r.header,
+            _ => unreachable!(),
+        };
+        // SAFETY: the handle keeps the task, and so its header, alive.
+        let header = unsafe { header.as_ref() };
+        assert!(header.time_out(Duration::from_millis(12)));
+        header.wake_join();
+        assert!(checkpoint_would_fail(header));
+        run_all(&q); // the future is dropped, not completed
+        let err = futures::executor::block_on(h).unwrap_err();
+        let t = err.timeout().unwrap();
+        assert_eq!(t.elapsed(), Duration::from_millis(12));
+        assert_eq!(t.name(), Some("t"));
+    }
+
+    fn checkpoint_would_fail(h: &Header) -> bool {
+        h.is_timed_out()
+    }
+
+    #[test]
+    fn abort_drops_the_future_and_detach_keeps_running() {
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        struct D;
+        impl Drop for D {
+            fn drop(&mut self) {
+                DROPS.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let q = Queue::default();
+        let d = D;
+        let h = spawn(&q, async move {
+            let _d = d;
+            std::future::pending::<()>().await
+        });
+        run_all(&q);
+        h.abort();
+        run_all(&q); // async-task reschedules the task to drop its future
+        assert_eq!(DROPS.load(Ordering::SeqCst), 1);
+        assert!(futures::executor::block_on(h).unwrap_err().is_cancelled());
+
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r2 = ran.clone();
+        drop(spawn(&q, async move { r2.fetch_add(1, Ordering::SeqCst) }));
+        run_all(&q);
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "a dropped handle detaches");
+    }
+
+    #[test]
+    fn panics_are_caught_and_dropped_runnables_cancel() {
+        let q = Queue::default();
+        let h = spawn(&q, async {
+            if std::hint::black_box(true) {
+                panic!("inside");
+            }
+        });
+        run_all(&q);
+        assert!(futures::executor::block_on(h).unwrap_err().is_panic());
+
+        let h = spawn(&q, async { 1 });
+        q.lock().unwrap().clear(); // a runtime shutting down drops its queue
+        assert!(futures::executor::block_on(h).unwrap_err().is_cancelled());
+    }
+}
