@@ -61,9 +61,10 @@
 //! the lab releases what it can: it opens the FIFO for writing (every
 //! blocked read then ends) and sets the stop flag that its copy of the
 //! infinite loop checks (see [`server::spin`]; the flag is invisible to
-//! both runtimes, so it changes nothing during the phase). CPU vectors use
-//! the corpus's attack sizes, which finish within seconds. The lab then
-//! waits until no handler body is running before it starts the next phase.
+//! both runtimes, so it changes nothing during the phase). CPU vectors run
+//! at sizes that cost about 0.5 to 1 s a request ([`study::LAB_SIZES`]):
+//! 5 to 10 times the poll budget, yet quick to finish. The lab then waits
+//! until no handler body is running before it starts the next phase.
 //!
 //! # Using it as a library
 //!

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::server::{Form, Mode};
+use crate::stats;
 use crate::study::{Phase, StudyConfig, Summary, buckets};
 
 fn fmt_rps(x: f64) -> String {
@@ -112,26 +113,28 @@ fn row(cfg: &StudyConfig, p: &Phase) -> Vec<String> {
     ]
 }
 
-fn render(rows: &[Vec<String>], markdown: bool) -> String {
-    let width = |c: usize| {
-        rows.iter()
-            .map(|r| r[c].chars().count())
-            .chain([HEADER[c].chars().count()])
-            .max()
-            .unwrap_or(0)
-    };
-    let widths: Vec<usize> = (0..HEADER.len()).map(width).collect();
-    let left = |c: usize| c < 2 || c == 11;
-    let line = |cells: Vec<String>| {
+/// An aligned table, as text or Markdown; columns in `left` are left
+/// aligned, the others right aligned.
+fn render(header: &[&str], left: &[usize], rows: &[Vec<String>], markdown: bool) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
             .enumerate()
             .map(|(c, s)| {
-                let pad = widths[c].saturating_sub(s.chars().count());
-                if left(c) {
-                    format!("{s}{}", " ".repeat(pad))
+                let pad = " ".repeat(widths[c].saturating_sub(s.chars().count()));
+                if left.contains(&c) {
+                    format!("{s}{pad}")
                 } else {
-                    format!("{}{s}", " ".repeat(pad))
+                    format!("{pad}{s}")
                 }
             })
             .collect();
@@ -141,13 +144,13 @@ fn render(rows: &[Vec<String>], markdown: bool) -> String {
             format!("{}\n", padded.join("  ").trim_end())
         }
     };
-    let mut out = line(HEADER.iter().map(|h| h.to_string()).collect());
+    let mut out = line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     if markdown {
         let rule: Vec<String> = widths
             .iter()
             .enumerate()
             .map(|(c, w)| {
-                if left(c) {
+                if left.contains(&c) {
                     "-".repeat((*w).max(3))
                 } else {
                     format!("{}:", "-".repeat((*w).max(3) - 1))
@@ -157,15 +160,85 @@ fn render(rows: &[Vec<String>], markdown: bool) -> String {
         out += &format!("| {} |\n", rule.join(" | "));
     }
     for r in rows {
-        out += &line(r.clone());
+        out += &line(r);
     }
     out
 }
 
-/// The results as an aligned text table, one row per phase.
-pub fn table(cfg: &StudyConfig, phases: &[Phase]) -> String {
+/// One row per phase.
+fn phase_table(cfg: &StudyConfig, phases: &[Phase], markdown: bool) -> String {
     let rows: Vec<_> = phases.iter().map(|p| row(cfg, p)).collect();
-    render(&rows, false)
+    render(&HEADER, &[0, 1, 11], &rows, markdown)
+}
+
+/// One row per mode: how the benign clients and the attacker fared across
+/// all attacks.
+fn mode_table(cfg: &StudyConfig, phases: &[Phase], markdown: bool) -> String {
+    let header = [
+        "mode",
+        "attacks",
+        "window/base: median (min)",
+        "worst p99 ms",
+        "benign errors in",
+        "target met",
+        "attacks answered",
+        "median answer",
+    ];
+    let mut rows = Vec::new();
+    for &mode in &cfg.modes {
+        let ps: Vec<&Phase> = phases.iter().filter(|p| p.mode == mode).collect();
+        if ps.is_empty() {
+            continue;
+        }
+        let sums: Vec<Summary> = ps.iter().map(|p| p.summary()).collect();
+        let mut pct: Vec<f64> = sums
+            .iter()
+            .filter(|s| s.base_rps > 0.0)
+            .map(|s| 100.0 * s.attack_rps / s.base_rps)
+            .collect();
+        pct.sort_by(f64::total_cmp);
+        let worst = sums.iter().map(|s| s.p99_ms).fold(f64::NAN, f64::max);
+        let timeouts = sums.iter().filter(|s| s.errors > 0).count();
+        let met = ps
+            .iter()
+            .zip(&sums)
+            .filter(|(p, s)| target_met(cfg, p, s))
+            .count();
+        let sent: usize = sums.iter().map(|s| s.attacks).sum();
+        let answered: usize = sums.iter().map(|s| s.answered).sum();
+        let mut times: Vec<f64> = ps
+            .iter()
+            .flat_map(|p| p.attacks.iter())
+            .filter(|a| a.status.is_some())
+            .map(|a| a.latency * 1e3)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        rows.push(vec![
+            mode.to_string(),
+            ps.len().to_string(),
+            match (stats::percentile(&pct, 0.5), pct.first()) {
+                (Some(m), Some(lo)) => format!("{m:.0}% ({lo:.0}%)"),
+                _ => "-".to_owned(),
+            },
+            fmt_ms(worst),
+            format!("{timeouts} of {}", ps.len()),
+            format!("{met} of {}", ps.len()),
+            format!("{answered} of {sent}"),
+            stats::percentile(&times, 0.5)
+                .map_or_else(|| "-".to_owned(), |ms| format!("{} ms", fmt_ms(ms))),
+        ]);
+    }
+    render(&header, &[0], &rows, markdown)
+}
+
+/// The results as aligned text tables: one row per mode, then one per
+/// phase.
+pub fn table(cfg: &StudyConfig, phases: &[Phase]) -> String {
+    format!(
+        "{}\n{}",
+        mode_table(cfg, phases, false),
+        phase_table(cfg, phases, false)
+    )
 }
 
 /// The per-bucket time series as CSV.
@@ -247,9 +320,15 @@ pub fn markdown(
         cfg.window,
         cfg.recovery,
     );
+    out += "## Summary\n\n";
+    out += &mode_table(cfg, phases, true);
+    out += "\nAcross the attacks: the benign throughput during the attack window as a share \
+            of the throughput before it (median and lowest), the worst benign p99, in how many \
+            attacks some benign requests failed or timed out, in how many the design target held \
+            (see below), how many attack requests got any answer before their phase ended, and \
+            the median time to that answer.\n\n";
     out += "## Results\n\n";
-    let rows: Vec<_> = phases.iter().map(|p| row(cfg, p)).collect();
-    out += &render(&rows, true);
+    out += &phase_table(cfg, phases, true);
     out +=
         "\n![Benign throughput and p99 latency over time; attack windows shaded](timeline.svg)\n\n";
     out += "Columns: benign `200` answers per second before (`base/s`), during (`attack/s`, \
@@ -311,8 +390,9 @@ pub fn markdown(
           tokio and a curfew timeout leaves it spinning on its hijacked thread. Without the \
           flag a poisoned tokio worker would spin until the process exits, burning a core \
           through every later phase.\n\
-        - CPU vectors finish on their own within seconds; the lab waits for them (up to the \
-          drain bound) before the next phase.\n\
+        - CPU vectors run at sizes that cost about 0.5 to 1 s of CPU a request on the \
+          2-core reference machine (5 to 10 times the poll budget); they finish on their own, \
+          and the lab waits for them (up to the drain bound) before the next phase.\n\
         - After stopping a server, the lab waits until no handler body is running, so no \
           phase burns CPU in the next one; a row says `stuck` if one was still running.\n\n";
     out += "## Reading the results\n\n\
@@ -325,12 +405,16 @@ pub fn markdown(
           budget is spent, while the handler is still running, and replaces its thread, so \
           the benign clients keep their capacity. The stuck thread is not killed: Rust cannot \
           interrupt it safely. A blocked thread costs memory only; a thread spinning in a CPU \
-          vector keeps burning its core until the handler returns, and competes with the \
-          benign clients for the cores (a CPU cost curfew bounds only through its caps and \
-          reclaims only where code reaches `curfew::checkpoint`). At the cap on hijacked \
-          threads a poisoned thread is no longer replaced (`overdue`), and capacity shrinks.\n\
+          vector keeps running until the handler returns. Curfew moves it to the idle \
+          scheduling class (on Linux), so it only gets CPU the healthy threads leave, and \
+          therefore takes longer to finish; CPU comes back early only where code reaches \
+          `curfew::checkpoint`. At the cap on hijacked threads a poisoned thread is no longer \
+          replaced (`overdue`): with no healthy event thread left, queued tasks, benign ones \
+          included, wait unanswered until a hijacked thread returns (`no answer` rows).\n\
         - **curfew-policy**: a client whose requests keep timing out is refused at once for \
           the cool-off, before any of its work runs: the attacker's cost to the server drops \
-          to a refused spawn per request.\n";
+          to a refused spawn per request, plus reading its request: the server learns of the \
+          refusal only when it spawns the handler, after reading the body, so a refused \
+          multi-megabyte payload (gzip-bomb) still costs its upload.\n";
     out
 }
