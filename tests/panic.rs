@@ -1,8 +1,24 @@
 //! Panics: a panicking task gives `is_panic()`, and its thread keeps serving.
+//!
+//! The panic hook runs inside the poll, and printing a backtrace in a debug
+//! build can take longer than a default budget on a loaded machine, so these
+//! runtimes have budgets far from the point.
+
+use std::time::Duration;
+
+fn runtime() -> curfew::Runtime {
+    curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(1)
+        .poll_budget(Duration::from_secs(30))
+        .job_budget(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
 
 #[test]
 fn panic_is_reported_and_the_thread_keeps_serving() {
-    let rt = curfew::Runtime::builder().event_threads(1).build().unwrap();
+    let rt = runtime();
     let h = rt.spawn(async {
         if std::hint::black_box(true) {
             panic!("boom {}", std::hint::black_box(7));
@@ -28,11 +44,7 @@ fn panic_is_reported_and_the_thread_keeps_serving() {
 
 #[test]
 fn panic_in_a_blocking_job_is_reported() {
-    let rt = curfew::Runtime::builder()
-        .event_threads(1)
-        .blocking_threads(1)
-        .build()
-        .unwrap();
+    let rt = runtime();
     let err = rt
         .block_on(rt.spawn_blocking(|| -> u8 { panic!("job failed") }))
         .unwrap_err();
