@@ -70,7 +70,7 @@ use std::sync::atomic::Ordering;
 use crate::error::Refusal;
 use crate::executor::GroupId;
 use crate::runtime::Handle;
-use crate::task::{self, Guarded, Header, JoinHandle};
+use crate::task::{self, JoinHandle};
 
 impl Handle {
     pub(crate) fn spawn_blocking_with<F, R>(&self, opts: task::Builder, f: F) -> JoinHandle<R>
@@ -93,13 +93,6 @@ impl Handle {
         let schedule = move |r| sched.schedule_blocking(r);
         shared.blocking.spawned.fetch_add(1, Ordering::Relaxed);
         let job = async move { f() };
-        // SAFETY: as in `spawn_with`: the future borrows only its header.
-        let (runnable, task) = unsafe {
-            async_task::Builder::new()
-                .metadata(header)
-                .spawn_unchecked(move |h: &Header| Guarded::new(h, job), schedule)
-        };
-        runnable.schedule();
-        JoinHandle::new(task)
+        task::spawn_raw(header, job, schedule)
     }
 }

@@ -13,7 +13,7 @@ use crate::error::{BuildError, Refusal};
 use crate::executor::{self, Group, GroupId, Runnable};
 use crate::metrics::RuntimeMetrics;
 use crate::policy::{ClientPolicy, Clients, NO_CLIENT};
-use crate::task::{self, Guarded, Header, JoinHandle};
+use crate::task::{self, Header, JoinHandle};
 use crate::watchdog;
 
 /// Validated settings of a runtime.
@@ -844,19 +844,7 @@ impl Handle {
         let sched = shared.clone();
         let schedule = WithInfo(move |r, info| sched.schedule_event(r, info));
         shared.event.spawned.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `spawn_unchecked` lifts `Send` and `'static` bounds, and we
-        // need it only so the future may borrow its own header (the task's
-        // metadata). The future borrows nothing else and is `Send` (`F` is,
-        // and `Header` is `Sync`), the schedule function is `Send + Sync +
-        // 'static`, and async-task keeps the metadata alive for as long as
-        // the future exists.
-        let (runnable, task) = unsafe {
-            async_task::Builder::new()
-                .metadata(header)
-                .spawn_unchecked(move |h: &Header| Guarded::new(h, future), schedule)
-        };
-        runnable.schedule();
-        JoinHandle::new(task)
+        task::spawn_raw(header, future, schedule)
     }
 }
 

@@ -228,6 +228,29 @@ impl<F: Future> Future for Guarded<'_, F> {
     }
 }
 
+/// Creates the task for `future`, with `header` as its metadata, and
+/// schedules it.
+pub(crate) fn spawn_raw<F, S>(header: Header, future: F, schedule: S) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+    S: async_task::Schedule<Header> + Send + Sync + 'static,
+{
+    // SAFETY: `spawn_unchecked` lifts the `'static` bound on the future, and
+    // we need that only so the future may borrow its own header (the task's
+    // metadata), which async-task keeps alive and in place for as long as the
+    // future exists. The future borrows nothing else and is `Send` (`F` is,
+    // and `Header` is `Sync`), and the schedule function is `Send + Sync +
+    // 'static`, so the `Runnable` and its wakers may go to any thread.
+    let (runnable, task) = unsafe {
+        async_task::Builder::new()
+            .metadata(header)
+            .spawn_unchecked(move |h: &Header| Guarded::new(h, future), schedule)
+    };
+    runnable.schedule();
+    JoinHandle::new(task)
+}
+
 /// Drops a future in place, swallowing a panic from its destructor so that
 /// it cannot take the thread down.
 fn drop_quietly<F>(slot: Pin<&mut Option<F>>) {
@@ -568,17 +591,7 @@ mod tests {
         F::Output: Send + 'static,
     {
         let q2 = q.clone();
-        // SAFETY: the future borrows only its own header (the metadata).
-        let (runnable, task) = unsafe {
-            async_task::Builder::new()
-                .metadata(header())
-                .spawn_unchecked(
-                    move |h: &Header| Guarded::new(h, fut),
-                    move |r| q2.lock().unwrap().push(r),
-                )
-        };
-        runnable.schedule();
-        JoinHandle::new(task)
+        spawn_raw(header(), fut, move |r| q2.lock().unwrap().push(r))
     }
 
     fn run_all(q: &Queue) {
