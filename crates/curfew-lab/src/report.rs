@@ -364,7 +364,10 @@ pub fn markdown(
             until the phase ends.\n";
     out += "- Client and server share this one process and its cores: every figure includes \
             the load generator's own CPU use, and only the comparison between modes is \
-            meaningful.\n\n";
+            meaningful. Other work on the machine shows up too (see the load average above): \
+            a dip or a stall of some hundred milliseconds outside an attack window, or in a \
+            baseline, is not the server's doing, and single phases can differ by a third in \
+            baseline throughput.\n\n";
     out += "## Attacks\n\n";
     for a in &cfg.attacks {
         let _ = writeln!(

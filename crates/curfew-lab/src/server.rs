@@ -344,16 +344,21 @@ impl Drop for Server {
     }
 }
 
-/// The path of a 4 KiB file for `GET /file`, made once per process.
+/// The path of a 4 KiB file for `GET /file`, written once per process to
+/// `temp_dir()/curfew-lab/benign.txt` (always the same bytes; written under a
+/// private name and renamed, so concurrent processes never see half a file).
 fn benign_file() -> io::Result<PathBuf> {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
     if let Some(p) = FILE.get() {
         return Ok(p.clone());
     }
-    let dir = std::env::temp_dir().join(format!("curfew-lab-{}", std::process::id()));
+    let dir = std::env::temp_dir().join("curfew-lab");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("benign.txt");
-    std::fs::write(&path, "curfew-lab benign file\n".repeat(4096 / 24 + 1))?;
+    let tmp = dir.join(format!("benign.txt.{}", std::process::id()));
+    let text = "curfew-lab benign file\n".repeat(200);
+    std::fs::write(&tmp, &text.as_bytes()[..4096])?;
+    std::fs::rename(&tmp, &path)?;
     Ok(FILE.get_or_init(|| path).clone())
 }
 
