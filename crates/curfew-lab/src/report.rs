@@ -37,7 +37,11 @@ pub fn target_met(cfg: &StudyConfig, phase: &Phase, s: &Summary) -> bool {
     s.attack_rps >= 0.9 * s.base_rps && s.p99_ms <= b + s.base_p99_ms
 }
 
-const HEADER: [&str; 19] = [
+/// A phase whose load generator ran a 10 ms timer this late is flagged:
+/// its clients stalled, not (only) the server.
+const LAG_WARN_MS: f64 = 100.0;
+
+const HEADER: [&str; 21] = [
     "attack",
     "mode",
     "base/s",
@@ -57,6 +61,8 @@ const HEADER: [&str; 19] = [
     "peak RSS",
     "threads",
     "drain",
+    "client lag",
+    "others' CPU",
 ];
 
 fn row(cfg: &StudyConfig, p: &Phase) -> Vec<String> {
@@ -110,6 +116,12 @@ fn row(cfg: &StudyConfig, p: &Phase) -> Vec<String> {
         format!("{:.0} MiB", p.peak.rss_mib()),
         threads,
         drain,
+        {
+            let ms = p.client_lag.as_secs_f64() * 1e3;
+            let flag = if ms > LAG_WARN_MS { " ⚠" } else { "" };
+            format!("{} ms{flag}", fmt_ms(ms))
+        },
+        format!("{:.1} cores", p.others_cores),
     ]
 }
 
@@ -185,7 +197,12 @@ fn mode_table(cfg: &StudyConfig, phases: &[Phase], markdown: bool) -> String {
         "median answer",
     ];
     let mut rows = Vec::new();
-    for &mode in &cfg.modes {
+    let mut modes = cfg.modes.clone();
+    modes.dedup();
+    for (i, &mode) in modes.iter().enumerate() {
+        if modes[..i].contains(&mode) {
+            continue;
+        }
         let ps: Vec<&Phase> = phases.iter().filter(|p| p.mode == mode).collect();
         if ps.is_empty() {
             continue;
@@ -345,7 +362,10 @@ pub fn markdown(
             (pool) threads, and the most of them at once / the most overdue (not replaced, cap \
             reached); the process's peak RSS and thread count (and growth during the phase); \
             how long the lab then waited for the phase's handlers to return after letting \
-            them go (see below).\n\n";
+            them go (see below); how late the load generator's runtime ran a 10 ms timer at \
+            worst (`⚠` past 100 ms: the clients themselves stalled, so the row says more about \
+            the machine than about the server); and how many cores other processes on the \
+            machine kept busy during the phase.\n\n";
 
     out += "## Setup\n\n";
     for &m in &cfg.modes {

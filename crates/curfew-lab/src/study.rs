@@ -293,6 +293,12 @@ pub struct Phase {
     pub peak: ProcStatus,
     /// Curfew's counters (curfew modes).
     pub curfew: Option<CurfewCounts>,
+    /// The longest the load generator's runtime was late for a 10 ms
+    /// timer: a check that the clients themselves kept running.
+    pub client_lag: Duration,
+    /// The cores that other processes on the machine kept busy, on
+    /// average over the phase.
+    pub others_cores: f64,
     /// How stopping the server went.
     pub shutdown: Shutdown,
 }
@@ -560,6 +566,7 @@ impl PhaseCtx<'_> {
     async fn drive(self) -> Phase {
         let cfg = self.cfg;
         let before = ProcStatus::now();
+        let cpu_before = crate::sys::CpuTimes::now();
         let start_metrics = self.probe.metrics();
         let t0 = Instant::now();
         let a0 = t0 + cfg.baseline;
@@ -582,6 +589,17 @@ impl PhaseCtx<'_> {
                 ))
             })
             .collect();
+        // How late the client runtime runs a 10 ms timer: if the load
+        // generator itself stalls, the phase's numbers mean little.
+        let lag = tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            while Instant::now() < end {
+                let due = Instant::now() + Duration::from_millis(10);
+                tokio::time::sleep_until(due.into()).await;
+                worst = worst.max(Instant::now().saturating_duration_since(due));
+            }
+            worst
+        });
         let attacker = tokio::spawn(load::attacker(
             load::AttackPlan {
                 addr: self.addr,
@@ -639,6 +657,9 @@ impl PhaseCtx<'_> {
         }
         benign.sort_by(|a, b| a.sent.total_cmp(&b.sent));
         let attacks = attacker.await.unwrap_or_default();
+        let client_lag = lag.await.unwrap_or_default();
+        let others_cores =
+            crate::sys::CpuTimes::now().others_cores_since(&cpu_before, t0.elapsed());
         let curfew = match (start_metrics, self.probe.metrics()) {
             (Some(s), Some(e)) => Some(CurfewCounts {
                 event_timeouts: e.event.timeouts - s.event.timeouts,
@@ -662,6 +683,8 @@ impl PhaseCtx<'_> {
             before,
             peak,
             curfew,
+            client_lag,
+            others_cores,
             shutdown: Shutdown {
                 took: Duration::ZERO,
                 handlers_left: 0,

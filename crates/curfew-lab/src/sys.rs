@@ -38,6 +38,57 @@ impl ProcStatus {
     }
 }
 
+/// CPU time used so far, by the whole machine and by this process, in
+/// clock ticks, from `/proc/stat` and `/proc/self/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// Busy time of all CPUs (everything but idle and I/O wait).
+    pub machine_busy: u64,
+    /// This process's user and system time.
+    pub process: u64,
+}
+
+impl CpuTimes {
+    /// Reads the current values; zeros where `/proc` is not available.
+    pub fn now() -> Self {
+        let machine_busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().next()?;
+                let v: Vec<u64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal ...
+                Some(v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?)
+            })
+            .unwrap_or(0);
+        let process = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                let rest = &s[s.rfind(')')? + 1..];
+                let v: Vec<&str> = rest.split_whitespace().collect();
+                Some(v.get(11)?.parse::<u64>().ok()? + v.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        Self {
+            machine_busy,
+            process,
+        }
+    }
+
+    /// The cores that other processes kept busy on average between
+    /// `earlier` and now, over `elapsed`.
+    pub fn others_cores_since(&self, earlier: &CpuTimes, elapsed: std::time::Duration) -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let machine = self.machine_busy.saturating_sub(earlier.machine_busy) as f64;
+        let process = self.process.saturating_sub(earlier.process) as f64;
+        ((machine - process).max(0.0) / hz) / elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
 /// The system's load averages over 1, 5 and 15 minutes, as text, from
 /// `/proc/loadavg`; `unknown` where it is not available.
 pub fn load_average() -> String {
