@@ -28,6 +28,8 @@
 //! cargo bench --bench http_server
 //! ```
 //!
+//! `cargo bench --bench http_server -- curfew` runs only the named mode(s).
+//!
 //! Without `--bench` (as under `cargo test --benches`) it runs each mode
 //! for 0.3 s as a smoke test.
 
@@ -348,9 +350,18 @@ fn main() {
         ("curfew", curfew_server),
         ("curfew-handlers", curfew_handlers_server),
     ];
+    // Mode names given on the command line (exact match) select modes.
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let selected = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
     let mut sums: Vec<(f64, f64, f64)> = vec![(0.0, 0.0, 0.0); modes.len()];
     for round in 1..=rounds {
         for (i, (name, make)) in modes.iter().enumerate() {
+            if !selected(name) {
+                continue;
+            }
             let server = make();
             let r = drive(&server, warmup, window);
             drop(server);
@@ -378,6 +389,9 @@ fn main() {
     let n = rounds as f64;
     let base = sums[0];
     for (i, (name, _)) in modes.iter().enumerate() {
+        if !selected(name) {
+            continue;
+        }
         let (rps, p99, cpu) = (sums[i].0 / n, sums[i].1 / n, sums[i].2 / n);
         println!(
             "| {name} | {rps:.0} ({:.3}x) | {p99:.0} ({:.3}x) | {cpu:.2} ({:.3}x) |",
