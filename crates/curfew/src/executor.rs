@@ -4,10 +4,14 @@
 //! them, each thread publishing its polls in its own [`Slot`] for the
 //! watchdog. The groups differ only in their queues:
 //!
-//! * **Event threads** (Node's event loop) poll async tasks. Each has a FIFO
-//!   local deque that the others can steal from, and a shared injector takes
-//!   tasks spawned or woken from outside. A hijacked thread's local tasks
-//!   stay stealable, so they are never stuck behind the poisoned poll.
+//! * **Event threads** (Node's event loop) poll async tasks. Each has two
+//!   FIFO local deques that the others can steal from: one for tasks spawned
+//!   or woken on the thread, one for tasks that yielded, which run only once
+//!   the thread has looked at everything else (as tokio defers yielded
+//!   tasks), so a loop of yielding tasks cannot starve work from outside. A
+//!   shared injector takes tasks spawned or woken from other threads. A
+//!   hijacked thread's local tasks stay stealable, so they are never stuck
+//!   behind the poisoned poll.
 //! * **The worker pool** (Node's worker pool) runs blocking jobs from one
 //!   bounded injector. A job is a task that completes in its first poll.
 //!
@@ -59,7 +63,7 @@ pub(crate) struct Slot {
     /// The poll sequence number the watchdog found over its time slice.
     pub(crate) slice_expired: AtomicU32,
     /// Lets other event threads steal this thread's local tasks.
-    pub(crate) stealer: Option<Stealer<Runnable>>,
+    pub(crate) stealers: Option<Stealers>,
     /// Set by the thread itself as it starts, before it can park.
     thread: OnceLock<Thread>,
     /// The OS thread id, for demoting a hijacked thread's scheduling
@@ -75,6 +79,51 @@ pub(crate) struct Slot {
     pub(crate) seen_word: AtomicU64,
     pub(crate) seen_at_ns: AtomicU64,
     pub(crate) deferred: AtomicBool,
+}
+
+/// The stealing ends of an event thread's two local deques.
+#[derive(Debug)]
+pub(crate) struct Stealers {
+    ready: Stealer<Runnable>,
+    yielded: Stealer<Runnable>,
+}
+
+impl Stealers {
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.yielded.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.ready.len() + self.yielded.len()
+    }
+}
+
+/// An event thread's two local deques.
+struct Local {
+    /// Spawned or woken on this thread.
+    ready: Worker<Runnable>,
+    /// Yielded: run after the injector has been looked at.
+    yielded: Worker<Runnable>,
+}
+
+impl Local {
+    fn new() -> Self {
+        Self {
+            ready: Worker::new_fifo(),
+            yielded: Worker::new_fifo(),
+        }
+    }
+
+    fn stealers(&self) -> Stealers {
+        Stealers {
+            ready: self.ready.stealer(),
+            yielded: self.yielded.stealer(),
+        }
+    }
+
+    fn pop_any(&self) -> Option<Runnable> {
+        self.ready.pop().or_else(|| self.yielded.pop())
+    }
 }
 
 #[inline]
@@ -207,7 +256,7 @@ impl Group {
             c.polls += s.polls.load(Ordering::Relaxed);
             c.completed += s.completed.load(Ordering::Relaxed);
             c.panicked += s.panicked.load(Ordering::Relaxed);
-            c.queue_depth += s.stealer.as_ref().map_or(0, Stealer::len);
+            c.queue_depth += s.stealers.as_ref().map_or(0, Stealers::len);
         }
         c
     }
@@ -266,7 +315,7 @@ impl Group {
                 .slots
                 .load()
                 .iter()
-                .any(|s| s.stealer.as_ref().is_some_and(|st| !st.is_empty()))
+                .any(|s| s.stealers.as_ref().is_some_and(|st| !st.is_empty()))
     }
 
     /// Drops every queued task (shutdown): their handles resolve as
@@ -289,7 +338,7 @@ impl Group {
 pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()> {
     let group = shared.group(gid);
     let id = group.next_id.fetch_add(1, Ordering::Relaxed);
-    let local = (gid == GroupId::Event).then(Worker::new_fifo);
+    let local = (gid == GroupId::Event).then(Local::new);
     let name = match gid {
         GroupId::Event => format!("{}-{id}", shared.config.thread_name),
         GroupId::Blocking => format!("{}-blocking-{id}", shared.config.thread_name),
@@ -298,7 +347,7 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         id,
         state: SlotState::new(),
         slice_expired: AtomicU32::new(u32::MAX),
-        stealer: local.as_ref().map(Worker::stealer),
+        stealers: local.as_ref().map(Local::stealers),
         thread: OnceLock::new(),
         os_tid: std::sync::atomic::AtomicI64::new(0),
         notified: AtomicBool::new(false),
@@ -346,7 +395,7 @@ pub(crate) struct WorkerCtx {
     shared: Arc<Shared>,
     gid: GroupId,
     pub(crate) slot: Arc<Slot>,
-    local: Option<Worker<Runnable>>,
+    local: Option<Local>,
     seq: Cell<u32>,
     tick: Cell<u32>,
 }
@@ -369,10 +418,19 @@ impl WorkerCtx {
     /// Pushes a task woken or spawned on this thread, if it belongs to
     /// this thread's runtime and group. Gives the task back otherwise.
     #[inline]
-    pub(crate) fn push_local(&self, shared: &Shared, r: Runnable) -> Result<(), Runnable> {
+    pub(crate) fn push_local(
+        &self,
+        shared: &Shared,
+        r: Runnable,
+        yielded: bool,
+    ) -> Result<(), Runnable> {
         match &self.local {
             Some(local) if std::ptr::eq(&*self.shared, shared) => {
-                local.push(r);
+                if yielded {
+                    local.yielded.push(r);
+                } else {
+                    local.ready.push(r);
+                }
                 Ok(())
             }
             _ => Err(r),
@@ -415,23 +473,27 @@ impl WorkerCtx {
     fn find_task(&self, group: &Group) -> Option<Runnable> {
         let found = match &self.local {
             Some(local) => {
-                // Check the injector first now and then, so that tasks from
-                // outside are not starved by a busy local queue.
-                let tick = self.tick.get().wrapping_add(1);
-                self.tick.set(tick);
                 let from_injector = || loop {
-                    match group.injector.steal_batch_and_pop(local) {
+                    match group.injector.steal_batch_and_pop(&local.ready) {
                         Steal::Success(r) => break Some(r),
                         Steal::Retry => continue,
                         Steal::Empty => break None,
                     }
                 };
+                // Check the injector first now and then, so that tasks from
+                // outside are not starved by a busy local queue.
+                let tick = self.tick.get().wrapping_add(1);
+                self.tick.set(tick);
                 if tick % 61 == 0 {
-                    from_injector().or_else(|| local.pop())
+                    from_injector().or_else(|| local.pop_any())
                 } else {
-                    local.pop().or_else(|| {
-                        let r = from_injector().or_else(|| self.steal(group, local));
-                        if r.is_some() && !local.is_empty() {
+                    local.ready.pop().or_else(|| {
+                        // Then the injector, then our own yielded tasks,
+                        // and only then other threads' queues.
+                        let r = from_injector()
+                            .or_else(|| local.yielded.pop())
+                            .or_else(|| self.steal(group, local));
+                        if r.is_some() && !local.ready.is_empty() {
                             // We took a batch: wake a sleeper to share it.
                             group.notify();
                         }
@@ -456,21 +518,25 @@ impl WorkerCtx {
         found
     }
 
-    fn steal(&self, group: &Group, local: &Worker<Runnable>) -> Option<Runnable> {
+    /// Steals from the other event threads: their ready tasks first, then
+    /// their yielded ones.
+    fn steal(&self, group: &Group, local: &Local) -> Option<Runnable> {
         let slots = group.slots.load();
         let n = slots.len();
         if n <= 1 {
             return None;
         }
         let start = self.slot.id % n;
-        for i in 0..n {
-            let other = &slots[(start + i) % n];
-            if Arc::ptr_eq(other, &self.slot) {
-                continue;
-            }
-            if let Some(stealer) = &other.stealer {
+        for yielded in [false, true] {
+            for i in 0..n {
+                let other = &slots[(start + i) % n];
+                if Arc::ptr_eq(other, &self.slot) {
+                    continue;
+                }
+                let Some(st) = &other.stealers else { continue };
+                let stealer = if yielded { &st.yielded } else { &st.ready };
                 loop {
-                    match stealer.steal_batch_and_pop(local) {
+                    match stealer.steal_batch_and_pop(&local.ready) {
                         Steal::Success(r) => return Some(r),
                         Steal::Retry => continue,
                         Steal::Empty => break,
@@ -516,10 +582,14 @@ impl WorkerCtx {
     }
 
     fn retire(self, hijacked: bool) {
+        if hijacked && self.shared.config.demote_hijacked {
+            // The watchdog demoted us; take locks below at normal priority.
+            crate::sys::restore_current();
+        }
         let group = self.group();
         if let Some(local) = &self.local {
             // Hand on whatever was queued here.
-            while let Some(r) = local.pop() {
+            while let Some(r) = local.pop_any() {
                 if self.shared.is_shutdown() {
                     drop(r);
                 } else {

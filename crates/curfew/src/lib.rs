@@ -80,9 +80,11 @@
 //! * **Capacity is restored**: after a short grace the stuck thread is
 //!   written off and a healthy replacement starts.
 //! * **Abandoned threads are capped** ([`Builder::max_hijacked_threads`]).
-//!   At the cap, callers are still answered on time but threads are no
-//!   longer replaced; the shortfall shows in [`metrics`](Runtime::metrics)
-//!   as `overdue_threads`. Thread count never grows without bound.
+//!   At the cap, the callers of overrunning tasks are still answered on time
+//!   but threads are no longer replaced; the shortfall shows in
+//!   [`metrics`](Runtime::metrics) as `overdue_threads`. If every event
+//!   thread is stuck, queued tasks wait until one comes back. Thread count
+//!   never grows without bound.
 //! * **The client is identified**: every timeout names its task and client,
 //!   and a [`policy::ClientPolicy`] can refuse a client after repeated
 //!   timeouts.

@@ -33,6 +33,7 @@ pub(crate) struct Config {
     pub(crate) thread_stack_size: usize,
     pub(crate) client_policy: Option<ClientPolicy>,
     pub(crate) max_tracked_clients: usize,
+    pub(crate) demote_hijacked: bool,
 }
 
 /// Default poll budget: the paper's event-loop setting for its Figure 3.
@@ -78,6 +79,7 @@ pub struct Builder {
     thread_stack_size: usize,
     client_policy: Option<ClientPolicy>,
     max_tracked_clients: usize,
+    demote_hijacked: bool,
     tokio_handle: Option<tokio::runtime::Handle>,
     env_error: Option<BuildError>,
     is_default: bool,
@@ -100,6 +102,7 @@ impl Default for Builder {
             thread_stack_size: 2 << 20,
             client_policy: None,
             max_tracked_clients: 1024,
+            demote_hijacked: false,
             tokio_handle: None,
             env_error: None,
             is_default: false,
@@ -224,6 +227,21 @@ impl Builder {
     /// `untracked_clients`. Default: 1024.
     pub fn max_tracked_clients(mut self, n: usize) -> Self {
         self.max_tracked_clients = n;
+        self
+    }
+
+    /// Whether a hijacked thread is moved to the idle scheduling class
+    /// (Linux `SCHED_IDLE`), so that a poisoned poll spinning on it only gets
+    /// CPU nobody else wants. Default: false.
+    ///
+    /// It gives the healthy threads the cores back, but it has a cost that
+    /// can be worse: a demoted thread that holds a lock the whole process
+    /// shares (the allocator's, or the kernel's lock on the address space
+    /// while it faults a page in) makes every other thread wait behind a
+    /// thread that hardly runs. Turn it on for CPU-bound attack surfaces, and
+    /// measure.
+    pub fn demote_hijacked_threads(mut self, enabled: bool) -> Self {
+        self.demote_hijacked = enabled;
         self
     }
 
@@ -404,6 +422,7 @@ impl Builder {
             thread_stack_size: self.thread_stack_size,
             client_policy: self.client_policy,
             max_tracked_clients: self.max_tracked_clients,
+            demote_hijacked: self.demote_hijacked,
         })
     }
 
@@ -541,7 +560,7 @@ impl Shared {
     /// The schedule function of async tasks.
     fn schedule_event(&self, r: Runnable, info: ScheduleInfo) {
         let r = match context::with_worker(|w| match w {
-            Some(w) => w.push_local(self, r),
+            Some(w) => w.push_local(self, r, info.woken_while_running),
             None => Err(r),
         }) {
             Ok(()) => {

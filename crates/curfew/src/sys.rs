@@ -1,11 +1,12 @@
 //! The little the runtime asks of the operating system.
 //!
-//! A hijacked thread keeps burning a core until its poll returns. On Linux
-//! the watchdog moves such a thread to the `SCHED_IDLE` policy, so that it
-//! only gets CPU nobody else wants: the healthy threads and the watchdog
-//! itself run first. Lowering a thread's priority needs no privilege, and a
-//! hijacked thread never runs curfew code again (it exits once its poll
-//! returns), so it never needs its priority back.
+//! A hijacked thread keeps burning a core until its poll returns. On Linux,
+//! when `Builder::demote_hijacked_threads` is on, the watchdog moves such a
+//! thread to the `SCHED_IDLE` policy, so that it only gets CPU nobody else
+//! wants: the healthy threads and the watchdog itself run first. Lowering a thread's priority needs no privilege. When
+//! the poll finally returns, the thread asks for its ordinary policy back
+//! ([`restore_current`]) before it takes the runtime's locks on its way out,
+//! so that a thread starved of CPU cannot hold a lock the watchdog needs.
 
 /// The calling thread's OS id, or 0 where there is none to use.
 pub(crate) fn current_tid() -> i64 {
@@ -43,6 +44,24 @@ pub(crate) fn demote(tid: i64) -> bool {
     #[cfg(not(target_os = "linux"))]
     {
         let _ = tid;
+        false
+    }
+}
+
+/// Puts the calling thread back on the ordinary scheduling policy after a
+/// [`demote`]. Best effort: leaving `SCHED_IDLE` needs an `RLIMIT_NICE` that
+/// allows nice 0 (or `CAP_SYS_NICE`); without it the thread stays idle-class
+/// for the few instructions it has left.
+pub(crate) fn restore_current() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is valid for the call; pid 0 means the calling
+        // thread.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
         false
     }
 }

@@ -23,7 +23,8 @@
 //!    count, the client's strike;
 //! 4. after the hijack grace, if the poll is still running, the thread is
 //!    marked hijacked and a replacement thread is started, so the runtime
-//!    keeps its full count of healthy threads. The hijacked thread drops the
+//!    keeps its full count of healthy threads (and, if configured, the
+//!    hijacked thread is moved to the idle scheduling class). The hijacked thread drops the
 //!    task and exits when its poll returns;
 //! 5. at the cap on hijacked threads, the thread is not replaced: it is
 //!    reported as overdue and replaced as soon as a hijacked thread exits.
@@ -224,8 +225,10 @@ impl Watchdog {
             return;
         }
         slot.deferred.store(false, Ordering::Relaxed);
-        // It may spin for a long time yet: let it have only spare CPU.
-        crate::sys::demote(slot.os_tid.load(Ordering::Relaxed));
+        if self.shared.config.demote_hijacked {
+            // It may spin for a long time yet: let it have only spare CPU.
+            crate::sys::demote(slot.os_tid.load(Ordering::Relaxed));
+        }
         group.healthy.fetch_sub(1, Ordering::SeqCst);
         group.hijacked_total.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
