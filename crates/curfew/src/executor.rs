@@ -79,6 +79,14 @@ pub(crate) struct Slot {
     pub(crate) seen_word: AtomicU64,
     pub(crate) seen_at_ns: AtomicU64,
     pub(crate) deferred: AtomicBool,
+    /// When this thread last woke from parking (ns since the runtime's
+    /// epoch) and the sequence number it had then. The watchdog counts the
+    /// first poll after a wake from this stamp, which precedes it, instead of
+    /// from its own first sighting, which may come a few ms late after the
+    /// watchdog itself was parked. Written on the wake path only, never per
+    /// poll.
+    pub(crate) woke_at_ns: AtomicU64,
+    pub(crate) woke_seq: AtomicU32,
 }
 
 /// The stealing ends of an event thread's two local deques.
@@ -356,6 +364,8 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         panicked: AtomicU64::new(0),
         seen_word: AtomicU64::new(u64::MAX),
         seen_at_ns: AtomicU64::new(0),
+        woke_at_ns: AtomicU64::new(0),
+        woke_seq: AtomicU32::new(u32::MAX),
         deferred: AtomicBool::new(false),
     });
     group.alive.fetch_add(1, Ordering::SeqCst);
@@ -567,6 +577,10 @@ impl WorkerCtx {
             while !self.slot.notified.swap(false, Ordering::Acquire) && !self.shared.is_shutdown() {
                 std::thread::park();
             }
+            // Stamp the wake (already a slow path) before publishing it.
+            let now = self.shared.epoch.elapsed().as_nanos() as u64;
+            self.slot.woke_at_ns.store(now, Ordering::Relaxed);
+            self.slot.woke_seq.store(seq, Ordering::Relaxed);
             self.slot.state.wake(seq);
             // The watchdog parks when every thread sleeps; it must watch the
             // polls this thread is about to run.

@@ -107,11 +107,18 @@ impl Watchdog {
         let now_ns = self.now_ns(now);
         let seen = slot.seen_word.load(Ordering::Relaxed);
         if seen != word {
-            // A poll (or state) we have not seen before: it started at most
-            // one interval ago, and at least... now. Count from now, so that
-            // elapsed times are lower bounds and timeouts never fire early.
+            // A poll (or state) we have not seen before. Count its age from
+            // now, so that elapsed times are lower bounds and timeouts never
+            // fire early; but if it is the first poll since the thread woke
+            // from parking, count from the wake, which came before it.
+            let mut since_ns = now_ns;
+            if slot::tag(word) == RUNNING
+                && slot.woke_seq.load(Ordering::Relaxed).wrapping_add(1) == slot::seq(word)
+            {
+                since_ns = slot.woke_at_ns.load(Ordering::Relaxed).min(now_ns);
+            }
             slot.seen_word.store(word, Ordering::Relaxed);
-            slot.seen_at_ns.store(now_ns, Ordering::Relaxed);
+            slot.seen_at_ns.store(since_ns, Ordering::Relaxed);
             if slot::tag(word) != EXPIRED {
                 slot.deferred.store(false, Ordering::Relaxed);
             }
