@@ -241,46 +241,18 @@ fn ping_pong(c: &mut Criterion) {
 
 /// 200 tasks, spawned from outside, each yielding 1,000 times.
 fn yield_many(c: &mut Criterion) {
-    const NUM_YIELD: usize = 1_000;
-    const TASKS: usize = 200;
     let mut g = c.benchmark_group("yield_many");
-    let (tx, rx) = mpsc::sync_channel(TASKS);
+    let (tx, rx) = mpsc::sync_channel(common::YIELD_MANY_TASKS);
     {
         let rt = common::tokio_rt();
         g.bench_function("tokio", |b| {
-            b.iter(|| {
-                for _ in 0..TASKS {
-                    let tx = tx.clone();
-                    rt.spawn(async move {
-                        for _ in 0..NUM_YIELD {
-                            tokio::task::yield_now().await;
-                        }
-                        tx.send(()).unwrap();
-                    });
-                }
-                for _ in 0..TASKS {
-                    rx.recv().unwrap();
-                }
-            })
+            b.iter(|| common::yield_many_tokio(&rt, &tx, &rx))
         });
     }
     {
         let rt = common::curfew_rt();
         g.bench_function("curfew", |b| {
-            b.iter(|| {
-                for _ in 0..TASKS {
-                    let tx = tx.clone();
-                    rt.spawn(async move {
-                        for _ in 0..NUM_YIELD {
-                            curfew::task::yield_now().await;
-                        }
-                        tx.send(()).unwrap();
-                    });
-                }
-                for _ in 0..TASKS {
-                    rx.recv().unwrap();
-                }
-            })
+            b.iter(|| common::yield_many_curfew(&rt, &tx, &rx))
         });
     }
     g.finish();

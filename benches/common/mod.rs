@@ -99,3 +99,49 @@ pub fn thread_cpu(prefix: &str) -> std::collections::BTreeMap<String, (u64, u64)
 pub fn total_cpu_ns(prefix: &str) -> u64 {
     thread_cpu(prefix).values().map(|v| v.0).sum()
 }
+
+/// tokio's `yield_many`: tasks spawned from outside, each yielding this
+/// many times.
+pub const YIELD_MANY_TASKS: usize = 200;
+/// Yields per task in `yield_many`.
+pub const YIELD_MANY_YIELDS: usize = 1_000;
+
+/// One round of `yield_many` on tokio; `rx` has room for every task's report.
+pub fn yield_many_tokio(
+    rt: &tokio::runtime::Runtime,
+    tx: &std::sync::mpsc::SyncSender<()>,
+    rx: &std::sync::mpsc::Receiver<()>,
+) {
+    for _ in 0..YIELD_MANY_TASKS {
+        let tx = tx.clone();
+        rt.spawn(async move {
+            for _ in 0..YIELD_MANY_YIELDS {
+                tokio::task::yield_now().await;
+            }
+            tx.send(()).unwrap();
+        });
+    }
+    for _ in 0..YIELD_MANY_TASKS {
+        rx.recv().unwrap();
+    }
+}
+
+/// One round of `yield_many` on curfew.
+pub fn yield_many_curfew(
+    rt: &curfew::Runtime,
+    tx: &std::sync::mpsc::SyncSender<()>,
+    rx: &std::sync::mpsc::Receiver<()>,
+) {
+    for _ in 0..YIELD_MANY_TASKS {
+        let tx = tx.clone();
+        rt.spawn(async move {
+            for _ in 0..YIELD_MANY_YIELDS {
+                curfew::task::yield_now().await;
+            }
+            tx.send(()).unwrap();
+        });
+    }
+    for _ in 0..YIELD_MANY_TASKS {
+        rx.recv().unwrap();
+    }
+}
