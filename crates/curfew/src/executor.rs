@@ -18,7 +18,10 @@
 //! The hot path is [`WorkerCtx::run`]: pop, run, check the slot. Parking
 //! follows the usual protocol: a thread registers as a sleeper, re-checks the
 //! queues, then parks; a producer pushes, fences, then wakes a sleeper only
-//! if there is one, so a busy runtime never takes the sleepers' lock.
+//! if there is one, so a busy runtime never takes the sleepers' lock. A
+//! thread that queues a single task for itself (a spawn or a wake from inside
+//! a poll) wakes no one, since it runs that task next; the watchdog wakes a
+//! parked thread to steal it if the current poll runs on.
 
 use std::cell::Cell;
 use std::io;
@@ -97,7 +100,7 @@ pub(crate) struct Stealers {
 }
 
 impl Stealers {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.ready.is_empty() && self.yielded.is_empty()
     }
 
@@ -141,6 +144,11 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl Slot {
+    /// Whether tasks wait in this thread's local queues.
+    pub(crate) fn has_queued(&self) -> bool {
+        self.stealers.as_ref().is_some_and(|st| !st.is_empty())
+    }
+
     #[inline]
     pub(crate) fn count_poll(&self) {
         bump(&self.polls);
@@ -427,21 +435,31 @@ impl WorkerCtx {
 
     /// Pushes a task woken or spawned on this thread, if it belongs to
     /// this thread's runtime and group. Gives the task back otherwise.
+    ///
+    /// Returns whether another thread is worth waking for it. It is not
+    /// when the task yielded, or when it is the only task queued here: this
+    /// thread runs it as soon as the current poll returns, which is sooner
+    /// than a parked thread could wake (a chain of spawns, or a task waking
+    /// its peer, stays on one thread without a futex call each time, as
+    /// tokio's LIFO slot does). Should the current poll run on, the watchdog
+    /// wakes a parked thread to steal the task (see `Watchdog::inspect`).
     #[inline]
     pub(crate) fn push_local(
         &self,
         shared: &Shared,
         r: Runnable,
         yielded: bool,
-    ) -> Result<(), Runnable> {
+    ) -> Result<bool, Runnable> {
         match &self.local {
             Some(local) if std::ptr::eq(&*self.shared, shared) => {
                 if yielded {
                     local.yielded.push(r);
+                    Ok(false)
                 } else {
+                    let alone = local.ready.is_empty();
                     local.ready.push(r);
+                    Ok(!alone)
                 }
-                Ok(())
             }
             _ => Err(r),
         }

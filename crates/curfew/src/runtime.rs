@@ -563,10 +563,8 @@ impl Shared {
             Some(w) => w.push_local(self, r, info.woken_while_running),
             None => Err(r),
         }) {
-            Ok(()) => {
-                // A task that yielded is run by this thread next; anything
-                // else may be worth waking a sleeping thread for.
-                if !info.woken_while_running {
+            Ok(wake_another) => {
+                if wake_another {
                     self.event.notify();
                 }
                 return;

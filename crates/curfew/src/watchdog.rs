@@ -124,6 +124,15 @@ impl Watchdog {
             }
         }
         let since = Duration::from_nanos(now_ns - slot.seen_at_ns.load(Ordering::Relaxed));
+        if matches!(slot::tag(word), RUNNING | EXPIRED)
+            && since >= self.shared.config.watchdog_interval
+            && slot.has_queued()
+        {
+            // A thread does not wake another for the one task it queued
+            // itself (it means to run it next), so if its poll runs on, a
+            // parked thread is woken here to steal the task.
+            group.notify();
+        }
         match slot::tag(word) {
             SLEEPING | HIJACKED => Seen::Quiet,
             IDLE => Seen::Awake,
