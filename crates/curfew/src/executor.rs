@@ -31,6 +31,7 @@ use std::thread::Thread;
 
 use arc_swap::ArcSwap;
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+use futures::task::AtomicWaker;
 
 use crate::context;
 use crate::error::Location;
@@ -74,6 +75,8 @@ pub(crate) struct Slot {
     pub(crate) os_tid: std::sync::atomic::AtomicI64,
     /// Set by a producer that woke this thread from its park.
     notified: AtomicBool,
+    /// Wakes this thread while it is parked in the I/O driver.
+    driver_waker: AtomicWaker,
     // Owner-written counters (a plain load and store each, no contention).
     polls: AtomicU64,
     completed: AtomicU64,
@@ -144,6 +147,16 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl Slot {
+    /// Wakes the thread from its park, whether it parked in the I/O driver
+    /// or on its own.
+    fn wake(&self) {
+        self.notified.store(true, Ordering::Release);
+        self.driver_waker.wake();
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
     /// Whether tasks wait in this thread's local queues.
     pub(crate) fn has_queued(&self) -> bool {
         self.stealers.as_ref().is_some_and(|st| !st.is_empty())
@@ -303,10 +316,7 @@ impl Group {
             s
         };
         if let Some(s) = woken {
-            s.notified.store(true, Ordering::Release);
-            if let Some(t) = s.thread.get() {
-                t.unpark();
-            }
+            s.wake();
         }
     }
 
@@ -318,10 +328,7 @@ impl Group {
             std::mem::take(&mut *sleepers)
         };
         for s in all {
-            s.notified.store(true, Ordering::Release);
-            if let Some(t) = s.thread.get() {
-                t.unpark();
-            }
+            s.wake();
         }
     }
 
@@ -367,6 +374,7 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         thread: OnceLock::new(),
         os_tid: std::sync::atomic::AtomicI64::new(0),
         notified: AtomicBool::new(false),
+        driver_waker: AtomicWaker::new(),
         polls: AtomicU64::new(0),
         completed: AtomicU64::new(0),
         panicked: AtomicU64::new(0),
@@ -386,6 +394,7 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         local,
         seq: Cell::new(0),
         tick: Cell::new(0),
+        in_driver: Cell::new(false),
     };
     let spawned = std::thread::Builder::new()
         .name(name)
@@ -416,6 +425,8 @@ pub(crate) struct WorkerCtx {
     local: Option<Local>,
     seq: Cell<u32>,
     tick: Cell<u32>,
+    /// Set while the thread is parked in the I/O driver.
+    in_driver: Cell<bool>,
 }
 
 /// How many rounds a thread looks for work before it parks.
@@ -458,6 +469,13 @@ impl WorkerCtx {
                 } else {
                     let alone = local.ready.is_empty();
                     local.ready.push(r);
+                    if self.in_driver.get() {
+                        // The driver woke a task on this thread: leave the
+                        // driver and run it (no syscall: tokio's waker for
+                        // its own thread only sets a flag).
+                        self.slot.notified.store(true, Ordering::Release);
+                        self.slot.driver_waker.wake();
+                    }
                     Ok(!alone)
                 }
             }
@@ -482,9 +500,20 @@ impl WorkerCtx {
     /// The worker loop. Returns whether the thread was hijacked.
     fn run(&self) -> bool {
         let group = self.group();
+        let io = match self.gid {
+            GroupId::Event => self.shared.io.as_ref(),
+            GroupId::Blocking => None,
+        };
         loop {
             if self.shared.is_shutdown() {
                 return false;
+            }
+            if let Some(io) = io
+                && io.take_starved()
+            {
+                // Every thread has been busy for a watchdog interval: give
+                // I/O and timers a turn between two polls.
+                io.turn();
             }
             match self.find_task(group) {
                 Some(r) => {
@@ -592,8 +621,27 @@ impl WorkerCtx {
         let seq = self.seq.get();
         if !group.has_work() && !self.shared.is_shutdown() {
             self.slot.state.sleep(seq);
-            while !self.slot.notified.swap(false, Ordering::Acquire) && !self.shared.is_shutdown() {
-                std::thread::park();
+            let drove = match (self.gid, &self.shared.io) {
+                (GroupId::Event, Some(io)) => {
+                    self.in_driver.set(true);
+                    let drove = io.drive_until(Notified {
+                        slot: &self.slot,
+                        shared: &self.shared,
+                    });
+                    self.in_driver.set(false);
+                    // Drop the driver's waker, so that a later wake does not
+                    // poke a driver this thread no longer holds.
+                    drop(self.slot.driver_waker.take());
+                    drove
+                }
+                _ => false,
+            };
+            if !drove {
+                while !self.slot.notified.swap(false, Ordering::Acquire)
+                    && !self.shared.is_shutdown()
+                {
+                    std::thread::park();
+                }
             }
             // Stamp the wake (already a slow path) before publishing it.
             let now = self.shared.epoch.elapsed().as_nanos() as u64;
@@ -644,5 +692,34 @@ impl WorkerCtx {
         }
         group.alive.fetch_sub(1, Ordering::SeqCst);
         self.shared.thread_exited();
+    }
+}
+
+/// Completes when the thread's slot is notified or the runtime shuts down:
+/// what a thread parked in the I/O driver waits for.
+struct Notified<'a> {
+    slot: &'a Slot,
+    shared: &'a Shared,
+}
+
+impl std::future::Future for Notified<'_> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let ready =
+            || self.slot.notified.swap(false, Ordering::Acquire) || self.shared.is_shutdown();
+        if ready() {
+            return std::task::Poll::Ready(());
+        }
+        self.slot.driver_waker.register(cx.waker());
+        // A producer may have set the flag before the waker was in place.
+        if ready() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 }

@@ -105,6 +105,7 @@
 )]
 
 mod context;
+mod driver;
 pub mod error;
 mod executor;
 pub mod fs;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use async_task::{ScheduleInfo, WithInfo};
 
 use crate::context;
+use crate::driver::IoDriver;
 use crate::error::{BuildError, Refusal};
 use crate::executor::{self, Group, GroupId, Runnable};
 use crate::metrics::RuntimeMetrics;
@@ -245,8 +246,14 @@ impl Builder {
         self
     }
 
-    /// Drive I/O and timers with an existing tokio runtime instead of a
-    /// private one.
+    /// Drive I/O and timers with an existing tokio runtime instead of the
+    /// runtime's own.
+    ///
+    /// By default a runtime owns a current-thread tokio runtime for its
+    /// sockets and timers, which its event threads drive while they are idle
+    /// (as tokio's workers do), so a readiness event wakes its task on the
+    /// thread that will run it. With a handle given here, the other runtime's
+    /// threads drive I/O and every wake-up crosses over to curfew's threads.
     pub fn tokio_handle(mut self, handle: tokio::runtime::Handle) -> Self {
         self.tokio_handle = Some(handle);
         self
@@ -429,18 +436,13 @@ impl Builder {
     /// Checks the settings and starts the runtime's threads.
     pub fn build(self) -> Result<Runtime, BuildError> {
         let config = self.validate()?;
-        let (tokio, owned_tokio) = match self.tokio_handle {
+        let (tokio, io) = match self.tokio_handle {
             Some(h) => (h, None),
             None => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name(format!("{}-io", config.thread_name))
-                    .enable_all()
-                    .build()
-                    .map_err(|e| {
-                        BuildError::new("tokio", format!("cannot start the I/O driver: {e}"))
-                    })?;
-                (rt.handle().clone(), Some(rt))
+                let io = IoDriver::new(&config.thread_name).map_err(|e| {
+                    BuildError::new("tokio", format!("cannot start the I/O driver: {e}"))
+                })?;
+                (io.handle().clone(), Some(io))
             }
         };
         let shared = Arc::new(Shared {
@@ -459,6 +461,7 @@ impl Builder {
             clients: Clients::new(config.max_tracked_clients, config.client_policy),
             config,
             tokio,
+            io,
             shutdown: AtomicBool::new(false),
             watchdog_stop: AtomicBool::new(false),
             watchdog: OnceLock::new(),
@@ -472,7 +475,6 @@ impl Builder {
             handle: Handle {
                 shared: shared.clone(),
             },
-            owned_tokio,
             watchdog: None,
         };
         let start = |gid: GroupId, n: usize| -> Result<(), BuildError> {
@@ -513,6 +515,9 @@ pub(crate) struct Shared {
     pub(crate) blocking: Group,
     pub(crate) clients: Clients,
     pub(crate) tokio: tokio::runtime::Handle,
+    /// The runtime's own I/O driver, driven by its event threads; `None`
+    /// with [`Builder::tokio_handle`].
+    pub(crate) io: Option<IoDriver>,
     shutdown: AtomicBool,
     pub(crate) watchdog_stop: AtomicBool,
     pub(crate) watchdog: OnceLock<Thread>,
@@ -650,7 +655,6 @@ impl Shared {
 #[derive(Debug)]
 pub struct Runtime {
     handle: Handle,
-    owned_tokio: Option<tokio::runtime::Runtime>,
     watchdog: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -770,8 +774,8 @@ impl Runtime {
         let _ = wd.join();
         shared.event.drain();
         shared.blocking.drain();
-        if let Some(rt) = self.owned_tokio.take() {
-            rt.shutdown_background();
+        if let Some(io) = &shared.io {
+            io.close();
         }
     }
 }

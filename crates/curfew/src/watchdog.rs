@@ -91,6 +91,9 @@ impl Watchdog {
                 }
                 awake |= self.refill(group);
             }
+            if let Some(io) = &self.shared.io {
+                io.check();
+            }
             self.last_tick = now;
             if awake {
                 std::thread::park_timeout(interval);
