@@ -101,8 +101,9 @@ pub(crate) fn with_worker<R>(f: impl FnOnce(Option<&WorkerCtx>) -> R) -> R {
 /// slot, makes the task current for `checkpoint()`, runs `poll`, then ends
 /// the poll and reports whether the watchdog fired.
 ///
-/// Cost on top of `poll`: one thread-local access, three plain stores and
-/// one compare-exchange. `poll` must not unwind (the caller catches panics
+/// Cost on top of `poll`: one thread-local access, three plain stores, one
+/// compare-exchange and one branch on a thread-local flag (plus a clock read
+/// on the first poll after the thread woke from a park). `poll` must not unwind (the caller catches panics
 /// inside it), so the end of the poll is always published.
 #[inline]
 pub(crate) fn poll_under_watchdog<R>(header: &Header, poll: impl FnOnce() -> R) -> (R, PollEnd) {
@@ -115,6 +116,7 @@ pub(crate) fn poll_under_watchdog<R>(header: &Header, poll: impl FnOnce() -> R) 
             // SAFETY: see `with_worker`.
             let w = unsafe { &*w };
             let seq = w.next_seq();
+            w.stamp_poll(seq);
             let slot = &w.slot.state;
             slot.begin(seq, header.budget_code, header.client_idx, header);
             let r = poll();

@@ -85,14 +85,14 @@ pub(crate) struct Slot {
     pub(crate) seen_word: AtomicU64,
     pub(crate) seen_at_ns: AtomicU64,
     pub(crate) deferred: AtomicBool,
-    /// When this thread last woke from parking (ns since the runtime's
-    /// epoch) and the sequence number it had then. The watchdog counts the
-    /// first poll after a wake from this stamp, which precedes it, instead of
-    /// from its own first sighting, which may come a few ms late after the
-    /// watchdog itself was parked. Written on the wake path only, never per
-    /// poll.
-    pub(crate) woke_at_ns: AtomicU64,
-    pub(crate) woke_seq: AtomicU32,
+    /// When the first poll after this thread's last wake-up began (ns
+    /// since the runtime's epoch) and that poll's sequence number. The
+    /// watchdog counts that poll from this stamp instead of from its own
+    /// first sighting, which may come a few ms late when the watchdog itself
+    /// was parked. Written once per wake-up (the clock is read only then),
+    /// never on the per-poll path of a busy thread.
+    pub(crate) first_poll_at_ns: AtomicU64,
+    pub(crate) first_poll_seq: AtomicU32,
 }
 
 /// The stealing ends of an event thread's two local deques.
@@ -380,8 +380,8 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         panicked: AtomicU64::new(0),
         seen_word: AtomicU64::new(u64::MAX),
         seen_at_ns: AtomicU64::new(0),
-        woke_at_ns: AtomicU64::new(0),
-        woke_seq: AtomicU32::new(u32::MAX),
+        first_poll_at_ns: AtomicU64::new(0),
+        first_poll_seq: AtomicU32::new(u32::MAX),
         deferred: AtomicBool::new(false),
     });
     group.alive.fetch_add(1, Ordering::SeqCst);
@@ -395,6 +395,7 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         seq: Cell::new(0),
         tick: Cell::new(0),
         in_driver: Cell::new(false),
+        stamp_next_poll: Cell::new(false),
     };
     let spawned = std::thread::Builder::new()
         .name(name)
@@ -427,6 +428,8 @@ pub(crate) struct WorkerCtx {
     tick: Cell<u32>,
     /// Set while the thread is parked in the I/O driver.
     in_driver: Cell<bool>,
+    /// Set on waking from a park: the next poll stamps its start time.
+    stamp_next_poll: Cell<bool>,
 }
 
 /// How many rounds (each a `sched_yield`) a thread looks for work before it
@@ -442,6 +445,27 @@ impl WorkerCtx {
         let s = self.seq.get().wrapping_add(1);
         self.seq.set(s);
         s
+    }
+
+    /// Called just before the poll numbered `seq` is published: the first
+    /// poll after a wake-up records when it began, so the watchdog can time
+    /// it exactly although it may itself be waking from a park. Never later
+    /// than the poll's start (so no late timeout) and never earlier (so no
+    /// early one).
+    #[inline]
+    pub(crate) fn stamp_poll(&self, seq: u32) {
+        if self.stamp_next_poll.get() {
+            self.stamp_poll_slow(seq);
+        }
+    }
+
+    #[cold]
+    fn stamp_poll_slow(&self, seq: u32) {
+        self.stamp_next_poll.set(false);
+        let now = self.shared.epoch.elapsed().as_nanos() as u64;
+        self.slot.first_poll_at_ns.store(now, Ordering::Relaxed);
+        // Published by the poll's own Release store of the state word.
+        self.slot.first_poll_seq.store(seq, Ordering::Relaxed);
     }
 
     pub(crate) fn seq(&self) -> u32 {
@@ -647,10 +671,8 @@ impl WorkerCtx {
                     std::thread::park();
                 }
             }
-            // Stamp the wake (already a slow path) before publishing it.
-            let now = self.shared.epoch.elapsed().as_nanos() as u64;
-            self.slot.woke_at_ns.store(now, Ordering::Relaxed);
-            self.slot.woke_seq.store(seq, Ordering::Relaxed);
+            // Time the next poll from its own start (see `stamp_poll`).
+            self.stamp_next_poll.set(true);
             self.slot.state.wake(seq);
             // The watchdog parks when every thread sleeps; it must watch the
             // polls this thread is about to run.

@@ -40,6 +40,9 @@ use crate::executor::{self, Group, GroupId, Slot};
 use crate::runtime::Shared;
 use crate::slot::{self, EXPIRED, HIJACKED, IDLE, RUNNING, SLEEPING, UNLIMITED};
 
+/// How old a first-poll stamp may be and still be trusted (see `inspect`).
+const STAMP_MAX_AGE: Duration = Duration::from_secs(1);
+
 pub(crate) fn start(shared: Arc<Shared>) -> io::Result<std::thread::JoinHandle<()>> {
     let name = format!("{}-watchdog", shared.config.thread_name);
     let handle = std::thread::Builder::new()
@@ -47,7 +50,13 @@ pub(crate) fn start(shared: Arc<Shared>) -> io::Result<std::thread::JoinHandle<(
         .stack_size(256 * 1024)
         .spawn({
             let shared = shared.clone();
-            move || Watchdog::new(shared).run()
+            move || {
+                // Wake-up preemption of spinning threads, so that the
+                // watchdog runs on time while poisoned polls hold every core.
+                let short = crate::sys::request_short_slice(Duration::from_micros(100));
+                tracing::debug!(target: "curfew", short_slice = short, "watchdog started");
+                Watchdog::new(shared).run()
+            }
         })?;
     let _ = shared.watchdog.set(handle.thread().clone());
     Ok(handle)
@@ -113,12 +122,19 @@ impl Watchdog {
             // A poll (or state) we have not seen before. Count its age from
             // now, so that elapsed times are lower bounds and timeouts never
             // fire early; but if it is the first poll since the thread woke
-            // from parking, count from the wake, which came before it.
+            // from parking, it stamped its own start: count from that.
             let mut since_ns = now_ns;
             if slot::tag(word) == RUNNING
-                && slot.woke_seq.load(Ordering::Relaxed).wrapping_add(1) == slot::seq(word)
+                && slot.first_poll_seq.load(Ordering::Relaxed) == slot::seq(word)
             {
-                since_ns = slot.woke_at_ns.load(Ordering::Relaxed).min(now_ns);
+                let stamp = slot.first_poll_at_ns.load(Ordering::Relaxed).min(now_ns);
+                // A stamp from 2^32 polls ago carries the same (wrapped)
+                // sequence number; at any real poll rate that is tens of
+                // seconds old, while a true one is at most the watchdog's
+                // own wake-up delay old.
+                if now_ns - stamp <= STAMP_MAX_AGE.as_nanos() as u64 {
+                    since_ns = stamp;
+                }
             }
             slot.seen_word.store(word, Ordering::Relaxed);
             slot.seen_at_ns.store(since_ns, Ordering::Relaxed);
