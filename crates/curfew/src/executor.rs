@@ -433,11 +433,18 @@ pub(crate) struct WorkerCtx {
 }
 
 /// How many rounds (each a `sched_yield`) a thread looks for work before it
-/// parks. Measured with `benches/http_server.rs` and `benches/scheduler.rs`:
-/// 2-8 rounds cost the server about 5% less CPU per request than 32, with
-/// no loss on the scheduler workloads; none at all, or busy-spinning instead
-/// of yielding, cost more (`benches/RESULTS.md`).
-const SPIN_ROUNDS: u32 = 4;
+/// parks. Event threads: 2-8 rounds cost the HTTP server bench about 5% less
+/// CPU per request than 32, with no loss on the scheduler workloads; none at
+/// all, or busy-spinning instead of yielding, cost more. The price is paid
+/// by callers that wait on blocking jobs: the blocking round-trip bench
+/// takes about 15% longer (still about 0.2x tokio's time). Pool threads
+/// keep 32: jobs often come back to back (`benches/RESULTS.md`).
+const fn spin_rounds(gid: GroupId) -> u32 {
+    match gid {
+        GroupId::Event => 4,
+        GroupId::Blocking => 32,
+    }
+}
 
 impl WorkerCtx {
     #[inline]
@@ -633,7 +640,7 @@ impl WorkerCtx {
     }
 
     fn park(&self, group: &Group) {
-        for _ in 0..SPIN_ROUNDS {
+        for _ in 0..spin_rounds(self.gid) {
             if group.has_work() || self.shared.is_shutdown() {
                 return;
             }
