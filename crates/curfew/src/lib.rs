@@ -96,6 +96,15 @@
 //! sandbox. The future a thread calls [`Runtime::block_on`] on is not timed
 //! (that thread cannot be replaced), and neither is code on threads curfew
 //! does not own, such as tokio's own workers.
+//!
+//! # Sockets and timers
+//!
+//! A runtime owns a current-thread tokio runtime for I/O and timers, which
+//! its event threads drive while idle, as tokio's workers do; no task is
+//! polled while its thread holds the driver. Tasks started with
+//! `tokio::spawn` from inside a curfew task run on that driver without a
+//! budget, so spawn handlers with [`spawn`]. To drive I/O with a tokio
+//! runtime of your own instead, see [`Builder::tokio_handle`].
 #![warn(
     missing_docs,
     missing_debug_implementations,

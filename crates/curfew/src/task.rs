@@ -1,6 +1,6 @@
 //! Tasks: spawning with options, join handles, and cooperative yielding.
 //!
-//! Every task is an [`async_task`] task whose metadata is a [`Header`]: the
+//! Every task is an [`async_task`] task whose metadata is a `Header`: the
 //! task's budget, name and client, and the outcome cell that lets the
 //! watchdog answer the task's [`JoinHandle`] while a poll is still running.
 //!
