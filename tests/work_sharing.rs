@@ -1,6 +1,7 @@
 //! Work sharing: a thread does not wake another for the single task it
 //! queues itself, since it runs that task next; but if its current poll runs
-//! on, the task must not wait for it while another thread sits parked.
+//! on, the task must not wait for it while another thread sits parked; nor
+//! when the thread is written off, or held in the I/O driver by a tokio task.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,4 +81,78 @@ fn a_chain_of_spawns_completes_on_a_busy_runtime() {
     release.store(true, Ordering::SeqCst);
     assert_eq!(r.unwrap(), 0);
     rt.block_on(busy).unwrap();
+}
+
+#[test]
+fn a_task_woken_by_a_hijacked_poll_is_run_by_another_thread() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(2)
+        .poll_budget(Duration::from_millis(20))
+        .hijack_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let consumer_ran = Arc::new(AtomicBool::new(false));
+    let consumer = rt.spawn({
+        let ran = consumer_ran.clone();
+        async move {
+            rx.await.unwrap();
+            ran.store(true, Ordering::SeqCst);
+        }
+    });
+    let hijacked = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let poisoned = rt.spawn({
+        let (hijacked, release) = (hijacked.clone(), release.clone());
+        async move {
+            // Written off first; only then wake the consumer, which lands
+            // on this (hijacked) thread's own queue.
+            spin_until(&hijacked);
+            tx.send(()).unwrap();
+            spin_until(&release);
+        }
+    });
+    assert!(curfew_suite::wait_until(Duration::from_secs(20), || {
+        rt.metrics().event.hijacked_threads == 1
+    }));
+    hijacked.store(true, Ordering::SeqCst);
+    let ran = curfew_suite::wait_until(Duration::from_secs(20), || {
+        consumer_ran.load(Ordering::SeqCst)
+    });
+    release.store(true, Ordering::SeqCst);
+    assert!(ran, "the woken task waited for the hijacked poll to return");
+    rt.block_on(consumer).unwrap();
+    assert!(rt.block_on(poisoned).unwrap_err().is_timeout());
+}
+
+#[test]
+fn a_task_spawned_from_a_tokio_task_holding_the_driver_still_runs() {
+    let rt = curfew::Runtime::builder().event_threads(2).build().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.block_on(async move {
+        curfew::spawn(async move {
+            // A tokio task runs inside the I/O driver, on the event thread
+            // that holds it, and here keeps that thread after spawning.
+            drop(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let ran = Arc::new(AtomicBool::new(false));
+                let r = ran.clone();
+                drop(curfew::spawn(
+                    async move { r.store(true, Ordering::SeqCst) },
+                ));
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !ran.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                tx.send(ran.load(Ordering::SeqCst)).unwrap();
+            }));
+        })
+        .await
+        .unwrap();
+    });
+    let ran = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        ran,
+        "the curfew task waited for the tokio task to give the thread back"
+    );
 }

@@ -36,7 +36,7 @@ use futures::task::AtomicWaker;
 use crate::context;
 use crate::error::Location;
 use crate::runtime::Shared;
-use crate::slot::{HIJACKED, SlotState, tag};
+use crate::slot::{HIJACKED, RUNNING, SlotState, tag};
 use crate::task::Header;
 
 /// A task ready to be polled.
@@ -85,6 +85,9 @@ pub(crate) struct Slot {
     pub(crate) seen_word: AtomicU64,
     pub(crate) seen_at_ns: AtomicU64,
     pub(crate) deferred: AtomicBool,
+    /// Watchdog-private: the state word under which it last found tasks
+    /// waiting in this thread's local queues (`u64::MAX` for none).
+    pub(crate) queued_word: AtomicU64,
     /// When the first poll after this thread's last wake-up began (ns
     /// since the runtime's epoch) and that poll's sequence number. The
     /// watchdog counts that poll from this stamp instead of from its own
@@ -311,7 +314,13 @@ impl Group {
     fn notify_slow(&self) {
         let woken = {
             let mut sleepers = self.sleepers.lock().unwrap_or_else(|e| e.into_inner());
-            let s = sleepers.pop();
+            // Skip a thread already woken (one that the I/O driver handed a
+            // task, still on the list until it has left the driver): it is
+            // on its way back to its queues anyway.
+            let i = sleepers
+                .iter()
+                .rposition(|s| !s.notified.load(Ordering::Acquire));
+            let s = i.map(|i| sleepers.swap_remove(i));
             self.num_sleeping.store(sleepers.len(), Ordering::SeqCst);
             s
         };
@@ -383,6 +392,7 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         first_poll_at_ns: AtomicU64::new(0),
         first_poll_seq: AtomicU32::new(u32::MAX),
         deferred: AtomicBool::new(false),
+        queued_word: AtomicU64::new(u64::MAX),
     });
     group.alive.fetch_add(1, Ordering::SeqCst);
     group.healthy.fetch_add(1, Ordering::SeqCst);
@@ -483,12 +493,15 @@ impl WorkerCtx {
     /// this thread's runtime and group. Gives the task back otherwise.
     ///
     /// Returns whether another thread is worth waking for it. It is not
-    /// when the task yielded, or when it is the only task queued here: this
-    /// thread runs it as soon as the current poll returns, which is sooner
-    /// than a parked thread could wake (a chain of spawns, or a task waking
-    /// its peer, stays on one thread without a futex call each time, as
-    /// tokio's LIFO slot does). Should the current poll run on, the watchdog
-    /// wakes a parked thread to steal the task (see `Watchdog::inspect`).
+    /// when the task yielded, or when it is the only task queued here and
+    /// this thread is in a poll of its own (or in the I/O driver, which it
+    /// leaves at once): this thread runs the task as soon as the poll
+    /// returns, which is sooner than a parked thread could wake (a chain of
+    /// spawns, or a task waking its peer, stays on one thread without a
+    /// futex call each time, as tokio's LIFO slot does). Should the poll run
+    /// on, the watchdog wakes a parked thread to steal the task (see
+    /// `Watchdog::inspect`). A poll that has been timed out or written off
+    /// does not count: its thread may never come back for the task.
     #[inline]
     pub(crate) fn push_local(
         &self,
@@ -507,11 +520,16 @@ impl WorkerCtx {
                     if self.in_driver.get() {
                         // The driver woke a task on this thread: leave the
                         // driver and run it (no syscall: tokio's waker for
-                        // its own thread only sets a flag).
-                        self.slot.notified.store(true, Ordering::Release);
-                        self.slot.driver_waker.wake();
+                        // its own thread only sets a flag). Also make sure
+                        // the watchdog is up, in case a `tokio::spawn`ed task
+                        // keeps this thread in the driver.
+                        if !self.slot.notified.swap(true, Ordering::AcqRel) {
+                            self.slot.driver_waker.wake();
+                            self.shared.unpark_watchdog();
+                        }
+                        return Ok(!alone);
                     }
-                    Ok(!alone)
+                    Ok(!alone || tag(self.slot.state.load()) != RUNNING)
                 }
             }
             _ => Err(r),

@@ -74,8 +74,9 @@ pub(crate) fn restore_current() -> bool {
 }
 
 /// Asks the kernel for a short time slice for the calling thread (Linux
-/// 6.12 and later; EEVDF's custom slices), keeping its policy and nice
-/// value. A thread with a shorter slice gets an earlier deadline, so when it
+/// 6.12 and later; EEVDF's custom slices), keeping its policy
+/// (`SCHED_OTHER` or `SCHED_BATCH`; any other policy is left alone) and its
+/// nice value. A thread with a shorter slice gets an earlier deadline, so when it
 /// wakes on a core busy with a long-running thread it preempts that thread
 /// at once instead of waiting out the other thread's slice (about 3 ms).
 /// This is what keeps the watchdog on time while poisoned polls spin on
@@ -99,6 +100,19 @@ pub(crate) fn request_short_slice(slice: std::time::Duration) -> bool {
             sched_util_min: u32,
             sched_util_max: u32,
         }
+        // Only the fair policies have slices; leave a real-time (or idle)
+        // watchdog alone rather than move it to SCHED_OTHER.
+        // SAFETY: sched_getscheduler has no memory effects; pid 0 is the
+        // calling thread.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        if policy < 0 {
+            return false;
+        }
+        let reset_on_fork = policy & libc::SCHED_RESET_ON_FORK != 0;
+        let policy = policy & !libc::SCHED_RESET_ON_FORK;
+        if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
+            return false;
+        }
         // SAFETY: getpriority has no memory effects; errno is read only to
         // tell a nice value of -1 from an error.
         let nice = unsafe {
@@ -111,8 +125,9 @@ pub(crate) fn request_short_slice(slice: std::time::Duration) -> bool {
         };
         let attr = SchedAttr {
             size: std::mem::size_of::<SchedAttr>() as u32,
-            sched_policy: libc::SCHED_OTHER as u32,
-            sched_flags: 0,
+            sched_policy: policy as u32,
+            // SCHED_FLAG_RESET_ON_FORK, kept as it was.
+            sched_flags: u64::from(reset_on_fork),
             sched_nice: nice,
             sched_priority: 0,
             sched_runtime: slice.as_nanos().min(u128::from(u64::MAX)) as u64,
@@ -123,12 +138,52 @@ pub(crate) fn request_short_slice(slice: std::time::Duration) -> bool {
         };
         // SAFETY: `attr` is a valid, fully initialised `sched_attr` of the
         // size it declares, alive for the call; pid 0 is the calling thread
-        // and flags 0 asks for nothing else.
+        // and the syscall's own flags argument must be 0.
         unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) == 0 }
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = slice;
         false
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn set_policy(policy: libc::c_int) {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is valid for the call; pid 0 is this thread.
+        // Moving to BATCH or IDLE lowers priority and needs no privilege.
+        assert_eq!(unsafe { libc::sched_setscheduler(0, policy, &param) }, 0);
+    }
+
+    fn policy() -> libc::c_int {
+        // SAFETY: no memory effects; pid 0 is this thread.
+        let p = unsafe { libc::sched_getscheduler(0) };
+        p & !libc::SCHED_RESET_ON_FORK
+    }
+
+    #[test]
+    fn short_slice_keeps_a_fair_policy() {
+        std::thread::spawn(|| {
+            set_policy(libc::SCHED_BATCH);
+            assert!(request_short_slice(std::time::Duration::from_micros(100)));
+            assert_eq!(policy(), libc::SCHED_BATCH);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn short_slice_leaves_other_policies_alone() {
+        std::thread::spawn(|| {
+            set_policy(libc::SCHED_IDLE);
+            assert!(!request_short_slice(std::time::Duration::from_micros(100)));
+            assert_eq!(policy(), libc::SCHED_IDLE);
+        })
+        .join()
+        .unwrap();
     }
 }

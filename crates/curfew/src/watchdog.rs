@@ -143,16 +143,22 @@ impl Watchdog {
             }
         }
         let since = Duration::from_nanos(now_ns - slot.seen_at_ns.load(Ordering::Relaxed));
-        if matches!(slot::tag(word), RUNNING | EXPIRED)
-            && since >= self.shared.config.watchdog_interval
-            && slot.has_queued()
-        {
-            // A thread does not wake another for the one task it queued
-            // itself (it means to run it next), so if its poll runs on, a
-            // parked thread is woken here to steal the task.
-            group.notify();
+        // A thread does not wake another for the one task it queued itself
+        // (it means to run it next). If its tasks are still waiting a whole
+        // interval later, and the thread has not moved on to another poll
+        // meanwhile (its poll runs on, or a `tokio::spawn`ed task holds it
+        // in the I/O driver), a parked thread is woken here to steal them.
+        let queued = slot.has_queued();
+        if queued {
+            if slot.queued_word.swap(word, Ordering::Relaxed) == word {
+                group.notify();
+            }
+        } else {
+            slot.queued_word.store(u64::MAX, Ordering::Relaxed);
         }
         match slot::tag(word) {
+            // Keep watching while tasks wait on such a thread.
+            SLEEPING | HIJACKED if queued => Seen::Awake,
             SLEEPING | HIJACKED => Seen::Quiet,
             IDLE => Seen::Awake,
             RUNNING => {
