@@ -14,8 +14,13 @@
 //! of the runtime (compare tokio#6315). When every event thread stays busy,
 //! the watchdog notices that no thread has entered the driver for a whole
 //! interval and asks the next thread between polls to give it one
-//! non-blocking turn, so I/O and timers still advance (tokio's workers do the
-//! same every 61 tasks).
+//! non-blocking turn, so I/O and timers still advance, about once a
+//! millisecond (tokio's workers do the same every 61 tasks).
+//!
+//! `Handle::block_on` of this tokio runtime, called inside a curfew task,
+//! does not drive it (only `Runtime::block_on` can drive a current-thread
+//! runtime); it relies on the other event threads, as any blocking call in
+//! a task does.
 //!
 //! Tasks spawned with `tokio::spawn` from inside a curfew task land on this
 //! runtime and run inside the driver, on whichever event thread holds it:
