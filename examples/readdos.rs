@@ -89,18 +89,9 @@ fn release(fifo: &Path) {
         // Non-blocking: fails at once when no reader is waiting.
         let _ = std::fs::OpenOptions::new()
             .write(true)
-            .custom_flags(libc_o_nonblock())
+            .custom_flags(libc::O_NONBLOCK)
             .open(fifo);
         std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// `O_NONBLOCK` on Linux and the BSDs.
-fn libc_o_nonblock() -> i32 {
-    if cfg!(target_os = "linux") {
-        0o4000
-    } else {
-        0x4
     }
 }
 
