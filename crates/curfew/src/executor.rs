@@ -465,13 +465,15 @@ impl WorkerCtx {
     }
 
     /// Called just before the poll numbered `seq` is published: the first
-    /// poll after a wake-up records when it began, so the watchdog can time
-    /// it exactly although it may itself be waking from a park. Never later
-    /// than the poll's start (so no late timeout) and never earlier (so no
-    /// early one).
+    /// poll after a wake-up, and any poll while the watchdog is parked,
+    /// records when it began, so the watchdog can time it exactly although
+    /// it may itself be waking from a park and see the poll late. Never
+    /// later than the poll's start (so no late timeout) and never earlier
+    /// (so no early one). A busy runtime's watchdog is not parked, so a busy
+    /// thread reads no clock.
     #[inline]
     pub(crate) fn stamp_poll(&self, seq: u32) {
-        if self.stamp_next_poll.get() {
+        if self.stamp_next_poll.get() || self.shared.watchdog_parked.load(Ordering::Relaxed) {
             self.stamp_poll_slow(seq);
         }
     }

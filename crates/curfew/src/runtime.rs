@@ -7,6 +7,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use async_task::{ScheduleInfo, WithInfo};
+use crossbeam_utils::CachePadded;
 
 use crate::context;
 use crate::driver::IoDriver;
@@ -464,6 +465,7 @@ impl Builder {
             io,
             shutdown: AtomicBool::new(false),
             watchdog_stop: AtomicBool::new(false),
+            watchdog_parked: CachePadded::new(AtomicBool::new(false)),
             watchdog: OnceLock::new(),
             exit_lock: Mutex::new(()),
             exit_cv: Condvar::new(),
@@ -520,6 +522,10 @@ pub(crate) struct Shared {
     pub(crate) io: Option<IoDriver>,
     shutdown: AtomicBool,
     pub(crate) watchdog_stop: AtomicBool,
+    /// Set while the watchdog is parked (every thread was idle): polls that
+    /// begin meanwhile stamp their start (`WorkerCtx::stamp_poll`). Read on
+    /// every poll, written twice per watchdog park, so on a line of its own.
+    pub(crate) watchdog_parked: CachePadded<AtomicBool>,
     pub(crate) watchdog: OnceLock<Thread>,
     exit_lock: Mutex<()>,
     exit_cv: Condvar,

@@ -107,8 +107,11 @@ impl Watchdog {
             if awake {
                 std::thread::park_timeout(interval);
             } else {
-                // Every thread is parked. The first to wake unparks us.
+                // Every thread is parked. The first to wake unparks us;
+                // until we look again, polls stamp their own start.
+                self.shared.watchdog_parked.store(true, Ordering::Relaxed);
                 std::thread::park();
+                self.shared.watchdog_parked.store(false, Ordering::Relaxed);
                 self.last_tick = Instant::now();
             }
         }
