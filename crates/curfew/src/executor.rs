@@ -21,7 +21,9 @@
 //! if there is one, so a busy runtime never takes the sleepers' lock. A
 //! thread that queues a single task for itself (a spawn or a wake from inside
 //! a poll) wakes no one, since it runs that task next; the watchdog wakes a
-//! parked thread to steal it if the current poll runs on.
+//! parked thread to steal it if the current poll runs on. An event thread of
+//! a runtime that owns its I/O driver parks inside that driver
+//! (`crate::driver`), so it also drives sockets and timers while idle.
 
 use std::cell::Cell;
 use std::io;
