@@ -102,9 +102,11 @@ pub(crate) fn with_worker<R>(f: impl FnOnce(Option<&WorkerCtx>) -> R) -> R {
 /// the poll and reports whether the watchdog fired.
 ///
 /// Cost on top of `poll`: one thread-local access, three plain stores, one
-/// compare-exchange and one branch on a thread-local flag (plus a clock read
-/// on the first poll after the thread woke from a park). `poll` must not unwind (the caller catches panics
-/// inside it), so the end of the poll is always published.
+/// compare-exchange, and a check of two flags (one thread-local, one shared
+/// and read-mostly) that ask for a clock read on the first poll after the
+/// thread woke from a park and while the watchdog is parked. `poll` must not
+/// unwind (the caller catches panics inside it), so the end of the poll is
+/// always published.
 #[inline]
 pub(crate) fn poll_under_watchdog<R>(header: &Header, poll: impl FnOnce() -> R) -> (R, PollEnd) {
     CONTEXT.with(|c| {

@@ -90,14 +90,15 @@ pub(crate) struct Slot {
     /// Watchdog-private: the state word under which it last found tasks
     /// waiting in this thread's local queues (`u64::MAX` for none).
     pub(crate) queued_word: AtomicU64,
-    /// When the first poll after this thread's last wake-up began (ns
-    /// since the runtime's epoch) and that poll's sequence number. The
-    /// watchdog counts that poll from this stamp instead of from its own
-    /// first sighting, which may come a few ms late when the watchdog itself
-    /// was parked. Written once per wake-up (the clock is read only then),
-    /// never on the per-poll path of a busy thread.
-    pub(crate) first_poll_at_ns: AtomicU64,
-    pub(crate) first_poll_seq: AtomicU32,
+    /// When the last poll that stamped its own start began (ns since the
+    /// runtime's epoch) and that poll's sequence number. The watchdog counts
+    /// that poll from this stamp instead of from its own first sighting,
+    /// which may come a few ms late when the watchdog itself was parked.
+    /// Written by the first poll after a wake-up and by polls that begin
+    /// while the watchdog is parked (`WorkerCtx::stamp_poll`), never by a
+    /// busy thread whose watchdog is awake.
+    pub(crate) stamp_ns: AtomicU64,
+    pub(crate) stamp_seq: AtomicU32,
 }
 
 /// The stealing ends of an event thread's two local deques.
@@ -108,7 +109,7 @@ pub(crate) struct Stealers {
 }
 
 impl Stealers {
-    pub(crate) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.ready.is_empty() && self.yielded.is_empty()
     }
 
@@ -344,12 +345,7 @@ impl Group {
     }
 
     fn has_work(&self) -> bool {
-        !self.injector.is_empty()
-            || self
-                .slots
-                .load()
-                .iter()
-                .any(|s| s.stealers.as_ref().is_some_and(|st| !st.is_empty()))
+        !self.injector.is_empty() || self.slots.load().iter().any(|s| s.has_queued())
     }
 
     /// Drops every queued task (shutdown): their handles resolve as
@@ -391,8 +387,8 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         panicked: AtomicU64::new(0),
         seen_word: AtomicU64::new(u64::MAX),
         seen_at_ns: AtomicU64::new(0),
-        first_poll_at_ns: AtomicU64::new(0),
-        first_poll_seq: AtomicU32::new(u32::MAX),
+        stamp_ns: AtomicU64::new(0),
+        stamp_seq: AtomicU32::new(u32::MAX),
         deferred: AtomicBool::new(false),
         queued_word: AtomicU64::new(u64::MAX),
     });
@@ -484,9 +480,9 @@ impl WorkerCtx {
     fn stamp_poll_slow(&self, seq: u32) {
         self.stamp_next_poll.set(false);
         let now = self.shared.epoch.elapsed().as_nanos() as u64;
-        self.slot.first_poll_at_ns.store(now, Ordering::Relaxed);
+        self.slot.stamp_ns.store(now, Ordering::Relaxed);
         // Published by the poll's own Release store of the state word.
-        self.slot.first_poll_seq.store(seq, Ordering::Relaxed);
+        self.slot.stamp_seq.store(seq, Ordering::Relaxed);
     }
 
     pub(crate) fn seq(&self) -> u32 {

@@ -40,7 +40,8 @@ use crate::executor::{self, Group, GroupId, Slot};
 use crate::runtime::Shared;
 use crate::slot::{self, EXPIRED, HIJACKED, IDLE, RUNNING, SLEEPING, UNLIMITED};
 
-/// How old a first-poll stamp may be and still be trusted (see `inspect`).
+/// How old a poll's own start stamp may be and still be trusted (see
+/// `inspect`).
 const STAMP_MAX_AGE: Duration = Duration::from_secs(1);
 
 pub(crate) fn start(shared: Arc<Shared>) -> io::Result<std::thread::JoinHandle<()>> {
@@ -124,13 +125,14 @@ impl Watchdog {
         if seen != word {
             // A poll (or state) we have not seen before. Count its age from
             // now, so that elapsed times are lower bounds and timeouts never
-            // fire early; but if it is the first poll since the thread woke
-            // from parking, it stamped its own start: count from that.
+            // fire early; but if the poll stamped its own start (the first
+            // poll after a wake-up, or one begun while we were parked),
+            // count from that.
             let mut since_ns = now_ns;
             if slot::tag(word) == RUNNING
-                && slot.first_poll_seq.load(Ordering::Relaxed) == slot::seq(word)
+                && slot.stamp_seq.load(Ordering::Relaxed) == slot::seq(word)
             {
-                let stamp = slot.first_poll_at_ns.load(Ordering::Relaxed).min(now_ns);
+                let stamp = slot.stamp_ns.load(Ordering::Relaxed).min(now_ns);
                 // A stamp from 2^32 polls ago carries the same (wrapped)
                 // sequence number; at any real poll rate that is tens of
                 // seconds old, while a true one is at most the watchdog's
