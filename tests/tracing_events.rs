@@ -57,10 +57,23 @@ fn timeout_emits_a_warn_event_with_the_numbers() {
         });
     assert!(rt.block_on(h).unwrap_err().is_timeout());
 
+    // The watchdog answers the caller first and records the event just
+    // after, so the event may land a moment after `block_on` returns.
+    let is_timeout_event =
+        |f: &HashMap<String, String>| f.get("message").is_some_and(|m| m.contains("over budget"));
+    let recorded = curfew_suite::wait_until(Duration::from_secs(20), || {
+        captured
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, f)| is_timeout_event(f))
+    });
+    assert!(recorded, "a timeout event");
     let events = captured.0.lock().unwrap();
     let (level, fields) = events
         .iter()
-        .find(|(_, f)| f.get("message").is_some_and(|m| m.contains("over budget")))
+        .find(|(_, f)| is_timeout_event(f))
         .expect("a timeout event");
     assert_eq!(*level, tracing::Level::WARN);
     assert_eq!(fields["task"], "resize");
