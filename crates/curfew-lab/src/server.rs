@@ -348,18 +348,25 @@ impl Drop for Server {
 /// `temp_dir()/curfew-lab/benign.txt` (always the same bytes; written under a
 /// private name and renamed, so concurrent processes never see half a file).
 fn benign_file() -> io::Result<PathBuf> {
-    static FILE: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(p) = FILE.get() {
-        return Ok(p.clone());
-    }
-    let dir = std::env::temp_dir().join("curfew-lab");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("benign.txt");
-    let tmp = dir.join(format!("benign.txt.{}", std::process::id()));
-    let text = "curfew-lab benign file\n".repeat(200);
-    std::fs::write(&tmp, &text.as_bytes()[..4096])?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(FILE.get_or_init(|| path).clone())
+    // Written once per process: the first caller writes and renames it while
+    // every other server started in this process waits on the `OnceLock`,
+    // so no two of them race on the temporary name.
+    static FILE: OnceLock<Result<PathBuf, (io::ErrorKind, String)>> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let write = || -> io::Result<PathBuf> {
+            let dir = std::env::temp_dir().join("curfew-lab");
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join("benign.txt");
+            let tmp = dir.join(format!("benign.txt.{}", std::process::id()));
+            let text = "curfew-lab benign file\n".repeat(200);
+            std::fs::write(&tmp, &text.as_bytes()[..4096])?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(path)
+        };
+        write().map_err(|e| (e.kind(), e.to_string()))
+    })
+    .clone()
+    .map_err(|(kind, msg)| io::Error::new(kind, msg))
 }
 
 /// The state every request handler sees.
@@ -711,5 +718,31 @@ impl Fifo {
 impl Drop for Fifo {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Servers started concurrently in one process (as `cargo test` runs
+    /// tests as threads) all get the benign file: none of them races another
+    /// on the temporary name.
+    #[test]
+    fn benign_file_is_shared_by_concurrent_servers() {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    benign_file()
+                })
+            })
+            .collect();
+        for t in threads {
+            let path = t.join().unwrap().expect("every server gets the file");
+            assert_eq!(std::fs::read(&path).unwrap().len(), 4096);
+        }
     }
 }

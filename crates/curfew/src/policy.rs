@@ -186,6 +186,28 @@ impl Clients {
         i
     }
 
+    /// The index of `key` if it is tracked, without assigning one.
+    pub(crate) fn lookup(&self, key: &ClientKey) -> Option<u32> {
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_key
+            .get(key)
+            .copied()
+    }
+
+    /// How long `key` is still refused, if it is cooling off. A read only:
+    /// it assigns no index and counts no refusal.
+    pub(crate) fn peek_cooling_off(&self, key: &ClientKey) -> Option<Duration> {
+        self.policy?;
+        let idx = self.lookup(key)?;
+        let until = self.stats[idx as usize]
+            .cooling_until_ms
+            .load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64 + 1
     }

@@ -14,7 +14,7 @@ use crate::driver::IoDriver;
 use crate::error::{BuildError, Refusal};
 use crate::executor::{self, Group, GroupId, Runnable};
 use crate::metrics::RuntimeMetrics;
-use crate::policy::{ClientPolicy, Clients, NO_CLIENT};
+use crate::policy::{ClientKey, ClientPolicy, Clients, NO_CLIENT};
 use crate::task::{self, Header, JoinHandle};
 use crate::watchdog;
 
@@ -856,6 +856,39 @@ impl Handle {
     /// A snapshot of the runtime's counters.
     pub fn metrics(&self) -> RuntimeMetrics {
         RuntimeMetrics::collect(&self.shared)
+    }
+
+    /// How long `client` is still refused by the runtime's
+    /// [`ClientPolicy`], or `None` if it is not cooling off (or no policy is
+    /// set). A server calls this before it reads a request's body, so that
+    /// a refused client costs no more than its headers.
+    ///
+    /// It takes a read lock on the client table and reads one atomic; it
+    /// neither tracks a new client nor counts a refusal.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use curfew::policy::ClientPolicy;
+    ///
+    /// let rt = curfew::Runtime::builder()
+    ///     .event_threads(1)
+    ///     .poll_budget(Duration::from_millis(10))
+    ///     .client_policy(ClientPolicy::new(1, Duration::from_secs(60)))
+    ///     .build()?;
+    /// let mallory = curfew::ClientKey::from("mallory");
+    /// assert_eq!(rt.handle().cooling_off(&mallory), None);
+    /// let spin = curfew::task::Builder::new().client("mallory").spawn_on(&rt.handle(), async {
+    ///     let t = std::time::Instant::now();
+    ///     while t.elapsed() < Duration::from_millis(100) {}
+    /// });
+    /// assert!(rt.block_on(spin).unwrap_err().is_timeout());
+    /// let left = rt.handle().cooling_off(&mallory).expect("one strike is enough");
+    /// assert!(left <= Duration::from_secs(60));
+    /// # Ok(()) }
+    /// ```
+    pub fn cooling_off(&self, client: &ClientKey) -> Option<Duration> {
+        self.shared.clients.peek_cooling_off(client)
     }
 
     pub(crate) fn spawn_with<F>(&self, opts: task::Builder, future: F) -> JoinHandle<F::Output>
