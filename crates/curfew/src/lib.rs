@@ -130,7 +130,7 @@ mod watchdog;
 pub use error::{BuildError, JoinError, Location, Refusal, TimeoutError};
 pub use metrics::RuntimeMetrics;
 pub use policy::ClientKey;
-pub use runtime::{Builder, DEFAULT_JOB_BUDGET, DEFAULT_POLL_BUDGET, Handle, Runtime};
+pub use runtime::{Builder, DEFAULT_JOB_BUDGET, DEFAULT_POLL_BUDGET, Handle, MAX_BUDGET, Runtime};
 pub use task::JoinHandle;
 
 use std::future::Future;

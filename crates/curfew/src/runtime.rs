@@ -42,6 +42,17 @@ pub(crate) struct Config {
 pub const DEFAULT_POLL_BUDGET: Duration = Duration::from_millis(100);
 /// Default job budget: Node.cure's default for its worker pool.
 pub const DEFAULT_JOB_BUDGET: Duration = Duration::from_secs(1);
+/// The longest budget the watchdog can time: 2^27 − 1 seconds, about four
+/// years and three months. [`Builder::build`] rejects a longer poll or job
+/// budget; [`task::Builder`](crate::task::Builder) caps a longer one at
+/// this. For no budget at all, use [`Builder::no_default_budgets`] or
+/// [`task::Builder::unlimited`](crate::task::Builder::unlimited).
+///
+/// Budgets are timed in the finest of microseconds, milliseconds and
+/// seconds that holds them, rounded up: a timeout is never early, and late
+/// by less than a millionth of the budget beyond the watchdog's own
+/// interval.
+pub const MAX_BUDGET: Duration = crate::slot::MAX_BUDGET;
 
 const MAX_THREADS: usize = 1024;
 
@@ -133,12 +144,16 @@ impl Builder {
     }
 
     /// The longest one poll of an async task may run. Default: 100 ms.
+    /// At least the [`watchdog_interval`](Self::watchdog_interval) and at
+    /// most [`MAX_BUDGET`].
     pub fn poll_budget(mut self, budget: Duration) -> Self {
         self.poll_budget = Some(budget);
         self
     }
 
-    /// The longest one blocking job may run. Default: 1 s.
+    /// The longest one blocking job may run. Default: 1 s. At least the
+    /// [`watchdog_interval`](Self::watchdog_interval) and at most
+    /// [`MAX_BUDGET`].
     pub fn job_budget(mut self, budget: Duration) -> Self {
         self.job_budget = Some(budget);
         self
@@ -357,6 +372,13 @@ impl Builder {
                 setting,
                 "a budget must be greater than zero",
             )),
+            Some(d) if d > MAX_BUDGET => Err(BuildError::new(
+                setting,
+                format!(
+                    "{d:?} is longer than the longest budget the watchdog can time ({MAX_BUDGET:?}, \
+                     about four years); for no budget, use `no_default_budgets`"
+                ),
+            )),
             Some(d) if d < interval => Err(BuildError::new(
                 setting,
                 format!(
@@ -507,6 +529,56 @@ fn hijack_cap_error(e: BuildError, what: &str) -> BuildError {
         )
     } else {
         e
+    }
+}
+
+#[cfg(test)]
+mod builder_tests {
+    use super::*;
+
+    fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    /// `CURFEW_JOB_BUDGET_MS=600000` used to validate and then be encoded
+    /// as "unlimited": the budget was never enforced.
+    #[test]
+    fn a_ten_minute_budget_from_the_environment_is_enforced() {
+        let config = Builder::new()
+            .apply_vars(vars(&[
+                ("CURFEW_JOB_BUDGET_MS", "600000"),
+                ("CURFEW_POLL_BUDGET_MS", "3600000"),
+            ]))
+            .validate()
+            .unwrap();
+        for (budget, want) in [
+            (config.job_budget, Duration::from_secs(600)),
+            (config.poll_budget, Duration::from_secs(3600)),
+        ] {
+            assert_eq!(budget, Some(want));
+            let code = crate::slot::budget_code(budget);
+            assert_ne!(
+                code,
+                crate::slot::UNLIMITED,
+                "{want:?} would never be enforced"
+            );
+            assert_eq!(crate::slot::budget_duration(code), want);
+        }
+    }
+
+    #[test]
+    fn a_budget_past_the_longest_is_an_error() {
+        let err = Builder::new()
+            .apply_vars(vars(&[("CURFEW_JOB_BUDGET_MS", "18446744073709551615")]))
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting(), "job_budget");
+        assert!(err.to_string().contains("longest budget"), "{err}");
     }
 }
 

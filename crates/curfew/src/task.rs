@@ -469,24 +469,31 @@ impl Builder {
 
     /// The budget for each poll of this task, instead of the runtime's.
     ///
+    /// A budget longer than [`MAX_BUDGET`](crate::MAX_BUDGET) (about four
+    /// years) is capped at it: the task is still timed, and its
+    /// [`TimeoutError::budget`] reports the cap. A budget shorter than the
+    /// runtime's watchdog interval is enforced at the interval.
+    ///
     /// # Panics
     ///
     /// Panics if `budget` is zero; use [`unlimited`](Self::unlimited) to
     /// exempt a task from the watchdog.
     pub fn poll_budget(mut self, budget: Duration) -> Self {
         assert!(!budget.is_zero(), "a poll budget must be greater than zero");
-        self.poll_budget = Some(Some(budget));
+        self.poll_budget = Some(Some(budget.min(crate::MAX_BUDGET)));
         self
     }
 
-    /// The budget for this blocking job, instead of the runtime's.
+    /// The budget for this blocking job, instead of the runtime's, capped at
+    /// [`MAX_BUDGET`](crate::MAX_BUDGET) like
+    /// [`poll_budget`](Self::poll_budget).
     ///
     /// # Panics
     ///
     /// Panics if `budget` is zero.
     pub fn job_budget(mut self, budget: Duration) -> Self {
         assert!(!budget.is_zero(), "a job budget must be greater than zero");
-        self.job_budget = Some(Some(budget));
+        self.job_budget = Some(Some(budget.min(crate::MAX_BUDGET)));
         self
     }
 
