@@ -502,19 +502,41 @@ impl Builder {
             watchdog: None,
         };
         let start = |gid: GroupId, n: usize| -> Result<(), BuildError> {
-            for _ in 0..n {
+            for i in 0..n {
                 executor::spawn_thread(&shared, gid).map_err(|e| {
-                    BuildError::new("threads", format!("cannot start a thread: {e}"))
+                    BuildError::new(
+                        "threads",
+                        format!(
+                            "cannot start {} {} of {n} (stack of {} bytes): {e}",
+                            match gid {
+                                GroupId::Event => "event thread",
+                                GroupId::Blocking => "pool thread",
+                            },
+                            i + 1,
+                            shared.config.thread_stack_size
+                        ),
+                    )
                 })?;
             }
             Ok(())
         };
-        start(GroupId::Event, shared.config.event_threads)?;
-        start(GroupId::Blocking, shared.config.blocking_threads)?;
-        let wd = watchdog::start(shared.clone())
-            .map_err(|e| BuildError::new("threads", format!("cannot start the watchdog: {e}")))?;
-        rt.watchdog = Some(wd);
-        Ok(rt)
+        let started = start(GroupId::Event, shared.config.event_threads)
+            .and_then(|()| start(GroupId::Blocking, shared.config.blocking_threads))
+            .and_then(|()| {
+                watchdog::start(shared.clone()).map_err(|e| {
+                    BuildError::new("threads", format!("cannot start the watchdog: {e}"))
+                })
+            });
+        match started {
+            Ok(wd) => {
+                rt.watchdog = Some(wd);
+                Ok(rt)
+            }
+            Err(e) => {
+                shared.stop_unstarted();
+                Err(e)
+            }
+        }
     }
 }
 
@@ -630,6 +652,33 @@ impl Shared {
     pub(crate) fn unpark_watchdog(&self) {
         if let Some(t) = self.watchdog.get() {
             t.unpark();
+        }
+    }
+
+    /// Stops the threads of a runtime whose start failed partway, and waits
+    /// for them to exit. They have never been given a task, so each leaves
+    /// its loop as soon as it sees the shutdown; the wait is bounded all the
+    /// same.
+    fn stop_unstarted(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        let alive =
+            || self.event.alive.load(Ordering::SeqCst) + self.blocking.alive.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut g = self.exit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        while alive() > 0 && Instant::now() < deadline {
+            // Wake them on every round: one may have been about to park when
+            // the shutdown was set.
+            self.event.notify_all();
+            self.blocking.notify_all();
+            g = self
+                .exit_cv
+                .wait_timeout(g, Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(g);
+        if let Some(io) = &self.io {
+            io.close();
         }
     }
 
