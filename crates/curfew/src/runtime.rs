@@ -1036,6 +1036,11 @@ static DEFAULT: OnceLock<Runtime> = OnceLock::new();
 pub(crate) fn default_handle() -> &'static Handle {
     &DEFAULT
         .get_or_init(|| {
+            tracing::info!(
+                target: "curfew",
+                caller = ?tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()).ok(),
+                "starting the default runtime: `curfew::spawn` was called outside a curfew runtime"
+            );
             let mut b = Builder::new().from_env();
             b.is_default = true;
             b.build()

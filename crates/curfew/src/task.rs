@@ -507,12 +507,18 @@ impl Builder {
 
     /// Spawns `future` on the current curfew runtime, or on the default
     /// runtime (see [`spawn`](crate::spawn)).
+    ///
+    /// # Panics
+    ///
+    /// Panics outside any curfew or tokio runtime, as
+    /// [`curfew::spawn`](crate::spawn) does; use [`spawn_on`](Self::spawn_on).
+    #[track_caller]
     pub fn spawn<F>(self, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        context::with_handle(|h| h.spawn_with(self, future))
+        context::with_target("curfew::task::Builder::spawn", |t| t.spawn(self, future))
     }
 
     /// Spawns `future` on the runtime behind `handle`.
@@ -525,12 +531,21 @@ impl Builder {
     }
 
     /// Runs `f` on the current runtime's worker pool under the job budget.
+    ///
+    /// # Panics
+    ///
+    /// Panics outside any curfew or tokio runtime, as
+    /// [`curfew::spawn`](crate::spawn) does; use
+    /// [`spawn_blocking_on`](Self::spawn_blocking_on).
+    #[track_caller]
     pub fn spawn_blocking<F, R>(self, f: F) -> JoinHandle<R>
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        context::with_handle(|h| h.spawn_blocking_with(self, f))
+        context::with_target("curfew::task::Builder::spawn_blocking", |t| {
+            t.spawn_blocking(self, f)
+        })
     }
 
     /// Runs `f` on the worker pool of the runtime behind `handle`.
