@@ -593,6 +593,54 @@ mod builder_tests {
         }
     }
 
+    const VARS: [&str; 8] = [
+        "CURFEW_EVENT_THREADS",
+        "CURFEW_BLOCKING_THREADS",
+        "CURFEW_POLL_BUDGET_MS",
+        "CURFEW_JOB_BUDGET_MS",
+        "CURFEW_MAX_HIJACKED_THREADS",
+        "CURFEW_MAX_ABANDONED_THREADS",
+        "CURFEW_MAX_BLOCKING_QUEUE",
+        "CURFEW_HIJACK_GRACE_MS",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 256,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Any environment (numbers of any size, words, blanks) validates or
+        /// is refused with an error naming a variable or setting: never a
+        /// panic, and never a budget the watchdog cannot time.
+        #[test]
+        fn any_environment_validates_or_names_the_problem(
+            values in proptest::collection::vec(
+                proptest::option::of(proptest::prop_oneof![
+                    "[0-9]{1,25}",
+                    " ?[0-9]{1,6} ?",
+                    "\\PC{0,8}",
+                ]),
+                VARS.len(),
+            )
+        ) {
+            let get = |k: &str| {
+                VARS.iter().position(|v| *v == k).and_then(|i| values[i].clone())
+            };
+            match Builder::new().apply_vars(get).validate() {
+                Ok(config) => {
+                    for b in [config.poll_budget, config.job_budget].into_iter().flatten() {
+                        let code = crate::slot::budget_code(Some(b));
+                        proptest::prop_assert_ne!(code, crate::slot::UNLIMITED);
+                        proptest::prop_assert!(crate::slot::budget_duration(code) >= b);
+                    }
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().contains(e.setting()), "{}", e),
+            }
+        }
+    }
+
     #[test]
     fn a_budget_past_the_longest_is_an_error() {
         let err = Builder::new()

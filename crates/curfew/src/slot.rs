@@ -353,6 +353,32 @@ mod tests {
     }
 
     #[cfg(not(curfew_loom))]
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 512,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Every budget is timed: never early, late by less than a
+        /// millionth of itself (or 1 µs), never UNLIMITED, and the code
+        /// survives the state word.
+        #[test]
+        fn every_budget_is_timed_closely(secs in 0u64..=u64::MAX, nanos in 0u32..1_000_000_000) {
+            let d = Duration::new(secs, nanos);
+            proptest::prop_assume!(!d.is_zero());
+            let code = budget_code(Some(d));
+            proptest::prop_assert_ne!(code, UNLIMITED);
+            proptest::prop_assert_eq!(budget(pack(RUNNING, u32::MAX, code)), code);
+            let timed = budget_duration(code);
+            let want = d.min(MAX_BUDGET);
+            proptest::prop_assert!(timed >= want, "{:?} timed as {:?}", d, timed);
+            let slack = (want / 1_000_000).max(Duration::from_micros(1));
+            proptest::prop_assert!(timed - want <= slack, "{:?} timed as {:?}", d, timed);
+        }
+    }
+
+    #[cfg(not(curfew_loom))]
     #[test]
     fn sequential_protocol() {
         let header = 5u8;
