@@ -49,9 +49,10 @@ pub const DEFAULT_JOB_BUDGET: Duration = Duration::from_secs(1);
 /// [`task::Builder::unlimited`](crate::task::Builder::unlimited).
 ///
 /// Budgets are timed in the finest of microseconds, milliseconds and
-/// seconds that holds them, rounded up: a timeout is never early, and late
-/// by less than a millionth of the budget beyond the watchdog's own
-/// interval.
+/// seconds that holds them, rounded up: a timeout is never early, and the
+/// rounding adds less than 1 µs to budgets up to 134 s, and less than
+/// 1/130,000 of the budget to longer ones (on top of the watchdog's
+/// interval).
 pub const MAX_BUDGET: Duration = crate::slot::MAX_BUDGET;
 
 const MAX_THREADS: usize = 1024;

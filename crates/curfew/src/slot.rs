@@ -20,8 +20,9 @@
 //!
 //! The budget field is a small float: two bits of unit (µs, ms, s) and 27
 //! bits of count, rounded up, so budgets from 1 µs to about four years are
-//! timed, to within a millionth of themselves (see [`budget_code`]). Only
-//! the watchdog decodes it; the owner stores the code as it is.
+//! timed, never early and late by under 1 µs or 1/130,000 of themselves
+//! (see [`budget_code`]). Only the watchdog decodes it; the owner stores
+//! the code as it is.
 //!
 //! The owner thread moves `IDLE -> RUNNING` with a plain store at the start of
 //! every poll and `RUNNING -> IDLE` with one compare-exchange at the end. Those
@@ -360,11 +361,19 @@ mod tests {
             ..Default::default()
         })]
 
-        /// Every budget is timed: never early, late by less than a
-        /// millionth of itself (or 1 µs), never UNLIMITED, and the code
+        /// Every budget is timed: never early, late by at most 1 µs or a
+        /// hundred-thousandth of itself, never UNLIMITED, and the code
         /// survives the state word.
         #[test]
-        fn every_budget_is_timed_closely(secs in 0u64..=u64::MAX, nanos in 0u32..1_000_000_000) {
+        fn every_budget_is_timed_closely(
+            secs in proptest::prop_oneof![
+                0u64..=200,
+                0u64..=200_000,
+                0u64..=MAX_BUDGET.as_secs() + 10,
+                proptest::num::u64::ANY,
+            ],
+            nanos in 0u32..1_000_000_000,
+        ) {
             let d = Duration::new(secs, nanos);
             proptest::prop_assume!(!d.is_zero());
             let code = budget_code(Some(d));
@@ -373,7 +382,7 @@ mod tests {
             let timed = budget_duration(code);
             let want = d.min(MAX_BUDGET);
             proptest::prop_assert!(timed >= want, "{:?} timed as {:?}", d, timed);
-            let slack = (want / 1_000_000).max(Duration::from_micros(1));
+            let slack = (want / 100_000).max(Duration::from_micros(1));
             proptest::prop_assert!(timed - want <= slack, "{:?} timed as {:?}", d, timed);
         }
     }
