@@ -132,3 +132,40 @@ fn settings_come_from_the_environment() {
         std::env::remove_var("CURFEW_EVENT_THREADS");
     }
 }
+
+/// Budgets past the longest the watchdog can time are an error, not a
+/// silent "unlimited"; every budget up to it builds.
+#[test]
+fn budgets_up_to_the_longest_build_and_longer_ones_are_errors() {
+    let b = Runtime::builder;
+    let over = curfew::MAX_BUDGET + Duration::from_secs(1);
+    assert_eq!(setting_of(b().poll_budget(over)), "poll_budget");
+    assert_eq!(setting_of(b().job_budget(over)), "job_budget");
+    assert_eq!(setting_of(b().job_budget(Duration::MAX)), "job_budget");
+    for d in [Duration::from_secs(600), curfew::MAX_BUDGET] {
+        let rt = b()
+            .event_threads(1)
+            .blocking_threads(1)
+            .poll_budget(d)
+            .job_budget(d)
+            .build()
+            .unwrap();
+        drop(rt);
+    }
+}
+
+/// A per-spawn budget past the longest is capped at it (documented), not
+/// refused and not a panic.
+#[test]
+fn per_spawn_budgets_past_the_longest_are_capped() {
+    let rt = Runtime::builder().event_threads(1).build().unwrap();
+    let h = rt.handle();
+    let long = curfew::task::Builder::new()
+        .poll_budget(Duration::MAX)
+        .spawn_on(&h, async { curfew::checkpoint() });
+    assert!(rt.block_on(long).unwrap().is_ok());
+    let job = curfew::task::Builder::new()
+        .job_budget(Duration::MAX)
+        .spawn_blocking_on(&h, curfew::checkpoint);
+    assert!(rt.block_on(job).unwrap().is_ok());
+}

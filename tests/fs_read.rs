@@ -121,3 +121,47 @@ fn fifo_with_a_writer_reads_what_was_written() {
     assert_eq!(got, b"through the pipe");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A sparse file that claims a terabyte: the read must not reserve what the
+/// file claims (that aborted the process with "memory allocation of
+/// 1099511627776 bytes failed"); it grows with what arrives and ends in a
+/// timeout at the job budget.
+#[test]
+fn a_huge_sparse_file_times_out_without_reserving_its_size() {
+    let budget = Duration::from_millis(20);
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(1)
+        .job_budget(budget)
+        .hijack_grace(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let dir = temp_dir("fs-sparse");
+    let path = dir.join("terabyte");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let timed_out = |err: std::io::Error| {
+        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        let t = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<curfew::TimeoutError>())
+            .expect("the TimeoutError inside");
+        assert_eq!(t.budget(), budget);
+    };
+    rt.block_on(async {
+        timed_out(curfew::fs::read(&path).await.unwrap_err());
+        // A limit above the file's size does not make its size trusted.
+        timed_out(
+            curfew::fs::read_limited(&path, usize::MAX / 2)
+                .await
+                .unwrap_err(),
+        );
+        // A limit below it is refused before anything is read.
+        let err = curfew::fs::read_limited(&path, 1 << 20).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FileTooLarge, "{err}");
+    });
+    assert_eq!(rt.metrics().blocking.hijacked_total, 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}

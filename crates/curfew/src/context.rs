@@ -2,11 +2,15 @@
 //! this thread publishes its polls in, and which task is being polled.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
 
-use crate::executor::WorkerCtx;
-use crate::runtime::Handle;
+use crate::TimeoutError;
+use crate::executor::{Runnable, WorkerCtx};
+use crate::runtime::{Handle, Shared};
 use crate::slot::PollEnd;
-use crate::task::Header;
+use crate::task::{self, Header, JoinHandle};
 
 struct Context {
     /// The runtime `curfew::spawn` uses: set on curfew's own threads and
@@ -16,6 +20,11 @@ struct Context {
     worker: Cell<*const WorkerCtx>,
     /// The task being polled right now, for `checkpoint()`.
     task: Cell<*const Header>,
+    /// The runtime of the hosted task this thread is running (see
+    /// [`crate::host`]), while it runs it.
+    host: Cell<*const Shared>,
+    /// When the hosted poll running on this thread began.
+    hosted_since: Cell<Option<Instant>>,
 }
 
 thread_local! {
@@ -24,6 +33,8 @@ thread_local! {
             runtime: RefCell::new(None),
             worker: Cell::new(std::ptr::null()),
             task: Cell::new(std::ptr::null()),
+            host: Cell::new(std::ptr::null()),
+            hosted_since: Cell::new(None),
         }
     };
 }
@@ -46,12 +57,96 @@ pub(crate) fn enter_runtime(handle: Handle) -> RuntimeGuard {
     RuntimeGuard { prev }
 }
 
-/// Runs `f` with the current runtime's handle, or the default runtime's.
-pub(crate) fn with_handle<R>(f: impl FnOnce(&Handle) -> R) -> R {
-    CONTEXT.with(|c| match &*c.runtime.borrow() {
-        Some(h) => f(h),
-        None => f(crate::runtime::default_handle()),
-    })
+/// Where `curfew::spawn` and its kin put a task.
+pub(crate) enum Target<'a> {
+    /// On this runtime's threads: the current one, or the default one.
+    Runtime(&'a Handle),
+    /// On the caller's tokio runtime (a current-thread one with its clock
+    /// paused), under the default runtime's budgets: see [`crate::host`].
+    Host(&'a Handle, tokio::runtime::Handle),
+}
+
+impl Target<'_> {
+    pub(crate) fn spawn<F>(self, opts: task::Builder, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self {
+            Target::Runtime(h) => h.spawn_with(opts, future),
+            Target::Host(h, tokio) => crate::host::spawn(&h.shared, tokio, opts, future),
+        }
+    }
+
+    pub(crate) fn spawn_blocking<F, R>(self, opts: task::Builder, f: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        match self {
+            Target::Runtime(h) => h.spawn_blocking_with(opts, f),
+            Target::Host(h, tokio) => crate::host::spawn_blocking(&h.shared, tokio, opts, f),
+        }
+    }
+}
+
+/// Runs `f` with where `what` (a spawning function, for the panic message)
+/// puts a task: the current curfew runtime; outside one, the default
+/// runtime, or the caller's tokio runtime if it is a current-thread one with
+/// its clock paused.
+///
+/// # Panics
+///
+/// Panics outside any curfew or tokio runtime, where the task would start
+/// (or land on) the default runtime unseen, as in
+/// `rt.block_on(curfew::spawn(f))`; tokio's `spawn` panics there too.
+#[track_caller]
+pub(crate) fn with_target<R>(what: &str, f: impl FnOnce(Target<'_>) -> R) -> R {
+    let mut f = Some(f);
+    let inside = CONTEXT.with(|c| {
+        c.runtime
+            .borrow()
+            .as_ref()
+            .map(|h| (f.take().expect("called once"))(Target::Runtime(h)))
+    });
+    match inside {
+        Some(r) => r,
+        None => outside(what, f.take().expect("not called yet")),
+    }
+}
+
+#[track_caller]
+fn outside<R>(what: &str, f: impl FnOnce(Target<'_>) -> R) -> R {
+    let Ok(tokio) = tokio::runtime::Handle::try_current() else {
+        panic!(
+            "`{what}` called outside any curfew or tokio runtime. Call it inside a curfew task, \
+             `Runtime::block_on` or a tokio runtime, or spawn on a runtime from outside it with \
+             `Runtime::spawn` or `Handle::spawn` (in `rt.block_on(curfew::spawn(f))` the argument \
+             is evaluated before `block_on` enters `rt`: write `rt.block_on(rt.spawn(f))`)"
+        )
+    };
+    let default = crate::runtime::default_handle();
+    if crate::host::hosts_tasks(&tokio) {
+        f(Target::Host(default, tokio))
+    } else {
+        f(Target::Runtime(default))
+    }
+}
+
+/// Runs one turn of a hosted task on this thread (a thread of the caller's
+/// tokio runtime), with `shared` as the runtime whose budgets it keeps.
+pub(crate) fn run_hosted(shared: &Arc<Shared>, r: Runnable) {
+    let prev = CONTEXT.with(|c| c.host.replace(Arc::as_ptr(shared)));
+    // Restore the previous value even if the poll unwinds (it does not: the
+    // task catches panics), so the pointer never outlives `shared`.
+    struct Restore(*const Shared);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = CONTEXT.try_with(|c| c.host.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    r.run();
 }
 
 /// The current runtime's handle, if this thread is inside one.
@@ -113,7 +208,15 @@ pub(crate) fn poll_under_watchdog<R>(header: &Header, poll: impl FnOnce() -> R) 
         let prev_task = c.task.replace(header);
         let w = c.worker.get();
         let out = if w.is_null() {
-            (poll(), PollEnd::InTime)
+            let host = c.host.get();
+            if host.is_null() {
+                (poll(), PollEnd::InTime)
+            } else {
+                // SAFETY: `run_hosted` sets the pointer from an `Arc` it
+                // holds for as long as the pointer is set, on this thread.
+                let host = unsafe { &*host };
+                poll_hosted(c, host, header, poll)
+            }
         } else {
             // SAFETY: see `with_worker`.
             let w = unsafe { &*w };
@@ -131,6 +234,65 @@ pub(crate) fn poll_under_watchdog<R>(header: &Header, poll: impl FnOnce() -> R) 
     })
 }
 
+/// A hosted poll: timed on the real clock, and answered with a timeout if
+/// it returns past its budget (the caller then drops what it produced).
+#[cold]
+fn poll_hosted<R>(
+    c: &Context,
+    host: &Shared,
+    header: &Header,
+    poll: impl FnOnce() -> R,
+) -> (R, PollEnd) {
+    let start = Instant::now();
+    let prev = c.hosted_since.replace(Some(start));
+    let r = poll();
+    c.hosted_since.set(prev);
+    let end = if crate::host::check_budget(host, header, start.elapsed()) {
+        PollEnd::TimedOut
+    } else {
+        PollEnd::InTime
+    };
+    (r, end)
+}
+
+/// [`crate::checkpoint`]: the current task's timeout, if it has one.
+#[inline]
+pub(crate) fn checkpoint() -> Result<(), TimeoutError> {
+    CONTEXT.with(|c| {
+        // SAFETY: `poll_under_watchdog` sets the pointer for the duration of
+        // a poll, during which the task's allocation (and so its header) is
+        // kept alive by the running `Runnable`, and restores the previous
+        // value before returning. It is only read on this thread.
+        let Some(h) = (unsafe { c.task.get().as_ref() }) else {
+            return Ok(());
+        };
+        if h.is_timed_out() {
+            return Err(h.timeout_error());
+        }
+        match c.hosted_since.get() {
+            None => Ok(()),
+            Some(start) => checkpoint_hosted(c, h, start),
+        }
+    })
+}
+
+/// A checkpoint in a hosted poll, which no watchdog is timing: compares
+/// the real time since the poll began with the budget.
+#[cold]
+fn checkpoint_hosted(c: &Context, h: &Header, start: Instant) -> Result<(), TimeoutError> {
+    let host = c.host.get();
+    if host.is_null() {
+        return Ok(());
+    }
+    // SAFETY: as in `poll_under_watchdog`.
+    let host = unsafe { &*host };
+    if crate::host::check_budget(host, h, start.elapsed()) {
+        Err(h.timeout_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Counts a finished task on this thread's slot.
 pub(crate) fn count_finished(panicked: bool) {
     with_worker(|w| {
@@ -138,17 +300,4 @@ pub(crate) fn count_finished(panicked: bool) {
             w.slot.count_finished(panicked);
         }
     });
-}
-
-/// Runs `f` with the task being polled on this thread, if any.
-#[inline]
-pub(crate) fn with_current_task<R>(f: impl FnOnce(Option<&Header>) -> R) -> R {
-    CONTEXT.with(|c| {
-        let t = c.task.get();
-        // SAFETY: `poll_under_watchdog` sets the pointer for the duration of
-        // a poll, during which the task's allocation (and so its header) is
-        // kept alive by the running `Runnable`, and restores the previous
-        // value before returning. It is only read on this thread.
-        f(unsafe { t.as_ref() })
-    })
 }

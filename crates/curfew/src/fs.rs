@@ -49,6 +49,11 @@ use crate::TimeoutError;
 /// Bytes read between two checkpoints.
 const CHUNK: usize = 64 * 1024;
 
+/// The most a read reserves up front from a regular file's size. The size is
+/// only a hint that the client may control (a sparse file can claim a
+/// terabyte); past this, the buffer grows as data actually arrives.
+const MAX_RESERVE: usize = 1 << 20;
+
 /// Reads the whole file at `path` on the worker pool, in chunks, under the
 /// job budget: the counterpart of `tokio::fs::read` and `std::fs::read`.
 ///
@@ -58,14 +63,20 @@ const CHUNK: usize = 64 * 1024;
 /// [`TimeoutError`]; a full pool queue in one of kind
 /// [`WouldBlock`](io::ErrorKind::WouldBlock).
 ///
-/// Memory grows with what is read until the budget runs out; to bound it as
-/// well, use [`read_limited`].
+/// Memory grows with what is read, never with what the file claims: at most
+/// 1 MiB is reserved from the file's size, and the buffer grows as data
+/// arrives, until the budget runs out. Should memory run out first, the read
+/// ends in an error of kind [`OutOfMemory`](io::ErrorKind::OutOfMemory)
+/// instead of aborting the process. To bound memory, use [`read_limited`].
 pub async fn read(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
     read_limited(path, usize::MAX).await
 }
 
 /// Like [`read`], but fails with [`FileTooLarge`](io::ErrorKind::FileTooLarge)
-/// as soon as the file proves longer than `limit` bytes.
+/// as soon as the file proves longer than `limit` bytes: a regular file whose
+/// size is over the limit before anything is allocated, any other file as
+/// soon as it has delivered more. The buffer never holds more than `limit`
+/// bytes.
 pub async fn read_limited(path: impl AsRef<Path>, limit: usize) -> io::Result<Vec<u8>> {
     let path = path.as_ref().to_path_buf();
     crate::spawn_blocking(move || read_chunked(&path, limit)).await?
@@ -86,7 +97,8 @@ fn read_chunked(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
         if len > limit {
             return Err(too_large(limit));
         }
-        buf.reserve_exact(len);
+        // A hint, not a promise: the file may be sparse, or change size.
+        reserve(&mut buf, len.min(MAX_RESERVE))?;
     }
     let mut chunk = vec![0u8; CHUNK];
     loop {
@@ -103,11 +115,30 @@ fn read_chunked(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
-        if buf.len() + n > limit {
+        if n > limit - buf.len() {
             return Err(too_large(limit));
+        }
+        if buf.capacity() - buf.len() < n {
+            // Double, as `Vec` would, but never past the limit, and fail
+            // with an error rather than abort when memory runs out.
+            let want = buf.capacity().max(CHUNK).min(limit - buf.len()).max(n);
+            reserve(&mut buf, want)?;
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Makes room for `additional` more bytes, or reports that memory ran out.
+fn reserve(buf: &mut Vec<u8>, additional: usize) -> io::Result<()> {
+    buf.try_reserve_exact(additional).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "cannot grow the read buffer of {} bytes by {additional}: {e}",
+                buf.len()
+            ),
+        )
+    })
 }
 
 fn too_large(limit: usize) -> io::Error {

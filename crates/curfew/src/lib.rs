@@ -52,6 +52,55 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Outside any curfew or tokio runtime, [`curfew::spawn`](spawn) panics, as
+//! `tokio::spawn` does: spawn on a runtime from outside it with
+//! [`Runtime::spawn`] or [`Handle::spawn`] (`rt.block_on(rt.spawn(f))`,
+//! not `rt.block_on(curfew::spawn(f))`).
+//!
+//! # Tests that pause time
+//!
+//! A `#[tokio::test]` that calls `tokio::time::pause()` runs on a
+//! current-thread runtime and relies on its ordering: a spawned task runs
+//! when the test yields, and the clock moves only when every task waits. A
+//! task on curfew's event threads would race the test instead. So, outside
+//! a curfew runtime, [`curfew::spawn`](spawn) from a current-thread tokio
+//! runtime whose clock is paused runs the task on that runtime's thread, as
+//! `tokio::spawn` would, and [`spawn_blocking`] runs the job on its blocking
+//! pool, as `tokio::task::spawn_blocking` would. Tests see the order they
+//! saw with tokio, every run.
+//!
+//! The default runtime's budgets, client policy and counters still apply,
+//! timed on the real clock (the paused one does not measure work): a
+//! [`checkpoint`] past the budget returns the `TimeoutError`, and a poll or
+//! job that returns past its budget resolves its handle with it. The one
+//! thing such a task lacks is the watchdog's answer *during* a poll that
+//! never returns: the thread is the test's own and cannot be replaced. On a
+//! current-thread runtime the caller awaiting the handle shares that thread,
+//! so it could not see an earlier answer anyway.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! # fn main() {
+//! # tokio::runtime::Builder::new_current_thread()
+//! #     .enable_all()
+//! #     .start_paused(true)
+//! #     .build()
+//! #     .unwrap()
+//! #     .block_on(a_handler_sleeps_a_second_of_paused_time());
+//! # }
+//! // In a test: #[tokio::test(start_paused = true)]
+//! async fn a_handler_sleeps_a_second_of_paused_time() {
+//!     let start = tokio::time::Instant::now();
+//!     let handler = curfew::spawn(async {
+//!         tokio::time::sleep(Duration::from_secs(1)).await;
+//!         "slept"
+//!     });
+//!     assert_eq!(handler.await.unwrap(), "slept");
+//!     assert_eq!(start.elapsed(), Duration::from_secs(1)); // exactly
+//! }
+//! ```
+//!
 //! # Blocking work
 //!
 //! [`spawn_blocking`] runs a closure on a worker pool under a job budget,
@@ -118,6 +167,7 @@ mod driver;
 pub mod error;
 mod executor;
 pub mod fs;
+mod host;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
@@ -130,18 +180,45 @@ mod watchdog;
 pub use error::{BuildError, JoinError, Location, Refusal, TimeoutError};
 pub use metrics::RuntimeMetrics;
 pub use policy::ClientKey;
-pub use runtime::{Builder, DEFAULT_JOB_BUDGET, DEFAULT_POLL_BUDGET, Handle, Runtime};
+pub use runtime::{Builder, DEFAULT_JOB_BUDGET, DEFAULT_POLL_BUDGET, Handle, MAX_BUDGET, Runtime};
 pub use task::JoinHandle;
 
 use std::future::Future;
 
 /// Spawns an async task under the poll budget, like `tokio::spawn`.
 ///
-/// Inside a curfew task or [`Runtime::block_on`] it spawns on that runtime.
-/// Anywhere else, for example in a `#[tokio::main]` program or an axum
-/// handler, it spawns on a default runtime that starts on first use (its
-/// settings come from the environment, see [`Builder::from_env`]) and the
-/// task is polled with the caller's tokio runtime entered.
+/// Where the task runs depends on where `spawn` is called:
+///
+/// * inside a curfew task or [`Runtime::block_on`]: on that runtime;
+/// * elsewhere inside a tokio runtime, for example in a `#[tokio::main]`
+///   program or an axum handler: on a default runtime that starts on first
+///   use (its settings come from the environment, see
+///   [`Builder::from_env`]), and the task is polled with the caller's tokio
+///   runtime entered;
+/// * inside a current-thread tokio runtime whose clock is paused (a
+///   `#[tokio::test]` that calls `tokio::time::pause()`): on that runtime's
+///   own thread, as `tokio::spawn` would run it, so the test's ordering and
+///   its paused clock hold. The default runtime's budgets still apply, on
+///   the real clock, at each [`checkpoint`] and when a poll returns; see
+///   [Tests that pause time](crate#tests-that-pause-time);
+/// * outside any curfew or tokio runtime: it panics, as `tokio::spawn` does.
+///
+/// # Spawning on a runtime from outside it
+///
+/// In `rt.block_on(curfew::spawn(f))`, `curfew::spawn(f)` is evaluated
+/// before `block_on` enters `rt`, so it is outside every runtime. Had it
+/// spawned there, `f` would run on the default runtime, with other budgets
+/// and other threads, and none of `rt`'s settings would apply. It panics
+/// instead, with a message that names the fix: spawn with [`Runtime::spawn`]
+/// or [`Handle::spawn`], as in `rt.block_on(rt.spawn(f))`, or call
+/// `curfew::spawn` inside the future given to `block_on`.
+///
+/// A panic rather than a logged warning: the mistake silently changes
+/// which budgets protect the task, a warning goes unread as long as
+/// nothing times out, and the same line panics under tokio, so code ported
+/// from tokio meets the rule it already knows. The default runtime keeps
+/// the use it exists for, the drop-in for `tokio::spawn` in tokio code;
+/// its start is logged at the info level (target `curfew`).
 ///
 /// ```
 /// #[tokio::main]
@@ -158,34 +235,46 @@ use std::future::Future;
 ///
 /// # Panics
 ///
-/// Panics if the default runtime is needed and the environment holds an
-/// invalid setting; the message names the variable.
+/// Panics outside any curfew or tokio runtime (see above), and if the
+/// default runtime is needed and the environment holds an invalid setting;
+/// the message names the variable.
+#[track_caller]
 pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    context::with_handle(|h| h.spawn(future))
+    context::with_target("curfew::spawn", |t| t.spawn(task::Builder::new(), future))
 }
 
 /// Runs a blocking closure on the worker pool under the job budget, like
 /// `tokio::task::spawn_blocking`, on the current or the default runtime.
 ///
+/// It follows the rules of [`spawn`]: outside any curfew or tokio runtime it
+/// panics (spawn with [`Runtime::spawn_blocking`] or
+/// [`Handle::spawn_blocking`] there), and from a current-thread tokio
+/// runtime with a paused clock the job runs on that runtime's blocking pool,
+/// which keeps the clock from auto-advancing while the job runs, as
+/// `tokio::task::spawn_blocking` does.
+///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let rt = curfew::Runtime::builder().event_threads(1).build()?;
-/// let digest = rt.block_on(curfew::spawn_blocking(|| {
-///     (0..1000u64).fold(0u64, |h, x| h.rotate_left(5) ^ x)
-/// }))?;
+/// let digest = rt.block_on(async {
+///     curfew::spawn_blocking(|| (0..1000u64).fold(0u64, |h, x| h.rotate_left(5) ^ x)).await
+/// })?;
 /// # let _ = digest;
 /// # Ok(()) }
 /// ```
+#[track_caller]
 pub fn spawn_blocking<F, R>(f: F) -> JoinHandle<R>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    context::with_handle(|h| h.spawn_blocking(f))
+    context::with_target("curfew::spawn_blocking", |t| {
+        t.spawn_blocking(task::Builder::new(), f)
+    })
 }
 
 /// Returns the [`TimeoutError`] if the current task or job has run past its
@@ -221,10 +310,7 @@ where
 /// ```
 #[inline]
 pub fn checkpoint() -> Result<(), TimeoutError> {
-    context::with_current_task(|t| match t {
-        Some(h) if h.is_timed_out() => Err(h.timeout_error()),
-        _ => Ok(()),
-    })
+    context::checkpoint()
 }
 
 /// Whether the current poll has run longer than its time slice (or its

@@ -42,6 +42,18 @@ pub(crate) struct Config {
 pub const DEFAULT_POLL_BUDGET: Duration = Duration::from_millis(100);
 /// Default job budget: Node.cure's default for its worker pool.
 pub const DEFAULT_JOB_BUDGET: Duration = Duration::from_secs(1);
+/// The longest budget the watchdog can time: 2^27 − 1 seconds, about four
+/// years and three months. [`Builder::build`] rejects a longer poll or job
+/// budget; [`task::Builder`](crate::task::Builder) caps a longer one at
+/// this. For no budget at all, use [`Builder::no_default_budgets`] or
+/// [`task::Builder::unlimited`](crate::task::Builder::unlimited).
+///
+/// Budgets are timed in the finest of microseconds, milliseconds and
+/// seconds that holds them, rounded up: a timeout is never early, and the
+/// rounding adds less than 1 µs to budgets up to 134 s, and less than
+/// 1/130,000 of the budget to longer ones (on top of the watchdog's
+/// interval).
+pub const MAX_BUDGET: Duration = crate::slot::MAX_BUDGET;
 
 const MAX_THREADS: usize = 1024;
 
@@ -133,12 +145,16 @@ impl Builder {
     }
 
     /// The longest one poll of an async task may run. Default: 100 ms.
+    /// At least the [`watchdog_interval`](Self::watchdog_interval) and at
+    /// most [`MAX_BUDGET`].
     pub fn poll_budget(mut self, budget: Duration) -> Self {
         self.poll_budget = Some(budget);
         self
     }
 
-    /// The longest one blocking job may run. Default: 1 s.
+    /// The longest one blocking job may run. Default: 1 s. At least the
+    /// [`watchdog_interval`](Self::watchdog_interval) and at most
+    /// [`MAX_BUDGET`].
     pub fn job_budget(mut self, budget: Duration) -> Self {
         self.job_budget = Some(budget);
         self
@@ -357,6 +373,13 @@ impl Builder {
                 setting,
                 "a budget must be greater than zero",
             )),
+            Some(d) if d > MAX_BUDGET => Err(BuildError::new(
+                setting,
+                format!(
+                    "{d:?} is longer than the longest budget the watchdog can time ({MAX_BUDGET:?}, \
+                     about four years); for no budget, use `no_default_budgets`"
+                ),
+            )),
             Some(d) if d < interval => Err(BuildError::new(
                 setting,
                 format!(
@@ -480,19 +503,41 @@ impl Builder {
             watchdog: None,
         };
         let start = |gid: GroupId, n: usize| -> Result<(), BuildError> {
-            for _ in 0..n {
+            for i in 0..n {
                 executor::spawn_thread(&shared, gid).map_err(|e| {
-                    BuildError::new("threads", format!("cannot start a thread: {e}"))
+                    BuildError::new(
+                        "threads",
+                        format!(
+                            "cannot start {} {} of {n} (stack of {} bytes): {e}",
+                            match gid {
+                                GroupId::Event => "event thread",
+                                GroupId::Blocking => "pool thread",
+                            },
+                            i + 1,
+                            shared.config.thread_stack_size
+                        ),
+                    )
                 })?;
             }
             Ok(())
         };
-        start(GroupId::Event, shared.config.event_threads)?;
-        start(GroupId::Blocking, shared.config.blocking_threads)?;
-        let wd = watchdog::start(shared.clone())
-            .map_err(|e| BuildError::new("threads", format!("cannot start the watchdog: {e}")))?;
-        rt.watchdog = Some(wd);
-        Ok(rt)
+        let started = start(GroupId::Event, shared.config.event_threads)
+            .and_then(|()| start(GroupId::Blocking, shared.config.blocking_threads))
+            .and_then(|()| {
+                watchdog::start(shared.clone()).map_err(|e| {
+                    BuildError::new("threads", format!("cannot start the watchdog: {e}"))
+                })
+            });
+        match started {
+            Ok(wd) => {
+                rt.watchdog = Some(wd);
+                Ok(rt)
+            }
+            Err(e) => {
+                shared.stop_unstarted();
+                Err(e)
+            }
+        }
     }
 }
 
@@ -507,6 +552,104 @@ fn hijack_cap_error(e: BuildError, what: &str) -> BuildError {
         )
     } else {
         e
+    }
+}
+
+#[cfg(test)]
+mod builder_tests {
+    use super::*;
+
+    fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    /// `CURFEW_JOB_BUDGET_MS=600000` used to validate and then be encoded
+    /// as "unlimited": the budget was never enforced.
+    #[test]
+    fn a_ten_minute_budget_from_the_environment_is_enforced() {
+        let config = Builder::new()
+            .apply_vars(vars(&[
+                ("CURFEW_JOB_BUDGET_MS", "600000"),
+                ("CURFEW_POLL_BUDGET_MS", "3600000"),
+            ]))
+            .validate()
+            .unwrap();
+        for (budget, want) in [
+            (config.job_budget, Duration::from_secs(600)),
+            (config.poll_budget, Duration::from_secs(3600)),
+        ] {
+            assert_eq!(budget, Some(want));
+            let code = crate::slot::budget_code(budget);
+            assert_ne!(
+                code,
+                crate::slot::UNLIMITED,
+                "{want:?} would never be enforced"
+            );
+            assert_eq!(crate::slot::budget_duration(code), want);
+        }
+    }
+
+    const VARS: [&str; 8] = [
+        "CURFEW_EVENT_THREADS",
+        "CURFEW_BLOCKING_THREADS",
+        "CURFEW_POLL_BUDGET_MS",
+        "CURFEW_JOB_BUDGET_MS",
+        "CURFEW_MAX_HIJACKED_THREADS",
+        "CURFEW_MAX_ABANDONED_THREADS",
+        "CURFEW_MAX_BLOCKING_QUEUE",
+        "CURFEW_HIJACK_GRACE_MS",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 256,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Any environment (numbers of any size, words, blanks) validates or
+        /// is refused with an error naming a variable or setting: never a
+        /// panic, and never a budget the watchdog cannot time.
+        #[test]
+        fn any_environment_validates_or_names_the_problem(
+            values in proptest::collection::vec(
+                proptest::option::of(proptest::prop_oneof![
+                    "[0-9]{1,25}",
+                    " ?[0-9]{1,6} ?",
+                    "\\PC{0,8}",
+                ]),
+                VARS.len(),
+            )
+        ) {
+            let get = |k: &str| {
+                VARS.iter().position(|v| *v == k).and_then(|i| values[i].clone())
+            };
+            match Builder::new().apply_vars(get).validate() {
+                Ok(config) => {
+                    for b in [config.poll_budget, config.job_budget].into_iter().flatten() {
+                        let code = crate::slot::budget_code(Some(b));
+                        proptest::prop_assert_ne!(code, crate::slot::UNLIMITED);
+                        proptest::prop_assert!(crate::slot::budget_duration(code) >= b);
+                    }
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().contains(e.setting()), "{}", e),
+            }
+        }
+    }
+
+    #[test]
+    fn a_budget_past_the_longest_is_an_error() {
+        let err = Builder::new()
+            .apply_vars(vars(&[("CURFEW_JOB_BUDGET_MS", "18446744073709551615")]))
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting(), "job_budget");
+        assert!(err.to_string().contains("longest budget"), "{err}");
     }
 }
 
@@ -558,6 +701,33 @@ impl Shared {
     pub(crate) fn unpark_watchdog(&self) {
         if let Some(t) = self.watchdog.get() {
             t.unpark();
+        }
+    }
+
+    /// Stops the threads of a runtime whose start failed partway, and waits
+    /// for them to exit. They have never been given a task, so each leaves
+    /// its loop as soon as it sees the shutdown; the wait is bounded all the
+    /// same.
+    fn stop_unstarted(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        let alive =
+            || self.event.alive.load(Ordering::SeqCst) + self.blocking.alive.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut g = self.exit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        while alive() > 0 && Instant::now() < deadline {
+            // Wake them on every round: one may have been about to park when
+            // the shutdown was set.
+            self.event.notify_all();
+            self.blocking.notify_all();
+            g = self
+                .exit_cv
+                .wait_timeout(g, Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(g);
+        if let Some(io) = &self.io {
+            io.close();
         }
     }
 
@@ -915,6 +1085,11 @@ static DEFAULT: OnceLock<Runtime> = OnceLock::new();
 pub(crate) fn default_handle() -> &'static Handle {
     &DEFAULT
         .get_or_init(|| {
+            tracing::info!(
+                target: "curfew",
+                caller = ?tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()).ok(),
+                "starting the default runtime: `curfew::spawn` was called outside a curfew runtime"
+            );
             let mut b = Builder::new().from_env();
             b.is_default = true;
             b.build()

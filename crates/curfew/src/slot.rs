@@ -14,9 +14,15 @@
 //! ```text
 //!  63            32 31            3 2   0
 //! +----------------+---------------+-----+
-//! |  poll sequence | budget (µs)   | tag |
+//! |  poll sequence | budget        | tag |
 //! +----------------+---------------+-----+
 //! ```
+//!
+//! The budget field is a small float: two bits of unit (µs, ms, s) and 27
+//! bits of count, rounded up, so budgets from 1 µs to about four years are
+//! timed, never early and late by under 1 µs or 1/130,000 of themselves
+//! (see [`budget_code`]). Only the watchdog decodes it; the owner stores
+//! the code as it is.
 //!
 //! The owner thread moves `IDLE -> RUNNING` with a plain store at the start of
 //! every poll and `RUNNING -> IDLE` with one compare-exchange at the end. Those
@@ -67,20 +73,46 @@ const BUDGET_MASK: u64 = (1 << BUDGET_BITS) - 1;
 /// The budget code that means "never time this poll out".
 pub(crate) const UNLIMITED: u32 = BUDGET_MASK as u32;
 
-/// Encodes a budget in microseconds for the state word. Budgets of about nine
-/// minutes and longer saturate to [`UNLIMITED`].
+/// Bits of count in a budget code; the two bits above them are the unit.
+const COUNT_BITS: u32 = BUDGET_BITS - 2;
+const COUNT_MASK: u32 = (1 << COUNT_BITS) - 1;
+/// The units of a budget code, in nanoseconds: µs, ms, s.
+const UNIT_NS: [u128; 3] = [1_000, 1_000_000, 1_000_000_000];
+
+/// The longest budget the state word holds: 2^27 − 1 seconds, about four
+/// years and three months.
+pub(crate) const MAX_BUDGET: std::time::Duration =
+    std::time::Duration::from_secs(COUNT_MASK as u64);
+
+/// Encodes a budget for the state word: in the finest unit (µs, ms or s)
+/// whose 27-bit count holds it, rounded up, so that the watchdog never fires
+/// early and is late by less than one unit: under 1 µs up to 134 s, under
+/// 1 ms up to 37 hours, under 1 s up to [`MAX_BUDGET`], which longer budgets
+/// are capped at (the builders reject them or document the cap).
 pub(crate) fn budget_code(budget: Option<std::time::Duration>) -> u32 {
-    match budget {
-        None => UNLIMITED,
-        Some(d) => {
-            let us = d.as_micros();
-            if us >= u128::from(UNLIMITED) {
-                UNLIMITED
-            } else {
-                // A zero budget is rejected by the builders; keep at least 1 µs.
-                (us as u32).max(1)
-            }
+    let Some(d) = budget else {
+        return UNLIMITED;
+    };
+    let ns = d.min(MAX_BUDGET).as_nanos();
+    for (unit, unit_ns) in UNIT_NS.iter().enumerate() {
+        let count = ns.div_ceil(*unit_ns);
+        if count <= u128::from(COUNT_MASK) {
+            // A zero budget is rejected by the builders; keep at least one unit.
+            return ((unit as u32) << COUNT_BITS) | (count as u32).max(1);
         }
+    }
+    // MAX_BUDGET is COUNT_MASK seconds, which the last unit holds.
+    unreachable!("a budget capped at MAX_BUDGET fits in seconds")
+}
+
+/// The budget a code (other than [`UNLIMITED`]) stands for.
+#[inline]
+pub(crate) fn budget_duration(code: u32) -> std::time::Duration {
+    let count = u64::from(code & COUNT_MASK);
+    match code >> COUNT_BITS {
+        0 => std::time::Duration::from_micros(count),
+        1 => std::time::Duration::from_millis(count),
+        _ => std::time::Duration::from_secs(count),
     }
 }
 
@@ -275,8 +307,84 @@ mod tests {
     fn budget_codes() {
         assert_eq!(budget_code(None), UNLIMITED);
         assert_eq!(budget_code(Some(Duration::from_millis(5))), 5000);
-        assert_eq!(budget_code(Some(Duration::from_secs(100_000))), UNLIMITED);
         assert_eq!(budget_code(Some(Duration::from_nanos(10))), 1);
+        let round_trip = |d: Duration| budget_duration(budget_code(Some(d)));
+        for d in [
+            Duration::from_micros(100),
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            Duration::from_secs(134),
+        ] {
+            assert_eq!(round_trip(d), d);
+        }
+        // Sub-microsecond parts round up, never down (no early timeout).
+        assert_eq!(
+            round_trip(Duration::from_nanos(1_500)),
+            Duration::from_micros(2)
+        );
+    }
+
+    /// Budgets of 2^29 − 1 µs (about 537 s) and longer used to saturate to
+    /// UNLIMITED, so `job_budget(600 s)` was never enforced.
+    #[test]
+    fn long_budgets_are_timed_not_unlimited() {
+        for d in [
+            Duration::from_micros((1 << 29) - 1),
+            Duration::from_secs(600),
+            Duration::from_secs(3600),
+            Duration::from_secs(86_400),
+            Duration::from_secs(365 * 86_400),
+            MAX_BUDGET,
+        ] {
+            let code = budget_code(Some(d));
+            assert_ne!(code, UNLIMITED, "{d:?}");
+            let timed = budget_duration(code);
+            assert!(timed >= d, "{d:?} timed as {timed:?}: early");
+            assert!(
+                timed - d < d / 100_000,
+                "{d:?} timed as {timed:?}: too coarse"
+            );
+            // The code survives packing into the state word.
+            assert_eq!(budget(pack(RUNNING, 9, code)), code);
+        }
+        // Past the longest, capped at it, never unlimited.
+        let capped = budget_code(Some(Duration::MAX));
+        assert_ne!(capped, UNLIMITED);
+        assert_eq!(budget_duration(capped), MAX_BUDGET);
+    }
+
+    #[cfg(not(curfew_loom))]
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 512,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Every budget is timed: never early, late by at most 1 µs or a
+        /// hundred-thousandth of itself, never UNLIMITED, and the code
+        /// survives the state word.
+        #[test]
+        fn every_budget_is_timed_closely(
+            secs in proptest::prop_oneof![
+                0u64..=200,
+                0u64..=200_000,
+                0u64..=MAX_BUDGET.as_secs() + 10,
+                proptest::num::u64::ANY,
+            ],
+            nanos in 0u32..1_000_000_000,
+        ) {
+            let d = Duration::new(secs, nanos);
+            proptest::prop_assume!(!d.is_zero());
+            let code = budget_code(Some(d));
+            proptest::prop_assert_ne!(code, UNLIMITED);
+            proptest::prop_assert_eq!(budget(pack(RUNNING, u32::MAX, code)), code);
+            let timed = budget_duration(code);
+            let want = d.min(MAX_BUDGET);
+            proptest::prop_assert!(timed >= want, "{:?} timed as {:?}", d, timed);
+            let slack = (want / 100_000).max(Duration::from_micros(1));
+            proptest::prop_assert!(timed - want <= slack, "{:?} timed as {:?}", d, timed);
+        }
     }
 
     #[cfg(not(curfew_loom))]

@@ -469,24 +469,31 @@ impl Builder {
 
     /// The budget for each poll of this task, instead of the runtime's.
     ///
+    /// A budget longer than [`MAX_BUDGET`](crate::MAX_BUDGET) (about four
+    /// years) is capped at it: the task is still timed, and its
+    /// [`TimeoutError::budget`] reports the cap. A budget shorter than the
+    /// runtime's watchdog interval is enforced at the interval.
+    ///
     /// # Panics
     ///
     /// Panics if `budget` is zero; use [`unlimited`](Self::unlimited) to
     /// exempt a task from the watchdog.
     pub fn poll_budget(mut self, budget: Duration) -> Self {
         assert!(!budget.is_zero(), "a poll budget must be greater than zero");
-        self.poll_budget = Some(Some(budget));
+        self.poll_budget = Some(Some(budget.min(crate::MAX_BUDGET)));
         self
     }
 
-    /// The budget for this blocking job, instead of the runtime's.
+    /// The budget for this blocking job, instead of the runtime's, capped at
+    /// [`MAX_BUDGET`](crate::MAX_BUDGET) like
+    /// [`poll_budget`](Self::poll_budget).
     ///
     /// # Panics
     ///
     /// Panics if `budget` is zero.
     pub fn job_budget(mut self, budget: Duration) -> Self {
         assert!(!budget.is_zero(), "a job budget must be greater than zero");
-        self.job_budget = Some(Some(budget));
+        self.job_budget = Some(Some(budget.min(crate::MAX_BUDGET)));
         self
     }
 
@@ -500,12 +507,18 @@ impl Builder {
 
     /// Spawns `future` on the current curfew runtime, or on the default
     /// runtime (see [`spawn`](crate::spawn)).
+    ///
+    /// # Panics
+    ///
+    /// Panics outside any curfew or tokio runtime, as
+    /// [`curfew::spawn`](crate::spawn) does; use [`spawn_on`](Self::spawn_on).
+    #[track_caller]
     pub fn spawn<F>(self, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        context::with_handle(|h| h.spawn_with(self, future))
+        context::with_target("curfew::task::Builder::spawn", |t| t.spawn(self, future))
     }
 
     /// Spawns `future` on the runtime behind `handle`.
@@ -518,12 +531,21 @@ impl Builder {
     }
 
     /// Runs `f` on the current runtime's worker pool under the job budget.
+    ///
+    /// # Panics
+    ///
+    /// Panics outside any curfew or tokio runtime, as
+    /// [`curfew::spawn`](crate::spawn) does; use
+    /// [`spawn_blocking_on`](Self::spawn_blocking_on).
+    #[track_caller]
     pub fn spawn_blocking<F, R>(self, f: F) -> JoinHandle<R>
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        context::with_handle(|h| h.spawn_blocking_with(self, f))
+        context::with_target("curfew::task::Builder::spawn_blocking", |t| {
+            t.spawn_blocking(self, f)
+        })
     }
 
     /// Runs `f` on the worker pool of the runtime behind `handle`.

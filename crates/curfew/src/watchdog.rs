@@ -173,7 +173,7 @@ impl Watchdog {
                     .clients
                     .add_busy(slot.state.client(), now.duration_since(self.last_tick));
                 let budget = slot::budget(word);
-                if budget != UNLIMITED && since >= Duration::from_micros(u64::from(budget)) {
+                if budget != UNLIMITED && since >= slot::budget_duration(budget) {
                     self.overrun(group, slot, word, since, now_ns);
                 } else if since >= self.shared.config.time_slice {
                     slot.slice_expired.store(slot::seq(word), Ordering::Relaxed);
