@@ -79,20 +79,34 @@ impl Handle {
         R: Send + 'static,
     {
         let shared = &self.shared;
-        let queued = shared.blocking.queued.load(Ordering::Relaxed);
-        if queued >= shared.blocking.capacity {
+        let group = &shared.blocking;
+        // Reserve a place in the queue first: a load then an increment
+        // would let concurrent spawners past the bound. The place is given
+        // back when a pool thread takes the job (`WorkerCtx::find_task`).
+        let reserved = group
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < group.capacity).then_some(n + 1)
+            });
+        if reserved.is_err() {
             return shared.refuse(Refusal::QueueFull {
-                capacity: shared.blocking.capacity,
+                capacity: group.capacity,
             });
         }
         let header = match shared.header(opts, GroupId::Blocking) {
             Ok(h) => h,
-            Err(r) => return shared.refuse(r),
+            Err(r) => {
+                group.queued.fetch_sub(1, Ordering::AcqRel);
+                return shared.refuse(r);
+            }
         };
+        // The job's budget counts from now, queueing included.
+        let spawned = shared.epoch.elapsed().as_nanos() as u64;
+        header.queued_ns.store(spawned, Ordering::Relaxed);
         let sched = shared.clone();
         let schedule = move |r| sched.schedule_blocking(r);
-        shared.blocking.spawned.fetch_add(1, Ordering::Relaxed);
+        let n = group.spawned.fetch_add(1, Ordering::Relaxed);
         let job = async move { f() };
-        task::spawn_raw(header, job, schedule)
+        task::spawn_raw(header, job, schedule, Some((&shared.registry, n as usize)))
     }
 }

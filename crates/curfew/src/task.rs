@@ -22,10 +22,12 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
 
 use async_task::FallibleTask;
 use futures::task::AtomicWaker;
@@ -34,7 +36,7 @@ use crate::context;
 use crate::error::{JoinError, Location, Refusal, TimeoutError};
 use crate::policy::ClientKey;
 use crate::runtime::Handle;
-use crate::slot::PollEnd;
+use crate::slot::{IDLE, PollEnd, tag};
 
 const PENDING: u8 = 0;
 const DONE: u8 = 1;
@@ -52,8 +54,20 @@ pub(crate) struct Header {
     outcome: AtomicU8,
     /// Woken when the watchdog or an abort resolves the task.
     join_waker: AtomicWaker,
-    /// Set by the watchdog before it resolves the task with a timeout.
+    /// Set by the watchdog before it resolves the task with a timeout, and
+    /// published by that resolution (Release), so that whoever sees the
+    /// timeout (Acquire) sees the number.
     elapsed_ns: AtomicU64,
+    /// Set with `elapsed_ns`: the timeout is a queue timeout.
+    queued: AtomicBool,
+    /// The watchdog tick current when the task was last queued (async
+    /// tasks; see `Shared::schedule_event`).
+    pub(crate) queued_tick: AtomicU64,
+    /// When a blocking job was spawned, in ns since the runtime's epoch: its
+    /// budget counts from here.
+    pub(crate) queued_ns: AtomicU64,
+    /// The task's entry in its runtime's [`Registry`], or `NO_KEY`.
+    registry_key: AtomicUsize,
     pub(crate) budget: Option<Duration>,
     pub(crate) budget_code: u32,
     pub(crate) client_idx: u32,
@@ -81,6 +95,10 @@ impl Header {
             outcome: AtomicU8::new(PENDING),
             join_waker: AtomicWaker::new(),
             elapsed_ns: AtomicU64::new(0),
+            queued: AtomicBool::new(false),
+            queued_tick: AtomicU64::new(0),
+            queued_ns: AtomicU64::new(0),
+            registry_key: AtomicUsize::new(NO_KEY),
             budget,
             budget_code: crate::slot::budget_code(budget),
             client_idx,
@@ -105,8 +123,28 @@ impl Header {
     /// calls [`Self::wake_join`], so that whoever the handle wakes sees the
     /// timeout in the metrics.
     pub(crate) fn time_out(&self, elapsed: Duration) -> bool {
-        self.elapsed_ns
-            .store(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.resolve_timeout(elapsed, false)
+    }
+
+    /// Watchdog: answers a task that waited in a queue for `waited`, longer
+    /// than its budget, with no thread free to run it. False if it had
+    /// already been resolved.
+    pub(crate) fn time_out_queued(&self, waited: Duration) -> bool {
+        self.resolve_timeout(waited, true)
+    }
+
+    fn resolve_timeout(&self, elapsed: Duration, queued: bool) -> bool {
+        // Only the watchdog resolves with a timeout, so once the task is
+        // resolved nothing overwrites the numbers of the timeout that won
+        // (the watchdog may time a resolved task's destructor).
+        if self.outcome.load(Ordering::Acquire) != PENDING {
+            return false;
+        }
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.elapsed_ns.store(ns, Ordering::Relaxed);
+        self.queued.store(queued, Ordering::Relaxed);
+        // Release: publishes the two stores above to every reader that
+        // acquires the outcome (`timeout_error`).
         self.outcome
             .compare_exchange(PENDING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -117,7 +155,7 @@ impl Header {
         self.join_waker.wake();
     }
 
-    fn abort(&self) -> bool {
+    pub(crate) fn abort(&self) -> bool {
         let won = self
             .outcome
             .compare_exchange(PENDING, ABORTED, Ordering::AcqRel, Ordering::Acquire)
@@ -135,17 +173,25 @@ impl Header {
         self.outcome.load(Ordering::Relaxed) == TIMED_OUT
     }
 
-    fn is_resolved_early(&self) -> bool {
+    pub(crate) fn is_resolved_early(&self) -> bool {
         self.outcome.load(Ordering::Acquire) >= TIMED_OUT
     }
 
+    /// The timeout the watchdog answered with. Call only once the outcome
+    /// has been seen as timed out.
     pub(crate) fn timeout_error(&self) -> TimeoutError {
+        // Acquire: pairs with the Release of the watchdog's resolution, so
+        // the numbers read below are the ones it stored before resolving
+        // (`checkpoint` sees the outcome with a relaxed load first).
+        let outcome = self.outcome.load(Ordering::Acquire);
+        debug_assert_eq!(outcome, TIMED_OUT);
         TimeoutError {
             budget: self.budget.unwrap_or(Duration::MAX),
             elapsed: Duration::from_nanos(self.elapsed_ns.load(Ordering::Relaxed)),
             name: self.name.clone(),
             client: self.client.clone(),
             location: self.location,
+            queued: self.queued.load(Ordering::Relaxed),
         }
     }
 
@@ -161,18 +207,44 @@ impl Header {
 
 /// The future async-task runs: the user's future, polled under the
 /// watchdog, with panics caught.
-#[pin_project::pin_project]
+///
+/// Whenever the user's future is dropped before it completes (a timeout, an
+/// abort, a shutdown), its destructors run under the watchdog as a poll of
+/// their own with the task's budget (see [`drop_timed`]), so a destructor
+/// that never returns costs a written-off thread, not a healthy one.
+#[pin_project::pin_project(PinnedDrop)]
 pub(crate) struct Guarded<'h, F> {
     header: &'h Header,
     #[pin]
     inner: Option<F>,
+    /// The registry the task is entered in, if any. It belongs to the
+    /// runtime's shared state, which the task's schedule function keeps
+    /// alive for as long as the task exists, and so for as long as this
+    /// future.
+    registry: *const Registry,
 }
 
 impl<'h, F> Guarded<'h, F> {
-    pub(crate) fn new(header: &'h Header, inner: F) -> Self {
+    pub(crate) fn new(header: &'h Header, inner: F, registry: Option<&Registry>) -> Self {
         Self {
             header,
             inner: Some(inner),
+            registry: registry.map_or(std::ptr::null(), |r| r as *const Registry),
+        }
+    }
+}
+
+#[pin_project::pinned_drop]
+impl<F> PinnedDrop for Guarded<'_, F> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        let header: &Header = this.header;
+        if this.inner.is_some() {
+            drop_timed(header, this.inner);
+        }
+        // SAFETY: see the field's comment: the registry outlives the task.
+        if let Some(registry) = unsafe { this.registry.as_ref() } {
+            registry.remove(header.registry_key.swap(NO_KEY, Ordering::Relaxed));
         }
     }
 }
@@ -187,8 +259,9 @@ impl<F: Future> Future for Guarded<'_, F> {
             return Poll::Ready(Err(JoinError::cancelled()));
         };
         if header.is_resolved_early() {
-            // Aborted (or timed out) while waiting: drop the future here.
-            drop_quietly(this.inner);
+            // Aborted or timed out (in a queue) while waiting: drop the
+            // future here, under the watchdog.
+            drop_timed(header, this.inner);
             return Poll::Ready(Err(JoinError::cancelled()));
         }
 
@@ -203,15 +276,24 @@ impl<F: Future> Future for Guarded<'_, F> {
         if end != PollEnd::InTime || header.is_resolved_early() {
             // The caller has been answered already. Whatever the poll
             // produced is dropped, and so is the future, on this thread, so
-            // its destructors run now.
+            // its destructors run now: under the watchdog if the thread is
+            // still healthy, as they are on a written-off thread (which
+            // exits afterwards).
             drop(res);
-            drop_quietly(this.inner);
+            if end == PollEnd::Hijacked {
+                drop_quietly(this.inner);
+            } else {
+                drop_timed(header, this.inner);
+            }
             return Poll::Ready(Err(JoinError::cancelled()));
         }
         match res {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(out)) => {
                 context::count_finished(false);
+                // A finished future holds nothing of the task's work; drop
+                // it now rather than under a timed poll of its own.
+                drop_quietly(this.inner);
                 if header.complete() {
                     Poll::Ready(Ok(out))
                 } else {
@@ -220,7 +302,7 @@ impl<F: Future> Future for Guarded<'_, F> {
             }
             Err(panic) => {
                 context::count_finished(true);
-                drop_quietly(this.inner);
+                drop_timed(header, this.inner);
                 header.complete();
                 Poll::Ready(Err(JoinError::panic(panic)))
             }
@@ -228,25 +310,198 @@ impl<F: Future> Future for Guarded<'_, F> {
     }
 }
 
-/// Creates the task for `future`, with `header` as its metadata, and
-/// schedules it.
-pub(crate) fn spawn_raw<F, S>(header: Header, future: F, schedule: S) -> JoinHandle<F::Output>
+/// Drops a task's future, under the watchdog when on a healthy curfew
+/// thread between polls: the drop is published as a poll of the task with
+/// the task's budget, so a destructor that overruns is answered for (the
+/// task is resolved already, so nobody is woken) and its thread is written
+/// off and replaced, exactly as for a poll. Nested in a poll (a destructor
+/// that drops another task), it is part of that poll's time; elsewhere (a
+/// runtime shutting down, a thread that is not curfew's) it runs untimed.
+fn drop_timed<F>(header: &Header, slot: Pin<&mut Option<F>>) {
+    if slot.is_none() {
+        return;
+    }
+    let nested = context::with_current_task(|t| t.is_some());
+    context::with_worker(|w| match w {
+        Some(w) if !nested && tag(w.slot.state.load()) == IDLE => {
+            let seq = w.next_seq();
+            w.stamp_poll(seq);
+            let state = &w.slot.state;
+            state.begin(seq, header.budget_code, header.client_idx, header);
+            drop_quietly(slot);
+            // A written-off thread sees its slot hijacked after the runnable
+            // returns, and exits (`WorkerCtx::run`).
+            let _ = state.end(seq, header.budget_code);
+        }
+        _ => drop_quietly(slot),
+    });
+}
+
+/// No registry entry.
+const NO_KEY: usize = usize::MAX;
+
+const REGISTRY_SHARDS: usize = 32;
+
+/// Every live task of a runtime, as tokio's owned-task list: what a
+/// shutdown uses to resolve every handle and to cancel tasks that nothing
+/// will wake again.
+///
+/// An entry holds a waker of its task (which keeps the task's allocation,
+/// and so the header, alive) and is removed when the task's future is
+/// dropped. A task that is idle and detached, with nothing left to wake it,
+/// thus stays until the runtime shuts down, as in tokio. Spawns and exits
+/// take one of 32 locks, picked by the task's spawn number.
+pub(crate) struct Registry {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    closed: bool,
+}
+
+/// A registered task: its waker, and its header.
+pub(crate) struct Entry {
+    waker: Waker,
+    header: NonNull<Header>,
+}
+
+// SAFETY: the header is `Sync` and is only read through shared references,
+// and the waker in the same entry keeps the allocation it lives in alive.
+unsafe impl Send for Entry {}
+
+impl Entry {
+    /// Resolves the task's handle as cancelled, unless it was resolved
+    /// already, then wakes the task so that its future is dropped.
+    pub(crate) fn cancel(self) {
+        // SAFETY: `self.waker` keeps the task, and so its header, alive.
+        let header = unsafe { self.header.as_ref() };
+        header.abort();
+        self.waker.wake();
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..REGISTRY_SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(Shard::default())))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[i % REGISTRY_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enters a task; `hint` spreads tasks over the shards. Returns the key,
+    /// or `None` once the registry is closed (the runtime shut down).
+    fn insert(&self, hint: usize, waker: Waker, header: &Header) -> Option<usize> {
+        let shard_no = hint % REGISTRY_SHARDS;
+        let mut shard = self.shard(shard_no);
+        if shard.closed {
+            return None;
+        }
+        let entry = Entry {
+            waker,
+            header: NonNull::from(header),
+        };
+        let i = match shard.free.pop() {
+            Some(i) => {
+                shard.entries[i] = Some(entry);
+                i
+            }
+            None => {
+                shard.entries.push(Some(entry));
+                shard.entries.len() - 1
+            }
+        };
+        Some(i * REGISTRY_SHARDS + shard_no)
+    }
+
+    fn remove(&self, key: usize) {
+        if key == NO_KEY {
+            return;
+        }
+        let entry = {
+            let mut shard = self.shard(key % REGISTRY_SHARDS);
+            let i = key / REGISTRY_SHARDS;
+            let e = shard.entries.get_mut(i).and_then(Option::take);
+            if e.is_some() {
+                shard.free.push(i);
+            }
+            e
+        };
+        // The waker is dropped outside the lock.
+        drop(entry);
+    }
+
+    /// Closes the registry to new tasks and takes every entry out.
+    pub(crate) fn close(&self) -> Vec<Entry> {
+        let mut all = Vec::new();
+        for i in 0..REGISTRY_SHARDS {
+            let mut shard = self.shard(i);
+            shard.closed = true;
+            shard.free.clear();
+            all.extend(shard.entries.drain(..).flatten());
+        }
+        all
+    }
+
+    /// Tasks entered now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        (0..REGISTRY_SHARDS)
+            .map(|i| self.shard(i).entries.iter().flatten().count())
+            .sum()
+    }
+}
+
+/// Creates the task for `future`, with `header` as its metadata, enters it
+/// in `registry` (if given) and schedules it. `hint` picks the registry's
+/// shard.
+pub(crate) fn spawn_raw<F, S>(
+    header: Header,
+    future: F,
+    schedule: S,
+    registry: Option<(&Registry, usize)>,
+) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
     S: async_task::Schedule<Header> + Send + Sync + 'static,
 {
+    let reg = registry.map(|(r, _)| r);
     // SAFETY: `spawn_unchecked` lifts the `'static` bound on the future, and
     // we need that only so the future may borrow its own header (the task's
     // metadata), which async-task keeps alive and in place for as long as the
-    // future exists. The future borrows nothing else and is `Send` (`F` is,
-    // and `Header` is `Sync`), and the schedule function is `Send + Sync +
+    // future exists, and point at its runtime's registry, which the schedule
+    // function keeps alive for as long as the task exists (the caller passes
+    // the registry of the runtime whose shared state `schedule` owns). The
+    // future borrows nothing else and is `Send` (`F` is, and `Header` and
+    // `Registry` are `Sync`), and the schedule function is `Send + Sync +
     // 'static`, so the `Runnable` and its wakers may go to any thread.
     let (runnable, task) = unsafe {
         async_task::Builder::new()
             .metadata(header)
-            .spawn_unchecked(move |h: &Header| Guarded::new(h, future), schedule)
+            .spawn_unchecked(move |h: &Header| Guarded::new(h, future, reg), schedule)
     };
+    if let Some((registry, hint)) = registry {
+        let header = runnable.metadata();
+        if let Some(key) = registry.insert(hint, runnable.waker(), header) {
+            header.registry_key.store(key, Ordering::Relaxed);
+        }
+    }
     runnable.schedule();
     JoinHandle::new(task)
 }
@@ -591,7 +846,7 @@ mod tests {
         F::Output: Send + 'static,
     {
         let q2 = q.clone();
-        spawn_raw(header(), fut, move |r| q2.lock().unwrap().push(r))
+        spawn_raw(header(), fut, move |r| q2.lock().unwrap().push(r), None)
     }
 
     fn run_all(q: &Queue) {
