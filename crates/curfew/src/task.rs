@@ -22,7 +22,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -36,12 +36,11 @@ use crate::context;
 use crate::error::{JoinError, Location, Refusal, TimeoutError};
 use crate::policy::ClientKey;
 use crate::runtime::Handle;
-use crate::slot::{IDLE, PollEnd, tag};
+use crate::slot::{ABORTED, IDLE, PollEnd, TIMED_OUT, Verdict, tag};
 
-const PENDING: u8 = 0;
-const DONE: u8 = 1;
-const TIMED_OUT: u8 = 2;
-const ABORTED: u8 = 3;
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// The metadata every task carries, inline in its `async_task` allocation.
 ///
@@ -50,16 +49,11 @@ const ABORTED: u8 = 3;
 /// pointer a thread publishes in its slot.
 #[derive(Debug)]
 pub(crate) struct Header {
-    /// `PENDING` until the first of completion, timeout and abort wins.
-    outcome: AtomicU8,
+    /// Pending until the first of completion, timeout and abort wins, with
+    /// the numbers of a timeout.
+    outcome: Verdict,
     /// Woken when the watchdog or an abort resolves the task.
     join_waker: AtomicWaker,
-    /// Set by the watchdog before it resolves the task with a timeout, and
-    /// published by that resolution (Release), so that whoever sees the
-    /// timeout (Acquire) sees the number.
-    elapsed_ns: AtomicU64,
-    /// Set with `elapsed_ns`: the timeout is a queue timeout.
-    queued: AtomicBool,
     /// The watchdog tick current when the task was last queued (async
     /// tasks; see `Shared::schedule_event`).
     pub(crate) queued_tick: AtomicU64,
@@ -92,10 +86,8 @@ impl Header {
         span: tracing::Span,
     ) -> Self {
         Self {
-            outcome: AtomicU8::new(PENDING),
+            outcome: Verdict::new(),
             join_waker: AtomicWaker::new(),
-            elapsed_ns: AtomicU64::new(0),
-            queued: AtomicBool::new(false),
             queued_tick: AtomicU64::new(0),
             queued_ns: AtomicU64::new(0),
             registry_key: AtomicUsize::new(NO_KEY),
@@ -113,9 +105,7 @@ impl Header {
     /// The task produced its output (or panicked). False if a timeout or an
     /// abort got there first.
     fn complete(&self) -> bool {
-        self.outcome
-            .compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.outcome.complete()
     }
 
     /// Watchdog: marks the task timed out. False if it had already
@@ -123,31 +113,14 @@ impl Header {
     /// calls [`Self::wake_join`], so that whoever the handle wakes sees the
     /// timeout in the metrics.
     pub(crate) fn time_out(&self, elapsed: Duration) -> bool {
-        self.resolve_timeout(elapsed, false)
+        self.outcome.resolve_timeout(duration_ns(elapsed), false)
     }
 
     /// Watchdog: answers a task that waited in a queue for `waited`, longer
     /// than its budget, with no thread free to run it. False if it had
     /// already been resolved.
     pub(crate) fn time_out_queued(&self, waited: Duration) -> bool {
-        self.resolve_timeout(waited, true)
-    }
-
-    fn resolve_timeout(&self, elapsed: Duration, queued: bool) -> bool {
-        // Only the watchdog resolves with a timeout, so once the task is
-        // resolved nothing overwrites the numbers of the timeout that won
-        // (the watchdog may time a resolved task's destructor).
-        if self.outcome.load(Ordering::Acquire) != PENDING {
-            return false;
-        }
-        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.elapsed_ns.store(ns, Ordering::Relaxed);
-        self.queued.store(queued, Ordering::Relaxed);
-        // Release: publishes the two stores above to every reader that
-        // acquires the outcome (`timeout_error`).
-        self.outcome
-            .compare_exchange(PENDING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.outcome.resolve_timeout(duration_ns(waited), true)
     }
 
     /// Wakes the task's `JoinHandle`.
@@ -156,10 +129,7 @@ impl Header {
     }
 
     pub(crate) fn abort(&self) -> bool {
-        let won = self
-            .outcome
-            .compare_exchange(PENDING, ABORTED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
+        let won = self.outcome.abort();
         if won {
             self.join_waker.wake();
         }
@@ -170,34 +140,30 @@ impl Header {
     /// this is what [`checkpoint`](crate::checkpoint) costs.
     #[inline]
     pub(crate) fn is_timed_out(&self) -> bool {
-        self.outcome.load(Ordering::Relaxed) == TIMED_OUT
+        self.outcome.is_timed_out_relaxed()
     }
 
     pub(crate) fn is_resolved_early(&self) -> bool {
-        self.outcome.load(Ordering::Acquire) >= TIMED_OUT
+        self.outcome.is_resolved_early()
     }
 
     /// The timeout the watchdog answered with. Call only once the outcome
     /// has been seen as timed out.
     pub(crate) fn timeout_error(&self) -> TimeoutError {
-        // Acquire: pairs with the Release of the watchdog's resolution, so
-        // the numbers read below are the ones it stored before resolving
-        // (`checkpoint` sees the outcome with a relaxed load first).
-        let outcome = self.outcome.load(Ordering::Acquire);
-        debug_assert_eq!(outcome, TIMED_OUT);
+        let (elapsed_ns, queued) = self.outcome.timeout_numbers();
         TimeoutError {
             budget: self.budget.unwrap_or(Duration::MAX),
-            elapsed: Duration::from_nanos(self.elapsed_ns.load(Ordering::Relaxed)),
+            elapsed: Duration::from_nanos(elapsed_ns),
             name: self.name.clone(),
             client: self.client.clone(),
             location: self.location,
-            queued: self.queued.load(Ordering::Relaxed),
+            queued,
         }
     }
 
     /// The error of a task resolved by the watchdog or by an abort.
     fn early_error(&self) -> Option<JoinError> {
-        match self.outcome.load(Ordering::Acquire) {
+        match self.outcome.load() {
             TIMED_OUT => Some(JoinError::timed_out(self.timeout_error())),
             ABORTED => Some(JoinError::cancelled()),
             _ => None,
