@@ -6,7 +6,11 @@
 //! enforces the poll budget on event threads: past the budget the job's
 //! [`JoinHandle`] resolves with a [`TimeoutError`](crate::TimeoutError) while
 //! the job is still running, and after the hijack grace the thread is
-//! abandoned and a replacement starts. The queue in front of the pool is
+//! abandoned and a replacement starts. A job's budget counts from its spawn,
+//! so time spent waiting in the queue counts: a job that is still queued
+//! when its budget runs out, with no pool thread free to run it, is answered
+//! with a queue timeout ([`JoinError::is_queue_timeout`](crate::JoinError::is_queue_timeout))
+//! and never runs. The queue in front of the pool is
 //! bounded ([`Builder::max_blocking_queue`](crate::Builder::max_blocking_queue));
 //! a job past the bound is refused at once with
 //! [`JoinError::is_refused`](crate::JoinError::is_refused), never queued

@@ -138,7 +138,8 @@ impl Builder {
         self
     }
 
-    /// The longest one blocking job may run. Default: 1 s.
+    /// The longest one blocking job may take, counted from its spawn (time
+    /// spent queued included). Default: 1 s.
     pub fn job_budget(mut self, budget: Duration) -> Self {
         self.job_budget = Some(budget);
         self
@@ -160,7 +161,9 @@ impl Builder {
     /// time, but its thread is not replaced until a hijacked thread exits:
     /// the runtime runs with fewer healthy threads and reports them as
     /// `overdue_threads` in [`metrics`](Runtime::metrics). It never starts
-    /// more threads than `event_threads + max_hijacked_threads`.
+    /// more threads than `event_threads + max_hijacked_threads`. Once every
+    /// event thread is stuck, queued tasks are answered with a queue timeout
+    /// after their budget ([`JoinError::is_queue_timeout`](crate::JoinError::is_queue_timeout)).
     pub fn max_hijacked_threads(mut self, n: usize) -> Self {
         self.max_hijacked_threads = Some(n);
         self
