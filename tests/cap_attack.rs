@@ -20,12 +20,17 @@ fn block_until(release: &AtomicBool) {
 
 #[test]
 fn ordinary_tasks_are_answered_promptly_through_fifty_never_returning_ones() {
-    let rt = curfew::Runtime::builder()
-        .event_threads(EVENT_THREADS)
-        .max_hijacked_threads(CAP)
-        .poll_budget(BUDGET)
-        .build()
-        .unwrap();
+    // Not dropped if an assertion fails: a runtime that left tasks
+    // unanswered may not drop in bounded time either, and the test must
+    // fail, not hang.
+    let rt = std::mem::ManuallyDrop::new(
+        curfew::Runtime::builder()
+            .event_threads(EVENT_THREADS)
+            .max_hijacked_threads(CAP)
+            .poll_budget(BUDGET)
+            .build()
+            .unwrap(),
+    );
     let release = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let mut poisoned = Vec::new();
@@ -81,6 +86,7 @@ fn ordinary_tasks_are_answered_promptly_through_fifty_never_returning_ones() {
     assert_eq!(answered, 50, "ordinary tasks left unanswered");
     // Every never-returning task is answered too.
     for h in poisoned {
+        assert!(h.is_finished(), "a never-returning task was not answered");
         let err = futures::executor::block_on(h).unwrap_err();
         assert!(err.is_timeout(), "{err:?}");
     }
@@ -91,4 +97,5 @@ fn ordinary_tasks_are_answered_promptly_through_fifty_never_returning_ones() {
         "threads beyond the cap: {m:?}"
     );
     release.store(true, Ordering::SeqCst);
+    drop(std::mem::ManuallyDrop::into_inner(rt));
 }

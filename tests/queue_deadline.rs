@@ -62,12 +62,16 @@ fn collect<T>(
 /// for good with 20 ordinary tasks queued behind them, 50 ms budget.
 #[test]
 fn every_handle_is_answered_when_blocked_tasks_fill_the_threads() {
-    let rt = curfew::Runtime::builder()
-        .event_threads(1)
-        .max_hijacked_threads(2)
-        .poll_budget(BUDGET)
-        .build()
-        .unwrap();
+    // Kept from dropping if an assertion fails, so that a runtime with
+    // unanswered tasks fails the test instead of hanging it in its drop.
+    let rt = std::mem::ManuallyDrop::new(
+        curfew::Runtime::builder()
+            .event_threads(1)
+            .max_hijacked_threads(2)
+            .poll_budget(BUDGET)
+            .build()
+            .unwrap(),
+    );
     let release = Arc::new(AtomicBool::new(false));
     let mut handles: Vec<(Instant, curfew::JoinHandle<u32>)> = Vec::new();
     for _ in 0..6 {
@@ -113,6 +117,7 @@ fn every_handle_is_answered_when_blocked_tasks_fill_the_threads() {
     assert!(m.queue_timeouts >= 1, "{m:?}");
     assert!(m.hijacked_threads <= 2, "{m:?}");
     release.store(true, Ordering::SeqCst);
+    drop(std::mem::ManuallyDrop::into_inner(rt));
 }
 
 /// Fills the cap first (1 event thread, cap 2: three stuck threads), then
@@ -120,12 +125,16 @@ fn every_handle_is_answered_when_blocked_tasks_fill_the_threads() {
 /// queue timeout, never before its budget; and the driver still turns.
 #[test]
 fn at_the_cap_new_tasks_get_queue_timeouts_and_timers_still_fire() {
-    let rt = curfew::Runtime::builder()
-        .event_threads(1)
-        .max_hijacked_threads(2)
-        .poll_budget(BUDGET)
-        .build()
-        .unwrap();
+    // Kept from dropping if an assertion fails, so that a runtime with
+    // unanswered tasks fails the test instead of hanging it in its drop.
+    let rt = std::mem::ManuallyDrop::new(
+        curfew::Runtime::builder()
+            .event_threads(1)
+            .max_hijacked_threads(2)
+            .poll_budget(BUDGET)
+            .build()
+            .unwrap(),
+    );
     let release = Arc::new(AtomicBool::new(false));
     for _ in 0..3 {
         let r = release.clone();
@@ -196,6 +205,7 @@ fn at_the_cap_new_tasks_get_queue_timeouts_and_timers_still_fire() {
         rt.metrics().event.healthy_threads == 1
     }));
     assert_eq!(rt.block_on(rt.spawn(async { 7 })).unwrap(), 7);
+    drop(std::mem::ManuallyDrop::into_inner(rt));
 }
 
 /// 16 jobs blocked for good on 2 pool threads: a job's budget counts from
@@ -204,13 +214,17 @@ fn at_the_cap_new_tasks_get_queue_timeouts_and_timers_still_fire() {
 #[test]
 fn blocking_jobs_are_answered_within_their_budget_of_their_spawn() {
     let budget = Duration::from_millis(300);
-    let rt = curfew::Runtime::builder()
-        .event_threads(1)
-        .blocking_threads(2)
-        .max_abandoned_threads(16)
-        .job_budget(budget)
-        .build()
-        .unwrap();
+    // Kept from dropping if an assertion fails, so that a runtime with
+    // unanswered tasks fails the test instead of hanging it in its drop.
+    let rt = std::mem::ManuallyDrop::new(
+        curfew::Runtime::builder()
+            .event_threads(1)
+            .blocking_threads(2)
+            .max_abandoned_threads(16)
+            .job_budget(budget)
+            .build()
+            .unwrap(),
+    );
     let release = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..16)
         .map(|_| {
@@ -236,6 +250,7 @@ fn blocking_jobs_are_answered_within_their_budget_of_their_spawn() {
         assert!(took < 4 * budget, "job {i} answered {took:?} after spawn");
     }
     release.store(true, Ordering::SeqCst);
+    drop(std::mem::ManuallyDrop::into_inner(rt));
 }
 
 /// A job that waited in the queue and then runs still counts its budget
@@ -243,12 +258,16 @@ fn blocking_jobs_are_answered_within_their_budget_of_their_spawn() {
 #[test]
 fn a_jobs_budget_includes_its_wait_in_the_queue() {
     let budget = Duration::from_millis(200);
-    let rt = curfew::Runtime::builder()
-        .event_threads(1)
-        .blocking_threads(1)
-        .job_budget(budget)
-        .build()
-        .unwrap();
+    // Kept from dropping if an assertion fails, so that a runtime with
+    // unanswered tasks fails the test instead of hanging it in its drop.
+    let rt = std::mem::ManuallyDrop::new(
+        curfew::Runtime::builder()
+            .event_threads(1)
+            .blocking_threads(1)
+            .job_budget(budget)
+            .build()
+            .unwrap(),
+    );
     // The first job holds the only thread for most of the budget; the
     // second waits, then runs for most of the budget: together past it.
     let first = rt.spawn_blocking(move || std::thread::sleep(budget * 3 / 5));
@@ -261,4 +280,5 @@ fn a_jobs_budget_includes_its_wait_in_the_queue() {
     let t = err.timeout().unwrap();
     assert!(t.elapsed() >= budget, "{t}");
     assert!(took >= budget && took < budget * 3, "{took:?}");
+    drop(std::mem::ManuallyDrop::into_inner(rt));
 }
