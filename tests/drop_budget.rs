@@ -43,11 +43,14 @@ fn answered_within<T: Send + 'static>(
 
 #[test]
 fn an_aborted_tasks_destructor_runs_under_the_budget() {
-    let rt = curfew::Runtime::builder()
-        .event_threads(1)
-        .poll_budget(Duration::from_millis(30))
-        .build()
-        .unwrap();
+    // Not dropped on a failed assertion (the test must fail, not hang).
+    let rt = std::mem::ManuallyDrop::new(
+        curfew::Runtime::builder()
+            .event_threads(1)
+            .poll_budget(Duration::from_millis(30))
+            .build()
+            .unwrap(),
+    );
     let release = Arc::new(AtomicBool::new(false));
     let guard = BlockOnDrop(release.clone());
     let idle = rt.spawn(async move {
@@ -76,18 +79,21 @@ fn an_aborted_tasks_destructor_runs_under_the_budget() {
     assert_eq!(later.unwrap().unwrap(), 3);
     assert!(m.hijacked_total >= 1, "{m:?}");
     assert!(rt.block_on(idle).unwrap_err().is_cancelled());
+    drop(std::mem::ManuallyDrop::into_inner(rt));
 }
 
 #[test]
 fn a_timed_out_tasks_destructor_runs_under_the_budget() {
     // The task reaches a checkpoint within the grace, so its thread would
     // stay healthy; but its destructor blocks.
-    let rt = curfew::Runtime::builder()
-        .event_threads(1)
-        .poll_budget(Duration::from_millis(30))
-        .hijack_grace(Duration::from_millis(200))
-        .build()
-        .unwrap();
+    let rt = std::mem::ManuallyDrop::new(
+        curfew::Runtime::builder()
+            .event_threads(1)
+            .poll_budget(Duration::from_millis(30))
+            .hijack_grace(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    );
     let release = Arc::new(AtomicBool::new(false));
     let guard = BlockOnDrop(release.clone());
     let h = rt.spawn(async move {
@@ -95,6 +101,9 @@ fn a_timed_out_tasks_destructor_runs_under_the_budget() {
         while curfew::checkpoint().is_ok() {
             std::hint::spin_loop();
         }
+        // Give the thread back within the grace, keeping the guard: the
+        // future is dropped after this poll, by the runtime.
+        std::future::pending::<()>().await
     });
     assert!(rt.block_on(h).unwrap_err().is_timeout());
     let answered = answered_within(rt.spawn(async { 4 }), Duration::from_secs(10));
@@ -109,6 +118,7 @@ fn a_timed_out_tasks_destructor_runs_under_the_budget() {
     assert!(matches!(served_or_queue_timeout(answered), None | Some(4)));
     assert_eq!(later.unwrap().unwrap(), 4);
     assert!(m.hijacked_total >= 1, "{m:?}");
+    drop(std::mem::ManuallyDrop::into_inner(rt));
 }
 
 #[test]
