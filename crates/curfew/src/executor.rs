@@ -375,6 +375,26 @@ impl Group {
             .count()
     }
 
+    /// Shutdown, once the watchdog has stopped: answers the task of every
+    /// poll still running (on a thread the shutdown leaves behind) as
+    /// cancelled. The claim keeps the task alive while its header is used;
+    /// the expiry makes its thread drop the task when the poll returns.
+    pub(crate) fn cancel_running(&self) {
+        for slot in self.slots.load().iter() {
+            let word = slot.state.load();
+            if tag(word) != RUNNING {
+                continue;
+            }
+            if let Some(header) = slot.state.claim(word) {
+                // SAFETY: the slot is claimed, so its owner cannot finish
+                // the poll (and drop the task) until `expire` below.
+                let header = unsafe { &*header };
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| header.abort()));
+                slot.state.expire();
+            }
+        }
+    }
+
     fn has_work(&self) -> bool {
         !self.injector.is_empty() || self.slots.load().iter().any(|s| s.has_queued())
     }

@@ -109,8 +109,8 @@ impl Handle {
         header.queued_ns.store(spawned, Ordering::Relaxed);
         let sched = shared.clone();
         let schedule = move |r| sched.schedule_blocking(r);
-        let n = group.spawned.fetch_add(1, Ordering::Relaxed);
+        group.spawned.fetch_add(1, Ordering::Relaxed);
         let job = async move { f() };
-        task::spawn_raw(header, job, schedule, Some((&shared.registry, n as usize)))
+        task::spawn_raw(header, job, schedule, None)
     }
 }

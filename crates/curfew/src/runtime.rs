@@ -805,10 +805,13 @@ impl Runtime {
         // Drop what is queued, and from now on whatever is scheduled.
         shared.event.close();
         shared.blocking.close();
+        // A task whose poll still runs on a detached thread: its handle is
+        // answered as cancelled now, and its future dropped when that poll
+        // returns.
+        shared.event.cancel_running();
+        shared.blocking.cancel_running();
         // Resolve every handle still open, and cancel every task left: an
-        // idle one is woken and, its queue being closed, dropped here; one
-        // whose poll still runs on a detached thread is dropped when that
-        // poll returns.
+        // idle one is woken and, its queue being closed, dropped here.
         for entry in shared.registry.close() {
             entry.cancel();
         }
@@ -939,13 +942,8 @@ impl Handle {
         };
         let sched = shared.clone();
         let schedule = WithInfo(move |r, info| sched.schedule_event(r, info));
-        let n = shared.event.spawned.fetch_add(1, Ordering::Relaxed);
-        task::spawn_raw(
-            header,
-            future,
-            schedule,
-            Some((&shared.registry, n as usize)),
-        )
+        shared.event.spawned.fetch_add(1, Ordering::Relaxed);
+        task::spawn_raw(header, future, schedule, Some(&shared.registry))
     }
 }
 

@@ -254,7 +254,22 @@ impl<F: Future> Future for Guarded<'_, F> {
             return Poll::Ready(Err(JoinError::cancelled()));
         }
         match res {
-            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Pending) => {
+                // The task goes idle: enter it in the registry (once), so
+                // that a shutdown can cancel it even if nothing wakes it.
+                // Tasks that finish in their first poll never pay for this.
+                // SAFETY: see the field's comment: the registry outlives
+                // the task.
+                if let Some(registry) = unsafe { this.registry.as_ref() } {
+                    if header.registry_key.load(Ordering::Relaxed) == NO_KEY {
+                        let hint = (header as *const Header as usize) >> 6;
+                        if let Some(key) = registry.insert(hint, cx.waker().clone(), header) {
+                            header.registry_key.store(key, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Poll::Pending
+            }
             Ok(Poll::Ready(out)) => {
                 context::count_finished(false);
                 // A finished future holds nothing of the task's work; drop
@@ -308,15 +323,17 @@ const NO_KEY: usize = usize::MAX;
 
 const REGISTRY_SHARDS: usize = 32;
 
-/// Every live task of a runtime, as tokio's owned-task list: what a
-/// shutdown uses to resolve every handle and to cancel tasks that nothing
-/// will wake again.
+/// Every task of a runtime that has gone idle (returned `Pending`) at least
+/// once, as tokio's owned-task list: what a shutdown uses to resolve their
+/// handles and to cancel those that nothing will wake again. (A shutdown
+/// finds the other tasks in the queues, or running in a thread's slot.)
 ///
 /// An entry holds a waker of its task (which keeps the task's allocation,
 /// and so the header, alive) and is removed when the task's future is
 /// dropped. A task that is idle and detached, with nothing left to wake it,
-/// thus stays until the runtime shuts down, as in tokio. Spawns and exits
-/// take one of 32 locks, picked by the task's spawn number.
+/// thus stays until the runtime shuts down, as in tokio. Entering and
+/// leaving take one of 32 locks, picked by the task's address; a task that
+/// finishes in its first poll (a burst of small spawns) never does.
 pub(crate) struct Registry {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
 }
@@ -433,21 +450,21 @@ impl Registry {
     }
 }
 
-/// Creates the task for `future`, with `header` as its metadata, enters it
-/// in `registry` (if given) and schedules it. `hint` picks the registry's
-/// shard.
+/// Creates the task for `future`, with `header` as its metadata, and
+/// schedules it. The task enters `registry` (if given) when it first goes
+/// idle.
 pub(crate) fn spawn_raw<F, S>(
     header: Header,
     future: F,
     schedule: S,
-    registry: Option<(&Registry, usize)>,
+    registry: Option<&Registry>,
 ) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
     S: async_task::Schedule<Header> + Send + Sync + 'static,
 {
-    let reg = registry.map(|(r, _)| r);
+    let reg = registry;
     // SAFETY: `spawn_unchecked` lifts the `'static` bound on the future, and
     // we need that only so the future may borrow its own header (the task's
     // metadata), which async-task keeps alive and in place for as long as the
@@ -462,12 +479,6 @@ where
             .metadata(header)
             .spawn_unchecked(move |h: &Header| Guarded::new(h, future, reg), schedule)
     };
-    if let Some((registry, hint)) = registry {
-        let header = runnable.metadata();
-        if let Some(key) = registry.insert(hint, runnable.waker(), header) {
-            header.registry_key.store(key, Ordering::Relaxed);
-        }
-    }
     runnable.schedule();
     JoinHandle::new(task)
 }
