@@ -22,12 +22,16 @@ fn answered_within<T: Send + 'static>(
 
 #[test]
 fn a_ban_for_good_does_not_wedge_the_watchdog() {
-    let rt = curfew::Runtime::builder()
-        .event_threads(2)
-        .poll_budget(Duration::from_millis(20))
-        .client_policy(ClientPolicy::new(1, Duration::MAX))
-        .build()
-        .unwrap();
+    // Not dropped if an assertion fails: a wedged runtime would hang its
+    // drop, and the test must fail instead.
+    let rt = std::mem::ManuallyDrop::new(
+        curfew::Runtime::builder()
+            .event_threads(2)
+            .poll_budget(Duration::from_millis(20))
+            .client_policy(ClientPolicy::new(1, Duration::MAX))
+            .build()
+            .unwrap(),
+    );
     let release = Arc::new(AtomicBool::new(false));
     for client in ["mallory", "eve", "trent"] {
         let r = release.clone();
@@ -41,7 +45,7 @@ fn a_ban_for_good_does_not_wedge_the_watchdog() {
     assert_eq!(rt.block_on(rt.spawn(async { 1 })).unwrap(), 1);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        drop(rt);
+        drop(std::mem::ManuallyDrop::into_inner(rt));
         let _ = tx.send(());
     });
     let dropped = rx.recv_timeout(Duration::from_secs(10));

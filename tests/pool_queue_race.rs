@@ -9,7 +9,7 @@ use std::time::Duration;
 #[test]
 fn concurrent_spawners_never_exceed_the_queue_bound() {
     const CAP: usize = 16;
-    const SPAWNERS: usize = 8;
+    const SPAWNERS: usize = 16;
     let rt = curfew::Runtime::builder()
         .event_threads(1)
         .blocking_threads(1)
@@ -17,7 +17,7 @@ fn concurrent_spawners_never_exceed_the_queue_bound() {
         .job_budget(Duration::from_secs(60))
         .build()
         .unwrap();
-    for round in 0..20 {
+    for round in 0..200 {
         // Hold the only pool thread, so that every accepted job stays queued.
         let release = Arc::new(AtomicBool::new(false));
         let (started_tx, started_rx) = std::sync::mpsc::channel();

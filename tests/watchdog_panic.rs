@@ -43,11 +43,15 @@ fn a_panic_on_the_watchdog_thread_does_not_wedge_the_runtime() {
     let layer = PanicOnce(AtomicBool::new(false));
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).unwrap();
 
-    let rt = curfew::Runtime::builder()
-        .event_threads(2)
-        .poll_budget(Duration::from_millis(20))
-        .build()
-        .unwrap();
+    // Not dropped if an assertion fails: a wedged runtime would hang its
+    // drop, and the test must fail instead.
+    let rt = std::mem::ManuallyDrop::new(
+        curfew::Runtime::builder()
+            .event_threads(2)
+            .poll_budget(Duration::from_millis(20))
+            .build()
+            .unwrap(),
+    );
     let release = Arc::new(AtomicBool::new(false));
     for i in 0..3 {
         let r = release.clone();
@@ -61,7 +65,7 @@ fn a_panic_on_the_watchdog_thread_does_not_wedge_the_runtime() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let start = Instant::now();
-        drop(rt);
+        drop(std::mem::ManuallyDrop::into_inner(rt));
         let _ = tx.send(start.elapsed());
     });
     let took = rx.recv_timeout(Duration::from_secs(10));
