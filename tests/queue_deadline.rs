@@ -282,3 +282,31 @@ fn a_jobs_budget_includes_its_wait_in_the_queue() {
     assert!(took >= budget && took < budget * 3, "{took:?}");
     drop(std::mem::ManuallyDrop::into_inner(rt));
 }
+
+/// A job whose budget ran out while it waited behind a job still within
+/// its own (longer) budget is answered with a queue timeout when a thread
+/// reaches it, and is not started.
+#[test]
+fn a_job_past_its_deadline_when_picked_up_never_starts() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(1)
+        .job_budget(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let first = rt.spawn_blocking(|| std::thread::sleep(Duration::from_millis(150)));
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = ran.clone();
+    let second = curfew::task::Builder::new()
+        .job_budget(Duration::from_millis(50))
+        .spawn_blocking_on(&rt.handle(), move || r.store(true, Ordering::SeqCst));
+    assert!(rt.block_on(first).is_ok());
+    let err = rt.block_on(second).unwrap_err();
+    assert!(err.is_queue_timeout(), "{err:?}");
+    assert!(err.timeout().unwrap().elapsed() >= Duration::from_millis(50));
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "a job past its deadline was started"
+    );
+    assert_eq!(rt.metrics().blocking.queue_timeouts, 1);
+}

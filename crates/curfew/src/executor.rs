@@ -669,9 +669,8 @@ impl WorkerCtx {
             }
             match self.find_task(group) {
                 Some(r) => {
-                    if self.gid == GroupId::Blocking && !r.metadata().is_resolved_early() {
-                        let spawned = r.metadata().queued_ns.load(Ordering::Relaxed);
-                        self.job_stamp.set(Some(spawned));
+                    if self.gid == GroupId::Blocking {
+                        self.check_job_deadline(group, &r);
                     }
                     r.run();
                     self.job_stamp.set(None);
@@ -682,6 +681,33 @@ impl WorkerCtx {
                 None => self.park(group),
             }
         }
+    }
+
+    /// A pool thread, before it runs a job: a job whose budget (counted
+    /// from its spawn) ran out while it waited is answered with a queue
+    /// timeout and not started (no side effects after its caller was told
+    /// it timed out); otherwise its poll is stamped with its spawn time. One
+    /// clock read per job. The thread holds the job, so nothing else can
+    /// resolve it with a timeout meanwhile.
+    fn check_job_deadline(&self, group: &Group, r: &Runnable) {
+        let header = r.metadata();
+        if header.is_resolved_early() {
+            return;
+        }
+        let spawned = header.queued_ns.load(Ordering::Relaxed);
+        if let Some(budget) = header.budget {
+            let now = self.shared.epoch.elapsed().as_nanos() as u64;
+            let waited = now.saturating_sub(spawned);
+            if u128::from(waited) >= budget.as_nanos() {
+                if header.time_out_queued(std::time::Duration::from_nanos(waited)) {
+                    group.timeouts.fetch_add(1, Ordering::Relaxed);
+                    group.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                    header.wake_join();
+                }
+                return;
+            }
+        }
+        self.job_stamp.set(Some(spawned));
     }
 
     fn find_task(&self, group: &Group) -> Option<Runnable> {

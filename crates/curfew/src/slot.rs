@@ -293,10 +293,12 @@ impl Verdict {
             .is_ok()
     }
 
-    /// Watchdog (the only writer of a timeout): resolves with a timeout of
-    /// `elapsed_ns`. False if the task was resolved already; the numbers of
-    /// an earlier timeout are then left alone (the watchdog may time a
-    /// resolved task's destructor).
+    /// Resolves with a timeout of `elapsed_ns`. One party at a time may call
+    /// this for a task: the watchdog (for a poll it has claimed or a task it
+    /// holds) or the pool thread that holds a job it has not started. False
+    /// if the task was resolved already; the numbers of an earlier timeout
+    /// are then left alone (the watchdog may time a resolved task's
+    /// destructor).
     pub(crate) fn resolve_timeout(&self, elapsed_ns: u64, queued: bool) -> bool {
         if self.state.load(Ordering::Acquire) != PENDING {
             return false;
