@@ -22,9 +22,21 @@ fn runtime_with_spinners(release: &Arc<AtomicBool>) -> curfew::Runtime {
         let h = rt.spawn(async move { spin_until(&r) });
         assert!(rt.block_on(h).unwrap_err().is_timeout());
     }
-    let r = release.clone();
-    let job = rt.spawn_blocking(move || spin_until(&r));
-    assert!(rt.block_on(job).unwrap_err().is_timeout());
+    // A job not started within its budget (counted from its spawn) is
+    // answered with a queue timeout and never runs; on a loaded machine the
+    // pool thread may wake that late, so spawn until one runs and overruns.
+    loop {
+        let (r, started) = (release.clone(), Arc::new(AtomicBool::new(false)));
+        let s = started.clone();
+        let job = rt.spawn_blocking(move || {
+            s.store(true, Ordering::SeqCst);
+            spin_until(&r)
+        });
+        assert!(rt.block_on(job).unwrap_err().is_timeout());
+        if started.load(Ordering::SeqCst) {
+            break;
+        }
+    }
     assert!(wait_until(Duration::from_secs(20), || {
         let m = rt.metrics();
         m.event.hijacked_threads == 3 && m.blocking.hijacked_threads == 1
@@ -143,10 +155,18 @@ fn drop_is_bounded_while_a_pool_thread_is_held_at_the_abandon_cap() {
         .build()
         .unwrap();
     let release = Arc::new(AtomicBool::new(false));
-    for _ in 0..2 {
-        let r = release.clone();
-        let h = rt.spawn_blocking(move || spin_until(&r));
+    let mut started_jobs = 0;
+    while started_jobs < 2 {
+        // Spawn until two jobs have run (one not started within its budget
+        // is answered from the queue and never runs).
+        let (r, started) = (release.clone(), Arc::new(AtomicBool::new(false)));
+        let s = started.clone();
+        let h = rt.spawn_blocking(move || {
+            s.store(true, Ordering::SeqCst);
+            spin_until(&r)
+        });
         assert!(rt.block_on(h).unwrap_err().is_timeout());
+        started_jobs += usize::from(started.load(Ordering::SeqCst));
     }
     assert!(wait_until(Duration::from_secs(10), || {
         let m = rt.metrics().blocking;
