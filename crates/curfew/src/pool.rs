@@ -55,7 +55,7 @@
 //! let rt = curfew::Runtime::builder()
 //!     .event_threads(1)
 //!     .blocking_threads(2)
-//!     .job_budget(Duration::from_millis(50))
+//!     .job_budget(Duration::from_millis(250))
 //!     .build()?;
 //! // Owned data in, owned data out.
 //! let input: Vec<u64> = (0..100_000).collect();
