@@ -111,6 +111,58 @@ fn spawn_many_remote_idle(c: &mut Criterion) {
     g.finish();
 }
 
+/// The idle pause before each burst of `spawn_burst_block_on`: long enough
+/// for every worker (and curfew's watchdog) to park.
+const BURST_IDLE: Duration = Duration::from_millis(5);
+
+/// Bursts of 10,000 empty tasks spawned from inside `block_on`, then awaited
+/// in order, with the runtime idle (parked) before each burst. Only the
+/// burst is timed.
+fn spawn_burst_block_on(c: &mut Criterion) {
+    let mut g = c.benchmark_group("spawn_burst_block_on");
+    {
+        let rt = common::tokio_rt();
+        g.bench_function("tokio", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    std::thread::sleep(BURST_IDLE);
+                    let start = std::time::Instant::now();
+                    rt.block_on(async {
+                        let hs: Vec<_> = (0..NUM_SPAWN).map(|_| tokio::spawn(async {})).collect();
+                        for h in hs {
+                            h.await.unwrap();
+                        }
+                    });
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
+    {
+        let rt = common::curfew_rt();
+        g.bench_function("curfew", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    std::thread::sleep(BURST_IDLE);
+                    let start = std::time::Instant::now();
+                    rt.block_on(async {
+                        let hs: Vec<_> = (0..NUM_SPAWN).map(|_| curfew::spawn(async {})).collect();
+                        for h in hs {
+                            h.await.unwrap();
+                        }
+                    });
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
 /// As `spawn_many_remote_idle`, while every worker is kept busy by tasks
 /// that stall for 10 µs and yield (tokio's `spawn_many_remote_busy1`).
 fn spawn_many_remote_busy(c: &mut Criterion) {
@@ -306,7 +358,7 @@ fn chained_spawn(c: &mut Criterion) {
 criterion_group! {
     name = scheduler;
     config = common::criterion();
-    targets = spawn_many_local, spawn_many_remote_idle, spawn_many_remote_busy, ping_pong,
-        yield_many, chained_spawn
+    targets = spawn_many_local, spawn_many_remote_idle, spawn_burst_block_on,
+        spawn_many_remote_busy, ping_pong, yield_many, chained_spawn
 }
 criterion_main!(scheduler);

@@ -106,7 +106,15 @@ fn fifo_without_data_times_out_and_keeps_the_thread() {
 #[cfg(unix)]
 #[test]
 fn fifo_with_a_writer_reads_what_was_written() {
-    let rt = runtime();
+    // Not a timeout test: a budget that a loaded machine's scheduling of the
+    // writer thread (and of the pool thread, since a job's budget counts
+    // from its spawn) cannot use up.
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(2)
+        .job_budget(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let dir = temp_dir("fs-fifo-data");
     let fifo = dir.join("pipe");
     make_fifo(&fifo);

@@ -22,9 +22,21 @@ fn runtime_with_spinners(release: &Arc<AtomicBool>) -> curfew::Runtime {
         let h = rt.spawn(async move { spin_until(&r) });
         assert!(rt.block_on(h).unwrap_err().is_timeout());
     }
-    let r = release.clone();
-    let job = rt.spawn_blocking(move || spin_until(&r));
-    assert!(rt.block_on(job).unwrap_err().is_timeout());
+    // A job not started within its budget (counted from its spawn) is
+    // answered with a queue timeout and never runs; on a loaded machine the
+    // pool thread may wake that late, so spawn until one runs and overruns.
+    loop {
+        let (r, started) = (release.clone(), Arc::new(AtomicBool::new(false)));
+        let s = started.clone();
+        let job = rt.spawn_blocking(move || {
+            s.store(true, Ordering::SeqCst);
+            spin_until(&r)
+        });
+        assert!(rt.block_on(job).unwrap_err().is_timeout());
+        if started.load(Ordering::SeqCst) {
+            break;
+        }
+    }
     assert!(wait_until(Duration::from_secs(20), || {
         let m = rt.metrics();
         m.event.hijacked_threads == 3 && m.blocking.hijacked_threads == 1
@@ -93,4 +105,96 @@ fn queued_tasks_are_cancelled_and_later_spawns_refused() {
     let err = futures::executor::block_on(late).unwrap_err();
     assert!(err.is_refused());
     assert_eq!(err.refusal(), Some(&curfew::Refusal::Shutdown));
+}
+
+/// Runs `f` on a thread of its own and waits at most `bound` for it, so that
+/// a hang shows as a failure instead of a test that never ends.
+fn within(bound: Duration, f: impl FnOnce() + Send + 'static) -> Option<Duration> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        f();
+        let _ = tx.send(start.elapsed());
+    });
+    rx.recv_timeout(bound).ok()
+}
+
+#[test]
+fn drop_is_bounded_while_a_thread_is_held_at_the_hijack_cap() {
+    // 1 event thread, cap 1, two spinning tasks: the first thread is
+    // written off, its replacement is held at the cap (overdue).
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .max_hijacked_threads(1)
+        .poll_budget(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let release = Arc::new(AtomicBool::new(false));
+    for _ in 0..2 {
+        let r = release.clone();
+        let h = rt.spawn(async move { spin_until(&r) });
+        assert!(rt.block_on(h).unwrap_err().is_timeout());
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        let m = rt.metrics().event;
+        m.hijacked_threads == 1 && m.overdue_threads == 1
+    }));
+    let took = within(Duration::from_secs(10), move || drop(rt));
+    release.store(true, Ordering::SeqCst);
+    let took = took.expect("drop(rt) hung while a thread was held at the cap");
+    assert!(took < Duration::from_secs(3), "drop took {took:?}");
+}
+
+#[test]
+fn drop_is_bounded_while_a_pool_thread_is_held_at_the_abandon_cap() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(1)
+        .max_abandoned_threads(1)
+        .job_budget(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let release = Arc::new(AtomicBool::new(false));
+    let mut started_jobs = 0;
+    while started_jobs < 2 {
+        // Spawn until two jobs have run (one not started within its budget
+        // is answered from the queue and never runs).
+        let (r, started) = (release.clone(), Arc::new(AtomicBool::new(false)));
+        let s = started.clone();
+        let h = rt.spawn_blocking(move || {
+            s.store(true, Ordering::SeqCst);
+            spin_until(&r)
+        });
+        assert!(rt.block_on(h).unwrap_err().is_timeout());
+        started_jobs += usize::from(started.load(Ordering::SeqCst));
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        let m = rt.metrics().blocking;
+        m.hijacked_threads == 1 && m.overdue_threads == 1
+    }));
+    let took = within(Duration::from_secs(10), move || drop(rt));
+    release.store(true, Ordering::SeqCst);
+    let took = took.expect("drop(rt) hung while a pool thread was held at the cap");
+    assert!(took < Duration::from_secs(3), "drop took {took:?}");
+}
+
+#[test]
+fn drop_waits_for_a_poll_within_its_budget() {
+    // Bounded, but not by skipping the work in progress: a poll that ends
+    // within its budget completes before drop returns.
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .poll_budget(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    let h = rt.spawn(async move {
+        s.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+        "done"
+    });
+    assert!(wait_until(Duration::from_secs(10), || started.load(Ordering::SeqCst)));
+    drop(rt);
+    assert_eq!(futures::executor::block_on(h).unwrap(), "done");
 }

@@ -15,7 +15,12 @@
 //! the watchdog notices that no thread has entered the driver for a whole
 //! interval and asks the next thread between polls to give it one
 //! non-blocking turn, so I/O and timers still advance, about once a
-//! millisecond (tokio's workers do the same every 61 tasks).
+//! millisecond (tokio's workers do the same every 61 tasks). If no thread
+//! takes that turn within another interval and every event thread is stuck
+//! (in a poll past its budget, or written off), a helper thread drives the
+//! driver until an event thread enters it again: timers keep firing, and a
+//! `Runtime::block_on` waiting on one still wakes, however many event
+//! threads are stuck.
 //!
 //! `Handle::block_on` of this tokio runtime, called inside a curfew task,
 //! does not drive it (only `Runtime::block_on` can drive a current-thread
@@ -31,10 +36,13 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::thread::Thread;
 
 use arc_swap::ArcSwapOption;
+use futures::task::AtomicWaker;
 
 /// A current-thread tokio runtime that event threads drive while idle.
 pub(crate) struct IoDriver {
@@ -51,6 +59,14 @@ pub(crate) struct IoDriver {
     starved: AtomicBool,
     /// The watchdog's last look at `turns`.
     seen_turns: AtomicU64,
+    /// Set by the watchdog while the helper thread should drive.
+    helping: AtomicBool,
+    /// Wakes the helper out of the driver when it should stop.
+    help_waker: AtomicWaker,
+    /// The helper thread, started on first need.
+    helper: OnceLock<Thread>,
+    /// Set by `close`.
+    closed: AtomicBool,
 }
 
 /// Shuts the tokio runtime down without waiting when the last reference
@@ -78,6 +94,10 @@ impl IoDriver {
             turns: AtomicU64::new(0),
             starved: AtomicBool::new(false),
             seen_turns: AtomicU64::new(u64::MAX),
+            helping: AtomicBool::new(false),
+            help_waker: AtomicWaker::new(),
+            helper: OnceLock::new(),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -119,20 +139,94 @@ impl IoDriver {
     }
 
     /// Called by the watchdog every interval while any thread is awake:
-    /// asks for a turn if no thread was inside the driver since last time.
-    pub(crate) fn check(&self) {
+    /// asks for a turn if no event thread was inside the driver since last
+    /// time. Returns whether the helper thread should drive: the turn asked
+    /// for last time has not been taken.
+    pub(crate) fn check(&self) -> bool {
         let turns = self.turns.load(Ordering::Relaxed);
         let last = self.seen_turns.swap(turns, Ordering::Relaxed);
         if self.inside.load(Ordering::SeqCst) == 0 && turns == last {
-            self.starved.store(true, Ordering::Relaxed);
+            self.starved.swap(true, Ordering::Relaxed)
+        } else {
+            false
+        }
+    }
+
+    /// Watchdog: the helper should drive. Returns false if it already was.
+    pub(crate) fn start_helping(&self) -> bool {
+        !self.helping.swap(true, Ordering::AcqRel)
+    }
+
+    /// Watchdog: an event thread drives again; the helper leaves the driver.
+    pub(crate) fn stop_helping(&self) {
+        if self.helping.swap(false, Ordering::AcqRel) {
+            self.help_waker.wake();
+        }
+    }
+
+    pub(crate) fn helper_thread(&self) -> Option<&Thread> {
+        self.helper.get()
+    }
+
+    pub(crate) fn set_helper_thread(&self, t: Thread) {
+        let _ = self.helper.set(t);
+    }
+
+    /// The helper thread's loop: drive while asked to, park otherwise, and
+    /// return once the driver is closed.
+    pub(crate) fn help(&self) {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            if !self.helping.load(Ordering::Acquire) {
+                std::thread::park();
+                continue;
+            }
+            let Some(rt) = self.rt.load_full() else {
+                return;
+            };
+            let Some(tokio_rt) = rt.0.as_ref() else {
+                return;
+            };
+            // Not counted in `inside` or `turns`: those say whether an event
+            // thread drives, which is what ends the help.
+            tokio_rt.block_on(Helping(self));
         }
     }
 
     /// Drops the runtime's own reference; the tokio runtime shuts down (its
     /// `tokio::spawn`ed tasks are dropped) when the last thread inside the
-    /// driver has left.
+    /// driver has left. The helper thread leaves and exits.
     pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.helping.store(false, Ordering::Release);
+        self.help_waker.wake();
+        if let Some(t) = self.helper.get() {
+            t.unpark();
+        }
         self.rt.store(None);
+    }
+}
+
+/// Completes when the helper should leave the driver.
+struct Helping<'a>(&'a IoDriver);
+
+impl Future for Helping<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let done =
+            || !self.0.helping.load(Ordering::Acquire) || self.0.closed.load(Ordering::Acquire);
+        if done() {
+            return Poll::Ready(());
+        }
+        self.0.help_waker.register(cx.waker());
+        if done() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 

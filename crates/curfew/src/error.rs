@@ -65,6 +65,9 @@ pub struct TimeoutError {
     pub(crate) name: Option<std::sync::Arc<str>>,
     pub(crate) client: Option<ClientKey>,
     pub(crate) location: Location,
+    /// The poll or job never started: the task waited in a queue, with no
+    /// thread free to run it, for longer than its budget.
+    pub(crate) queued: bool,
 }
 
 impl TimeoutError {
@@ -74,7 +77,9 @@ impl TimeoutError {
     }
 
     /// How long the poll or job had run when the watchdog fired (at least the
-    /// budget).
+    /// budget). A blocking job's time counts from its spawn, queueing
+    /// included. For a [queue timeout](Self::is_queue_timeout), how long the
+    /// task had waited in the queue.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
     }
@@ -89,9 +94,19 @@ impl TimeoutError {
         self.client.as_ref()
     }
 
-    /// Whether an async poll or a blocking job overran.
+    /// Whether an async poll or a blocking job overran (or, for a
+    /// [queue timeout](Self::is_queue_timeout), which group's queue the task
+    /// waited in).
     pub fn location(&self) -> Location {
         self.location
+    }
+
+    /// Whether the poll or job never started: the task waited in the queue
+    /// of its [`location`](Self::location) for longer than its budget while
+    /// no thread was free to run it (every thread was running an over-budget
+    /// poll or had been written off). The task is dropped without running.
+    pub fn is_queue_timeout(&self) -> bool {
+        self.queued
     }
 }
 
@@ -108,6 +123,14 @@ impl fmt::Display for TimeoutError {
             Location::EventThread => "poll budget",
             Location::WorkerPool => "job budget",
         };
+        if self.queued {
+            return write!(
+                f,
+                " timed out without starting: waited at least {:.1?} in the {} queue with no \
+                 thread free to run it, over its {what} of {:?}",
+                self.elapsed, self.location, self.budget
+            );
+        }
         write!(
             f,
             " timed out: ran for at least {:.1?} on the {}, over its {what} of {:?}",
@@ -190,9 +213,17 @@ impl JoinError {
         }
     }
 
-    /// The task ran past its budget and the watchdog answered for it.
+    /// The task ran past its budget and the watchdog answered for it. Also
+    /// true for a [queue timeout](Self::is_queue_timeout).
     pub fn is_timeout(&self) -> bool {
         matches!(self.repr, Repr::Timeout(_))
+    }
+
+    /// The task timed out without starting: it waited in a queue longer than
+    /// its budget while no thread was free to run it (see
+    /// [`TimeoutError::is_queue_timeout`]).
+    pub fn is_queue_timeout(&self) -> bool {
+        matches!(&self.repr, Repr::Timeout(t) if t.queued)
     }
 
     /// The task panicked.

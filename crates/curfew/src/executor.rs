@@ -38,7 +38,7 @@ use futures::task::AtomicWaker;
 use crate::context;
 use crate::error::Location;
 use crate::runtime::Shared;
-use crate::slot::{HIJACKED, RUNNING, SlotState, tag};
+use crate::slot::{EXPIRED, HIJACKED, RUNNING, SlotState, tag};
 use crate::task::Header;
 
 /// A task ready to be polled.
@@ -226,7 +226,13 @@ pub(crate) struct Group {
     pub(crate) hijacked_total: AtomicU64,
     pub(crate) deferred_total: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    /// Of `timeouts`, tasks answered while still queued (queue timeouts).
+    pub(crate) queue_timeouts: AtomicU64,
     pub(crate) spawned: AtomicU64,
+    /// Set by a runtime shutting down once it has drained the queues: from
+    /// then on a task scheduled here is dropped (cancelled) at once, so that
+    /// nothing is left in a queue nobody will run.
+    closed: AtomicBool,
     retired: Retired,
 }
 
@@ -250,7 +256,9 @@ impl Group {
             hijacked_total: AtomicU64::new(0),
             deferred_total: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            queue_timeouts: AtomicU64::new(0),
             spawned: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             retired: Retired::default(),
         }
     }
@@ -299,7 +307,15 @@ impl Group {
     /// Queues a runnable from a thread that is not one of this group's.
     pub(crate) fn push_remote(&self, r: Runnable) {
         self.injector.push(r);
-        self.notify();
+        fence(Ordering::SeqCst);
+        if self.closed.load(Ordering::Relaxed) {
+            // The runtime has shut down and drained its queues (its store of
+            // `closed` and this push are ordered by the two fences, so one
+            // of the two drains sees the task): cancel it here.
+            self.drain();
+            return;
+        }
+        self.notify_fenced();
     }
 
     /// Wakes one parked thread, if any thread is parked. Cost when none is:
@@ -307,6 +323,11 @@ impl Group {
     #[inline]
     pub(crate) fn notify(&self) {
         fence(Ordering::SeqCst);
+        self.notify_fenced();
+    }
+
+    #[inline]
+    fn notify_fenced(&self) {
         if self.num_sleeping.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -344,20 +365,82 @@ impl Group {
         }
     }
 
+    /// Threads not stuck in a poll that ran over budget (timed out, held at
+    /// the cap, or written off): what a dropped runtime waits for.
+    pub(crate) fn unstuck_threads(&self) -> usize {
+        self.slots
+            .load()
+            .iter()
+            .filter(|s| !matches!(tag(s.state.load()), EXPIRED | HIJACKED))
+            .count()
+    }
+
+    /// Shutdown, once the watchdog has stopped: answers the task of every
+    /// poll still running (on a thread the shutdown leaves behind) as
+    /// cancelled. The claim keeps the task alive while its header is used;
+    /// the expiry makes its thread drop the task when the poll returns.
+    pub(crate) fn cancel_running(&self) {
+        for slot in self.slots.load().iter() {
+            let word = slot.state.load();
+            if tag(word) != RUNNING {
+                continue;
+            }
+            if let Some(header) = slot.state.claim(word) {
+                // SAFETY: the slot is claimed, so its owner cannot finish
+                // the poll (and drop the task) until `expire` below.
+                let header = unsafe { &*header };
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| header.abort()));
+                slot.state.expire();
+            }
+        }
+    }
+
     fn has_work(&self) -> bool {
         !self.injector.is_empty() || self.slots.load().iter().any(|s| s.has_queued())
     }
 
-    /// Drops every queued task (shutdown): their handles resolve as
-    /// cancelled.
-    pub(crate) fn drain(&self) {
-        loop {
-            match self.injector.steal() {
-                Steal::Success(r) => drop(r),
+    /// Shutdown: closes the group's queues and drops every queued task,
+    /// including those in the local queues of threads still stuck in a poll;
+    /// their handles resolve as cancelled. A task scheduled later is dropped
+    /// at once (`push_remote`).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        self.drain();
+    }
+
+    fn drain(&self) {
+        while let Some(r) = self.take_queued(true) {
+            drop(r);
+        }
+    }
+
+    /// Takes one queued task out of the injector or, if `from_locals`, out
+    /// of any thread's local queue (shutdown, and the watchdog for the queue
+    /// deadline).
+    pub(crate) fn take_queued(&self, from_locals: bool) -> Option<Runnable> {
+        let take = |steal: &dyn Fn() -> Steal<Runnable>| loop {
+            match steal() {
+                Steal::Success(r) => break Some(r),
                 Steal::Retry => continue,
-                Steal::Empty => break,
+                Steal::Empty => break None,
+            }
+        };
+        if let Some(r) = take(&|| self.injector.steal()) {
+            return Some(r);
+        }
+        if from_locals {
+            for slot in self.slots.load().iter() {
+                if let Some(st) = &slot.stealers {
+                    if let Some(r) =
+                        take(&|| st.ready.steal()).or_else(|| take(&|| st.yielded.steal()))
+                    {
+                        return Some(r);
+                    }
+                }
             }
         }
+        None
     }
 }
 
@@ -404,6 +487,7 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         tick: Cell::new(0),
         in_driver: Cell::new(false),
         stamp_next_poll: Cell::new(false),
+        job_stamp: Cell::new(None),
     };
     let spawned = std::thread::Builder::new()
         .name(name)
@@ -438,6 +522,9 @@ pub(crate) struct WorkerCtx {
     in_driver: Cell<bool>,
     /// Set on waking from a park: the next poll stamps its start time.
     stamp_next_poll: Cell<bool>,
+    /// Pool threads: when the job about to run was spawned, which its poll
+    /// stamps as its start, so that a job's budget counts from its spawn.
+    job_stamp: Cell<Option<u64>>,
 }
 
 /// How many rounds (each a `sched_yield`) a thread looks for work before it
@@ -469,9 +556,16 @@ impl WorkerCtx {
     /// later than the poll's start (so no late timeout) and never earlier
     /// (so no early one). A busy runtime's watchdog is not parked, so a busy
     /// thread reads no clock.
+    ///
+    /// A pool thread stamps every poll: a job with the time it was spawned
+    /// (no clock read; its budget counts from there, queueing included),
+    /// anything else (a timed drop) with the time it begins.
     #[inline]
     pub(crate) fn stamp_poll(&self, seq: u32) {
-        if self.stamp_next_poll.get() || self.shared.watchdog_parked.load(Ordering::Relaxed) {
+        if self.gid == GroupId::Blocking
+            || self.stamp_next_poll.get()
+            || self.shared.watchdog_parked.load(Ordering::Relaxed)
+        {
             self.stamp_poll_slow(seq);
         }
     }
@@ -479,7 +573,10 @@ impl WorkerCtx {
     #[cold]
     fn stamp_poll_slow(&self, seq: u32) {
         self.stamp_next_poll.set(false);
-        let now = self.shared.epoch.elapsed().as_nanos() as u64;
+        let now = match self.job_stamp.take() {
+            Some(spawned) => spawned,
+            None => self.shared.epoch.elapsed().as_nanos() as u64,
+        };
         self.slot.stamp_ns.store(now, Ordering::Relaxed);
         // Published by the poll's own Release store of the state word.
         self.slot.stamp_seq.store(seq, Ordering::Relaxed);
@@ -510,7 +607,9 @@ impl WorkerCtx {
         yielded: bool,
     ) -> Result<bool, Runnable> {
         match &self.local {
-            Some(local) if std::ptr::eq(&*self.shared, shared) => {
+            // A runtime shutting down takes tasks through `push_remote`,
+            // which cancels them once the queues are closed.
+            Some(local) if std::ptr::eq(&*self.shared, shared) && !shared.is_shutdown() => {
                 if yielded {
                     local.yielded.push(r);
                     Ok(false)
@@ -570,7 +669,11 @@ impl WorkerCtx {
             }
             match self.find_task(group) {
                 Some(r) => {
+                    if self.gid == GroupId::Blocking {
+                        self.check_job_deadline(group, &r);
+                    }
                     r.run();
+                    self.job_stamp.set(None);
                     if tag(self.slot.state.load()) == HIJACKED {
                         return true;
                     }
@@ -578,6 +681,33 @@ impl WorkerCtx {
                 None => self.park(group),
             }
         }
+    }
+
+    /// A pool thread, before it runs a job: a job whose budget (counted
+    /// from its spawn) ran out while it waited is answered with a queue
+    /// timeout and not started (no side effects after its caller was told
+    /// it timed out); otherwise its poll is stamped with its spawn time. One
+    /// clock read per job. The thread holds the job, so nothing else can
+    /// resolve it with a timeout meanwhile.
+    fn check_job_deadline(&self, group: &Group, r: &Runnable) {
+        let header = r.metadata();
+        if header.is_resolved_early() {
+            return;
+        }
+        let spawned = header.queued_ns.load(Ordering::Relaxed);
+        if let Some(budget) = header.budget {
+            let now = self.shared.epoch.elapsed().as_nanos() as u64;
+            let waited = now.saturating_sub(spawned);
+            if u128::from(waited) >= budget.as_nanos() {
+                if header.time_out_queued(std::time::Duration::from_nanos(waited)) {
+                    group.timeouts.fetch_add(1, Ordering::Relaxed);
+                    group.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                    header.wake_join();
+                }
+                return;
+            }
+        }
+        self.job_stamp.set(Some(spawned));
     }
 
     fn find_task(&self, group: &Group) -> Option<Runnable> {

@@ -131,9 +131,13 @@
 //! * **Abandoned threads are capped** ([`Builder::max_hijacked_threads`]).
 //!   At the cap, the callers of overrunning tasks are still answered on time
 //!   but threads are no longer replaced; the shortfall shows in
-//!   [`metrics`](Runtime::metrics) as `overdue_threads`. If every event
-//!   thread is stuck, queued tasks wait until one comes back. Thread count
-//!   never grows without bound.
+//!   [`metrics`](Runtime::metrics) as `overdue_threads`. No thread is kept
+//!   in reserve: when every event thread is stuck, a task that has waited in
+//!   the queue longer than its budget is answered with a queue timeout
+//!   ([`JoinError::is_queue_timeout`]) without running, so every caller
+//!   still gets an answer within about its budget, and timers and sockets
+//!   keep being driven; tasks run again as soon as a stuck poll returns.
+//!   Thread count never grows without bound.
 //! * **The client is identified**: every timeout names its task and client,
 //!   and a [`policy::ClientPolicy`] can refuse a client after repeated
 //!   timeouts.

@@ -25,7 +25,8 @@ use crate::slot::{self, EXPIRED};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GroupMetrics {
-    /// Threads that are not hijacked: the group's working capacity.
+    /// Threads that are neither hijacked nor overdue: the group's working
+    /// capacity.
     pub healthy_threads: usize,
     /// Threads hijacked (abandoned) right now, still running a poisoned
     /// poll or job. Never above the cap.
@@ -33,7 +34,8 @@ pub struct GroupMetrics {
     /// Threads hijacked since start.
     pub hijacked_total: u64,
     /// Threads whose task has timed out but which could not be replaced
-    /// because the hijack cap is reached: the group is running short.
+    /// because the hijack cap is reached: the group is running short. Not
+    /// counted in `healthy_threads`.
     pub overdue_threads: usize,
     /// How many times a replacement was put off by the cap.
     pub deferred_total: u64,
@@ -43,8 +45,12 @@ pub struct GroupMetrics {
     pub completed: u64,
     /// Tasks that panicked.
     pub panicked: u64,
-    /// Tasks answered with a timeout.
+    /// Tasks answered with a timeout (queue timeouts included).
     pub timeouts: u64,
+    /// Of `timeouts`, tasks answered while still queued, because no thread
+    /// was free to run them within their budget
+    /// ([`JoinError::is_queue_timeout`](crate::JoinError::is_queue_timeout)).
+    pub queue_timeouts: u64,
     /// Polls run (one per job in the worker pool).
     pub polls: u64,
     /// Tasks waiting in queues.
@@ -61,7 +67,10 @@ impl GroupMetrics {
             .filter(|s| slot::tag(s.state.load()) == EXPIRED && s.deferred.load(Ordering::Relaxed))
             .count();
         Self {
-            healthy_threads: g.healthy.load(Ordering::SeqCst),
+            healthy_threads: g
+                .healthy
+                .load(Ordering::SeqCst)
+                .saturating_sub(overdue_threads),
             hijacked_threads: g.hijacked_now.load(Ordering::SeqCst),
             hijacked_total: g.hijacked_total.load(Ordering::Relaxed),
             overdue_threads,
@@ -70,6 +79,7 @@ impl GroupMetrics {
             completed: counts.completed,
             panicked: counts.panicked,
             timeouts: g.timeouts.load(Ordering::Relaxed),
+            queue_timeouts: g.queue_timeouts.load(Ordering::Relaxed),
             polls: counts.polls,
             queue_depth: counts.queue_depth,
         }

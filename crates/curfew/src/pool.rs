@@ -6,7 +6,11 @@
 //! enforces the poll budget on event threads: past the budget the job's
 //! [`JoinHandle`] resolves with a [`TimeoutError`](crate::TimeoutError) while
 //! the job is still running, and after the hijack grace the thread is
-//! abandoned and a replacement starts. The queue in front of the pool is
+//! abandoned and a replacement starts. A job's budget counts from its spawn,
+//! so time spent waiting in the queue counts: a job that is still queued
+//! when its budget runs out, with no pool thread free to run it, is answered
+//! with a queue timeout ([`JoinError::is_queue_timeout`](crate::JoinError::is_queue_timeout))
+//! and never runs. The queue in front of the pool is
 //! bounded ([`Builder::max_blocking_queue`](crate::Builder::max_blocking_queue));
 //! a job past the bound is refused at once with
 //! [`JoinError::is_refused`](crate::JoinError::is_refused), never queued
@@ -51,7 +55,7 @@
 //! let rt = curfew::Runtime::builder()
 //!     .event_threads(1)
 //!     .blocking_threads(2)
-//!     .job_budget(Duration::from_millis(50))
+//!     .job_budget(Duration::from_millis(250))
 //!     .build()?;
 //! // Owned data in, owned data out.
 //! let input: Vec<u64> = (0..100_000).collect();
@@ -79,20 +83,34 @@ impl Handle {
         R: Send + 'static,
     {
         let shared = &self.shared;
-        let queued = shared.blocking.queued.load(Ordering::Relaxed);
-        if queued >= shared.blocking.capacity {
+        let group = &shared.blocking;
+        // Reserve a place in the queue first: a load then an increment
+        // would let concurrent spawners past the bound. The place is given
+        // back when a pool thread takes the job (`WorkerCtx::find_task`).
+        let reserved = group
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < group.capacity).then_some(n + 1)
+            });
+        if reserved.is_err() {
             return shared.refuse(Refusal::QueueFull {
-                capacity: shared.blocking.capacity,
+                capacity: group.capacity,
             });
         }
         let header = match shared.header(opts, GroupId::Blocking) {
             Ok(h) => h,
-            Err(r) => return shared.refuse(r),
+            Err(r) => {
+                group.queued.fetch_sub(1, Ordering::AcqRel);
+                return shared.refuse(r);
+            }
         };
+        // The job's budget counts from now, queueing included.
+        let spawned = shared.epoch.elapsed().as_nanos() as u64;
+        header.queued_ns.store(spawned, Ordering::Relaxed);
         let sched = shared.clone();
         let schedule = move |r| sched.schedule_blocking(r);
-        shared.blocking.spawned.fetch_add(1, Ordering::Relaxed);
+        group.spawned.fetch_add(1, Ordering::Relaxed);
         let job = async move { f() };
-        task::spawn_raw(header, job, schedule)
+        task::spawn_raw(header, job, schedule, None)
     }
 }

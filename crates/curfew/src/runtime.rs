@@ -15,7 +15,7 @@ use crate::error::{BuildError, Refusal};
 use crate::executor::{self, Group, GroupId, Runnable};
 use crate::metrics::RuntimeMetrics;
 use crate::policy::{ClientKey, ClientPolicy, Clients, NO_CLIENT};
-use crate::task::{self, Header, JoinHandle};
+use crate::task::{self, Header, JoinHandle, Registry};
 use crate::watchdog;
 
 /// Validated settings of a runtime.
@@ -152,7 +152,8 @@ impl Builder {
         self
     }
 
-    /// The longest one blocking job may run. Default: 1 s. At least the
+    /// The longest one blocking job may take, counted from its spawn (time
+    /// spent queued included). Default: 1 s. At least the
     /// [`watchdog_interval`](Self::watchdog_interval) and at most
     /// [`MAX_BUDGET`].
     pub fn job_budget(mut self, budget: Duration) -> Self {
@@ -176,7 +177,9 @@ impl Builder {
     /// time, but its thread is not replaced until a hijacked thread exits:
     /// the runtime runs with fewer healthy threads and reports them as
     /// `overdue_threads` in [`metrics`](Runtime::metrics). It never starts
-    /// more threads than `event_threads + max_hijacked_threads`.
+    /// more threads than `event_threads + max_hijacked_threads`. Once every
+    /// event thread is stuck, queued tasks are answered with a queue timeout
+    /// after their budget ([`JoinError::is_queue_timeout`](crate::JoinError::is_queue_timeout)).
     pub fn max_hijacked_threads(mut self, n: usize) -> Self {
         self.max_hijacked_threads = Some(n);
         self
@@ -495,6 +498,8 @@ impl Builder {
             is_default: self.is_default,
             epoch: Instant::now(),
             refused: AtomicU64::new(0),
+            registry: Registry::new(),
+            tick: CachePadded::new(AtomicU64::new(0)),
         });
         let mut rt = Runtime {
             handle: Handle {
@@ -675,6 +680,13 @@ pub(crate) struct Shared {
     is_default: bool,
     pub(crate) epoch: Instant,
     pub(crate) refused: AtomicU64,
+    /// Every live task, for shutdown.
+    pub(crate) registry: Registry,
+    /// The watchdog's tick count, which a task reads when it is queued: the
+    /// watchdog knows when each tick began, and so how long a queued task
+    /// has waited at least (see `watchdog::QueueWatch`). One relaxed load
+    /// per schedule; written once per watchdog tick.
+    pub(crate) tick: CachePadded<AtomicU64>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -740,6 +752,10 @@ impl Shared {
 
     /// The schedule function of async tasks.
     fn schedule_event(&self, r: Runnable, info: ScheduleInfo) {
+        // For the queue deadline: the tick in which the task was queued.
+        r.metadata()
+            .queued_tick
+            .store(self.tick.load(Ordering::Relaxed), Ordering::Relaxed);
         let r = match context::with_worker(|w| match w {
             Some(w) => w.push_local(self, r, info.woken_while_running),
             None => Err(r),
@@ -756,8 +772,8 @@ impl Shared {
     }
 
     /// The schedule function of blocking jobs.
+    /// (The job's place in the bounded queue was reserved by its spawn.)
     pub(crate) fn schedule_blocking(&self, r: Runnable) {
-        self.blocking.queued.fetch_add(1, Ordering::Relaxed);
         self.blocking.push_remote(r);
     }
 
@@ -889,11 +905,18 @@ impl Runtime {
 
     /// Shuts the runtime down, waiting at most `timeout` for its threads.
     ///
-    /// Queued tasks are dropped (their handles resolve as cancelled), idle
-    /// threads exit, and polls in progress are left to finish. Threads still
-    /// busy when the timeout runs out, such as hijacked threads spinning in
-    /// a poisoned poll, are detached: each drops its task and exits when its
-    /// poll returns.
+    /// Idle threads exit, and polls in progress are left to finish. Threads
+    /// still busy when the timeout runs out, such as hijacked threads
+    /// spinning in a poisoned poll, are detached: each drops its task and
+    /// exits when its poll returns.
+    ///
+    /// When it returns, every task's handle is resolved: queued tasks are
+    /// dropped and their handles resolve as cancelled; so are idle tasks,
+    /// even those nothing would ever wake (as tokio cancels them), and tasks
+    /// whose poll is still running on a detached thread (their future is
+    /// dropped when that poll returns). Tasks woken later, for example by
+    /// the I/O driver shutting down, are dropped at once. Futures dropped
+    /// here run their destructors on the calling thread.
     pub fn shutdown_timeout(mut self, timeout: Duration) {
         self.close(Some(Instant::now() + timeout));
     }
@@ -912,16 +935,15 @@ impl Runtime {
         shared.event.notify_all();
         shared.blocking.notify_all();
         {
-            // Without a deadline (drop), wait for the healthy threads: each
-            // finishes its current poll, which the watchdog still bounds.
-            // With one, wait for every thread until the deadline.
+            // Without a deadline (drop), wait for the threads that are not
+            // stuck: each finishes its current poll, which the watchdog
+            // still bounds (over budget, a thread is stuck, and no longer
+            // waited for, whether it could be written off or is held at the
+            // cap). With a deadline, wait for every thread until then.
             let mut g = shared.exit_lock.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 let remaining = match deadline {
-                    None => {
-                        shared.event.healthy.load(Ordering::SeqCst)
-                            + shared.blocking.healthy.load(Ordering::SeqCst)
-                    }
+                    None => shared.event.unstuck_threads() + shared.blocking.unstuck_threads(),
                     Some(_) => {
                         shared.event.alive.load(Ordering::SeqCst)
                             + shared.blocking.alive.load(Ordering::SeqCst)
@@ -947,9 +969,22 @@ impl Runtime {
         }
         shared.watchdog_stop.store(true, Ordering::SeqCst);
         shared.unpark_watchdog();
+        // The watchdog hands back the tasks it held for the queue deadline
+        // before it exits.
         let _ = wd.join();
-        shared.event.drain();
-        shared.blocking.drain();
+        // Drop what is queued, and from now on whatever is scheduled.
+        shared.event.close();
+        shared.blocking.close();
+        // A task whose poll still runs on a detached thread: its handle is
+        // answered as cancelled now, and its future dropped when that poll
+        // returns.
+        shared.event.cancel_running();
+        shared.blocking.cancel_running();
+        // Resolve every handle still open, and cancel every task left: an
+        // idle one is woken and, its queue being closed, dropped here.
+        for entry in shared.registry.close() {
+            entry.cancel();
+        }
         if let Some(io) = &shared.io {
             io.close();
         }
@@ -958,9 +993,13 @@ impl Runtime {
 
 impl Drop for Runtime {
     /// Shuts down like [`shutdown_timeout`](Runtime::shutdown_timeout), but
-    /// waits only for the healthy threads: at most about the poll or job
-    /// budget plus the hijack grace, since the watchdog keeps timing the
-    /// polls in progress. Hijacked threads are detached.
+    /// waits only for the threads that are not stuck: at most about the
+    /// poll or job budget (plus a watchdog interval), since the watchdog
+    /// keeps timing the polls in progress, and a thread whose poll has run
+    /// over budget is detached, whether it was written off or is held at
+    /// the hijack cap. Only a poll with no budget
+    /// ([`task::Builder::unlimited`](crate::task::Builder::unlimited), or
+    /// [`Builder::no_default_budgets`]) can hold a drop for longer.
     fn drop(&mut self) {
         self.close(None);
     }
@@ -1074,7 +1113,7 @@ impl Handle {
         let sched = shared.clone();
         let schedule = WithInfo(move |r, info| sched.schedule_event(r, info));
         shared.event.spawned.fetch_add(1, Ordering::Relaxed);
-        task::spawn_raw(header, future, schedule)
+        task::spawn_raw(header, future, schedule, Some(&shared.registry))
     }
 }
 
@@ -1096,4 +1135,62 @@ pub(crate) fn default_handle() -> &'static Handle {
                 .unwrap_or_else(|e| panic!("cannot start curfew's default runtime: {e}"))
         })
         .handle
+}
+
+#[cfg(all(test, not(curfew_loom)))]
+mod tests {
+    use super::*;
+
+    /// Waits up to 10 s for `cond`.
+    fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn the_registry_forgets_finished_tasks() {
+        let rt = Runtime::builder().event_threads(2).build().unwrap();
+        let handles: Vec<_> = (0..100).map(|i| rt.spawn(async move { i })).collect();
+        let jobs: Vec<_> = (0..10).map(|i| rt.spawn_blocking(move || i)).collect();
+        for h in handles {
+            rt.block_on(h).unwrap();
+        }
+        for j in jobs {
+            rt.block_on(j).unwrap();
+        }
+        assert_eq!(rt.handle.shared.registry.len(), 0);
+        let idle = rt.spawn(std::future::pending::<()>());
+        assert!(eventually(|| rt.handle.shared.registry.len() == 1));
+        idle.abort();
+        assert!(eventually(|| rt.handle.shared.registry.len() == 0));
+    }
+
+    #[test]
+    fn shutdown_leaves_no_cycle_through_the_shared_state() {
+        let rt = Runtime::builder().event_threads(1).build().unwrap();
+        let weak = Arc::downgrade(&rt.handle.shared);
+        // A task on the runtime's own timer (woken by the driver's
+        // shutdown), an idle one nothing will wake, a detached one, and
+        // one still queued.
+        let sleeper = rt.spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await });
+        let idle = rt.spawn(std::future::pending::<()>());
+        drop(rt.spawn(std::future::pending::<()>()));
+        assert!(eventually(|| rt.metrics().event.polls >= 3));
+        let queued = rt.spawn(async { 1 });
+        rt.shutdown_timeout(Duration::from_secs(5));
+        for h in [sleeper, idle] {
+            assert!(futures::executor::block_on(h).unwrap_err().is_cancelled());
+        }
+        let _ = futures::executor::block_on(queued);
+        assert!(
+            eventually(|| weak.upgrade().is_none()),
+            "the runtime's shared state outlived its shutdown"
+        );
+    }
 }

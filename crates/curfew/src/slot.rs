@@ -48,9 +48,9 @@
 //! poll finished" and "the watchdog fired" always has exactly one winner.
 
 #[cfg(curfew_loom)]
-use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
 #[cfg(not(curfew_loom))]
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 /// Between polls; the thread is looking for work.
 pub(crate) const IDLE: u64 = 0;
@@ -274,6 +274,102 @@ impl<T> SlotState<T> {
         self.word
             .compare_exchange(expired, hijacked, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
+    }
+}
+
+/// A task's outcome: still pending.
+pub(crate) const PENDING: u8 = 0;
+/// The task produced its output (or panicked).
+pub(crate) const DONE: u8 = 1;
+/// The watchdog answered with a timeout.
+pub(crate) const TIMED_OUT: u8 = 2;
+/// The task was aborted (or cancelled by a shutdown).
+pub(crate) const ABORTED: u8 = 3;
+
+/// A task's outcome cell, the other place where the watchdog meets the
+/// threads: the first of completion, timeout and abort wins, and a timeout
+/// carries its numbers.
+///
+/// The numbers are stored before the resolving compare-exchange (Release)
+/// and read after an Acquire load that saw it, so a reader that sees the
+/// timeout, however it first noticed (`checkpoint` looks with one relaxed
+/// load), reads the numbers of that timeout and never zero. The loom model
+/// `loom_checkpoint_sees_the_numbers` checks this.
+#[derive(Debug)]
+pub(crate) struct Verdict {
+    state: AtomicU8,
+    elapsed_ns: AtomicU64,
+    queued: AtomicBool,
+}
+
+impl Verdict {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: AtomicU8::new(PENDING),
+            elapsed_ns: AtomicU64::new(0),
+            queued: AtomicBool::new(false),
+        }
+    }
+
+    /// The task finished. False if a timeout or an abort won.
+    pub(crate) fn complete(&self) -> bool {
+        self.state
+            .compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The task was aborted. False if something else won.
+    pub(crate) fn abort(&self) -> bool {
+        self.state
+            .compare_exchange(PENDING, ABORTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Resolves with a timeout of `elapsed_ns`. One party at a time may call
+    /// this for a task: the watchdog (for a poll it has claimed or a task it
+    /// holds) or the pool thread that holds a job it has not started. False
+    /// if the task was resolved already; the numbers of an earlier timeout
+    /// are then left alone (the watchdog may time a resolved task's
+    /// destructor).
+    pub(crate) fn resolve_timeout(&self, elapsed_ns: u64, queued: bool) -> bool {
+        if self.state.load(Ordering::Acquire) != PENDING {
+            return false;
+        }
+        self.elapsed_ns.store(elapsed_ns, Ordering::Relaxed);
+        self.queued.store(queued, Ordering::Relaxed);
+        // Release: publishes the two stores above to whoever acquires the
+        // state (`timeout_numbers`).
+        self.state
+            .compare_exchange(PENDING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The outcome so far (Acquire).
+    pub(crate) fn load(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// One relaxed load: the hot path of `checkpoint`.
+    #[inline]
+    pub(crate) fn is_timed_out_relaxed(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == TIMED_OUT
+    }
+
+    /// Whether a timeout or an abort won.
+    pub(crate) fn is_resolved_early(&self) -> bool {
+        self.state.load(Ordering::Acquire) >= TIMED_OUT
+    }
+
+    /// The elapsed time (ns) and the queue flag of the timeout. Call only
+    /// after seeing the outcome timed out.
+    pub(crate) fn timeout_numbers(&self) -> (u64, bool) {
+        // Acquire: pairs with the Release of `resolve_timeout`.
+        let state = self.state.load(Ordering::Acquire);
+        debug_assert_eq!(state, TIMED_OUT);
+        (
+            self.elapsed_ns.load(Ordering::Relaxed),
+            self.queued.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -506,6 +602,53 @@ mod loom_tests {
     #[test]
     fn loom_poll_end_races_hijack() {
         run_model(true);
+    }
+
+    /// `checkpoint` notices a timeout with one relaxed load, then reads its
+    /// numbers: it must never read an elapsed time of 0. This checks the
+    /// publication order (numbers stored before the resolving
+    /// compare-exchange); loom does not produce the weak-memory reordering a
+    /// relaxed reader would allow, so the reader's Acquire in
+    /// `timeout_numbers` rests on the memory model, not on this model.
+    #[test]
+    fn loom_checkpoint_sees_the_numbers() {
+        loom::model(|| {
+            let v = Arc::new(Verdict::new());
+            let watchdog = {
+                let v = v.clone();
+                loom::thread::spawn(move || v.resolve_timeout(5_000_000, true))
+            };
+            // Let the watchdog run first in some interleavings (loom
+            // explores both orders from here).
+            loom::thread::yield_now();
+            if v.is_timed_out_relaxed() {
+                let (ns, queued) = v.timeout_numbers();
+                assert_eq!(
+                    (ns, queued),
+                    (5_000_000, true),
+                    "checkpoint read stale numbers"
+                );
+            }
+            assert!(watchdog.join().unwrap());
+            assert_eq!(v.timeout_numbers(), (5_000_000, true));
+        });
+    }
+
+    /// A completion racing a timeout: exactly one wins.
+    #[test]
+    fn loom_completion_races_timeout() {
+        loom::model(|| {
+            let v = Arc::new(Verdict::new());
+            let watchdog = {
+                let v = v.clone();
+                loom::thread::spawn(move || v.resolve_timeout(7, false))
+            };
+            loom::thread::yield_now();
+            let completed = v.complete();
+            let timed_out = watchdog.join().unwrap();
+            assert!(completed != timed_out, "exactly one outcome wins");
+            assert_eq!(v.load(), if completed { DONE } else { TIMED_OUT });
+        });
     }
 
     /// Two consecutive polls: a claim observed on the first poll must never

@@ -22,10 +22,12 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
 
 use async_task::FallibleTask;
 use futures::task::AtomicWaker;
@@ -34,12 +36,11 @@ use crate::context;
 use crate::error::{JoinError, Location, Refusal, TimeoutError};
 use crate::policy::ClientKey;
 use crate::runtime::Handle;
-use crate::slot::PollEnd;
+use crate::slot::{ABORTED, IDLE, PollEnd, TIMED_OUT, Verdict, tag};
 
-const PENDING: u8 = 0;
-const DONE: u8 = 1;
-const TIMED_OUT: u8 = 2;
-const ABORTED: u8 = 3;
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// The metadata every task carries, inline in its `async_task` allocation.
 ///
@@ -48,12 +49,19 @@ const ABORTED: u8 = 3;
 /// pointer a thread publishes in its slot.
 #[derive(Debug)]
 pub(crate) struct Header {
-    /// `PENDING` until the first of completion, timeout and abort wins.
-    outcome: AtomicU8,
+    /// Pending until the first of completion, timeout and abort wins, with
+    /// the numbers of a timeout.
+    outcome: Verdict,
     /// Woken when the watchdog or an abort resolves the task.
     join_waker: AtomicWaker,
-    /// Set by the watchdog before it resolves the task with a timeout.
-    elapsed_ns: AtomicU64,
+    /// The watchdog tick current when the task was last queued (async
+    /// tasks; see `Shared::schedule_event`).
+    pub(crate) queued_tick: AtomicU64,
+    /// When a blocking job was spawned, in ns since the runtime's epoch: its
+    /// budget counts from here.
+    pub(crate) queued_ns: AtomicU64,
+    /// The task's entry in its runtime's [`Registry`], or `NO_KEY`.
+    registry_key: AtomicUsize,
     pub(crate) budget: Option<Duration>,
     pub(crate) budget_code: u32,
     pub(crate) client_idx: u32,
@@ -78,9 +86,11 @@ impl Header {
         span: tracing::Span,
     ) -> Self {
         Self {
-            outcome: AtomicU8::new(PENDING),
+            outcome: Verdict::new(),
             join_waker: AtomicWaker::new(),
-            elapsed_ns: AtomicU64::new(0),
+            queued_tick: AtomicU64::new(0),
+            queued_ns: AtomicU64::new(0),
+            registry_key: AtomicUsize::new(NO_KEY),
             budget,
             budget_code: crate::slot::budget_code(budget),
             client_idx,
@@ -95,9 +105,7 @@ impl Header {
     /// The task produced its output (or panicked). False if a timeout or an
     /// abort got there first.
     fn complete(&self) -> bool {
-        self.outcome
-            .compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.outcome.complete()
     }
 
     /// Watchdog: marks the task timed out. False if it had already
@@ -105,11 +113,14 @@ impl Header {
     /// calls [`Self::wake_join`], so that whoever the handle wakes sees the
     /// timeout in the metrics.
     pub(crate) fn time_out(&self, elapsed: Duration) -> bool {
-        self.elapsed_ns
-            .store(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        self.outcome
-            .compare_exchange(PENDING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.outcome.resolve_timeout(duration_ns(elapsed), false)
+    }
+
+    /// Watchdog: answers a task that waited in a queue for `waited`, longer
+    /// than its budget, with no thread free to run it. False if it had
+    /// already been resolved.
+    pub(crate) fn time_out_queued(&self, waited: Duration) -> bool {
+        self.outcome.resolve_timeout(duration_ns(waited), true)
     }
 
     /// Wakes the task's `JoinHandle`.
@@ -117,11 +128,8 @@ impl Header {
         self.join_waker.wake();
     }
 
-    fn abort(&self) -> bool {
-        let won = self
-            .outcome
-            .compare_exchange(PENDING, ABORTED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
+    pub(crate) fn abort(&self) -> bool {
+        let won = self.outcome.abort();
         if won {
             self.join_waker.wake();
         }
@@ -132,26 +140,30 @@ impl Header {
     /// this is what [`checkpoint`](crate::checkpoint) costs.
     #[inline]
     pub(crate) fn is_timed_out(&self) -> bool {
-        self.outcome.load(Ordering::Relaxed) == TIMED_OUT
+        self.outcome.is_timed_out_relaxed()
     }
 
-    fn is_resolved_early(&self) -> bool {
-        self.outcome.load(Ordering::Acquire) >= TIMED_OUT
+    pub(crate) fn is_resolved_early(&self) -> bool {
+        self.outcome.is_resolved_early()
     }
 
+    /// The timeout the watchdog answered with. Call only once the outcome
+    /// has been seen as timed out.
     pub(crate) fn timeout_error(&self) -> TimeoutError {
+        let (elapsed_ns, queued) = self.outcome.timeout_numbers();
         TimeoutError {
             budget: self.budget.unwrap_or(Duration::MAX),
-            elapsed: Duration::from_nanos(self.elapsed_ns.load(Ordering::Relaxed)),
+            elapsed: Duration::from_nanos(elapsed_ns),
             name: self.name.clone(),
             client: self.client.clone(),
             location: self.location,
+            queued,
         }
     }
 
     /// The error of a task resolved by the watchdog or by an abort.
     fn early_error(&self) -> Option<JoinError> {
-        match self.outcome.load(Ordering::Acquire) {
+        match self.outcome.load() {
             TIMED_OUT => Some(JoinError::timed_out(self.timeout_error())),
             ABORTED => Some(JoinError::cancelled()),
             _ => None,
@@ -161,18 +173,44 @@ impl Header {
 
 /// The future async-task runs: the user's future, polled under the
 /// watchdog, with panics caught.
-#[pin_project::pin_project]
+///
+/// Whenever the user's future is dropped before it completes (a timeout, an
+/// abort, a shutdown), its destructors run under the watchdog as a poll of
+/// their own with the task's budget (see [`drop_timed`]), so a destructor
+/// that never returns costs a written-off thread, not a healthy one.
+#[pin_project::pin_project(PinnedDrop)]
 pub(crate) struct Guarded<'h, F> {
     header: &'h Header,
     #[pin]
     inner: Option<F>,
+    /// The registry the task is entered in, if any. It belongs to the
+    /// runtime's shared state, which the task's schedule function keeps
+    /// alive for as long as the task exists, and so for as long as this
+    /// future.
+    registry: *const Registry,
 }
 
 impl<'h, F> Guarded<'h, F> {
-    pub(crate) fn new(header: &'h Header, inner: F) -> Self {
+    pub(crate) fn new(header: &'h Header, inner: F, registry: Option<&Registry>) -> Self {
         Self {
             header,
             inner: Some(inner),
+            registry: registry.map_or(std::ptr::null(), |r| r as *const Registry),
+        }
+    }
+}
+
+#[pin_project::pinned_drop]
+impl<F> PinnedDrop for Guarded<'_, F> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        let header: &Header = this.header;
+        if this.inner.is_some() {
+            drop_timed(header, this.inner);
+        }
+        // SAFETY: see the field's comment: the registry outlives the task.
+        if let Some(registry) = unsafe { this.registry.as_ref() } {
+            registry.remove(header.registry_key.swap(NO_KEY, Ordering::Relaxed));
         }
     }
 }
@@ -187,8 +225,9 @@ impl<F: Future> Future for Guarded<'_, F> {
             return Poll::Ready(Err(JoinError::cancelled()));
         };
         if header.is_resolved_early() {
-            // Aborted (or timed out) while waiting: drop the future here.
-            drop_quietly(this.inner);
+            // Aborted or timed out (in a queue) while waiting: drop the
+            // future here, under the watchdog.
+            drop_timed(header, this.inner);
             return Poll::Ready(Err(JoinError::cancelled()));
         }
 
@@ -203,15 +242,39 @@ impl<F: Future> Future for Guarded<'_, F> {
         if end != PollEnd::InTime || header.is_resolved_early() {
             // The caller has been answered already. Whatever the poll
             // produced is dropped, and so is the future, on this thread, so
-            // its destructors run now.
+            // its destructors run now: under the watchdog if the thread is
+            // still healthy, as they are on a written-off thread (which
+            // exits afterwards).
             drop(res);
-            drop_quietly(this.inner);
+            if end == PollEnd::Hijacked {
+                drop_quietly(this.inner);
+            } else {
+                drop_timed(header, this.inner);
+            }
             return Poll::Ready(Err(JoinError::cancelled()));
         }
         match res {
-            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Pending) => {
+                // The task goes idle: enter it in the registry (once), so
+                // that a shutdown can cancel it even if nothing wakes it.
+                // Tasks that finish in their first poll never pay for this.
+                // SAFETY: see the field's comment: the registry outlives
+                // the task.
+                if let Some(registry) = unsafe { this.registry.as_ref() } {
+                    if header.registry_key.load(Ordering::Relaxed) == NO_KEY {
+                        let hint = (header as *const Header as usize) >> 6;
+                        if let Some(key) = registry.insert(hint, cx.waker().clone(), header) {
+                            header.registry_key.store(key, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Poll::Pending
+            }
             Ok(Poll::Ready(out)) => {
                 context::count_finished(false);
+                // A finished future holds nothing of the task's work; drop
+                // it now rather than under a timed poll of its own.
+                drop_quietly(this.inner);
                 if header.complete() {
                     Poll::Ready(Ok(out))
                 } else {
@@ -220,7 +283,7 @@ impl<F: Future> Future for Guarded<'_, F> {
             }
             Err(panic) => {
                 context::count_finished(true);
-                drop_quietly(this.inner);
+                drop_timed(header, this.inner);
                 header.complete();
                 Poll::Ready(Err(JoinError::panic(panic)))
             }
@@ -228,24 +291,193 @@ impl<F: Future> Future for Guarded<'_, F> {
     }
 }
 
+/// Drops a task's future, under the watchdog when on a healthy curfew
+/// thread between polls: the drop is published as a poll of the task with
+/// the task's budget, so a destructor that overruns is answered for (the
+/// task is resolved already, so nobody is woken) and its thread is written
+/// off and replaced, exactly as for a poll. Nested in a poll (a destructor
+/// that drops another task), it is part of that poll's time; elsewhere (a
+/// runtime shutting down, a thread that is not curfew's) it runs untimed.
+fn drop_timed<F>(header: &Header, slot: Pin<&mut Option<F>>) {
+    if slot.is_none() {
+        return;
+    }
+    let nested = context::with_current_task(|t| t.is_some());
+    context::with_worker(|w| match w {
+        Some(w) if !nested && tag(w.slot.state.load()) == IDLE => {
+            let seq = w.next_seq();
+            w.stamp_poll(seq);
+            let state = &w.slot.state;
+            state.begin(seq, header.budget_code, header.client_idx, header);
+            drop_quietly(slot);
+            // A written-off thread sees its slot hijacked after the runnable
+            // returns, and exits (`WorkerCtx::run`).
+            let _ = state.end(seq, header.budget_code);
+        }
+        _ => drop_quietly(slot),
+    });
+}
+
+/// No registry entry.
+const NO_KEY: usize = usize::MAX;
+
+const REGISTRY_SHARDS: usize = 32;
+
+/// Every task of a runtime that has gone idle (returned `Pending`) at least
+/// once, as tokio's owned-task list: what a shutdown uses to resolve their
+/// handles and to cancel those that nothing will wake again. (A shutdown
+/// finds the other tasks in the queues, or running in a thread's slot.)
+///
+/// An entry holds a waker of its task (which keeps the task's allocation,
+/// and so the header, alive) and is removed when the task's future is
+/// dropped. A task that is idle and detached, with nothing left to wake it,
+/// thus stays until the runtime shuts down, as in tokio. Entering and
+/// leaving take one of 32 locks, picked by the task's address; a task that
+/// finishes in its first poll (a burst of small spawns) never does.
+pub(crate) struct Registry {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    closed: bool,
+}
+
+/// A registered task: its waker, and its header.
+pub(crate) struct Entry {
+    waker: Waker,
+    header: NonNull<Header>,
+}
+
+// SAFETY: the header is `Sync` and is only read through shared references,
+// and the waker in the same entry keeps the allocation it lives in alive.
+unsafe impl Send for Entry {}
+
+impl Entry {
+    /// Resolves the task's handle as cancelled, unless it was resolved
+    /// already, then wakes the task so that its future is dropped.
+    pub(crate) fn cancel(self) {
+        // SAFETY: `self.waker` keeps the task, and so its header, alive.
+        let header = unsafe { self.header.as_ref() };
+        header.abort();
+        self.waker.wake();
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..REGISTRY_SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(Shard::default())))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[i % REGISTRY_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enters a task; `hint` spreads tasks over the shards. Returns the key,
+    /// or `None` once the registry is closed (the runtime shut down).
+    fn insert(&self, hint: usize, waker: Waker, header: &Header) -> Option<usize> {
+        let shard_no = hint % REGISTRY_SHARDS;
+        let mut shard = self.shard(shard_no);
+        if shard.closed {
+            return None;
+        }
+        let entry = Entry {
+            waker,
+            header: NonNull::from(header),
+        };
+        let i = match shard.free.pop() {
+            Some(i) => {
+                shard.entries[i] = Some(entry);
+                i
+            }
+            None => {
+                shard.entries.push(Some(entry));
+                shard.entries.len() - 1
+            }
+        };
+        Some(i * REGISTRY_SHARDS + shard_no)
+    }
+
+    fn remove(&self, key: usize) {
+        if key == NO_KEY {
+            return;
+        }
+        let entry = {
+            let mut shard = self.shard(key % REGISTRY_SHARDS);
+            let i = key / REGISTRY_SHARDS;
+            let e = shard.entries.get_mut(i).and_then(Option::take);
+            if e.is_some() {
+                shard.free.push(i);
+            }
+            e
+        };
+        // The waker is dropped outside the lock.
+        drop(entry);
+    }
+
+    /// Closes the registry to new tasks and takes every entry out.
+    pub(crate) fn close(&self) -> Vec<Entry> {
+        let mut all = Vec::new();
+        for i in 0..REGISTRY_SHARDS {
+            let mut shard = self.shard(i);
+            shard.closed = true;
+            shard.free.clear();
+            all.extend(shard.entries.drain(..).flatten());
+        }
+        all
+    }
+
+    /// Tasks entered now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        (0..REGISTRY_SHARDS)
+            .map(|i| self.shard(i).entries.iter().flatten().count())
+            .sum()
+    }
+}
+
 /// Creates the task for `future`, with `header` as its metadata, and
-/// schedules it.
-pub(crate) fn spawn_raw<F, S>(header: Header, future: F, schedule: S) -> JoinHandle<F::Output>
+/// schedules it. The task enters `registry` (if given) when it first goes
+/// idle.
+pub(crate) fn spawn_raw<F, S>(
+    header: Header,
+    future: F,
+    schedule: S,
+    registry: Option<&Registry>,
+) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
     S: async_task::Schedule<Header> + Send + Sync + 'static,
 {
+    let reg = registry;
     // SAFETY: `spawn_unchecked` lifts the `'static` bound on the future, and
     // we need that only so the future may borrow its own header (the task's
     // metadata), which async-task keeps alive and in place for as long as the
-    // future exists. The future borrows nothing else and is `Send` (`F` is,
-    // and `Header` is `Sync`), and the schedule function is `Send + Sync +
+    // future exists, and point at its runtime's registry, which the schedule
+    // function keeps alive for as long as the task exists (the caller passes
+    // the registry of the runtime whose shared state `schedule` owns). The
+    // future borrows nothing else and is `Send` (`F` is, and `Header` and
+    // `Registry` are `Sync`), and the schedule function is `Send + Sync +
     // 'static`, so the `Runnable` and its wakers may go to any thread.
     let (runnable, task) = unsafe {
         async_task::Builder::new()
             .metadata(header)
-            .spawn_unchecked(move |h: &Header| Guarded::new(h, future), schedule)
+            .spawn_unchecked(move |h: &Header| Guarded::new(h, future, reg), schedule)
     };
     runnable.schedule();
     JoinHandle::new(task)
@@ -613,7 +845,7 @@ mod tests {
         F::Output: Send + 'static,
     {
         let q2 = q.clone();
-        spawn_raw(header(), fut, move |r| q2.lock().unwrap().push(r))
+        spawn_raw(header(), fut, move |r| q2.lock().unwrap().push(r), None)
     }
 
     fn run_all(q: &Queue) {

@@ -29,16 +29,51 @@
 //! 5. at the cap on hijacked threads, the thread is not replaced: it is
 //!    reported as overdue and replaced as soon as a hijacked thread exits.
 //!
+//! The overrun path never leaves a slot claimed: a panic in it (from a
+//! tracing subscriber, a waker, or the client policy) is caught, the slot is
+//! released, and the watchdog carries on; so is a panic anywhere else in a
+//! tick.
+//!
+//! # The queue deadline
+//!
+//! A group is *starved* when none of its threads is free to run queued work:
+//! each is running a poll past its budget, timed out, or written off. Then
+//! no thread will come for the queued tasks in time, so the watchdog takes
+//! them out of the queues (the shared one and the stuck threads' own) and
+//! answers each that has waited longer than its budget with a queue timeout
+//! ([`JoinError::is_queue_timeout`]). A task counts as queued from the
+//! watchdog tick in which it was scheduled (a lower bound: never early). A
+//! blocking job counts from its spawn, and its budget keeps counting while it
+//! runs. As soon as a thread is free again, the tasks still waiting go back
+//! to the shared queue, in order; the answered ones are dropped by the
+//! thread that takes them, under the watchdog.
+//!
+//! # The I/O driver
+//!
+//! When no event thread has entered the runtime's own I/O driver for two
+//! intervals and none is free (each is in a poll past its budget, or
+//! written off), the watchdog has a helper thread drive it until an event
+//! thread comes back, so that timers and sockets keep working, and a
+//! `Runtime::block_on` waiting on a timer still wakes, while every event
+//! thread is stuck.
+//!
 //! [`TimeoutError`]: crate::TimeoutError
+//! [`JoinError::is_queue_timeout`]: crate::JoinError::is_queue_timeout
 
+use std::collections::VecDeque;
 use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::executor::{self, Group, GroupId, Slot};
+use crate::executor::{self, Group, GroupId, Runnable, Slot};
 use crate::runtime::Shared;
 use crate::slot::{self, EXPIRED, HIJACKED, IDLE, RUNNING, SLEEPING, UNLIMITED};
+
+/// How many recent ticks the watchdog remembers the time of (about 2 s at
+/// the default interval). A task queued longer ago counts from the oldest.
+const TICK_HISTORY: usize = 4096;
 
 /// How old a poll's own start stamp may be and still be trusted (see
 /// `inspect`).
@@ -66,6 +101,31 @@ pub(crate) fn start(shared: Arc<Shared>) -> io::Result<std::thread::JoinHandle<(
 struct Watchdog {
     shared: Arc<Shared>,
     last_tick: Instant,
+    /// The last tick published in `Shared::tick`.
+    tick: u64,
+    /// When ticks `first_tick..=tick` were published (ns since the epoch).
+    tick_ns: VecDeque<u64>,
+    first_tick: u64,
+    /// Tasks taken out of a starved group's queues, per group.
+    held: [VecDeque<Held>; 2],
+    /// When the next held task's deadline passes, per group.
+    next_due: [u64; 2],
+}
+
+/// When a task queued at `since_ns` has waited its budget.
+fn deadline(r: &Runnable, since_ns: u64) -> u64 {
+    match r.metadata().budget {
+        Some(b) => since_ns.saturating_add(u64::try_from(b.as_nanos()).unwrap_or(u64::MAX)),
+        None => u64::MAX,
+    }
+}
+
+/// A task the watchdog holds while its group is starved.
+struct Held {
+    runnable: Runnable,
+    /// Queued at the latest then (ns since the epoch).
+    since_ns: u64,
+    answered: bool,
 }
 
 /// What one look at a slot found.
@@ -77,12 +137,53 @@ enum Seen {
     Awake,
 }
 
+fn group_index(gid: GroupId) -> usize {
+    match gid {
+        GroupId::Event => 0,
+        GroupId::Blocking => 1,
+    }
+}
+
 impl Watchdog {
     fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
             last_tick: Instant::now(),
+            tick: 0,
+            tick_ns: VecDeque::new(),
+            first_tick: 1,
+            held: [VecDeque::new(), VecDeque::new()],
+            next_due: [0; 2],
         }
+    }
+
+    /// Starts a tick: publishes its number, then notes when it was
+    /// published. A task that read tick `k` was queued before tick `k + 1`
+    /// was published.
+    fn publish_tick(&mut self) -> Instant {
+        self.tick += 1;
+        self.shared.tick.store(self.tick, Ordering::Relaxed);
+        let now = Instant::now();
+        self.tick_ns.push_back(self.now_ns(now));
+        if self.tick_ns.len() > TICK_HISTORY {
+            self.tick_ns.pop_front();
+            self.first_tick += 1;
+        }
+        now
+    }
+
+    /// The latest a task that read tick `k` can have been queued.
+    fn queued_by(&self, k: u64, now_ns: u64) -> u64 {
+        let next = k.saturating_add(1);
+        if next > self.tick {
+            return now_ns;
+        }
+        let i = next.saturating_sub(self.first_tick) as usize;
+        self.tick_ns
+            .get(i)
+            .or(self.tick_ns.back())
+            .copied()
+            .unwrap_or(now_ns)
     }
 
     fn now_ns(&self, now: Instant) -> u64 {
@@ -92,18 +193,19 @@ impl Watchdog {
     fn run(mut self) {
         let interval = self.shared.config.watchdog_interval;
         while !self.shared.watchdog_stop.load(Ordering::SeqCst) {
-            let now = Instant::now();
-            let mut awake = false;
-            for gid in [GroupId::Event, GroupId::Blocking] {
-                let group = self.shared.group(gid);
-                for slot in group.slots.load().iter() {
-                    awake |= self.inspect(group, slot, now) == Seen::Awake;
+            let now = self.publish_tick();
+            // A panic in a tick (from a tracing subscriber, say) must not
+            // take the watchdog down with it: every later overrun would go
+            // unanswered. Whatever the tick was doing is retried next time.
+            let awake = match catch_unwind(AssertUnwindSafe(|| self.tick(now))) {
+                Ok(awake) => awake,
+                Err(_) => {
+                    let _ = catch_unwind(
+                        || tracing::error!(target: "curfew", "watchdog tick panicked; carrying on"),
+                    );
+                    true
                 }
-                awake |= self.refill(group);
-            }
-            if let Some(io) = &self.shared.io {
-                io.check();
-            }
+            };
             self.last_tick = now;
             if awake {
                 std::thread::park_timeout(interval);
@@ -116,9 +218,163 @@ impl Watchdog {
                 self.last_tick = Instant::now();
             }
         }
+        // Hand back the tasks held for the queue deadline: the runtime
+        // shutting down drains the queues next.
+        for gid in [GroupId::Event, GroupId::Blocking] {
+            let group = self.shared.group(gid);
+            for h in self.held[group_index(gid)].drain(..) {
+                group.injector.push(h.runnable);
+            }
+        }
     }
 
-    fn inspect(&self, group: &Group, slot: &Slot, now: Instant) -> Seen {
+    /// One look at every thread. Returns whether any is awake.
+    fn tick(&mut self, now: Instant) -> bool {
+        let mut awake = false;
+        let mut event_free = true;
+        for gid in [GroupId::Event, GroupId::Blocking] {
+            let shared = self.shared.clone();
+            let group = shared.group(gid);
+            let mut free = false;
+            for slot in group.slots.load().iter() {
+                let (seen, slot_free) = self.inspect(group, slot, now);
+                awake |= seen == Seen::Awake;
+                free |= slot_free;
+            }
+            awake |= self.refill(group);
+            // A replacement started in this tick is free.
+            free = free
+                || group
+                    .slots
+                    .load()
+                    .iter()
+                    .any(|s| matches!(slot::tag(s.state.load()), IDLE | SLEEPING));
+            awake |= self.queue_deadline(group, free, now);
+            if gid == GroupId::Event {
+                event_free = free;
+            }
+        }
+        if let Some(io) = &self.shared.io {
+            // Help only a starved group: busy threads come back between
+            // polls and take the turn asked for.
+            let need = io.check() && !event_free;
+            self.help_io(need);
+        }
+        awake
+    }
+
+    /// Applies the queue deadline to a group (see the module docs). `free`
+    /// says whether one of its threads is free for queued work. Returns
+    /// whether the watchdog holds tasks of the group.
+    fn queue_deadline(&mut self, group: &Group, free: bool, now: Instant) -> bool {
+        let gi = group_index(group.id);
+        if free || self.shared.is_shutdown() {
+            if !self.held[gi].is_empty() {
+                // In order, ahead of nothing: the queues were empty of these.
+                for h in self.held[gi].drain(..) {
+                    group.injector.push(h.runnable);
+                }
+                group.notify();
+            }
+            self.next_due[gi] = u64::MAX;
+            return false;
+        }
+        let now_ns = self.now_ns(now);
+        // Starved: take in whatever is queued.
+        while let Some(r) = group.take_queued(true) {
+            let since_ns = match group.id {
+                GroupId::Event => {
+                    self.queued_by(r.metadata().queued_tick.load(Ordering::Relaxed), now_ns)
+                }
+                GroupId::Blocking => r.metadata().queued_ns.load(Ordering::Relaxed),
+            };
+            let due = deadline(&r, since_ns);
+            self.next_due[gi] = self.next_due[gi].min(due);
+            self.held[gi].push_back(Held {
+                runnable: r,
+                since_ns,
+                answered: false,
+            });
+        }
+        if self.held[gi].is_empty() {
+            return false;
+        }
+        if now_ns >= self.next_due[gi] {
+            let mut answered = 0u64;
+            let mut next_due = u64::MAX;
+            for h in self.held[gi].iter_mut().filter(|h| !h.answered) {
+                let header = h.runnable.metadata();
+                if now_ns >= deadline(&h.runnable, h.since_ns) {
+                    h.answered = true;
+                    let waited = Duration::from_nanos(now_ns.saturating_sub(h.since_ns));
+                    if header.time_out_queued(waited) {
+                        group.timeouts.fetch_add(1, Ordering::Relaxed);
+                        group.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                        header.wake_join();
+                        answered += 1;
+                    }
+                } else {
+                    next_due = next_due.min(deadline(&h.runnable, h.since_ns));
+                }
+            }
+            self.next_due[gi] = next_due;
+            if answered > 0 {
+                tracing::warn!(
+                    target: "curfew",
+                    location = %group.id.location(),
+                    answered,
+                    held = self.held[gi].len(),
+                    "no thread free to run queued tasks: answered those past their budget with a \
+                     queue timeout"
+                );
+            }
+        }
+        true
+    }
+
+    /// Has the helper thread drive the I/O driver while no event thread
+    /// does, and stops it once one does again.
+    fn help_io(&self, need: bool) {
+        let Some(io) = &self.shared.io else { return };
+        if !need {
+            io.stop_helping();
+            return;
+        }
+        if self.shared.is_shutdown() || !io.start_helping() {
+            return;
+        }
+        if io.helper_thread().is_none() {
+            let shared = self.shared.clone();
+            let name = format!("{}-io-helper", self.shared.config.thread_name);
+            let spawned = std::thread::Builder::new()
+                .name(name)
+                .stack_size(self.shared.config.thread_stack_size)
+                .spawn(move || {
+                    if let Some(io) = &shared.io {
+                        io.help();
+                    }
+                });
+            match spawned {
+                Ok(h) => io.set_helper_thread(h.thread().clone()),
+                Err(e) => {
+                    io.stop_helping();
+                    tracing::error!(
+                        target: "curfew",
+                        error = %e,
+                        "cannot start the I/O helper thread; will retry"
+                    );
+                }
+            }
+        }
+        if let Some(t) = io.helper_thread() {
+            t.unpark();
+        }
+    }
+
+    /// Looks at one thread, acting on an overrun. Returns whether the thread
+    /// is awake, and whether it is free for queued work (parked, between
+    /// polls, or in a poll still within its budget).
+    fn inspect(&self, group: &Group, slot: &Slot, now: Instant) -> (Seen, bool) {
         let word = slot.state.load();
         let now_ns = self.now_ns(now);
         let seen = slot.seen_word.load(Ordering::Relaxed);
@@ -136,8 +392,12 @@ impl Watchdog {
                 // A stamp from 2^32 polls ago carries the same (wrapped)
                 // sequence number; at any real poll rate that is tens of
                 // seconds old, while a true one is at most the watchdog's
-                // own wake-up delay old.
-                if now_ns - stamp <= STAMP_MAX_AGE.as_nanos() as u64 {
+                // own wake-up delay old. A pool thread stamps every poll
+                // (a job with its spawn time, which may be long ago), so its
+                // stamps are never stale.
+                if group.id == GroupId::Blocking
+                    || now_ns - stamp <= STAMP_MAX_AGE.as_nanos() as u64
+                {
                     since_ns = stamp;
                 }
             }
@@ -163,9 +423,11 @@ impl Watchdog {
         }
         match slot::tag(word) {
             // Keep watching while tasks wait on such a thread.
-            SLEEPING | HIJACKED if queued => Seen::Awake,
-            SLEEPING | HIJACKED => Seen::Quiet,
-            IDLE => Seen::Awake,
+            SLEEPING if queued => (Seen::Awake, true),
+            SLEEPING => (Seen::Quiet, true),
+            HIJACKED if queued => (Seen::Awake, false),
+            HIJACKED => (Seen::Quiet, false),
+            IDLE => (Seen::Awake, true),
             RUNNING => {
                 // Sampled CPU accounting: whoever is running now is charged
                 // for the time since the last sample.
@@ -175,22 +437,30 @@ impl Watchdog {
                 let budget = slot::budget(word);
                 if budget != UNLIMITED && since >= slot::budget_duration(budget) {
                     self.overrun(group, slot, word, since, now_ns);
-                } else if since >= self.shared.config.time_slice {
-                    slot.slice_expired.store(slot::seq(word), Ordering::Relaxed);
+                    (Seen::Awake, false)
+                } else {
+                    if since >= self.shared.config.time_slice {
+                        slot.slice_expired.store(slot::seq(word), Ordering::Relaxed);
+                    }
+                    (Seen::Awake, true)
                 }
-                Seen::Awake
             }
             EXPIRED => {
                 if since >= self.shared.config.hijack_grace {
                     self.write_off(group, slot, word);
                 }
-                Seen::Awake
+                (Seen::Awake, false)
             }
-            _ => Seen::Awake,
+            _ => (Seen::Awake, false),
         }
     }
 
     /// Steps 1-3: answer the caller, mark the task, record the overrun.
+    ///
+    /// Nothing between the claim and `expire` may unwind past `expire`: a
+    /// slot left claimed would keep its owner spinning at the end of its
+    /// poll for good. Whatever could panic there (the client policy, a
+    /// waker) runs under `catch_unwind`.
     fn overrun(&self, group: &Group, slot: &Slot, word: u64, elapsed: Duration, now_ns: u64) {
         let Some(header) = slot.state.claim(word) else {
             return; // the poll returned just now
@@ -201,11 +471,18 @@ impl Watchdog {
         // `Runnable` keeps alive for the whole poll.
         let header = unsafe { &*header };
         let answered = header.time_out(elapsed);
-        let info = answered.then(|| {
+        let mut cool_off = None;
+        let mut contained = Ok(());
+        if answered {
             // Record before waking the caller, so that it sees the count.
             group.timeouts.fetch_add(1, Ordering::Relaxed);
-            let cool_off = self.shared.clients.strike(header.client_idx);
-            header.wake_join();
+            contained = catch_unwind(AssertUnwindSafe(|| {
+                cool_off = self.shared.clients.strike(header.client_idx);
+            }));
+            // Wake the caller even if the policy panicked.
+            contained = contained.and(catch_unwind(AssertUnwindSafe(|| header.wake_join())));
+        }
+        let info = answered.then(|| {
             (
                 header.name.clone(),
                 header.client.clone(),
@@ -217,6 +494,12 @@ impl Watchdog {
         let expired = slot.state.expire();
         slot.seen_word.store(expired, Ordering::Relaxed);
         slot.seen_at_ns.store(now_ns, Ordering::Relaxed);
+        if contained.is_err() {
+            tracing::error!(
+                target: "curfew",
+                "a panic in the overrun path (client policy or waker) was contained"
+            );
+        }
 
         if let Some((name, client, budget, cool_off)) = info {
             tracing::warn!(

@@ -1,0 +1,75 @@
+//! A panic on the watchdog thread never wedges the runtime. Here a tracing
+//! subscriber panics on the watchdog's first timeout event: later overruns
+//! are still answered and the runtime still drops in bounded time.
+//!
+//! This file holds one test on purpose: it installs a global subscriber.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use curfew_suite::spin_until;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+/// Panics on the first warn event from curfew.
+struct PanicOnce(AtomicBool);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PanicOnce {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if meta.target() == "curfew"
+            && *meta.level() == tracing::Level::WARN
+            && !self.0.swap(true, Ordering::SeqCst)
+        {
+            panic!("a tracing subscriber panicked on the watchdog thread");
+        }
+    }
+}
+
+/// Awaits `h` on another thread for at most `bound`.
+fn answered_within<T: Send + 'static>(
+    h: curfew::JoinHandle<T>,
+    bound: Duration,
+) -> Option<Result<T, curfew::JoinError>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(futures::executor::block_on(h));
+    });
+    rx.recv_timeout(bound).ok()
+}
+
+#[test]
+fn a_panic_on_the_watchdog_thread_does_not_wedge_the_runtime() {
+    let layer = PanicOnce(AtomicBool::new(false));
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).unwrap();
+
+    // Not dropped if an assertion fails: a wedged runtime would hang its
+    // drop, and the test must fail instead.
+    let rt = std::mem::ManuallyDrop::new(
+        curfew::Runtime::builder()
+            .event_threads(2)
+            .poll_budget(Duration::from_millis(20))
+            .build()
+            .unwrap(),
+    );
+    let release = Arc::new(AtomicBool::new(false));
+    for i in 0..3 {
+        let r = release.clone();
+        let h = rt.spawn(async move { spin_until(&r) });
+        let res = answered_within(h, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("overrun {i} never answered: the watchdog is wedged"));
+        assert!(res.unwrap_err().is_timeout());
+    }
+    // The runtime still serves and still shuts down in bounded time.
+    assert_eq!(rt.block_on(rt.spawn(async { 5 })).unwrap(), 5);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        drop(std::mem::ManuallyDrop::into_inner(rt));
+        let _ = tx.send(start.elapsed());
+    });
+    let took = rx.recv_timeout(Duration::from_secs(10));
+    release.store(true, Ordering::SeqCst);
+    let took = took.expect("drop(rt) hung after a panic on the watchdog thread");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
