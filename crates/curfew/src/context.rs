@@ -293,6 +293,12 @@ fn checkpoint_hosted(c: &Context, h: &Header, start: Instant) -> Result<(), Time
     }
 }
 
+/// Whether this thread is inside a task's poll (or its timed drop).
+#[inline]
+pub(crate) fn in_task() -> bool {
+    CONTEXT.with(|c| !c.task.get().is_null())
+}
+
 /// Counts a finished task on this thread's slot.
 pub(crate) fn count_finished(panicked: bool) {
     with_worker(|w| {

@@ -84,7 +84,9 @@ where
         .event
         .spawned
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    task::spawn_raw(header, future, schedule)
+    // Not registered: the caller's tokio runtime owns the task and drops it
+    // when it shuts down, as it drops its own.
+    task::spawn_raw(header, future, schedule, None)
 }
 
 /// Runs a blocking job of `shared`'s runtime on `tokio`'s blocking pool.
@@ -111,7 +113,7 @@ where
         .blocking
         .spawned
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    task::spawn_raw(header, async move { f() }, schedule)
+    task::spawn_raw(header, async move { f() }, schedule, None)
 }
 
 /// A hosted poll or job has run `elapsed` (real time) against its budget:

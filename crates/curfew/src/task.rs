@@ -302,7 +302,7 @@ fn drop_timed<F>(header: &Header, slot: Pin<&mut Option<F>>) {
     if slot.is_none() {
         return;
     }
-    let nested = context::with_current_task(|t| t.is_some());
+    let nested = context::in_task();
     context::with_worker(|w| match w {
         Some(w) if !nested && tag(w.slot.state.load()) == IDLE => {
             let seq = w.next_seq();
