@@ -122,6 +122,12 @@ struct ClientStats {
     cooling_until_ms: AtomicU64,
 }
 
+/// Whole milliseconds of `d`, saturating at `u64::MAX` (about 584 million
+/// years) instead of truncating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The index reserved for tasks without a client, and for clients beyond
 /// the tracking capacity.
 pub(crate) const NO_CLIENT: u32 = 0;
@@ -209,7 +215,7 @@ impl Clients {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
+        millis(self.epoch.elapsed()).saturating_add(1)
     }
 
     /// Returns how long the client at `idx` is still refused, if it is.
@@ -256,7 +262,9 @@ impl Clients {
         let strikes = stats.strikes.fetch_add(1, Ordering::Relaxed) + 1;
         if strikes >= policy.strikes {
             stats.strikes.store(0, Ordering::Relaxed);
-            let until = self.now_ms() + policy.cool_off.as_millis() as u64;
+            // Saturating: `Duration::MAX` means "for good", never a wrap
+            // (release) or a panic on the watchdog thread (debug).
+            let until = self.now_ms().saturating_add(millis(policy.cool_off));
             stats.cooling_until_ms.store(until, Ordering::Relaxed);
             Some(policy.cool_off)
         } else {
