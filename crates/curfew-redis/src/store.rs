@@ -437,6 +437,7 @@ async fn run(
     let subscriber = tokio::spawn(subscribe(
         inner.clone(),
         client.clone(),
+        con.clone(),
         messages,
         b.clone(),
     ));
@@ -599,32 +600,7 @@ async fn resync(inner: &Inner, con: &mut ConnectionManager) {
                     .await?;
             }
         }
-        for kind in ["cool", "spent"] {
-            let pattern = format!("{}:{kind}:*", inner.prefix);
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(con)
-                    .await?;
-                for k in keys {
-                    let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(con).await?;
-                    let qualified = &k[pattern.len() - 1..];
-                    if let (true, Some(key)) = (ttl > 0, ClientKey::from_qualified(qualified)) {
-                        inner.apply(&format!("{kind} {ttl} {}", key.qualified()));
-                    }
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
-        }
-        Ok(())
+        pull(inner, con).await
     }
     .await;
     if let Err(e) = result {
@@ -632,10 +608,41 @@ async fn resync(inner: &Inner, con: &mut ConnectionManager) {
     }
 }
 
+/// Loads every shared cool-off and spent quota into the local table.
+async fn pull(inner: &Inner, con: &mut ConnectionManager) -> Result<(), redis::RedisError> {
+    for kind in ["cool", "spent"] {
+        let pattern = format!("{}:{kind}:*", inner.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(con)
+                .await?;
+            for k in keys {
+                let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(con).await?;
+                let qualified = &k[pattern.len() - 1..];
+                if let (true, Some(key)) = (ttl > 0, ClientKey::from_qualified(qualified)) {
+                    inner.apply(&format!("{kind} {ttl} {}", key.qualified()));
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies channel messages; resubscribes once Redis is back.
 async fn subscribe(
     inner: Arc<Inner>,
     client: redis::Client,
+    mut con: ConnectionManager,
     mut messages: redis::aio::PubSubStream,
     b: Builder,
 ) {
@@ -671,6 +678,10 @@ async fn subscribe(
             match tokio::time::timeout(b.connect_timeout, sub).await {
                 Ok(Ok(m)) => {
                     messages = m;
+                    // What was published while unsubscribed is in Redis.
+                    if let Err(e) = pull(&inner, &mut con).await {
+                        inner.mark_down(&e);
+                    }
                     break;
                 }
                 Ok(Err(e)) => inner.mark_down(&e),
