@@ -12,50 +12,12 @@
 //! cargo bench --bench policy          # needs redis-server on PATH
 //! ```
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use curfew::policy::{ClientKey, ClientPolicy, LevelPolicy, Rate, RateLimiter};
 use curfew_redis::{RedisRateLimiter, RedisStore};
 use futures::FutureExt;
-
-struct Server(Child, std::path::PathBuf);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn redis_server() -> (Server, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("curfew-bench-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-        .args(["--appendonly", "no", "--dir", dir.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("this bench needs redis-server on PATH (apt-get install redis-server)");
-    let url = format!("redis://127.0.0.1:{port}/");
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let start = Instant::now();
-    while client
-        .get_connection_with_timeout(Duration::from_secs(1))
-        .is_err()
-    {
-        assert!(start.elapsed() < Duration::from_secs(20), "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Server(child, dir), url)
-}
 
 fn keys() -> Vec<ClientKey> {
     (0..256u32)
@@ -64,14 +26,18 @@ fn keys() -> Vec<ClientKey> {
 }
 
 fn policy_check(c: &mut Criterion) {
-    let (_server, url) = redis_server();
+    let server = curfew_redis::testing::RedisServer::start();
+    let url = server.url();
     let policy = ClientPolicy::new(3, Duration::from_secs(60))
         .network(LevelPolicy::new(10, Duration::from_secs(60)));
     let store = RedisStore::builder(&url).build().unwrap();
     let mut g = c.benchmark_group("policy_check");
     for (name, b) in [
         ("memory", curfew::Runtime::builder()),
-        ("redis_store", curfew::Runtime::builder().policy_store(store)),
+        (
+            "redis_store",
+            curfew::Runtime::builder().policy_store(store),
+        ),
     ] {
         let rt = b.event_threads(1).client_policy(policy).build().unwrap();
         let h = rt.handle();
@@ -94,7 +60,8 @@ fn policy_check(c: &mut Criterion) {
 }
 
 fn rate_limit(c: &mut Criterion) {
-    let (_server, url) = redis_server();
+    let server = curfew_redis::testing::RedisServer::start();
+    let url = server.url();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

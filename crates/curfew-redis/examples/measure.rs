@@ -7,60 +7,11 @@
 //! cargo run --release -p curfew-redis --example measure -- redis://127.0.0.1:6379/
 //! ```
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use curfew::policy::{ClientKey, ClientPolicy, LevelPolicy, PolicyStore, Rate};
 use curfew_redis::{RedisRateLimiter, RedisStore};
 use futures::FutureExt;
-
-/// A redis-server of our own, on a free loopback port, killed on drop.
-struct Server(Child, std::path::PathBuf);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn start_server() -> (Server, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("curfew-measure-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no", "--dir", dir.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH (apt-get install redis-server), or pass a redis:// URL");
-    let url = format!("redis://127.0.0.1:{port}/");
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let start = Instant::now();
-    while client
-        .get_connection_with_timeout(Duration::from_secs(1))
-        .is_err()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Server(child, dir), url)
-}
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
@@ -89,7 +40,8 @@ fn main() {
     let (_server, url) = match arg {
         Some(url) => (None, url),
         None => {
-            let (s, u) = start_server();
+            let s = curfew_redis::testing::RedisServer::start();
+            let u = s.url();
             (Some(s), u)
         }
     };

@@ -46,6 +46,7 @@ mod error;
 mod limiter;
 mod scripts;
 mod store;
+pub mod testing;
 
 pub use error::Error;
 pub use limiter::RedisRateLimiter;

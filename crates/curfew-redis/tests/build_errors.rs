@@ -20,7 +20,7 @@ fn a_bad_url_is_an_error_at_build_time() {
 #[test]
 fn a_wrong_password_is_an_error_at_build_time_and_is_not_shown() {
     let server = common::RedisServer::with_password("s3cret");
-    let wrong = format!("redis://:hunter2@127.0.0.1:{}/", server.port);
+    let wrong = format!("redis://:hunter2@127.0.0.1:{}/", server.port());
     let e = RedisStore::builder(&wrong).build().unwrap_err();
     assert!(e.is_auth(), "{e}");
     let msg = e.to_string();

@@ -106,7 +106,7 @@ fn redis_down_then_back() {
         rb.handle().cooling_off(&mallory).is_some()
     });
     assert!(learned, "the outage's cool-off reaches B after the resync");
-    let mut con = server.connection();
+    let mut con = common::connection(&server);
     let ttl: i64 = con.pttl(a.redis_key("cool", &mallory)).unwrap();
     assert!(ttl > 60_000, "{ttl}");
     assert_eq!(

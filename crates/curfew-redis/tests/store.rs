@@ -52,7 +52,7 @@ fn a_thousand_concurrent_strikes_from_two_stores_are_counted_exactly() {
     for t in threads {
         t.join().unwrap();
     }
-    let mut con = server.connection();
+    let mut con = common::connection(&server);
     let rkey = a.redis_key("strikes", &key);
     let counted = common::wait_until(Duration::from_secs(10), || {
         con.get::<_, Option<u64>>(&rkey).unwrap() == Some(1000)
