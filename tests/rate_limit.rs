@@ -40,6 +40,10 @@ fn rates_reject_nonsense() {
     assert!(Rate::per_second(0).is_none());
     assert!(Rate::new(Duration::ZERO, 1).is_none());
     assert!(Rate::new(Duration::from_secs(1), 0).is_none());
+    // A burst whose refill time overflows the limiter's clock arithmetic
+    // (found by tests/policy_props.rs).
+    assert!(Rate::new(Duration::from_millis(4453), 4_142_543_023).is_none());
+    assert!(Rate::new(Duration::from_secs(3600), 1000).is_some());
     assert_eq!(
         Rate::per_second(4).unwrap().period(),
         Duration::from_millis(250)

@@ -31,9 +31,11 @@ impl Rate {
     }
 
     /// One event per `period`, up to `burst` at once. `None` for a zero
-    /// period or burst, or a period over a year.
+    /// period or burst, or when a full burst takes over ten years to refill
+    /// (`period × burst`), which no clock arithmetic needs to meet.
     pub fn new(period: Duration, burst: u32) -> Option<Self> {
-        if period.is_zero() || period > Duration::from_secs(366 * 24 * 3600) {
+        const TEN_YEARS: u128 = 10 * 366 * 24 * 3600 * 1_000_000_000;
+        if period.is_zero() || period.as_nanos().saturating_mul(u128::from(burst)) > TEN_YEARS {
             return None;
         }
         Some(Self {

@@ -30,7 +30,8 @@ pub trait PolicyStore: Send + Sync + fmt::Debug + 'static {
 
     /// A timeout was charged to `key` (a client, its network or a route),
     /// whose level has `limits`. Called on the watchdog thread: it must
-    /// return at once (queue the work, never wait on I/O).
+    /// return at once (queue the work, never wait on I/O). A panic here is
+    /// caught and logged; the strike still counts locally.
     fn strike(&self, key: &ClientKey, limits: &LevelPolicy) {
         let _ = (key, limits);
     }

@@ -346,7 +346,9 @@ impl Clients {
     /// route's entry where the policy limits them.
     fn resolve(&self, key: &ClientKey, now: u64) -> u32 {
         let client = key.without_route();
-        let want_net = self.policy.is_some_and(|p| p.network.is_some()) && key.network().is_some();
+        // Only IP keys have a network; checked without building its key.
+        let want_net =
+            self.policy.is_some_and(|p| p.network.is_some()) && key.namespace() == Namespace::Ip;
         {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
             if let Some(&i) = map.by_key.get(&client) {
@@ -527,7 +529,14 @@ impl Clients {
     ) -> Option<Duration> {
         let limits = limits?;
         if let Some(key) = key {
-            self.store.strike(key, &limits);
+            // The watchdog's overrun path must not unwind: a store that
+            // panics loses this strike's sharing, nothing else.
+            let shared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.store.strike(key, &limits)
+            }));
+            if shared.is_err() {
+                tracing::error!(target: "curfew", store = ?self.store, "the policy store panicked on a strike");
+            }
         }
         if limits.strikes == 0 {
             return None;
