@@ -87,6 +87,7 @@ impl Builder {
             strikes: strikes_tx,
             local: OnceLock::new(),
             attached: Notify::new(),
+            struck: Notify::new(),
             up: AtomicBool::new(true),
             up_again: Notify::new(),
             stop: AtomicBool::new(false),
@@ -145,10 +146,12 @@ impl Builder {
 /// A [`PolicyStore`] on Redis: strikes, cool-offs and CPU-time quotas
 /// shared by every runtime that uses the same Redis and prefix.
 ///
-/// - Each strike (on the watchdog thread) is queued, never sent inline;
-///   strikes and CPU usage go out in batches every
-///   [`flush_interval`](Builder::flush_interval), each key's batch one
-///   atomic Lua step on the server (`lua/strike.lua`, `lua/usage.lua`).
+/// - Each strike (on the watchdog thread) is queued, never sent inline,
+///   and wakes the store's thread, which sends the strikes queued by then
+///   at once (a strike may start a cool-off); CPU usage goes out in
+///   batches every [`flush_interval`](Builder::flush_interval). Each key's
+///   batch is one atomic Lua step on the server (`lua/strike.lua`,
+///   `lua/usage.lua`).
 /// - A cool-off or spent quota decided there is published on the policy
 ///   channel; every instance puts it into its runtime's own table, which is
 ///   all that admission reads.
@@ -231,6 +234,8 @@ struct Inner {
     strikes: mpsc::Sender<(ClientKey, LevelPolicy)>,
     local: OnceLock<LocalPolicy>,
     attached: Notify,
+    /// Woken by each strike.
+    struck: Notify,
     up: AtomicBool,
     up_again: Notify,
     stop: AtomicBool,
@@ -305,6 +310,7 @@ impl PolicyStore for RedisStore {
         if self.inner.strikes.try_send((key.clone(), *limits)).is_err() {
             self.inner.counters.dropped_strikes.fetch_add(1, Relaxed);
         }
+        self.inner.struck.notify_one();
     }
 
     fn shares_usage(&self) -> bool {
@@ -448,6 +454,9 @@ async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // A strike is sent at once: it may start a cool-off that other
+            // instances should learn without waiting for the tick.
+            _ = inner.struck.notified() => {}
             _ = inner.stopped.notified() => {}
         }
         if inner.stop.load(Relaxed) || !inner.local().is_some_and(LocalPolicy::is_alive) {
