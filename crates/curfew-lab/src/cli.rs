@@ -61,6 +61,15 @@ pub struct ServerArgs {
     /// curfew-policy: how long a client is refused.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub cool_off: Duration,
+    /// curfew-policy: CPU time a client may spend per window, as
+    /// QUOTA/WINDOW (e.g. 2s/60s); over it, it is refused until the window
+    /// frees it.
+    #[arg(long)]
+    pub cpu_quota: Option<curfew::policy::CpuQuota>,
+    /// curfew-policy: share strikes, cool-offs and quotas with other
+    /// instances through Redis (e.g. redis://127.0.0.1:6379/).
+    #[arg(long, value_name = "URL")]
+    pub policy_store: Option<String>,
 }
 
 impl ServerArgs {
@@ -76,6 +85,8 @@ impl ServerArgs {
             max_abandoned_threads: self.max_abandoned_threads,
             strikes: self.strikes,
             cool_off: self.cool_off,
+            cpu_quota: self.cpu_quota,
+            policy_store: self.policy_store.clone(),
             ..ServerConfig::default()
         }
     }

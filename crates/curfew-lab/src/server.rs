@@ -142,6 +142,10 @@ pub struct ServerConfig {
     pub strikes: u32,
     /// How long the policy refuses a client.
     pub cool_off: Duration,
+    /// A CPU-time quota per client (curfew-policy), if any.
+    pub cpu_quota: Option<curfew::policy::CpuQuota>,
+    /// A Redis URL to share the policy with other instances (curfew-policy).
+    pub policy_store: Option<String>,
     /// The largest request body accepted.
     pub max_body: usize,
 }
@@ -158,6 +162,8 @@ impl Default for ServerConfig {
             max_abandoned_threads: None,
             strikes: 2,
             cool_off: Duration::from_secs(60),
+            cpu_quota: None,
+            policy_store: None,
             max_body: 64 << 20,
         }
     }
@@ -254,7 +260,15 @@ impl Server {
                 b = b.max_abandoned_threads(n);
             }
             if mode == Mode::CurfewPolicy {
-                b = b.client_policy(curfew::policy::ClientPolicy::new(cfg.strikes, cfg.cool_off));
+                let mut policy = curfew::policy::ClientPolicy::new(cfg.strikes, cfg.cool_off);
+                policy.cpu_quota = cfg.cpu_quota;
+                b = b.client_policy(policy);
+                if let Some(url) = &cfg.policy_store {
+                    let store = curfew_redis::RedisStore::builder(url.as_str())
+                        .build()
+                        .map_err(io::Error::other)?;
+                    b = b.policy_store(store);
+                }
             }
             Some(b.build().map_err(io::Error::other)?)
         } else {

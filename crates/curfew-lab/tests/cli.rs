@@ -27,3 +27,34 @@ fn bad_flags_are_refused() {
     let out = lab().args(["serve", "--mode", "nginx"]).output().unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn bad_policy_store_and_quota_flags_are_refused_at_start() {
+    let out = lab()
+        .args(["serve", "--mode", "curfew-policy", "--cpu-quota", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CPU quota"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing listens on this port: the server refuses to start, clearly.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = lab()
+        .args(["serve", "--mode", "curfew-policy", "--addr", "127.0.0.1:0"])
+        .args(["--policy-store", &format!("redis://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Redis") && err.contains("cannot connect"),
+        "{err}"
+    );
+}

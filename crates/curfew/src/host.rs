@@ -132,7 +132,9 @@ pub(crate) fn check_budget(shared: &Shared, header: &Header, elapsed: Duration) 
         group
             .timeouts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let cool_off = shared.clients.strike(header.client_idx);
+        let cool_off = shared
+            .clients
+            .strike(header.client_idx, header.client.as_ref());
         header.wake_join();
         tracing::warn!(
             target: "curfew",

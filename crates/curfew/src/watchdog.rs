@@ -477,7 +477,10 @@ impl Watchdog {
             // Record before waking the caller, so that it sees the count.
             group.timeouts.fetch_add(1, Ordering::Relaxed);
             contained = catch_unwind(AssertUnwindSafe(|| {
-                cool_off = self.shared.clients.strike(header.client_idx);
+                cool_off = self
+                    .shared
+                    .clients
+                    .strike(header.client_idx, header.client.as_ref());
             }));
             // Wake the caller even if the policy panicked.
             contained = contained.and(catch_unwind(AssertUnwindSafe(|| header.wake_join())));
