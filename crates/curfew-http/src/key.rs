@@ -85,6 +85,15 @@ pub struct RequestHead<'a> {
     pub extensions: &'a http::Extensions,
 }
 
+impl RequestHead<'_> {
+    /// The peer's address, from `ConnectInfo<SocketAddr>`.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| *addr)
+    }
+}
+
 impl<F> KeyExtractor for KeyFn<F>
 where
     F: Fn(&RequestHead<'_>) -> Option<ClientKey> + Clone + Send + Sync + 'static,

@@ -503,7 +503,7 @@ impl<'a> Failure<'a> {
             FailureKind::Timeout => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "service unavailable: the handler ran past its budget ({})\n",
+                    "service unavailable: the handler timed out (budget {})\n",
                     self.budget_text()
                 ),
             ),

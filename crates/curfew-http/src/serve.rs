@@ -367,7 +367,7 @@ fn descriptor_limit() -> Option<usize> {
     };
     // SAFETY: getrlimit writes one `rlimit` through a valid pointer.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then(|| lim.rlim_cur as usize)
+    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur as usize)
 }
 
 async fn run<S: App>(
