@@ -857,6 +857,32 @@ impl Drop for Fifo {
 mod tests {
     use super::*;
 
+    /// Client lists on `/metrics` are for loopback peers (or a flag) only.
+    #[test]
+    fn metrics_hide_clients_unless_allowed() {
+        let server = Server::start(
+            Mode::CurfewPolicy,
+            &ServerConfig::default(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .unwrap();
+        let handle = server.probe().curfew.clone().unwrap();
+        let h = curfew::task::Builder::new()
+            .client("id:someone")
+            .spawn_on(&handle, async {});
+        handle.block_on(h).unwrap();
+        let app = App::new(
+            Mode::CurfewPolicy,
+            server.probe(),
+            benign_file().unwrap(),
+            &ServerConfig::default(),
+        );
+        assert!(metrics_text(&app, true).contains("id:someone"));
+        let hidden = metrics_text(&app, false);
+        assert!(!hidden.contains("id:someone"), "{hidden}");
+        assert!(hidden.contains("loopback peers only"));
+    }
+
     /// Servers started concurrently in one process (as `cargo test` runs
     /// tests as threads) all get the benign file: none of them races another
     /// on the temporary name.
