@@ -24,7 +24,10 @@
 //! ```
 //!
 //! Settings: `AXUM_BENCH_SECS` (window per run, default 5),
-//! `AXUM_BENCH_ROUNDS` (default 3), `AXUM_BENCH_CONNECTIONS` (default 64).
+//! `AXUM_BENCH_ROUNDS` (default 3), `AXUM_BENCH_CONNECTIONS` (default 64),
+//! `AXUM_BENCH_MODES` (a comma-separated subset of `tokio`, `curfew` and
+//! `curfew-bare`, the last being `curfew_http::serve` without the layer;
+//! default `tokio,curfew`).
 //! Without `--bench` (as under `cargo test --benches`) it runs each mode
 //! once for 1 s, and skips the wrk part if wrk is not installed.
 
@@ -220,14 +223,23 @@ fn throughput(bench_mode: bool) {
         "| round | mode | requests | errors | req/s | p99 (µs) | server CPU µs/req |\n\
          | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
     );
-    // Sums of (req/s, p99, CPU/req) per mode: 0 tokio, 1 curfew.
-    let mut sums = [(0.0f64, 0.0f64, 0.0f64); 2];
+    const NAMES: [&str; 3] = ["tokio", "curfew", "curfew-bare"];
+    let wanted = std::env::var("AXUM_BENCH_MODES").unwrap_or_else(|_| "tokio,curfew".into());
+    let modes: Vec<usize> = (0..NAMES.len())
+        .filter(|&i| wanted.split(',').any(|w| w.trim() == NAMES[i]))
+        .collect();
+    // Sums of (req/s, p99, CPU/req) per mode.
+    let mut sums = [(0.0f64, 0.0f64, 0.0f64); 3];
     for round in 1..=rounds {
-        let order: [usize; 2] = if round % 2 == 1 { [0, 1] } else { [1, 0] };
+        let mut order = modes.clone();
+        if round % 2 == 0 {
+            order.reverse();
+        }
         for mode in order {
             let server = match mode {
                 0 => tokio_server(),
-                _ => curfew_server(router().layer(CurfewLayer::new()), "axcf"),
+                1 => curfew_server(router().layer(CurfewLayer::new()), "axcf"),
+                _ => curfew_server(router(), "axcb"),
             };
             // Warm-up.
             let _ = wrk(&server, 1, connections);
@@ -236,7 +248,7 @@ fn throughput(bench_mode: bool) {
                 return;
             };
             drop(server);
-            let name = ["tokio", "curfew"][mode];
+            let name = NAMES[mode];
             println!(
                 "| {round} | {name} | {} | {} | {:.0} | {:.0} | {:.2} |",
                 r.requests, r.errors, r.rps, r.p99_us, r.cpu_us_per_req
@@ -246,15 +258,18 @@ fn throughput(bench_mode: bool) {
             sums[mode].2 += r.cpu_us_per_req;
         }
     }
-    let (t, c) = (sums[0], sums[1]);
-    println!(
-        "\ncurfew / tokio over {rounds} round(s): req/s {:.3}x, p99 {:.3}x, CPU per request {:.3}x \
-         (load average after: {})",
-        c.0 / t.0,
-        c.1 / t.1,
-        c.2 / t.2,
-        loadavg()
-    );
+    let t = sums[0];
+    for &mode in modes.iter().filter(|&&m| m != 0 && modes.contains(&0)) {
+        let c = sums[mode];
+        println!(
+            "\n{} / tokio over {rounds} round(s): req/s {:.3}x, p99 {:.3}x, CPU per request {:.3}x",
+            NAMES[mode],
+            c.0 / t.0,
+            c.1 / t.1,
+            c.2 / t.2,
+        );
+    }
+    println!("load average after: {}", loadavg());
 }
 
 /// A handler that never yields, behind a 20 ms budget: how long after the
@@ -317,5 +332,7 @@ fn timeout_delivery(bench_mode: bool) {
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     throughput(bench_mode);
-    timeout_delivery(bench_mode);
+    if std::env::var_os("AXUM_BENCH_SKIP_SPIN").is_none() {
+        timeout_delivery(bench_mode);
+    }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use common::{TestServer, connect_from, get_from, runtime, spin};
+use common::{TestServer, connect_from, get_from, runtime, spinning};
 use curfew_http::CurfewLayer;
 
 #[test]
@@ -21,16 +21,7 @@ fn hello_answers_through_fifty_infinite_loops() {
         let stop = stop.clone();
         Router::new()
             .route("/hello", get(|| async { "hello" }))
-            .route(
-                "/loop",
-                get(move || {
-                    let stop = stop.clone();
-                    async move {
-                        spin(&stop, Duration::from_secs(20));
-                        "spun"
-                    }
-                }),
-            )
+            .route("/loop", spinning(stop.clone(), Duration::from_secs(20)))
             .layer(CurfewLayer::new())
     };
     let server = TestServer::start(runtime(), app, |s| s);

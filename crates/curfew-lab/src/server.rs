@@ -131,8 +131,9 @@ pub struct ServerConfig {
     /// Tokio worker threads in tokio mode; curfew event threads in the
     /// curfew modes. Default: 2.
     pub threads: usize,
-    /// Tokio worker threads that serve connections in the curfew modes
-    /// (they never run a handler). Default: 1.
+    /// Not used by the servers any more: the curfew modes serve their
+    /// connections on curfew's own I/O driver. Kept so that configurations
+    /// and command lines that set it still parse. Default: 1.
     pub io_threads: usize,
     /// Curfew's worker-pool threads. Default: 4, as Node's pool.
     pub blocking_threads: usize,
