@@ -46,6 +46,7 @@ use tower_service::Service;
 
 use crate::body::{Body, BodyBudget, Reservation};
 use crate::executor::Executor;
+use crate::key::{PeerKey, ip_key};
 use crate::layer::text_response;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -762,6 +763,7 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
     let svc = ConnService {
         app,
         peer,
+        peer_key: PeerKey(ip_key(peer.ip())),
         shared: shared.clone(),
         control: control.clone(),
     };
@@ -792,6 +794,7 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
 struct ConnService<S> {
     app: S,
     peer: SocketAddr,
+    peer_key: PeerKey,
     shared: Arc<Shared>,
     control: Arc<Control>,
 }
@@ -815,6 +818,7 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
         let in_flight = InFlight(self.control.clone());
         let (mut parts, incoming) = req.into_parts();
         parts.extensions.insert(ConnectInfo(self.peer));
+        parts.extensions.insert(self.peer_key.clone());
         let mut reservation = None;
         let mut count_frames = false;
         if let Some(budget) = &self.shared.budget {
