@@ -435,9 +435,9 @@ pub fn markdown(
           replaced (`overdue`): with no healthy event thread left, queued tasks, benign ones \
           included, wait unanswered until a hijacked thread returns (`no answer` rows).\n\
         - **curfew-policy**: a client whose requests keep timing out is refused at once for \
-          the cool-off, before any of its work runs: the attacker's cost to the server drops \
-          to a refused spawn per request, plus reading its request: the server learns of the \
-          refusal only when it spawns the handler, after reading the body, so a refused \
-          multi-megabyte payload (gzip-bomb) still costs its upload.\n";
+          the cool-off, before any of its work runs: `CurfewLayer` answers it `429` with the \
+          cool-off left from its headers alone, so the attacker's cost to the server drops to \
+          reading one request head; its body, a multi-megabyte payload (gzip-bomb) included, \
+          is never read.\n";
     out
 }
