@@ -42,6 +42,7 @@ pub type CurfewBody<B> = Either<B, Full<Bytes>>;
 type Responder = dyn Fn(&Failure<'_>) -> Response<Full<Bytes>> + Send + Sync;
 
 /// What the layer shares between its services.
+#[derive(Clone)]
 struct Config {
     poll_budget: Option<Duration>,
     handle: Option<curfew::Handle>,
@@ -100,8 +101,9 @@ impl Default for CurfewLayer {
 }
 
 impl<K> CurfewLayer<K> {
+    /// The configuration, copied first if a clone of the layer shares it.
     fn config_mut(&mut self) -> &mut Config {
-        Arc::get_mut(&mut self.config).expect("a layer is configured before it is cloned")
+        Arc::make_mut(&mut self.config)
     }
 
     /// The budget for each poll of the handlers behind this layer, instead
