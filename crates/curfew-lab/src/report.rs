@@ -290,10 +290,10 @@ fn mode_text(mode: Mode, cfg: &StudyConfig) -> String {
             s.threads
         ),
         Mode::Curfew => format!(
-            "connections served by a tokio runtime with {} worker(s); every handler runs under \
-             a curfew runtime with {} event threads (poll budget {:?}) and {} pool threads (job \
-             budget {:?}); caps on hijacked/abandoned threads: {}/{}",
-            s.io_threads,
+            "`curfew_http::serve` + `CurfewLayer` on a curfew runtime with {} event threads \
+             (poll budget {:?}): every connection and every request a curfew task, driven by \
+             the runtime's own I/O driver; {} pool threads (job budget {:?}); caps on \
+             hijacked/abandoned threads: {}/{}",
             s.threads,
             s.poll_budget,
             s.blocking_threads,
@@ -435,9 +435,9 @@ pub fn markdown(
           replaced (`overdue`): with no healthy event thread left, queued tasks, benign ones \
           included, wait unanswered until a hijacked thread returns (`no answer` rows).\n\
         - **curfew-policy**: a client whose requests keep timing out is refused at once for \
-          the cool-off, before any of its work runs: the attacker's cost to the server drops \
-          to a refused spawn per request, plus reading its request: the server learns of the \
-          refusal only when it spawns the handler, after reading the body, so a refused \
-          multi-megabyte payload (gzip-bomb) still costs its upload.\n";
+          the cool-off, before any of its work runs: `CurfewLayer` answers it `429` with the \
+          cool-off left from its headers alone, so the attacker's cost to the server drops to \
+          reading one request head; its body, a multi-megabyte payload (gzip-bomb) included, \
+          is never read.\n";
     out
 }
