@@ -118,6 +118,7 @@ mod driver;
 pub mod error;
 mod executor;
 pub mod fs;
+pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
