@@ -91,6 +91,13 @@ pub fn thread_cpu_time(pid: u32, tid: i64) -> Option<Duration> {
     Some(Duration::from_nanos(ns))
 }
 
+/// The default runtime behind [`curfew::spawn`](crate::spawn) outside any
+/// curfew runtime, if something has started it; `None` otherwise (this
+/// never starts it).
+pub fn default_runtime() -> Option<Handle> {
+    crate::runtime::DEFAULT.get().map(crate::Runtime::handle)
+}
+
 impl Handle {
     /// The runtime's written-off threads right now: event threads hijacked
     /// by a poll that overran its budget, pool threads abandoned by a job

@@ -115,6 +115,7 @@
 
 mod context;
 mod driver;
+mod enter;
 pub mod error;
 mod executor;
 pub mod fs;
@@ -128,6 +129,7 @@ mod sys;
 pub mod task;
 mod watchdog;
 
+pub use enter::EnterGuard;
 pub use error::{BuildError, JoinError, Location, Refusal, TimeoutError};
 pub use metrics::RuntimeMetrics;
 pub use policy::ClientKey;
