@@ -255,7 +255,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |setting: &'static str, reason: String| Err(Error::Config { setting, reason });
         if self.processes == 0 {
-            return bad("processes", "must be at least 1 (0 worker processes would serve nothing)".into());
+            return bad(
+                "processes",
+                "must be at least 1 (0 worker processes would serve nothing)".into(),
+            );
         }
         if self.processes > 1024 {
             return bad("processes", format!("{} is more than 1024", self.processes));
@@ -275,7 +278,10 @@ impl Config {
         }
         if let Some(share) = self.cpu_share {
             if !(share.is_finite() && share > 0.0) {
-                return bad("recycle_at_cpu_share", format!("{share} is not a positive share of a core"));
+                return bad(
+                    "recycle_at_cpu_share",
+                    format!("{share} is not a positive share of a core"),
+                );
             }
         }
         if self.rss == Some(0) {
@@ -310,7 +316,10 @@ impl Config {
             );
         }
         if self.backlog <= 0 {
-            return bad("backlog", format!("{} is not a positive backlog", self.backlog));
+            return bad(
+                "backlog",
+                format!("{} is not a positive backlog", self.backlog),
+            );
         }
         if self.io_threads == 0 {
             return bad("io_threads", "must be at least 1".into());
@@ -360,7 +369,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config { setting, reason } => write!(f, "bad supervisor setting `{setting}`: {reason}"),
+            Error::Config { setting, reason } => {
+                write!(f, "bad supervisor setting `{setting}`: {reason}")
+            }
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Error::Io { what, source } => write!(f, "cannot {what}: {source}"),
             Error::NotAWorker(why) => write!(f, "not started by a curfew supervisor: {why}"),
@@ -396,11 +407,17 @@ mod tests {
             (base().processes(0), "processes"),
             (base().drain_deadline(Duration::ZERO), "drain_deadline"),
             (base().max_draining(0), "max_draining"),
-            (base().recycle_at_cpu_share(f64::NAN), "recycle_at_cpu_share"),
+            (
+                base().recycle_at_cpu_share(f64::NAN),
+                "recycle_at_cpu_share",
+            ),
             (base().recycle_at_cpu_share(-1.0), "recycle_at_cpu_share"),
             (base().recycle_at_rss(0), "recycle_at_rss"),
             (base().health_interval(Duration::ZERO), "health_interval"),
-            (base().silence_timeout(Duration::from_millis(10)), "silence_timeout"),
+            (
+                base().silence_timeout(Duration::from_millis(10)),
+                "silence_timeout",
+            ),
             (base().ready_timeout(Duration::ZERO), "ready_timeout"),
             (base().backlog(0), "backlog"),
             (base().io_threads(0), "io_threads"),

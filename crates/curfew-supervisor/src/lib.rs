@@ -130,7 +130,7 @@ pub use worker::Worker;
 #[derive(Debug)]
 pub enum Role {
     /// Started by hand: the supervisor, socket bound, ready to run.
-    Supervisor(Supervisor),
+    Supervisor(Box<Supervisor>),
     /// Started by a supervisor: one of its workers.
     Worker(Worker),
 }
@@ -142,7 +142,7 @@ pub fn role(config: Config) -> Result<Role, Error> {
     if let Some(w) = Worker::from_env(&config)? {
         return Ok(Role::Worker(w));
     }
-    supervisor::bind(config).map(Role::Supervisor)
+    supervisor::bind(config).map(|s| Role::Supervisor(Box::new(s)))
 }
 
 /// Runs this binary under the supervisor: in the supervisor, runs the

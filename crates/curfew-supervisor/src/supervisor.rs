@@ -121,7 +121,11 @@ impl std::fmt::Display for Poison {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Poison::WrittenOff(n) => write!(f, "{n} written-off thread(s)"),
-            Poison::Cpu(share) => write!(f, "written-off threads burn {:.0}% of a core", share * 100.0),
+            Poison::Cpu(share) => write!(
+                f,
+                "written-off threads burn {:.0}% of a core",
+                share * 100.0
+            ),
             Poison::Rss(b) => write!(f, "resident memory {} MiB", b >> 20),
             Poison::Silent(d) => write!(f, "no health report for {:.1} s", d.as_secs_f64()),
         }
@@ -190,7 +194,8 @@ impl Supervision {
 
     async fn run(mut self) -> Result<Summary, Error> {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("handle SIGTERM", e))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| Error::io("handle SIGTERM", e))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("handle SIGINT", e))?;
         let mut tick = tokio::time::interval(self.cfg().health_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -345,7 +350,9 @@ impl Supervision {
                         "drain deadline passed; worker killed"
                     );
                 }
-                State::Starting if now.duration_since(p.started) >= cfg.ready_timeout && !p.killed => {
+                State::Starting
+                    if now.duration_since(p.started) >= cfg.ready_timeout && !p.killed =>
+                {
                     tracing::warn!(target: TARGET, worker = p.id, pid = p.pid, "worker not ready in time; killed");
                     kill(p, "not ready in time");
                 }
@@ -414,7 +421,10 @@ impl Supervision {
             self.warned_cap = false;
             // Its replacement first: a warm spare, if one is ready.
             let spare = self.procs.iter().position(|p| p.state == State::Spare);
-            let (_, decided) = self.procs[i].recycle.clone().unwrap_or((Poison::WrittenOff(0), now));
+            let (_, decided) = self.procs[i]
+                .recycle
+                .clone()
+                .unwrap_or((Poison::WrittenOff(0), now));
             if let Some(s) = spare {
                 activate(&mut self.procs[s]).await;
             } else if now.duration_since(decided) < ready_timeout {

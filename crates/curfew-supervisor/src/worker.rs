@@ -104,11 +104,15 @@ impl Worker {
             return Err(bad(format!("{ENV_FDS}=`{fds}` names standard descriptors")));
         }
         if CLAIMED.swap(true, Ordering::SeqCst) {
-            return Err(bad("this process's worker descriptors were already claimed".into()));
+            return Err(bad(
+                "this process's worker descriptors were already claimed".into(),
+            ));
         }
         // Our own children must not inherit them.
-        sys::set_inheritable(listen_fd, false).map_err(|e| Error::io("claim the listening socket", e))?;
-        sys::set_inheritable(control_fd, false).map_err(|e| Error::io("claim the control socket", e))?;
+        sys::set_inheritable(listen_fd, false)
+            .map_err(|e| Error::io("claim the listening socket", e))?;
+        sys::set_inheritable(control_fd, false)
+            .map_err(|e| Error::io("claim the control socket", e))?;
         // SAFETY: the supervisor left exactly these two descriptors open for
         // this process (they were valid, as the fcntl calls above showed),
         // and `CLAIMED` makes sure they are wrapped only once, so each has
@@ -119,9 +123,11 @@ impl Worker {
                 UnixStream::from_raw_fd(control_fd),
             )
         };
-        listener
-            .local_addr()
-            .map_err(|e| bad(format!("descriptor {listen_fd} is not a listening socket: {e}")))?;
+        listener.local_addr().map_err(|e| {
+            bad(format!(
+                "descriptor {listen_fd} is not a listening socket: {e}"
+            ))
+        })?;
         let reader = control
             .try_clone()
             .map_err(|e| Error::io("clone the control socket", e))?;

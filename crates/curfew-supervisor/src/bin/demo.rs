@@ -5,7 +5,7 @@
 //! ```text
 //! curfew-supervisor-demo [--addr 127.0.0.1:3000] [--processes 1] [--spares 1]
 //!     [--drain-deadline-ms 10000] [--rss-limit-mb N] [--poll-budget-ms 100]
-//!     [--written-off N]
+//!     [--written-off N] [--cpu-share 0.5|off]
 //! ```
 //!
 //! Routes: `GET /hello`; `GET /pid` (the worker's process id); `GET /spin`
@@ -87,9 +87,7 @@ fn parse_args() -> Result<Config, String> {
         .poll_budget(Duration::from_millis(100));
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let num = || {
             value
                 .parse::<u64>()
@@ -105,6 +103,12 @@ fn parse_args() -> Result<Config, String> {
             "--spares" => config.spares(num()? as usize),
             "--written-off" => config.recycle_at_written_off(num()? as usize),
             "--drain-deadline-ms" => config.drain_deadline(Duration::from_millis(num()?)),
+            "--cpu-share" if value == "off" => config.recycle_at_cpu_share(None),
+            "--cpu-share" => config.recycle_at_cpu_share(
+                value
+                    .parse::<f64>()
+                    .map_err(|_| format!("--cpu-share `{value}` is not a number or `off`"))?,
+            ),
             "--rss-limit-mb" => config.recycle_at_rss(num()? << 20),
             "--poll-budget-ms" => {
                 runtime = runtime.poll_budget(Duration::from_millis(num()?));
