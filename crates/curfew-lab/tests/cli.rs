@@ -28,7 +28,15 @@ fn bad_flags_are_refused() {
     assert!(!out.status.success());
     // The supervisor recycles by curfew's written-off threads.
     let out = lab()
-        .args(["serve", "--mode", "tokio", "--processes", "2", "--addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--mode",
+            "tokio",
+            "--processes",
+            "2",
+            "--addr",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -41,5 +49,8 @@ fn bad_flags_are_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot listen on") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("cannot listen on") && !err.contains("panicked"),
+        "{err}"
+    );
 }
