@@ -232,6 +232,10 @@ pub struct ServeArgs {
     /// requests in flight before it is killed.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub drain_deadline: Duration,
+    /// With `--processes`: also recycle a worker whose resident memory
+    /// passes this many MiB.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rss_limit_mib: Option<u64>,
     /// The server.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -376,9 +380,12 @@ fn serve_supervised(args: &ServeArgs, processes: usize) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let config = curfew_supervisor::Config::new(args.addr)
+    let mut config = curfew_supervisor::Config::new(args.addr)
         .processes(processes)
         .drain_deadline(args.drain_deadline);
+    if let Some(mib) = args.rss_limit_mib {
+        config = config.recycle_at_rss(mib << 20);
+    }
     match curfew_supervisor::role(config) {
         Err(e) => {
             eprintln!("curfew-lab: {e}");
