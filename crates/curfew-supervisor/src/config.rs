@@ -182,7 +182,10 @@ impl Config {
         self
     }
 
-    /// Recycle a worker whose resident memory passes this many bytes.
+    /// Recycle a worker whose resident memory passes this many bytes. A
+    /// draining worker that passes twice the limit (the allocating request
+    /// is still in flight) is killed at once instead of at the drain
+    /// deadline.
     pub fn recycle_at_rss(mut self, bytes: u64) -> Self {
         self.rss = Some(bytes);
         self

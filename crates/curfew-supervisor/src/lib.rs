@@ -69,7 +69,8 @@
 //! * it has at least [`Config::recycle_at_written_off`] written-off threads
 //!   (default 1: the first one),
 //! * or they burn more than [`Config::recycle_at_cpu_share`] of a core,
-//! * or its RSS passes [`Config::recycle_at_rss`],
+//! * or its RSS passes [`Config::recycle_at_rss`] (and a draining worker
+//!   past twice that is killed at once),
 //! * or it has sent no report for [`Config::silence_timeout`].
 //!
 //! Then a warm spare (started earlier, runtimes up, waiting in

@@ -338,6 +338,23 @@ impl Supervision {
         let now = Instant::now();
         let cfg = self.sup.config.clone();
         for p in &mut self.procs {
+            // Memory still growing while the worker drains (the request
+            // that allocates is the one in flight): past twice the limit
+            // the drain ends at once.
+            if let (State::Draining { deadline }, Some(limit)) = (p.state, cfg.rss) {
+                if now < deadline
+                    && sys::rss_bytes(p.pid).is_some_and(|r| r > limit.saturating_mul(2))
+                {
+                    tracing::warn!(
+                        target: TARGET,
+                        worker = p.id,
+                        pid = p.pid,
+                        limit_mib = limit >> 20,
+                        "draining worker passed twice the memory limit; ending the drain now"
+                    );
+                    p.state = State::Draining { deadline: now };
+                }
+            }
             match p.state {
                 State::Draining { deadline } if now >= deadline && !p.killed => {
                     kill(p, "drain deadline passed");
