@@ -271,6 +271,7 @@ impl Supervision {
                         self.fill().await;
                     }
                     Report::Health(h) => {
+                        let worse = h.written_off() > p.health.written_off();
                         if h != p.health {
                             tracing::debug!(
                                 target: TARGET,
@@ -282,6 +283,12 @@ impl Supervision {
                             );
                         }
                         p.health = h;
+                        if worse {
+                            // Decide now rather than at the next tick: every
+                            // millisecond until the kill is a benign
+                            // client's CPU.
+                            self.tick().await;
+                        }
                     }
                 }
             }
