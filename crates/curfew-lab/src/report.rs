@@ -384,7 +384,8 @@ fn mode_text(mode: Mode, cfg: &StudyConfig) -> String {
              which recycles the worker at its first written-off thread (the spare serves at \
              once, the poisoned worker finishes its other requests, then is killed with its \
              spinning threads; drain deadline 2 s). The load generator no longer shares the \
-             server's process; the peak RSS and thread columns are the load generator's own"
+             server's process; the peak RSS and thread columns are the load generator's own, and \
+             the others' CPU column includes the server's processes"
             .to_owned(),
     }
 }
