@@ -417,8 +417,9 @@ fn serve_supervised(args: &ServeArgs, processes: usize) -> ExitCode {
     }
 }
 
-/// One worker of `serve --processes N`: waits for its turn (a warm spare
-/// waits here), serves on the inherited socket, and exits once drained.
+/// One worker of `serve --processes N`: starts its server, waits for its
+/// turn (a warm spare waits here) before accepting on the inherited socket,
+/// and exits once drained.
 fn serve_worker(args: &ServeArgs, worker: &curfew_supervisor::Worker) -> ExitCode {
     let listener = match worker.listener() {
         Ok(l) => l,
@@ -430,9 +431,13 @@ fn serve_worker(args: &ServeArgs, worker: &curfew_supervisor::Worker) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
-    worker.wait_for_turn();
+    // Runtimes up before the turn, so that a warm spare serves at once.
+    let (go, turn) = tokio::sync::oneshot::channel::<()>();
+    let turn = async move {
+        let _ = turn.await;
+    };
     let (server, drained) =
-        match Server::start_on(args.mode, &args.config(), listener, worker.drain()) {
+        match Server::start_on(args.mode, &args.config(), listener, turn, worker.drain()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("curfew-lab: worker {}: cannot serve: {e}", worker.id());
@@ -442,6 +447,8 @@ fn serve_worker(args: &ServeArgs, worker: &curfew_supervisor::Worker) -> ExitCod
     if let Some(rt) = server.probe().runtime() {
         worker.watch(rt);
     }
+    worker.wait_for_turn();
+    let _ = go.send(());
     // Until the supervisor asks for a drain and the requests in flight are
     // answered; then the process ends, and its stuck threads with it.
     let _ = drained.recv();

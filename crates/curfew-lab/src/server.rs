@@ -281,11 +281,13 @@ impl Server {
     /// Starts a server on `addr` (port 0 picks a free one).
     pub fn start(mode: Mode, cfg: &ServerConfig, addr: SocketAddr) -> io::Result<Server> {
         let listener = std::net::TcpListener::bind(addr)?;
-        Ok(Self::start_on(mode, cfg, listener, std::future::pending())?.0)
+        Ok(Self::start_on(mode, cfg, listener, async {}, std::future::pending())?.0)
     }
 
     /// Starts a server on a listener it is handed: a worker under
-    /// `curfew-supervisor` serves on the socket it inherited. When `drain`
+    /// `curfew-supervisor` serves on the socket it inherited. It accepts
+    /// only once `turn` completes (a warm spare builds its runtimes first
+    /// and waits for its turn). When `drain`
     /// completes the server stops accepting; in the curfew modes it also
     /// finishes its requests in flight and closes its connections (each
     /// after its current response), and then the returned receiver gets
@@ -294,6 +296,7 @@ impl Server {
         mode: Mode,
         cfg: &ServerConfig,
         std_listener: std::net::TcpListener,
+        turn: impl std::future::Future<Output = ()> + Send + 'static,
         drain: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> io::Result<(Server, std::sync::mpsc::Receiver<()>)> {
         let (drained, on_drained) = std::sync::mpsc::channel();
@@ -317,6 +320,7 @@ impl Server {
             let app = Arc::new(App::new(mode, probe.clone(), file, cfg));
             let accept = accept_loop(listener, app, cfg.header_read_timeout);
             io.spawn(async move {
+                turn.await;
                 tokio::select! {
                     () = accept => {}
                     () = drain => {}
@@ -384,6 +388,7 @@ impl Server {
         // The accept loop is a curfew task too: it runs on the runtime's
         // event threads, as the connections it starts.
         drop(rt.spawn(async move {
+            turn.await;
             if let Err(e) = serve.await {
                 eprintln!("curfew-lab: the server stopped: {e}");
             }
