@@ -48,9 +48,17 @@ pub fn ip_key(ip: IpAddr) -> ClientKey {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PeerIp;
 
+/// The peer's key, made once per connection by [`serve`](crate::serve) so
+/// that requests do not format the address again.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerKey(pub(crate) ClientKey);
+
 impl KeyExtractor for PeerIp {
     fn client_key<B>(&self, req: &Request<B>) -> Option<ClientKey> {
-        peer_addr(req).map(|a| ip_key(a.ip()))
+        match req.extensions().get::<PeerKey>() {
+            Some(PeerKey(key)) => Some(key.clone()),
+            None => peer_addr(req).map(|a| ip_key(a.ip())),
+        }
     }
 }
 

@@ -277,11 +277,11 @@ where
         ResponseFuture {
             state: State::Running {
                 join,
-                info: Some(Box::new(Info {
+                info: Some(Info {
                     route,
                     client,
                     config: self.config.clone(),
-                })),
+                }),
             },
         }
     }
@@ -340,7 +340,7 @@ enum State<B, E> {
     Running {
         #[pin]
         join: JoinHandle<Result<Response<B>, E>>,
-        info: Option<Box<Info>>,
+        info: Option<Info>,
     },
     Ready {
         response: Option<Response<Full<Bytes>>>,

@@ -41,12 +41,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tower::ServiceExt as _;
 use tower_service::Service;
 
 use crate::body::{Body, BodyBudget, Reservation};
 use crate::executor::Executor;
+use crate::key::{PeerKey, ip_key};
 use crate::layer::text_response;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -312,6 +312,12 @@ struct Shared {
     budget: Option<Arc<BodyBudget>>,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Every open connection's control block, for the reaper and for
+    /// graceful shutdown.
+    registry: Mutex<HashMap<u64, Arc<Control>>>,
+    next_id: AtomicU64,
+    /// Notified when the last connection closes.
+    drained: tokio::sync::Notify,
     /// The effective cap: `max_connections`, lowered to fit the
     /// descriptor limit.
     cap: usize,
@@ -409,18 +415,26 @@ async fn run<S: App>(
         handle,
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        registry: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(0),
+        drained: tokio::sync::Notify::new(),
         shed_log: ShedLog {
             start: Some(Instant::now()),
             ..ShedLog::default()
         },
     });
-    let (close_tx, close_rx) = watch::channel(());
     let mut spare = Spare::open();
     let mut signal = pin!(signal);
+    let idle = shared.limits.idle_timeout;
+    let mut reaper = idle.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
     loop {
         let accepted = tokio::select! {
             biased;
             () = &mut signal => break,
+            _ = tick(&mut reaper) => {
+                shared.reap();
+                continue;
+            }
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -447,7 +461,7 @@ async fn run<S: App>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = serve_connection(stream, peer, app.clone(), guard, close_rx.clone());
+        let conn = serve_connection(stream, peer, app.clone(), guard);
         let task = curfew::task::Builder::new().name("http-connection");
         drop(match &shared.handle {
             Some(h) => task.spawn_on(h, conn),
@@ -455,12 +469,62 @@ async fn run<S: App>(
         });
     }
     drop(listener);
-    drop(close_rx);
-    // Every connection holds a receiver; `closed` resolves when the last
-    // one has finished.
-    let _ = close_tx.send(());
-    close_tx.closed().await;
+    // Graceful shutdown: every connection closes once its requests in
+    // flight are answered; the reaper drops those that go silent.
+    shared.close_all();
+    while shared.connections.load(Ordering::Acquire) > 0 {
+        tokio::select! {
+            () = shared.drained.notified() => {}
+            _ = tick(&mut reaper) => shared.reap(),
+        }
+    }
     Ok(())
+}
+
+/// The reaper's next tick, or never without an idle timeout.
+async fn tick(reaper: &mut Option<tokio::time::Interval>) {
+    match reaper {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Shared {
+    /// Once per idle period: asks connections that moved no byte since the
+    /// last tick, with nothing in flight, to close; drops those that were
+    /// asked and stayed silent for two more ticks.
+    fn reap(&self) {
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        for c in registry.values() {
+            let progress = c.progress.load(Ordering::Relaxed);
+            let last = c.last_seen.swap(progress, Ordering::Relaxed);
+            if progress != last || c.in_flight.load(Ordering::Relaxed) > 0 {
+                continue;
+            }
+            match c.state.load(Ordering::Acquire) {
+                OPEN => {
+                    tracing::debug!(peer = %c.peer, "closing an idle connection");
+                    c.signal(CLOSE);
+                }
+                CLOSE if c.silent_ticks.fetch_add(1, Ordering::Relaxed) + 1 >= 2 => {
+                    c.signal(DROP);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Asks every connection to close.
+    fn close_all(&self) {
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        for c in registry.values() {
+            if c.state.load(Ordering::Acquire) == OPEN {
+                c.signal(CLOSE);
+            }
+        }
+    }
 }
 
 fn is_connection_error(e: &io::Error) -> bool {
@@ -509,10 +573,13 @@ fn listener_accept_now(listener: &TcpListener) -> Option<io::Result<()>> {
     }
 }
 
-/// A connection's place in the counts, given back on drop.
+/// A connection's place in the counts and the registry, given back on
+/// drop.
 struct ConnGuard {
     shared: Arc<Shared>,
     ip: IpAddr,
+    id: u64,
+    control: Arc<Control>,
 }
 
 impl ConnGuard {
@@ -534,10 +601,21 @@ impl ConnGuard {
             }
         };
         match shed {
-            None => Some(ConnGuard {
-                shared: shared.clone(),
-                ip,
-            }),
+            None => {
+                let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                let control = Arc::new(Control::new(peer));
+                shared
+                    .registry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, control.clone());
+                Some(ConnGuard {
+                    shared: shared.clone(),
+                    ip,
+                    id,
+                    control,
+                })
+            }
             Some((why, limit)) => {
                 shared.connections.fetch_sub(1, Ordering::AcqRel);
                 shared.shed_log.record(why, Some(peer), open, limit);
@@ -557,16 +635,58 @@ impl Drop for ConnGuard {
             }
         }
         drop(per_ip);
-        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        if self.shared.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // A stored permit if no one waits yet; harmless when not
+            // shutting down (the waiter re-checks the count).
+            self.shared.drained.notify_one();
+        }
     }
 }
 
-/// What a connection's watcher sees of it: bytes moved and requests in
-/// flight. Updated with relaxed atomics (no clock read on the hot path).
-#[derive(Default)]
-struct Activity {
+const OPEN: u8 = 0;
+const CLOSE: u8 = 1;
+const DROP: u8 = 2;
+
+/// One connection as the reaper and a graceful shutdown see it. The hot
+/// path touches it with relaxed atomics only: no clock read, no lock, no
+/// timer per connection.
+struct Control {
+    peer: SocketAddr,
+    /// Bumped on every read or write that moved bytes.
     progress: AtomicU64,
+    /// Requests whose responses are not complete yet.
     in_flight: AtomicUsize,
+    /// `progress` at the reaper's last tick.
+    last_seen: AtomicU64,
+    /// Ticks without progress since the connection was asked to close.
+    silent_ticks: std::sync::atomic::AtomicU32,
+    /// `OPEN`, `CLOSE` (close once idle) or `DROP` (drop it now).
+    state: std::sync::atomic::AtomicU8,
+    waker: futures::task::AtomicWaker,
+}
+
+impl Control {
+    fn new(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            progress: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            last_seen: AtomicU64::new(0),
+            silent_ticks: std::sync::atomic::AtomicU32::new(0),
+            state: std::sync::atomic::AtomicU8::new(OPEN),
+            waker: futures::task::AtomicWaker::new(),
+        }
+    }
+
+    fn signal(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        self.waker.wake();
+    }
 }
 
 /// The socket, counting its reads and writes for the idle watcher.
@@ -574,7 +694,7 @@ struct Activity {
 struct Tracked {
     #[pin]
     stream: TcpStream,
-    activity: Arc<Activity>,
+    control: Arc<Control>,
 }
 
 impl AsyncRead for Tracked {
@@ -587,7 +707,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let r = this.stream.poll_read(cx, buf);
         if buf.filled().len() != before {
-            this.activity.progress.fetch_add(1, Ordering::Relaxed);
+            this.control.progress.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
@@ -602,7 +722,7 @@ impl AsyncWrite for Tracked {
         let this = self.project();
         let r = this.stream.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.progress.fetch_add(1, Ordering::Relaxed);
+            this.control.progress.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
@@ -615,7 +735,7 @@ impl AsyncWrite for Tracked {
         let this = self.project();
         let r = this.stream.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.progress.fetch_add(1, Ordering::Relaxed);
+            this.control.progress.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
@@ -633,66 +753,38 @@ impl AsyncWrite for Tracked {
     }
 }
 
-async fn serve_connection<S: App>(
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: S,
-    guard: ConnGuard,
-    mut close: watch::Receiver<()>,
-) {
+async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, guard: ConnGuard) {
     let shared = guard.shared.clone();
-    let activity = Arc::new(Activity::default());
+    let control = guard.control.clone();
     let io = TokioIo::new(Tracked {
         stream,
-        activity: activity.clone(),
+        control: control.clone(),
     });
     let svc = ConnService {
         app,
         peer,
+        peer_key: PeerKey(ip_key(peer.ip())),
         shared: shared.clone(),
-        activity: activity.clone(),
+        control: control.clone(),
     };
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     let mut conn = pin!(conn);
-    let idle = shared.limits.idle_timeout;
-    let mut last_progress = u64::MAX;
     let mut closing = false;
-    let mut idle_ticks_closing = 0u32;
-    loop {
-        let tick = async {
-            match idle {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = conn.as_mut() => break,
-            r = close.changed(), if !closing => {
-                let _ = r;
+    std::future::poll_fn(|cx| {
+        // Two atomics per poll: the waker is the task's own, so `register`
+        // only compares it.
+        control.waker.register(cx.waker());
+        match control.state.load(Ordering::Acquire) {
+            DROP => return Poll::Ready(()),
+            CLOSE if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = tick => {
-                let progress = activity.progress.load(Ordering::Relaxed);
-                let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
-                if closing {
-                    // Asked to close, and still open: give up on it after
-                    // two silent periods.
-                    if progress == last_progress && !busy {
-                        idle_ticks_closing += 1;
-                        if idle_ticks_closing >= 2 {
-                            break;
-                        }
-                    }
-                } else if progress == last_progress && !busy {
-                    tracing::debug!(peer = %peer, "closing an idle connection");
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                last_progress = progress;
-            }
+            _ => {}
         }
-    }
+        conn.as_mut().poll(cx).map(drop)
+    })
+    .await;
     drop(guard);
 }
 
@@ -702,12 +794,13 @@ async fn serve_connection<S: App>(
 struct ConnService<S> {
     app: S,
     peer: SocketAddr,
+    peer_key: PeerKey,
     shared: Arc<Shared>,
-    activity: Arc<Activity>,
+    control: Arc<Control>,
 }
 
 /// Counts a request in flight until its response future is gone.
-struct InFlight(Arc<Activity>);
+struct InFlight(Arc<Control>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -721,10 +814,11 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
     type Future = ConnFuture<S>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        let in_flight = InFlight(self.activity.clone());
+        self.control.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(self.control.clone());
         let (mut parts, incoming) = req.into_parts();
         parts.extensions.insert(ConnectInfo(self.peer));
+        parts.extensions.insert(self.peer_key.clone());
         let mut reservation = None;
         let mut count_frames = false;
         if let Some(budget) = &self.shared.budget {

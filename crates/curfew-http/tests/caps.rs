@@ -38,15 +38,10 @@ fn per_ip_cap_sheds_one_flooding_address_only() {
     );
     drop(held);
     // Slots come back when connections close.
-    let mut ok = false;
-    for _ in 0..50 {
-        if get_from([127, 0, 0, 21], addr, "/hello").is_ok_and(|r| r.status == 200) {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(ok, "the address is served again once its connections close");
+    assert!(
+        common::served_soon([127, 0, 0, 21], addr, "/hello"),
+        "the address is served again once its connections close"
+    );
 }
 
 #[test]
@@ -64,15 +59,10 @@ fn total_cap_sheds_past_the_limit() {
         "the 7th is shed"
     );
     drop(held);
-    let mut ok = false;
-    for _ in 0..50 {
-        if get_from([127, 0, 1, 101], addr, "/hello").is_ok_and(|r| r.status == 200) {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(ok, "served again below the cap");
+    assert!(
+        common::served_soon([127, 0, 1, 101], addr, "/hello"),
+        "served again below the cap"
+    );
 }
 
 #[test]
@@ -90,13 +80,8 @@ fn accepts_near_the_descriptor_limit_are_shed() {
         "the 5th is shed"
     );
     drop(held);
-    let mut ok = false;
-    for _ in 0..50 {
-        if get_from([127, 0, 2, 3], addr, "/hello").is_ok_and(|r| r.status == 200) {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(ok, "served again once descriptors are free");
+    assert!(
+        common::served_soon([127, 0, 2, 3], addr, "/hello"),
+        "served again once descriptors are free"
+    );
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use common::{TestServer, runtime, spin};
+use common::{TestServer, runtime, spinning};
 use curfew_http::CurfewLayer;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -22,16 +22,7 @@ async fn http2_requests_are_served_and_timed() {
         let stop = stop.clone();
         Router::new()
             .route("/hello", get(|| async { "hello" }))
-            .route(
-                "/spin",
-                get(move || {
-                    let stop = stop.clone();
-                    async move {
-                        spin(&stop, Duration::from_secs(3));
-                        "spun"
-                    }
-                }),
-            )
+            .route("/spin", spinning(stop.clone(), Duration::from_secs(3)))
             .layer(CurfewLayer::new())
     };
     let server = TestServer::start(runtime(), app, |s| s);

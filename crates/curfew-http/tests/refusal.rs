@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::{get, post};
-use common::{TestServer, connect_from, get_from, read_reply, runtime, spin};
+use common::{TestServer, connect_from, get_from, read_reply, runtime, spinning};
 use curfew::policy::ClientPolicy;
 use curfew_http::CurfewLayer;
 
@@ -23,16 +23,7 @@ fn cooling_off_client_is_refused_before_its_body_is_read() {
         let (stop, body_reads) = (stop.clone(), body_reads.clone());
         Router::new()
             .route("/hello", get(|| async { "hello" }))
-            .route(
-                "/spin",
-                get(move || {
-                    let stop = stop.clone();
-                    async move {
-                        spin(&stop, Duration::from_secs(3));
-                        "spun"
-                    }
-                }),
-            )
+            .route("/spin", spinning(stop.clone(), Duration::from_secs(3)))
             .route(
                 "/upload",
                 post(move |body: Bytes| {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use common::{TestServer, connect_from, get_from, read_reply, runtime, spin};
+use common::{TestServer, connect_from, get_from, read_reply, runtime, spinning};
 use curfew::ClientKey;
 use curfew::policy::ClientPolicy;
 use curfew_http::{CurfewLayer, TrustedProxies};
@@ -18,16 +18,7 @@ use curfew_http::{CurfewLayer, TrustedProxies};
 fn app(stop: Arc<AtomicBool>, proxies: TrustedProxies) -> Router {
     Router::new()
         .route("/hello", get(|| async { "hello" }))
-        .route(
-            "/spin",
-            get(move || {
-                let stop = stop.clone();
-                async move {
-                    spin(&stop, Duration::from_secs(3));
-                    "spun"
-                }
-            }),
-        )
+        .route("/spin", spinning(stop.clone(), Duration::from_secs(3)))
         .layer(CurfewLayer::new().key_extractor(proxies))
 }
 

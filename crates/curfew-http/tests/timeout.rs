@@ -9,22 +9,13 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use common::{TestServer, get_from, runtime, spin};
+use common::{TestServer, get_from, runtime, spinning};
 use curfew_http::CurfewLayer;
 
 fn app(stop: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/hello", get(|| async { "hello" }))
-        .route(
-            "/spin",
-            get(move || {
-                let stop = stop.clone();
-                async move {
-                    spin(&stop, Duration::from_secs(3));
-                    "spun"
-                }
-            }),
-        )
+        .route("/spin", spinning(stop.clone(), Duration::from_secs(3)))
         .layer(CurfewLayer::new().poll_budget(Duration::from_millis(50)))
 }
 

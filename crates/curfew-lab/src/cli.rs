@@ -37,7 +37,8 @@ pub struct ServerArgs {
     /// Tokio workers (tokio mode) or curfew event threads (curfew modes).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Tokio workers that serve connections in the curfew modes.
+    /// Unused: the curfew modes serve connections on curfew's own I/O
+    /// driver (kept so that older command lines parse).
     #[arg(long, default_value_t = 1)]
     pub io_threads: usize,
     /// Curfew's worker-pool threads.

@@ -359,10 +359,10 @@ fn mode_text(mode: Mode, cfg: &StudyConfig) -> String {
             s.threads
         ),
         Mode::Curfew => format!(
-            "connections served by a tokio runtime with {} worker(s); every handler runs under \
-             a curfew runtime with {} event threads (poll budget {:?}) and {} pool threads (job \
-             budget {:?}); caps on hijacked/abandoned threads: {}/{}",
-            s.io_threads,
+            "`curfew_http::serve` + `CurfewLayer` on a curfew runtime with {} event threads \
+             (poll budget {:?}): every connection and every request a curfew task, driven by \
+             the runtime's own I/O driver; {} pool threads (job budget {:?}); caps on \
+             hijacked/abandoned threads: {}/{}",
             s.threads,
             s.poll_budget,
             s.blocking_threads,

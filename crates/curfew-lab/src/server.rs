@@ -141,8 +141,9 @@ pub struct ServerConfig {
     /// Tokio worker threads in tokio mode; curfew event threads in the
     /// curfew modes. Default: 2.
     pub threads: usize,
-    /// Tokio worker threads that serve connections in the curfew modes
-    /// (they never run a handler). Default: 1.
+    /// Not used by the servers any more: the curfew modes serve their
+    /// connections on curfew's own I/O driver. Kept so that configurations
+    /// and command lines that set it still parse. Default: 1.
     pub io_threads: usize,
     /// Curfew's worker-pool threads. Default: 4, as Node's pool.
     pub blocking_threads: usize,
@@ -903,6 +904,32 @@ impl Drop for Fifo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Client lists on `/metrics` are for loopback peers (or a flag) only.
+    #[test]
+    fn metrics_hide_clients_unless_allowed() {
+        let server = Server::start(
+            Mode::CurfewPolicy,
+            &ServerConfig::default(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .unwrap();
+        let handle = server.probe().curfew.clone().unwrap();
+        let h = curfew::task::Builder::new()
+            .client("id:someone")
+            .spawn_on(&handle, async {});
+        handle.block_on(h).unwrap();
+        let app = App::new(
+            Mode::CurfewPolicy,
+            server.probe(),
+            benign_file().unwrap(),
+            &ServerConfig::default(),
+        );
+        assert!(metrics_text(&app, true).contains("id:someone"));
+        let hidden = metrics_text(&app, false);
+        assert!(!hidden.contains("id:someone"), "{hidden}");
+        assert!(hidden.contains("loopback peers only"));
+    }
 
     /// Servers started concurrently in one process (as `cargo test` runs
     /// tests as threads) all get the benign file: none of them races another

@@ -100,6 +100,30 @@ pub fn spin(stop: &AtomicBool, max: Duration) {
     }
 }
 
+/// A GET route whose handler never yields: it spins until `stop` is set
+/// or `max` has passed.
+pub fn spinning(stop: Arc<AtomicBool>, max: Duration) -> axum::routing::MethodRouter {
+    axum::routing::get(move || {
+        let stop = stop.clone();
+        async move {
+            spin(&stop, max);
+            "spun"
+        }
+    })
+}
+
+/// Whether `GET path` from `local` answers 200 within about 2.5 s of
+/// retries (a closed connection's slot comes back asynchronously).
+pub fn served_soon(local: [u8; 4], addr: SocketAddr, path: &str) -> bool {
+    (0..50).any(|_| {
+        let ok = get_from(local, addr, path).is_ok_and(|r| r.status == 200);
+        if !ok {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ok
+    })
+}
+
 /// Connects from a chosen loopback address (all of 127/8 reaches the
 /// server), so that tests can be different clients.
 pub fn connect_from(local: [u8; 4], addr: SocketAddr) -> TcpStream {
