@@ -532,6 +532,53 @@ fn a_worker_past_its_memory_limit_is_recycled() {
     assert!(sup.stderr().contains("resident memory"), "{}", sup.stderr());
 }
 
+/// Resident memory of `pid` in bytes (0 once it is gone).
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_ascii_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib << 10)
+}
+
+#[test]
+fn a_read_of_dev_zero_is_contained_by_the_memory_limit() {
+    // Only the memory rule: the worker is recycled past 64 MiB while the
+    // read is still within its job budget, and killed at twice that while
+    // it drains (the allocating request is the one in flight).
+    let mut sup = Sup::start(&[
+        "--written-off",
+        "0",
+        "--cpu-share",
+        "off",
+        "--rss-limit-mb",
+        "64",
+    ]);
+    let first = sup.serving_pid();
+    let zero = {
+        let addr = sup.addr;
+        std::thread::spawn(move || get(addr, "/zero"))
+    };
+    let mut peak = 0;
+    sup.wait_for(|s| {
+        peak = peak.max(rss(first));
+        (!s.workers().contains(&first)).then_some(())
+    });
+    // Up to 2 GiB without the limit; sampled every 20 ms here, so allow
+    // for what a fast machine allocates between two samples.
+    assert!(peak < 768 << 20, "the worker reached {} MiB", peak >> 20);
+    let _ = zero.join().unwrap();
+    assert_ne!(sup.serving_pid(), first);
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait_exit(), Some(0));
+    assert_eq!(summary(&sup, "recycled"), 1);
+    let log = sup.stderr();
+    assert!(log.contains("resident memory"), "{log}");
+}
+
 #[test]
 fn a_draining_worker_is_killed_at_the_drain_deadline() {
     let mut sup = Sup::start(&["--drain-deadline-ms", "500"]);

@@ -12,7 +12,8 @@
 //! (a loop that never ends and never reaches a checkpoint: answered 503 at
 //! the poll budget, and its thread spins on until the worker is recycled);
 //! `GET /sleep?ms=N` (a slow benign request); `GET /alloc?mb=N` (keeps N MiB
-//! for good); `GET /exit` (the worker exits with status 3).
+//! for good); `GET /zero` (reads /dev/zero into memory on the worker pool, up
+//! to 2 GiB); `GET /exit` (the worker exits with status 3).
 //!
 //! The supervisor prints `listening on <addr>` once bound and a summary
 //! line when it stops; everything else is `tracing` on stderr
@@ -214,6 +215,27 @@ async fn route(req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
             std::mem::forget(held);
             text(StatusCode::OK, format!("holding {mb} MiB more\n"))
+        }
+        "/zero" => {
+            // A read of /dev/zero that never ends (the ReadDoS of issue 14):
+            // on the pool, answered at the job budget, and then the
+            // abandoned thread keeps allocating (capped at 2 GiB here).
+            let job = curfew::spawn_blocking(|| -> std::io::Result<usize> {
+                use std::io::Read as _;
+                let mut f = std::fs::File::open("/dev/zero")?;
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                let mut chunk = vec![0u8; 1 << 20];
+                while held.len() < 2048 {
+                    f.read_exact(&mut chunk)?;
+                    chunk[0] = 1;
+                    held.push(chunk.clone());
+                }
+                Ok(held.len())
+            });
+            match job.await {
+                Ok(_) => text(StatusCode::OK, "read\n"),
+                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            }
         }
         "/exit" => std::process::exit(3),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
