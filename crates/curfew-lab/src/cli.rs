@@ -159,6 +159,10 @@ pub struct StudyArgs {
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// Runs of each attack against each mode; the tables show the median
+    /// [default: 3, or 1 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub repeats: Option<u64>,
     /// The server.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -201,6 +205,7 @@ impl StudyArgs {
         cfg.recovery = self.recovery.unwrap_or(cfg.recovery);
         cfg.connections = self.connections.unwrap_or(cfg.connections);
         cfg.benign_timeout = self.benign_timeout.unwrap_or(cfg.benign_timeout);
+        cfg.repeats = self.repeats.map_or(cfg.repeats, |n| n as usize);
         if cfg.modes.is_empty() || cfg.attacks.is_empty() || cfg.connections == 0 {
             return Err("the study needs at least one mode, attack and connection".into());
         }
@@ -230,6 +235,19 @@ pub struct ServeArgs {
     /// loopback ones.
     #[arg(long)]
     pub public_metrics: bool,
+    /// Serve from this many worker processes under `curfew-supervisor`,
+    /// which recycles a worker at its first written-off thread (0: one
+    /// process, no supervisor; `--mode curfew-supervised` implies 1).
+    #[arg(long, default_value_t = 0)]
+    pub processes: usize,
+    /// With `--processes`: how long a recycled worker may finish its
+    /// requests in flight before it is killed.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub drain_deadline: Duration,
+    /// With `--processes`: also recycle a worker whose resident memory
+    /// passes this many MiB.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rss_limit_mib: Option<u64>,
     /// The server.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -326,6 +344,13 @@ fn run_study(args: &StudyArgs) -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
+    let processes = match (args.mode, args.processes) {
+        (Mode::CurfewSupervised, 0) => 1,
+        (_, n) => n,
+    };
+    if processes > 0 {
+        return serve_supervised(args, processes);
+    }
     let server = match Server::start(args.mode, &args.config(), args.addr) {
         Ok(s) => s,
         Err(e) => {
@@ -354,6 +379,92 @@ fn serve(args: &ServeArgs) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `serve --processes N`: this process supervises; re-executed, it is one
+/// of the workers.
+fn serve_supervised(args: &ServeArgs, processes: usize) -> ExitCode {
+    use curfew_supervisor::Role;
+    if !args.mode.is_curfew() {
+        eprintln!(
+            "curfew-lab: --processes needs a curfew mode: the supervisor recycles workers by \
+             their written-off threads, and drains them through curfew_http's graceful shutdown"
+        );
+        return ExitCode::from(2);
+    }
+    let mut config = curfew_supervisor::Config::new(args.addr)
+        .processes(processes)
+        .drain_deadline(args.drain_deadline);
+    if let Some(mib) = args.rss_limit_mib {
+        config = config.recycle_at_rss(mib << 20);
+    }
+    match curfew_supervisor::role(config) {
+        Err(e) => {
+            eprintln!("curfew-lab: {e}");
+            ExitCode::from(2)
+        }
+        Ok(Role::Worker(worker)) => serve_worker(args, &worker),
+        Ok(Role::Supervisor(sup)) => {
+            println!(
+                "curfew-lab: serving in {} mode on http://{} from {processes} worker process(es) \
+                 and a warm spare (GET / lists the routes); Ctrl-C drains and stops",
+                args.mode,
+                sup.local_addr()
+            );
+            match sup.run() {
+                Ok(s) => {
+                    println!(
+                        "curfew-lab: supervisor stopped: started={} recycled={} \
+                         killed_while_draining={} restarts={}",
+                        s.started, s.recycled, s.killed_while_draining, s.restarts
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("curfew-lab: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// One worker of `serve --processes N`: starts its server, waits for its
+/// turn (a warm spare waits here) before accepting on the inherited socket,
+/// and exits once drained.
+fn serve_worker(args: &ServeArgs, worker: &curfew_supervisor::Worker) -> ExitCode {
+    let listener = match worker.listener() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "curfew-lab: worker {}: no listening socket: {e}",
+                worker.id()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    // Runtimes up before the turn, so that a warm spare serves at once.
+    let (go, turn) = tokio::sync::oneshot::channel::<()>();
+    let turn = async move {
+        let _ = turn.await;
+    };
+    let (server, drained) =
+        match Server::start_on(args.mode, &args.config(), listener, turn, worker.drain()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("curfew-lab: worker {}: cannot serve: {e}", worker.id());
+                return ExitCode::FAILURE;
+            }
+        };
+    if let Some(rt) = server.probe().runtime() {
+        worker.watch(rt);
+    }
+    worker.wait_for_turn();
+    let _ = go.send(());
+    // Until the supervisor asks for a drain and the requests in flight are
+    // answered; then the process ends, and its stuck threads with it.
+    let _ = drained.recv();
+    worker.exit(0)
 }
 
 fn list() -> String {

@@ -105,18 +105,37 @@ async fn get(
     route: Route,
     client: &str,
 ) -> Result<u16, BoxError> {
+    let reused = sender.is_some();
     if sender.is_none() {
         *sender = Some(connect(addr).await?);
     }
     let s = sender.as_mut().expect("connected above");
-    s.ready().await?;
+    if let Err(e) = s.ready().await {
+        if !reused {
+            return Err(e.into());
+        }
+        // The server closed the kept-alive connection while it was idle
+        // (a graceful shutdown, an idle timeout): nothing was sent, so open
+        // a new one, as any HTTP client does.
+        *sender = Some(connect(addr).await?);
+        sender.as_mut().expect("connected above").ready().await?;
+    }
+    let s = sender.as_mut().expect("connected above");
     let req = Request::get(route.path())
         .header(HOST, "127.0.0.1")
         .header(CLIENT_HEADER, client)
         .body(Full::new(Bytes::new()))?;
     let resp = s.send_request(req).await?;
     let status = resp.status().as_u16();
+    // `Connection: close`: the server ends the connection after this answer.
+    let close = resp
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     resp.into_body().collect().await?;
+    if close {
+        *sender = None;
+    }
     Ok(status)
 }
 

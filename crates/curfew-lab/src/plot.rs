@@ -17,6 +17,7 @@ fn color(mode: Mode) -> RGBColor {
         Mode::Tokio => RGBColor(214, 39, 40),
         Mode::Curfew => RGBColor(31, 119, 180),
         Mode::CurfewPolicy => RGBColor(44, 160, 44),
+        Mode::CurfewSupervised => RGBColor(148, 103, 189),
     }
 }
 
@@ -48,8 +49,10 @@ pub fn write_svg(
             .position(|a| a.label == ph.attack.label)
             .unwrap_or(0)
     };
-    let series: Vec<(Mode, usize, Vec<crate::study::Bucket>)> = phases
+    // One line per attack and mode: its median run.
+    let series: Vec<(Mode, usize, Vec<crate::study::Bucket>)> = crate::report::groups(phases)
         .iter()
+        .map(|g| crate::report::median_phase(g))
         .map(|ph| (ph.mode, index(ph), buckets(ph, cfg.bucket)))
         .collect();
     let half = cfg.bucket.as_secs_f64() / 2.0;

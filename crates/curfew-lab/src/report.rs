@@ -37,17 +37,69 @@ pub fn target_met(cfg: &StudyConfig, phase: &Phase, s: &Summary) -> bool {
     s.attack_rps >= 0.9 * s.base_rps && s.p99_ms <= b + s.base_p99_ms
 }
 
+/// The runs of each attack against each mode, in the order first run.
+pub fn groups(phases: &[Phase]) -> Vec<Vec<&Phase>> {
+    let mut out: Vec<Vec<&Phase>> = Vec::new();
+    for p in phases {
+        match out
+            .iter_mut()
+            .find(|g| g[0].mode == p.mode && g[0].attack.label == p.attack.label)
+        {
+            Some(g) => g.push(p),
+            None => out.push(vec![p]),
+        }
+    }
+    out
+}
+
+fn share(part: f64, whole: f64) -> Option<f64> {
+    (whole > 0.0).then(|| 100.0 * part / whole)
+}
+
+/// The benign throughput during the window as a % of the baseline.
+fn window_share(s: &Summary) -> Option<f64> {
+    share(s.attack_rps, s.base_rps)
+}
+
+/// Capacity after the attack: the throughput in the recovery window as a %
+/// of the baseline.
+fn after_share(s: &Summary) -> Option<f64> {
+    share(s.recovery_rps, s.base_rps)
+}
+
+/// The median run of a group of repeats, by the window/base share (the
+/// lower middle one for an even count).
+pub fn median_phase<'a>(group: &[&'a Phase]) -> &'a Phase {
+    let mut v: Vec<(f64, &Phase)> = group
+        .iter()
+        .map(|p| (window_share(&p.summary()).unwrap_or(f64::NEG_INFINITY), *p))
+        .collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v[(v.len() - 1) / 2].1
+}
+
+/// `median%`, or `median% (lowest-highest)` over several runs.
+fn share_cell(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    match (stats::percentile(&v, 0.5), v.first(), v.last()) {
+        (Some(m), Some(lo), Some(hi)) if v.len() > 1 => format!("{m:.0}% ({lo:.0}-{hi:.0})"),
+        (Some(m), _, _) => format!("{m:.0}%"),
+        _ => "-".to_owned(),
+    }
+}
+
 /// A phase whose load generator ran a 10 ms timer this late is flagged:
 /// its clients stalled, not (only) the server.
 const LAG_WARN_MS: f64 = 100.0;
 
-const HEADER: [&str; 21] = [
+const HEADER: [&str; 23] = [
     "attack",
     "mode",
     "base/s",
     "attack/s",
     "%",
     "recov/s",
+    "after %",
     "p50 ms",
     "p99 ms",
     "max ms",
@@ -63,21 +115,23 @@ const HEADER: [&str; 21] = [
     "drain",
     "client lag",
     "others' CPU",
+    "recycled/killed",
 ];
 
-fn row(cfg: &StudyConfig, p: &Phase) -> Vec<String> {
+/// One row for the runs of one attack against one mode: the median run's
+/// numbers, with the window and after shares as median (range).
+fn row(cfg: &StudyConfig, group: &[&Phase]) -> Vec<String> {
+    let p = median_phase(group);
     let s = p.summary();
+    let sums: Vec<Summary> = group.iter().map(|p| p.summary()).collect();
     let timeout_ms = cfg.benign_timeout.as_secs_f64() * 1e3;
     let p99 = if s.p99_ms >= timeout_ms - 1.0 {
         format!("≥{}", fmt_ms(timeout_ms))
     } else {
         fmt_ms(s.p99_ms)
     };
-    let pct = if s.base_rps > 0.0 {
-        format!("{:.0}%", 100.0 * s.attack_rps / s.base_rps)
-    } else {
-        "-".to_owned()
-    };
+    let pct = share_cell(sums.iter().filter_map(window_share).collect());
+    let after = share_cell(sums.iter().filter_map(after_share).collect());
     let (timeouts, hijacked, max) = match &p.curfew {
         Some(c) => (
             format!("{}/{}", c.event_timeouts, c.pool_timeouts),
@@ -102,6 +156,7 @@ fn row(cfg: &StudyConfig, p: &Phase) -> Vec<String> {
         fmt_rps(s.attack_rps),
         pct,
         fmt_rps(s.recovery_rps),
+        after,
         fmt_ms(s.p50_ms),
         p99,
         fmt_ms(s.max_ms),
@@ -122,6 +177,10 @@ fn row(cfg: &StudyConfig, p: &Phase) -> Vec<String> {
             format!("{} ms{flag}", fmt_ms(ms))
         },
         format!("{:.1} cores", p.others_cores),
+        p.supervisor.map_or_else(
+            || "-".to_owned(),
+            |c| format!("{}/{}", c.recycled, c.killed_while_draining),
+        ),
     ]
 }
 
@@ -177,10 +236,10 @@ fn render(header: &[&str], left: &[usize], rows: &[Vec<String>], markdown: bool)
     out
 }
 
-/// One row per phase.
+/// One row per attack and mode (the median of its runs).
 fn phase_table(cfg: &StudyConfig, phases: &[Phase], markdown: bool) -> String {
-    let rows: Vec<_> = phases.iter().map(|p| row(cfg, p)).collect();
-    render(&HEADER, &[0, 1, 11], &rows, markdown)
+    let rows: Vec<_> = groups(phases).iter().map(|g| row(cfg, g)).collect();
+    render(&HEADER, &[0, 1, 12], &rows, markdown)
 }
 
 /// One row per mode: how the benign clients and the attacker fared across
@@ -190,6 +249,7 @@ fn mode_table(cfg: &StudyConfig, phases: &[Phase], markdown: bool) -> String {
         "mode",
         "attacks",
         "window/base: median (min)",
+        "after/base: median (min)",
         "worst p99 ms",
         "benign errors in",
         "target met",
@@ -203,17 +263,20 @@ fn mode_table(cfg: &StudyConfig, phases: &[Phase], markdown: bool) -> String {
         if modes[..i].contains(&mode) {
             continue;
         }
-        let ps: Vec<&Phase> = phases.iter().filter(|p| p.mode == mode).collect();
+        // Each attack counts once, by its median run.
+        let ps: Vec<&Phase> = groups(phases)
+            .iter()
+            .filter(|g| g[0].mode == mode)
+            .map(|g| median_phase(g))
+            .collect();
         if ps.is_empty() {
             continue;
         }
         let sums: Vec<Summary> = ps.iter().map(|p| p.summary()).collect();
-        let mut pct: Vec<f64> = sums
-            .iter()
-            .filter(|s| s.base_rps > 0.0)
-            .map(|s| 100.0 * s.attack_rps / s.base_rps)
-            .collect();
+        let mut pct: Vec<f64> = sums.iter().filter_map(window_share).collect();
         pct.sort_by(f64::total_cmp);
+        let mut after: Vec<f64> = sums.iter().filter_map(after_share).collect();
+        after.sort_by(f64::total_cmp);
         let worst = sums.iter().map(|s| s.p99_ms).fold(f64::NAN, f64::max);
         let timeouts = sums.iter().filter(|s| s.errors > 0).count();
         let met = ps
@@ -234,6 +297,10 @@ fn mode_table(cfg: &StudyConfig, phases: &[Phase], markdown: bool) -> String {
             mode.to_string(),
             ps.len().to_string(),
             match (stats::percentile(&pct, 0.5), pct.first()) {
+                (Some(m), Some(lo)) => format!("{m:.0}% ({lo:.0}%)"),
+                _ => "-".to_owned(),
+            },
+            match (stats::percentile(&after, 0.5), after.first()) {
                 (Some(m), Some(lo)) => format!("{m:.0}% ({lo:.0}%)"),
                 _ => "-".to_owned(),
             },
@@ -260,15 +327,17 @@ pub fn table(cfg: &StudyConfig, phases: &[Phase]) -> String {
 
 /// The per-bucket time series as CSV.
 pub fn csv(cfg: &StudyConfig, phases: &[Phase]) -> String {
-    let mut out = String::from("attack,mode,bucket_start_s,rps,p99_ms,errors,in_attack_window\n");
+    let mut out =
+        String::from("attack,mode,repeat,bucket_start_s,rps,p99_ms,errors,in_attack_window\n");
     for p in phases {
         for b in buckets(p, cfg.bucket) {
             let in_window = b.start >= p.window_start - 1e-9 && b.start < p.window_end - 1e-9;
             let _ = writeln!(
                 out,
-                "{},{},{:.3},{:.1},{},{},{}",
+                "{},{},{},{:.3},{:.1},{},{},{}",
                 p.attack.label,
                 p.mode,
+                p.repeat,
                 b.start,
                 b.rps,
                 b.p99_ms.map_or_else(String::new, |v| format!("{v:.3}")),
@@ -310,6 +379,14 @@ fn mode_text(mode: Mode, cfg: &StudyConfig) -> String {
              refused for {:?} (the paper's recommended pairing of timeouts with a blacklist)",
             s.strikes, s.cool_off
         ),
+        Mode::CurfewSupervised => "as `curfew`, served by `curfew-lab serve --processes 1` in a \
+             child process: one worker process and a warm spare under `curfew-supervisor`, \
+             which recycles the worker at its first written-off thread (the spare serves at \
+             once, the poisoned worker finishes its other requests, then is killed with its \
+             spinning threads; drain deadline 2 s). The load generator no longer shares the \
+             server's process; the peak RSS and thread columns are the load generator's own, and \
+             the others' CPU column includes the server's processes"
+            .to_owned(),
     }
 }
 
@@ -327,7 +404,8 @@ pub fn markdown(
         "# Event handler poisoning: tokio and curfew under real attacks\n\n\
          {} attacks × {} modes on {cores} cores, {:.0} s in all (load average {} at the \
          start, {} at the end). Each phase is a fresh server on 127.0.0.1: {:?} of benign \
-         load, a {:?} attack window, {:?} of recovery.\n",
+         load, a {:?} attack window, {:?} of recovery. Each attack runs {} time(s) against \
+         each mode; the tables show the median run.\n",
         cfg.attacks.len(),
         cfg.modes.len(),
         elapsed.as_secs_f64(),
@@ -336,11 +414,14 @@ pub fn markdown(
         cfg.baseline,
         cfg.window,
         cfg.recovery,
+        cfg.repeats.max(1),
     );
     out += "## Summary\n\n";
     out += &mode_table(cfg, phases, true);
     out += "\nAcross the attacks: the benign throughput during the attack window as a share \
-            of the throughput before it (median and lowest), the worst benign p99, in how many \
+            of the throughput before it (median and lowest), the capacity after the attack (the \
+            throughput in the recovery window as a share of the baseline; median and lowest), \
+            the worst benign p99, in how many \
             attacks some benign requests failed or timed out, in how many the design target held \
             (see below), how many attack requests got any answer before their phase ended, and \
             the median time to that answer.\n\n";
@@ -349,7 +430,9 @@ pub fn markdown(
     out +=
         "\n![Benign throughput and p99 latency over time; attack windows shaded](timeline.svg)\n\n";
     out += "Columns: benign `200` answers per second before (`base/s`), during (`attack/s`, \
-            and `%` of base) and after (`recov/s`) the attack window; p50 and p99 latency of \
+            and `%` of base) and after (`recov/s`, and `after %` of base: the capacity after \
+            the attack) the attack window, the shares as the median over the runs with their \
+            range in brackets, the other columns from the median run; p50 and p99 latency of \
             the benign requests sent during the window, corrected for coordinated omission (a \
             request that waited `L` also stands for the requests its client would have sent \
             meanwhile, one per baseline mean latency, as HdrHistogram does), where a request \
@@ -364,8 +447,9 @@ pub fn markdown(
             how long the lab then waited for the phase's handlers to return after letting \
             them go (see below); how late the load generator's runtime ran a 10 ms timer at \
             worst (`⚠` past 100 ms: the clients themselves stalled, so the row says more about \
-            the machine than about the server); and how many cores other processes on the \
-            machine kept busy during the phase.\n\n";
+            the machine than about the server); how many cores other processes on the \
+            machine kept busy during the phase; and, in `curfew-supervised` mode, the worker \
+            processes recycled and those killed at the drain deadline.\n\n";
 
     out += "## Setup\n\n";
     for &m in &cfg.modes {
@@ -382,7 +466,8 @@ pub fn markdown(
     out += "- **Attacker**: open loop, one new connection per request, client id `attacker`, \
             at a fixed rate from the start to the end of the window; it waits for answers \
             until the phase ends.\n";
-    out += "- Client and server share this one process and its cores: every figure includes \
+    out += "- Client and server share this one process and its cores (except in \
+            `curfew-supervised` mode, where the server is a child process): every figure includes \
             the load generator's own CPU use, and only the comparison between modes is \
             meaningful. Other work on the machine shows up too (see the load average above): \
             a dip or a stall of some hundred milliseconds outside an attack window, or in a \

@@ -67,11 +67,20 @@ pub enum Mode {
     /// As `curfew`, plus a client policy that refuses a client after
     /// repeated timeouts (the paper's blacklist).
     CurfewPolicy,
+    /// As `curfew`, in worker processes under `curfew-supervisor`, which
+    /// recycles a worker whose written-off threads burn CPU (in the study,
+    /// the server runs in a child process).
+    CurfewSupervised,
 }
 
 impl Mode {
     /// Every mode, in the order the study runs them.
-    pub const ALL: [Mode; 3] = [Mode::Tokio, Mode::Curfew, Mode::CurfewPolicy];
+    pub const ALL: [Mode; 4] = [
+        Mode::Tokio,
+        Mode::Curfew,
+        Mode::CurfewPolicy,
+        Mode::CurfewSupervised,
+    ];
 
     /// A short stable name, as on the command line.
     pub fn as_str(self) -> &'static str {
@@ -79,6 +88,7 @@ impl Mode {
             Mode::Tokio => "tokio",
             Mode::Curfew => "curfew",
             Mode::CurfewPolicy => "curfew-policy",
+            Mode::CurfewSupervised => "curfew-supervised",
         }
     }
 
@@ -243,6 +253,11 @@ impl Probe {
         self.gauge.running.load(Ordering::SeqCst)
     }
 
+    /// The curfew runtime (curfew modes only).
+    pub fn runtime(&self) -> Option<curfew::Handle> {
+        self.curfew.clone()
+    }
+
     /// The curfew runtime's counters (curfew modes only).
     pub fn metrics(&self) -> Option<curfew::RuntimeMetrics> {
         self.curfew.as_ref().map(|h| h.metrics())
@@ -272,7 +287,26 @@ pub struct Shutdown {
 impl Server {
     /// Starts a server on `addr` (port 0 picks a free one).
     pub fn start(mode: Mode, cfg: &ServerConfig, addr: SocketAddr) -> io::Result<Server> {
-        let std_listener = std::net::TcpListener::bind(addr)?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        Ok(Self::start_on(mode, cfg, listener, async {}, std::future::pending())?.0)
+    }
+
+    /// Starts a server on a listener it is handed: a worker under
+    /// `curfew-supervisor` serves on the socket it inherited. It accepts
+    /// only once `turn` completes (a warm spare builds its runtimes first
+    /// and waits for its turn). When `drain`
+    /// completes the server stops accepting; in the curfew modes it also
+    /// finishes its requests in flight and closes its connections (each
+    /// after its current response), and then the returned receiver gets
+    /// its message. In tokio mode the message comes once accepting stopped.
+    pub fn start_on(
+        mode: Mode,
+        cfg: &ServerConfig,
+        std_listener: std::net::TcpListener,
+        turn: impl std::future::Future<Output = ()> + Send + 'static,
+        drain: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> io::Result<(Server, std::sync::mpsc::Receiver<()>)> {
+        let (drained, on_drained) = std::sync::mpsc::channel();
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let file = benign_file()?;
@@ -291,14 +325,23 @@ impl Server {
                 curfew: None,
             };
             let app = Arc::new(App::new(mode, probe.clone(), file, cfg));
-            io.spawn(accept_loop(listener, app, cfg.header_read_timeout));
-            return Ok(Server {
+            let accept = accept_loop(listener, app, cfg.header_read_timeout);
+            io.spawn(async move {
+                turn.await;
+                tokio::select! {
+                    () = accept => {}
+                    () = drain => {}
+                }
+                let _ = drained.send(());
+            });
+            let server = Server {
                 mode,
                 addr,
                 io: Some(io),
                 curfew: None,
                 probe,
-            });
+            };
+            return Ok((server, on_drained));
         }
 
         let mut b = curfew::Runtime::builder()
@@ -355,21 +398,25 @@ impl Server {
             .idle_timeout(cfg.idle_timeout)
             .max_connections(cfg.max_connections)
             .max_connections_per_ip(cfg.max_connections_per_ip)
-            .max_body_bytes_in_flight(cfg.max_body_in_flight);
+            .max_body_bytes_in_flight(cfg.max_body_in_flight)
+            .with_graceful_shutdown(drain);
         // The accept loop is a curfew task too: it runs on the runtime's
         // event threads, as the connections it starts.
         drop(rt.spawn(async move {
+            turn.await;
             if let Err(e) = serve.await {
                 eprintln!("curfew-lab: the server stopped: {e}");
             }
+            let _ = drained.send(());
         }));
-        Ok(Server {
+        let server = Server {
             mode,
             addr,
             io: None,
             curfew: Some(rt),
             probe,
-        })
+        };
+        Ok((server, on_drained))
     }
 
     /// The address the server listens on.

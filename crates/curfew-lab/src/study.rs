@@ -202,6 +202,11 @@ pub struct StudyConfig {
     pub out: PathBuf,
     /// Whether to draw progress bars (on stderr).
     pub progress: bool,
+    /// How many times each phase runs; the tables show the median.
+    pub repeats: usize,
+    /// The `curfew-lab` binary that serves in a child process in
+    /// `curfew-supervised` mode [default: this process's executable].
+    pub server_exe: Option<PathBuf>,
 }
 
 fn named(names: &[&str]) -> Vec<AttackSpec> {
@@ -228,6 +233,8 @@ impl StudyConfig {
             bucket: Duration::from_millis(500),
             out: PathBuf::from("lab-out"),
             progress: true,
+            repeats: 3,
+            server_exe: None,
         }
     }
 
@@ -241,6 +248,7 @@ impl StudyConfig {
             recovery: Duration::from_millis(800),
             drain: Duration::from_secs(5),
             bucket: Duration::from_millis(250),
+            repeats: 1,
             ..Self::full()
         }
     }
@@ -248,6 +256,11 @@ impl StudyConfig {
     /// The length of one phase.
     pub fn phase_len(&self) -> Duration {
         self.baseline + self.window + self.recovery
+    }
+
+    /// How many phases the study runs.
+    pub fn phase_count(&self) -> usize {
+        self.attacks.len() * self.modes.len() * self.repeats.max(1)
     }
 }
 
@@ -301,6 +314,37 @@ pub struct Phase {
     pub others_cores: f64,
     /// How stopping the server went.
     pub shutdown: Shutdown,
+    /// Which run of this attack against this mode (0, 1, ...).
+    pub repeat: usize,
+    /// `curfew-supervised`: what the supervisor did (workers recycled,
+    /// killed while draining, restarted), read from its summary line.
+    pub supervisor: Option<SupervisorCounts>,
+}
+
+/// What the supervisor of a `curfew-supervised` server did in a phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SupervisorCounts {
+    /// Workers recycled.
+    pub recycled: u64,
+    /// Draining workers killed at the drain deadline.
+    pub killed_while_draining: u64,
+    /// Workers that died unasked and were replaced.
+    pub restarts: u64,
+}
+
+impl SupervisorCounts {
+    /// Reads `recycled=1 killed_while_draining=0 restarts=0` from a line.
+    pub fn parse(line: &str) -> Option<Self> {
+        let get = |key: &str| {
+            line.split_ascii_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        };
+        Some(Self {
+            recycled: get("recycled")?,
+            killed_while_draining: get("killed_while_draining")?,
+            restarts: get("restarts")?,
+        })
+    }
 }
 
 /// The numbers of a phase that the table shows.
@@ -482,7 +526,7 @@ pub fn run(cfg: &StudyConfig) -> io::Result<StudyOutcome> {
         .thread_name("lab-client")
         .enable_all()
         .build()?;
-    let n = cfg.attacks.len() * cfg.modes.len();
+    let n = cfg.phase_count();
     let pb = progress_bar(cfg, n);
     let mut phases = Vec::with_capacity(n);
     let fifo_dir = std::env::temp_dir();
@@ -492,36 +536,46 @@ pub fn run(cfg: &StudyConfig) -> io::Result<StudyOutcome> {
             Payload::Fifo => None,
         };
         for &mode in &cfg.modes {
-            let i = phases.len();
-            let fifo = match attack.payload {
-                Payload::Fifo => Some(Fifo::new(&fifo_dir)?),
-                Payload::Size(_) => None,
-            };
-            let body = match &fifo {
-                Some(f) => Bytes::from(f.path().as_os_str().as_encoded_bytes().to_vec()),
-                None => payload.clone().unwrap_or_default(),
-            };
-            let server = Server::start(mode, &cfg.server, SocketAddr::from(([127, 0, 0, 1], 0)))?;
-            let ctx = PhaseCtx {
-                cfg,
-                attack,
-                mode,
-                addr: server.addr(),
-                probe: server.probe(),
-                body,
-                pb: &pb,
-                index: i,
-                of: n,
-            };
-            let mut phase = clients.block_on(ctx.drive());
-            // Let stuck handlers go, then stop the server.
-            pb.set_message(format!("[{}/{n}] {mode} · {} · drain", i + 1, attack.label));
-            server.stop_spinning();
-            if let Some(f) = &fifo {
-                f.release();
+            for repeat in 0..cfg.repeats.max(1) {
+                let i = phases.len();
+                let fifo = match attack.payload {
+                    Payload::Fifo => Some(Fifo::new(&fifo_dir)?),
+                    Payload::Size(_) => None,
+                };
+                let body = match &fifo {
+                    Some(f) => Bytes::from(f.path().as_os_str().as_encoded_bytes().to_vec()),
+                    None => payload.clone().unwrap_or_default(),
+                };
+                let server = if mode == Mode::CurfewSupervised {
+                    PhaseServer::Child(ChildServer::start(cfg, i)?)
+                } else {
+                    PhaseServer::InProcess(Server::start(
+                        mode,
+                        &cfg.server,
+                        SocketAddr::from(([127, 0, 0, 1], 0)),
+                    )?)
+                };
+                let ctx = PhaseCtx {
+                    cfg,
+                    attack,
+                    mode,
+                    addr: server.addr(),
+                    probe: server.probe(),
+                    body,
+                    pb: &pb,
+                    index: i,
+                    of: n,
+                };
+                let mut phase = clients.block_on(ctx.drive());
+                phase.repeat = repeat;
+                // Let stuck handlers go, then stop the server.
+                pb.set_message(format!("[{}/{n}] {mode} · {} · drain", i + 1, attack.label));
+                if let Some(f) = &fifo {
+                    f.release();
+                }
+                (phase.shutdown, phase.supervisor) = server.shutdown(cfg.drain);
+                phases.push(phase);
             }
-            phase.shutdown = server.shutdown(cfg.drain);
-            phases.push(phase);
         }
     }
     pb.finish_and_clear();
@@ -550,12 +604,195 @@ pub fn run(cfg: &StudyConfig) -> io::Result<StudyOutcome> {
     })
 }
 
+/// The server of one phase: in this process, or (`curfew-supervised`) a
+/// `curfew-lab serve --processes 1` child.
+enum PhaseServer {
+    InProcess(Server),
+    Child(ChildServer),
+}
+
+impl PhaseServer {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            PhaseServer::InProcess(s) => s.addr(),
+            PhaseServer::Child(c) => c.addr,
+        }
+    }
+
+    fn probe(&self) -> Option<Probe> {
+        match self {
+            PhaseServer::InProcess(s) => Some(s.probe()),
+            PhaseServer::Child(_) => None,
+        }
+    }
+
+    fn shutdown(self, wait: Duration) -> (Shutdown, Option<SupervisorCounts>) {
+        match self {
+            PhaseServer::InProcess(s) => {
+                s.stop_spinning();
+                (s.shutdown(wait), None)
+            }
+            PhaseServer::Child(c) => c.shutdown(wait),
+        }
+    }
+}
+
+/// `curfew-lab serve --mode curfew-supervised --processes 1` in a child
+/// process, so that the load generator does not share the server's process
+/// (and the supervisor can kill a poisoned worker without killing the
+/// study).
+struct ChildServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+    stdout: std::sync::mpsc::Receiver<String>,
+}
+
+/// The flags that give a `curfew-lab serve` child the study's server
+/// settings.
+pub fn server_flags(cfg: &ServerConfig) -> Vec<String> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let limit = |d: Option<Duration>| d.map_or_else(|| "off".to_owned(), ms);
+    let mut v: Vec<String> = [
+        ("--threads", cfg.threads.to_string()),
+        ("--io-threads", cfg.io_threads.to_string()),
+        ("--blocking-threads", cfg.blocking_threads.to_string()),
+        ("--poll-budget", ms(cfg.poll_budget)),
+        ("--job-budget", ms(cfg.job_budget)),
+        ("--strikes", cfg.strikes.to_string()),
+        ("--cool-off", ms(cfg.cool_off)),
+        ("--header-read-timeout", limit(cfg.header_read_timeout)),
+        ("--body-timeout", limit(cfg.body_timeout)),
+        ("--idle-timeout", limit(cfg.idle_timeout)),
+        ("--max-connections", cfg.max_connections.to_string()),
+        (
+            "--max-connections-per-ip",
+            cfg.max_connections_per_ip.to_string(),
+        ),
+        (
+            "--max-body-in-flight-mib",
+            cfg.max_body_in_flight
+                .map_or(0, |b| b.div_ceil(1 << 20))
+                .to_string(),
+        ),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_owned(), v])
+    .collect();
+    if let Some(n) = cfg.max_hijacked_threads {
+        v.extend(["--max-hijacked-threads".into(), n.to_string()]);
+    }
+    if let Some(n) = cfg.max_abandoned_threads {
+        v.extend(["--max-abandoned-threads".into(), n.to_string()]);
+    }
+    if cfg.trust_client_header {
+        v.push("--trust-client-header".into());
+    }
+    if cfg.public_metrics {
+        v.push("--public-metrics".into());
+    }
+    v
+}
+
+impl ChildServer {
+    fn start(cfg: &StudyConfig, index: usize) -> io::Result<ChildServer> {
+        use std::io::BufRead as _;
+        let exe = match &cfg.server_exe {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        };
+        let log = std::fs::File::create(cfg.out.join(format!("server-{index}.log")))?;
+        let mut child = std::process::Command::new(exe)
+            .args(["serve", "--mode", "curfew-supervised", "--processes", "1"])
+            .args(["--addr", "127.0.0.1:0", "--drain-deadline", "2s"])
+            .args(server_flags(&cfg.server))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, stdout) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match stdout.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(io::Error::other(
+                        "the curfew-supervised server did not say where it listens within 20 s",
+                    ));
+                }
+            };
+            let addr = line
+                .split_once("http://")
+                .and_then(|(_, rest)| rest.split_ascii_whitespace().next())
+                .and_then(|a| a.parse().ok());
+            if let Some(addr) = addr {
+                // Wait until a worker answers.
+                while Instant::now() < deadline {
+                    if std::net::TcpStream::connect(addr).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                return Ok(ChildServer {
+                    child,
+                    addr,
+                    stdout,
+                });
+            }
+        }
+    }
+
+    /// SIGTERM (the supervisor drains its workers), then SIGKILL after
+    /// `wait`.
+    fn shutdown(mut self, wait: Duration) -> (Shutdown, Option<SupervisorCounts>) {
+        let start = Instant::now();
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill has no memory effects; the child is ours and has
+            // not been waited for, so the pid is still its own.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let mut left = 0;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if start.elapsed() < wait => std::thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    left = 1;
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+            }
+        }
+        let counts =
+            std::iter::from_fn(|| self.stdout.recv_timeout(Duration::from_millis(200)).ok())
+                .find_map(|l| SupervisorCounts::parse(&l));
+        (
+            Shutdown {
+                took: start.elapsed(),
+                handlers_left: left,
+            },
+            counts,
+        )
+    }
+}
+
 struct PhaseCtx<'a> {
     cfg: &'a StudyConfig,
     attack: &'a AttackSpec,
     mode: Mode,
     addr: SocketAddr,
-    probe: Probe,
+    probe: Option<Probe>,
     body: Bytes,
     pb: &'a ProgressBar,
     index: usize,
@@ -567,7 +804,7 @@ impl PhaseCtx<'_> {
         let cfg = self.cfg;
         let before = ProcStatus::now();
         let cpu_before = crate::sys::CpuTimes::now();
-        let start_metrics = self.probe.metrics();
+        let start_metrics = self.probe.as_ref().and_then(Probe::metrics);
         let t0 = Instant::now();
         let a0 = t0 + cfg.baseline;
         let a1 = a0 + cfg.window;
@@ -623,7 +860,7 @@ impl PhaseCtx<'_> {
             let p = ProcStatus::now();
             peak.rss_kib = peak.rss_kib.max(p.rss_kib);
             peak.threads = peak.threads.max(p.threads);
-            if let Some(m) = self.probe.metrics() {
+            if let Some(m) = self.probe.as_ref().and_then(Probe::metrics) {
                 counts.max_hijacked_now = counts
                     .max_hijacked_now
                     .max(m.event.hijacked_threads + m.blocking.hijacked_threads);
@@ -660,7 +897,7 @@ impl PhaseCtx<'_> {
         let client_lag = lag.await.unwrap_or_default();
         let others_cores =
             crate::sys::CpuTimes::now().others_cores_since(&cpu_before, t0.elapsed());
-        let curfew = match (start_metrics, self.probe.metrics()) {
+        let curfew = match (start_metrics, self.probe.as_ref().and_then(Probe::metrics)) {
             (Some(s), Some(e)) => Some(CurfewCounts {
                 event_timeouts: e.event.timeouts - s.event.timeouts,
                 pool_timeouts: e.blocking.timeouts - s.blocking.timeouts,
@@ -689,6 +926,8 @@ impl PhaseCtx<'_> {
                 took: Duration::ZERO,
                 handlers_left: 0,
             },
+            repeat: 0,
+            supervisor: None,
         }
     }
 }

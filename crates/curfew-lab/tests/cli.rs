@@ -26,6 +26,33 @@ fn bad_flags_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-attack"));
     let out = lab().args(["serve", "--mode", "nginx"]).output().unwrap();
     assert!(!out.status.success());
+    // The supervisor recycles by curfew's written-off threads.
+    let out = lab()
+        .args([
+            "serve",
+            "--mode",
+            "tokio",
+            "--processes",
+            "2",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--processes needs a curfew mode"));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = lab()
+        .args(["serve", "--processes", "1", "--addr", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -168,10 +168,12 @@
 
 mod context;
 mod driver;
+mod enter;
 pub mod error;
 mod executor;
 pub mod fs;
 mod host;
+pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
@@ -181,6 +183,7 @@ mod sys;
 pub mod task;
 mod watchdog;
 
+pub use enter::EnterGuard;
 pub use error::{BuildError, JoinError, Location, Refusal, TimeoutError};
 pub use metrics::RuntimeMetrics;
 pub use policy::ClientKey;

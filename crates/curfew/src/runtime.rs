@@ -1126,7 +1126,7 @@ impl Handle {
     }
 }
 
-static DEFAULT: OnceLock<Runtime> = OnceLock::new();
+pub(crate) static DEFAULT: OnceLock<Runtime> = OnceLock::new();
 
 /// The runtime `curfew::spawn` uses outside any curfew runtime, started on
 /// first use with [`Builder::from_env`].

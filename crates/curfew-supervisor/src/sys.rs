@@ -1,0 +1,92 @@
+//! The few operating-system calls the supervisor needs, each wrapped once.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Clears (`inherit = true`) or sets `FD_CLOEXEC` on `fd`.
+///
+/// Async-signal-safe (two `fcntl` calls), so it may run between `fork` and
+/// `exec`.
+pub(crate) fn set_inheritable(fd: RawFd, inherit: bool) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFD/F_SETFD reads and writes only the
+    // descriptor flags of `fd`; an invalid fd is reported as EBADF.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if inherit {
+            flags & !libc::FD_CLOEXEC
+        } else {
+            flags | libc::FD_CLOEXEC
+        };
+        if libc::fcntl(fd, libc::F_SETFD, flags) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Asks for SIGKILL when the parent dies, then checks that the parent is
+/// still `parent` (it may have died before the request took effect).
+///
+/// Async-signal-safe; called between `fork` and `exec` (the setting
+/// survives `exec` of a binary that is not set-user-id). Linux only;
+/// elsewhere it does nothing.
+pub(crate) fn die_with_parent(parent: u32) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of the calling
+        // process; getppid has no preconditions.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                // Not io::Error::other: no allocation between fork and exec.
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent;
+    Ok(())
+}
+
+/// The parent process id.
+pub(crate) fn parent_pid() -> u32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// Sends `signal` to process `pid`. The caller must know that `pid` has not
+/// been reaped yet (so the id cannot belong to another process).
+pub(crate) fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: kill has no memory effects; the caller guarantees the pid is
+    // an unreaped child of ours.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Resident memory of process `pid`, from `/proc/<pid>/statm`.
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = s.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u64 } else { 4096 }
+}
+
+/// The CPU time of thread `tid` of process `pid` (its thread CPU clock, as
+/// the kernel keeps it in `/proc/<pid>/task/<tid>/schedstat`).
+pub(crate) fn thread_cpu(pid: u32, tid: i64) -> Option<Duration> {
+    curfew::health::thread_cpu_time(pid, tid)
+}
