@@ -12,11 +12,14 @@
 //! * **Budgets.** Each handler runs through [`Exec`](crate::exec::Exec),
 //!   under the poll budget; the reader awaits it, so one connection's frames
 //!   are handled in order while other connections' run in parallel.
-//! * **Slow readers.** Every frame for a connection (broadcasts and replies)
-//!   goes through one bounded queue with `try_send`. When it is full the
-//!   connection is closed with `1013` ("try again later") and its queue is
-//!   dropped: a client that does not read costs at most the queue, never an
-//!   unbounded buffer (Etherpad's bounded `pendingEdits`).
+//! * **Slow readers.** Every frame for a connection goes through one
+//!   bounded queue. A reply to the connection's own request waits for room,
+//!   so a client that sends faster than it reads is slowed to its reading
+//!   pace. A broadcast from another connection never waits (`try_send`):
+//!   when the queue is full the connection is closed with `1013` ("try
+//!   again later") and its queue is dropped, so a client that does not read
+//!   costs at most the queue, never an unbounded buffer (Etherpad's bounded
+//!   `pendingEdits`), and never slows the sender.
 
 use std::collections::{HashSet, VecDeque};
 use std::ops::ControlFlow;
@@ -129,8 +132,20 @@ impl Outbox {
         }
     }
 
-    fn push_frame(&self, frame: &ServerFrame) -> bool {
-        self.push(frame.to_json().into())
+    /// Queues a reply to the connection's own request, waiting for room:
+    /// a client that sends faster than it reads is slowed down to its own
+    /// reading pace (its reader stops, and TCP pushes back). False if the
+    /// connection is closing.
+    async fn reply(&self, frame: &ServerFrame) -> bool {
+        let frame: Utf8Bytes = frame.to_json().into();
+        tokio::select! {
+            biased;
+            _ = self.closer.token.cancelled() => false,
+            sent = self.tx.send(frame) => {
+                Counters::bump(&self.counters.frames_queued);
+                sent.is_ok()
+            }
+        }
     }
 }
 
@@ -205,7 +220,7 @@ impl Conn {
             let flow = match next {
                 None => return,
                 Some(Ok(Message::Text(text))) => self.on_text(text).await,
-                Some(Ok(Message::Binary(_))) => self.protocol_error(ErrorCode::Invalid),
+                Some(Ok(Message::Binary(_))) => self.protocol_error(ErrorCode::Invalid).await,
                 Some(Ok(Message::Close(_))) => {
                     self.closer.close(CLOSE_NORMAL);
                     return;
@@ -224,8 +239,8 @@ impl Conn {
         }
     }
 
-    fn reply(&self, frame: ServerFrame) -> ControlFlow<()> {
-        if self.outbox.push_frame(&frame) {
+    async fn reply(&self, frame: ServerFrame) -> ControlFlow<()> {
+        if self.outbox.reply(&frame).await {
             ControlFlow::Continue(())
         } else {
             ControlFlow::Break(())
@@ -233,13 +248,13 @@ impl Conn {
     }
 
     /// Answers a protocol error; the third within a minute closes with 1008.
-    fn protocol_error(&mut self, code: ErrorCode) -> ControlFlow<()> {
+    async fn protocol_error(&mut self, code: ErrorCode) -> ControlFlow<()> {
         let counter = match code {
             ErrorCode::TooLarge => &self.state.counters.too_large,
             _ => &self.state.counters.invalid,
         };
         Counters::bump(counter);
-        self.reply(ServerFrame::error(code))?;
+        self.reply(ServerFrame::error(code)).await?;
         let now = Instant::now();
         while self
             .protocol_errors
@@ -260,23 +275,23 @@ impl Conn {
 
     async fn on_text(&mut self, text: Utf8Bytes) -> ControlFlow<()> {
         if text.len() > self.state.cfg.max_message_bytes {
-            return self.protocol_error(ErrorCode::TooLarge);
+            return self.protocol_error(ErrorCode::TooLarge).await;
         }
         let frame: ClientFrame = match serde_json::from_str(text.as_str()) {
             Ok(f) => f,
-            Err(_) => return self.protocol_error(ErrorCode::Invalid),
+            Err(_) => return self.protocol_error(ErrorCode::Invalid).await,
         };
         if let Err(code) = frame.validate() {
-            return self.protocol_error(code);
+            return self.protocol_error(code).await;
         }
         if auth::unix_now() > self.exp {
-            self.reply(ServerFrame::error(ErrorCode::Unauthorized))?;
+            self.reply(ServerFrame::error(ErrorCode::Unauthorized)).await?;
             self.closer.close(CLOSE_POLICY);
             return ControlFlow::Break(());
         }
         if let ClientFrame::Message { room, .. } | ClientFrame::Search { room, .. } = &frame {
             if !self.rooms.contains(room.as_str()) {
-                return self.protocol_error(ErrorCode::Invalid);
+                return self.protocol_error(ErrorCode::Invalid).await;
             }
         }
         let (admitted, fell_back) = self.state.limiter.check(&self.user).await;
@@ -285,16 +300,16 @@ impl Conn {
         }
         if let Err(wait) = admitted {
             Counters::bump(&self.state.counters.rate_limited);
-            return self.reply(ServerFrame::error_retry(ErrorCode::RateLimited, wait));
+            return self.reply(ServerFrame::error_retry(ErrorCode::RateLimited, wait)).await;
         }
         match self.dispatch(frame).await {
-            Ok(Ok(Some(reply))) => self.reply(reply),
+            Ok(Ok(Some(reply))) => self.reply(reply).await,
             Ok(Ok(None)) => ControlFlow::Continue(()),
-            Ok(Err(code)) if code.is_protocol_error() => self.protocol_error(code),
-            Ok(Err(code)) => self.reply(ServerFrame::error(code)),
+            Ok(Err(code)) if code.is_protocol_error() => self.protocol_error(code).await,
+            Ok(Err(code)) => self.reply(ServerFrame::error(code)).await,
             Err(Failure::Timeout) => {
                 Counters::bump(&self.state.counters.timeouts);
-                self.reply(ServerFrame::error(ErrorCode::Timeout))
+                self.reply(ServerFrame::error(ErrorCode::Timeout)).await
             }
             Err(Failure::Refused(left)) => {
                 Counters::bump(&self.state.counters.refused);
@@ -302,6 +317,7 @@ impl Conn {
                     Some(left) => ServerFrame::error_retry(ErrorCode::Refused, left),
                     None => ServerFrame::error(ErrorCode::Refused),
                 })
+                .await
             }
             Err(Failure::Panic) => {
                 tracing::error!(user = %self.user, "a chat handler panicked; closing the connection");
