@@ -157,6 +157,9 @@ pub struct ChatConfig {
     pub cool_off: Duration,
     /// Curfew event threads that run the handlers.
     pub event_threads: usize,
+    /// Threads running written-off (over-budget) handlers that may exist at
+    /// once; they run at idle priority until their poll returns.
+    pub max_hijacked_threads: usize,
     /// Tokio worker threads that serve the connections.
     pub io_threads: usize,
     /// How long a closing connection may take to send its close frame.
@@ -188,6 +191,7 @@ impl fmt::Debug for ChatConfig {
             .field("strikes", &self.strikes)
             .field("cool_off", &self.cool_off)
             .field("event_threads", &self.event_threads)
+            .field("max_hijacked_threads", &self.max_hijacked_threads)
             .field("io_threads", &self.io_threads)
             .field("close_timeout", &self.close_timeout)
             .field("dev", &self.dev)
@@ -216,6 +220,7 @@ impl ChatConfig {
             strikes: 3,
             cool_off: Duration::from_secs(30),
             event_threads: 2,
+            max_hijacked_threads: 32,
             io_threads: 2,
             close_timeout: Duration::from_secs(10),
             dev: false,
@@ -361,6 +366,10 @@ pub struct Options {
     /// Curfew event threads running the handlers.
     #[arg(long, env = "CURFEW_CHAT_EVENT_THREADS", default_value_t = 2)]
     pub event_threads: usize,
+    /// Threads running over-budget handlers that may exist at once (they
+    /// run at idle priority until their poll returns).
+    #[arg(long, env = "CURFEW_CHAT_MAX_HIJACKED_THREADS", default_value_t = 32)]
+    pub max_hijacked_threads: usize,
     /// Tokio worker threads serving the connections.
     #[arg(long, env = "CURFEW_CHAT_IO_THREADS", default_value_t = 2)]
     pub io_threads: usize,
@@ -397,6 +406,7 @@ impl Options {
         c.strikes = self.strikes;
         c.cool_off = self.cool_off;
         c.event_threads = self.event_threads;
+        c.max_hijacked_threads = self.max_hijacked_threads;
         c.io_threads = self.io_threads;
         c.dev = self.dev;
         c.validate()?;

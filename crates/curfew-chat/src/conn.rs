@@ -173,6 +173,7 @@ pub(crate) async fn serve<G: Send + 'static>(
         rx,
         closer.clone(),
         state.cfg.close_timeout,
+        state.counters.clone(),
     ));
     let mut conn = Conn {
         client: ClientKey::from(&*user),
@@ -285,7 +286,8 @@ impl Conn {
             return self.protocol_error(code).await;
         }
         if auth::unix_now() > self.exp {
-            self.reply(ServerFrame::error(ErrorCode::Unauthorized)).await?;
+            self.reply(ServerFrame::error(ErrorCode::Unauthorized))
+                .await?;
             self.closer.close(CLOSE_POLICY);
             return ControlFlow::Break(());
         }
@@ -300,7 +302,9 @@ impl Conn {
         }
         if let Err(wait) = admitted {
             Counters::bump(&self.state.counters.rate_limited);
-            return self.reply(ServerFrame::error_retry(ErrorCode::RateLimited, wait)).await;
+            return self
+                .reply(ServerFrame::error_retry(ErrorCode::RateLimited, wait))
+                .await;
         }
         match self.dispatch(frame).await {
             Ok(Ok(Some(reply))) => self.reply(reply).await,
@@ -425,6 +429,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Utf8Bytes>,
     closer: Arc<Closer>,
     close_timeout: Duration,
+    counters: Arc<Counters>,
 ) {
     loop {
         let frame = tokio::select! {
@@ -438,9 +443,12 @@ async fn write_loop(
         tokio::select! {
             biased;
             _ = closer.token.cancelled() => break,
-            sent = sink.send(Message::Text(frame)) => if sent.is_err() {
-                closer.close(CLOSE_NORMAL);
-                return;
+            sent = sink.send(Message::Text(frame)) => match sent {
+                Ok(()) => Counters::bump(&counters.frames_sent),
+                Err(_) => {
+                    closer.close(CLOSE_NORMAL);
+                    return;
+                }
             },
         }
     }

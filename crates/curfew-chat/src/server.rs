@@ -252,6 +252,11 @@ fn router(state: Arc<State>) -> Router {
 /// Serves `app` on `listener` until `shutdown`, with the peer address
 /// available to handlers.
 async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Chat frames are small and latency-bound: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -388,6 +393,7 @@ fn run(config: ChatConfig, addr: SocketAddr, ready: std::sync::mpsc::Sender<Read
                 config.strikes,
                 config.cool_off,
             ))
+            .max_hijacked_threads(config.max_hijacked_threads)
             .demote_hijacked_threads(true)
             .thread_name("chat-handler")
             .build()

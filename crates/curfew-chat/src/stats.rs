@@ -46,6 +46,8 @@ counters! {
     messages,
     /// Frames queued to connections.
     frames_queued,
+    /// Frames written to connections.
+    frames_sent,
     /// Requests answered `rate_limited`.
     rate_limited,
     /// Frames answered `too_large`.

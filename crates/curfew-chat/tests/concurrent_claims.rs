@@ -23,11 +23,17 @@ async fn concurrent_claims_by_one_user_give_exactly_one_success() {
         }
         // Every connection sends its claim, each for a different item, at once.
         let outcomes = join_all(clients.iter_mut().enumerate().map(|(i, c)| async move {
-            c.send(&ClientFrame::Claim { item: format!("meal-{i}") }).await;
+            c.send(&ClientFrame::Claim {
+                item: format!("meal-{i}"),
+            })
+            .await;
             c.frame().await
         }))
         .await;
-        let won: Vec<_> = outcomes.iter().filter(|f| matches!(f, ServerFrame::Claimed { .. })).collect();
+        let won: Vec<_> = outcomes
+            .iter()
+            .filter(|f| matches!(f, ServerFrame::Claimed { .. }))
+            .collect();
         let lost = outcomes
             .iter()
             .filter(|f| **f == ServerFrame::error(ErrorCode::AlreadyClaimed))
@@ -35,7 +41,14 @@ async fn concurrent_claims_by_one_user_give_exactly_one_success() {
         assert_eq!(won.len(), 1, "round {round}: {outcomes:?}");
         assert_eq!(lost, CONNECTIONS - 1, "round {round}: {outcomes:?}");
         // And it stays claimed.
-        clients[0].send(&ClientFrame::Claim { item: "dessert".into() }).await;
-        assert_eq!(clients[0].frame().await, ServerFrame::error(ErrorCode::AlreadyClaimed));
+        clients[0]
+            .send(&ClientFrame::Claim {
+                item: "dessert".into(),
+            })
+            .await;
+        assert_eq!(
+            clients[0].frame().await,
+            ServerFrame::error(ErrorCode::AlreadyClaimed)
+        );
     }
 }

@@ -18,7 +18,11 @@ async fn the_ip_cap_refuses_with_429() {
     // A flood of further handshakes under fresh identities.
     for i in 3..23 {
         let q = format!("?token={}", token(&server, &format!("user{i}")));
-        assert_eq!(handshake(&server, &q, &[]).await.err(), Some(429), "connection {i}");
+        assert_eq!(
+            handshake(&server, &q, &[]).await.err(),
+            Some(429),
+            "connection {i}"
+        );
     }
     assert_eq!(server.stats().refused_busy, 20);
     assert_eq!(server.stats().connections_open, 3);
@@ -28,7 +32,10 @@ async fn the_ip_cap_refuses_with_429() {
     first.ws.close(None).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while server.stats().connections_open > 2 {
-        assert!(std::time::Instant::now() < deadline, "the closed connection never gave its place back");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection never gave its place back"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Client::connect(&server, "user99").await;

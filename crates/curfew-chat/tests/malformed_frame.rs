@@ -14,15 +14,26 @@ async fn malformed_frames_are_invalid_and_the_third_closes_1008() {
     let mut mallory = Client::connect(&server, "mallory").await;
     let invalid = ServerFrame::error(ErrorCode::Invalid);
 
-    mallory.send_text(r#"{"type":"message","room":"lobby","text":"#.into()).await;
+    mallory
+        .send_text(r#"{"type":"message","room":"lobby","text":"#.into())
+        .await;
     assert_eq!(mallory.frame().await, invalid, "truncated JSON");
     mallory.say("lobby", "ok after one").await;
-    assert!(matches!(mallory.frame().await, ServerFrame::Message { .. }), "still served");
+    assert!(
+        matches!(mallory.frame().await, ServerFrame::Message { .. }),
+        "still served"
+    );
 
-    mallory.ws.send(Message::binary(vec![0xff, 0x00, 0x13])).await.unwrap();
+    mallory
+        .ws
+        .send(Message::binary(vec![0xff, 0x00, 0x13]))
+        .await
+        .unwrap();
     assert_eq!(mallory.frame().await, invalid, "binary frame");
 
-    mallory.send_text(r#"{"type":"message","room":"lobby","text":"hi","is_admin":true}"#.into()).await;
+    mallory
+        .send_text(r#"{"type":"message","room":"lobby","text":"hi","is_admin":true}"#.into())
+        .await;
     assert_eq!(mallory.frame().await, invalid, "unknown field");
     assert_eq!(mallory.until_closed().await, Some(1008));
     assert_eq!(server.stats().invalid, 3);

@@ -11,9 +11,15 @@ use curfew_chat::protocol::{ErrorCode, ServerFrame};
 async fn a_1_mib_frame_is_too_large_and_the_connection_stays_open() {
     let server = server(|_| {});
     let mut mallory = Client::connect(&server, "mallory").await;
-    let huge = format!(r#"{{"type":"message","room":"lobby","text":"{}"}}"#, "A".repeat(1 << 20));
+    let huge = format!(
+        r#"{{"type":"message","room":"lobby","text":"{}"}}"#,
+        "A".repeat(1 << 20)
+    );
     mallory.send_text(huge).await;
-    assert_eq!(mallory.frame().await, ServerFrame::error(ErrorCode::TooLarge));
+    assert_eq!(
+        mallory.frame().await,
+        ServerFrame::error(ErrorCode::TooLarge)
+    );
     // Still open and served.
     mallory.say("lobby", "still here").await;
     match mallory.frame().await {
@@ -21,7 +27,11 @@ async fn a_1_mib_frame_is_too_large_and_the_connection_stays_open() {
         other => panic!("{other:?}"),
     }
     assert_eq!(server.stats().too_large, 1);
-    assert_eq!(server.stats().messages, 1, "the oversized text was never broadcast");
+    assert_eq!(
+        server.stats().messages,
+        1,
+        "the oversized text was never broadcast"
+    );
 
     // Over the hard limit (2 MiB by default): closed with 1009.
     mallory.send_text("B".repeat(3 << 20)).await;
@@ -39,7 +49,13 @@ async fn the_message_limit_is_exact() {
         format!("{head}{}{tail}", "x".repeat(n - head.len() - tail.len()))
     };
     c.send_text(frame(100)).await;
-    assert!(matches!(c.frame().await, ServerFrame::Message { .. }), "exactly at the limit is served");
+    assert!(
+        matches!(c.frame().await, ServerFrame::Message { .. }),
+        "exactly at the limit is served"
+    );
     c.send_text(frame(101)).await;
-    assert_eq!(c.next().await, Event::Frame(ServerFrame::error(ErrorCode::TooLarge)));
+    assert_eq!(
+        c.next().await,
+        Event::Frame(ServerFrame::error(ErrorCode::TooLarge))
+    );
 }

@@ -40,8 +40,14 @@ async fn a_500_message_burst_after_reconnecting_passes_at_most_the_burst() {
     while echoed + limited < FLOOD {
         match mallory.next().await {
             Event::Frame(ServerFrame::Message { from, .. }) if from == "mallory" => echoed += 1,
-            Event::Frame(ServerFrame::Error { code: ErrorCode::RateLimited, retry_after_ms }) => {
-                assert!(retry_after_ms.is_some_and(|ms| ms <= 1000), "{retry_after_ms:?}");
+            Event::Frame(ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                retry_after_ms,
+            }) => {
+                assert!(
+                    retry_after_ms.is_some_and(|ms| ms <= 1000),
+                    "{retry_after_ms:?}"
+                );
                 limited += 1;
             }
             other => panic!("{other:?}"),
@@ -51,14 +57,21 @@ async fn a_500_message_burst_after_reconnecting_passes_at_most_the_burst() {
     // What the limit allows: the burst, minus the message sent before, plus
     // one per second that the burst took to handle.
     let allowance = BURST as usize - 1 + elapsed.as_secs_f64().ceil() as usize;
-    println!("burst of {FLOOD}: {echoed} admitted, {limited} rate_limited in {elapsed:?} (allowance {allowance})");
-    assert!(echoed <= allowance, "{echoed} admitted, over the allowance of {allowance}");
+    println!(
+        "burst of {FLOOD}: {echoed} admitted, {limited} rate_limited in {elapsed:?} (allowance {allowance})"
+    );
+    assert!(
+        echoed <= allowance,
+        "{echoed} admitted, over the allowance of {allowance}"
+    );
     assert!(echoed >= 1, "the limit admits something");
     assert_eq!(server.stats().rate_limited, limited as u64);
 
     // The watcher saw exactly the admitted ones (and the one before).
     let mut seen = 0;
-    while let Some(Event::Frame(ServerFrame::Message { from, .. })) = watcher.next_within(Duration::from_millis(500)).await {
+    while let Some(Event::Frame(ServerFrame::Message { from, .. })) =
+        watcher.next_within(Duration::from_millis(500)).await
+    {
         assert_eq!(from, "mallory");
         seen += 1;
     }

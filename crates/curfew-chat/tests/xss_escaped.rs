@@ -19,19 +19,38 @@ async fn markup_arrives_escaped() {
     let mut victim = Client::connect(&server, "victim").await;
     for payload in PAYLOADS {
         mallory.say("lobby", payload).await;
-        let ServerFrame::Message { text, from, .. } = victim.frame().await else { panic!("expected a message") };
+        let ServerFrame::Message { text, from, .. } = victim.frame().await else {
+            panic!("expected a message")
+        };
         assert_eq!(from, "mallory");
-        assert!(!text.contains('<') && !text.contains('>') && !text.contains('"') && !text.contains('\''), "unescaped: {text}");
+        assert!(
+            !text.contains('<')
+                && !text.contains('>')
+                && !text.contains('"')
+                && !text.contains('\''),
+            "unescaped: {text}"
+        );
         assert_eq!(html_unescape(&text), payload, "the text survives, escaped");
         let _ = mallory.frame().await; // its own echo
     }
     victim
-        .send(&ClientFrame::Search { room: "lobby".into(), pattern: "<script>".into() })
+        .send(&ClientFrame::Search {
+            room: "lobby".into(),
+            pattern: "<script>".into(),
+        })
         .await;
-    let ServerFrame::SearchResult { pattern, matches, .. } = victim.frame().await else { panic!("expected a result") };
+    let ServerFrame::SearchResult {
+        pattern, matches, ..
+    } = victim.frame().await
+    else {
+        panic!("expected a result")
+    };
     assert_eq!(pattern, "&lt;script&gt;");
     assert_eq!(matches.len(), 1);
-    assert_eq!(matches[0].text, "&lt;script&gt;alert(1)&lt;&#x2F;script&gt;");
+    assert_eq!(
+        matches[0].text,
+        "&lt;script&gt;alert(1)&lt;&#x2F;script&gt;"
+    );
 }
 
 fn html_unescape(s: &str) -> String {

@@ -42,7 +42,12 @@ pub async fn handshake(server: &Server, query: &str, headers: &[(&str, &str)]) -
             HeaderValue::from_str(value).unwrap(),
         );
     }
-    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await {
+    match tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async_with_config(req, None, true),
+    )
+    .await
+    {
         Err(_) => panic!("no handshake answer within {WAIT:?}"),
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(WsError::Http(resp))) => Err(resp.status().as_u16()),
@@ -68,7 +73,10 @@ impl Client {
         let ws = handshake(server, &format!("?token={}", token(server, user)), &[])
             .await
             .unwrap_or_else(|status| panic!("{user} refused with {status}"));
-        Client { ws, user: user.into() }
+        Client {
+            ws,
+            user: user.into(),
+        }
     }
 
     pub async fn send(&mut self, frame: &ClientFrame) {
@@ -80,26 +88,37 @@ impl Client {
     }
 
     pub async fn say(&mut self, room: &str, text: &str) {
-        self.send(&ClientFrame::Message { room: room.into(), text: text.into() }).await;
+        self.send(&ClientFrame::Message {
+            room: room.into(),
+            text: text.into(),
+        })
+        .await;
     }
 
     /// The next frame or close, within [`WAIT`].
     pub async fn next(&mut self) -> Event {
-        self.next_within(WAIT).await.unwrap_or_else(|| panic!("{}: nothing within {WAIT:?}", self.user))
+        self.next_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{}: nothing within {WAIT:?}", self.user))
     }
 
     pub async fn next_within(&mut self, wait: Duration) -> Option<Event> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             match msg {
                 None => return Some(Event::Closed(None)),
                 Some(Ok(Message::Text(t))) => {
-                    let frame: ServerFrame = serde_json::from_str(t.as_str())
-                        .unwrap_or_else(|e| panic!("server sent a frame outside the protocol: {t}: {e}"));
+                    let frame: ServerFrame = serde_json::from_str(t.as_str()).unwrap_or_else(|e| {
+                        panic!("server sent a frame outside the protocol: {t}: {e}")
+                    });
                     return Some(Event::Frame(frame));
                 }
-                Some(Ok(Message::Close(c))) => return Some(Event::Closed(c.map(|c| u16::from(c.code)))),
+                Some(Ok(Message::Close(c))) => {
+                    return Some(Event::Closed(c.map(|c| u16::from(c.code))));
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) => return Some(Event::Closed(None)),
             }
@@ -109,7 +128,10 @@ impl Client {
     pub async fn frame(&mut self) -> ServerFrame {
         match self.next().await {
             Event::Frame(f) => f,
-            Event::Closed(code) => panic!("{}: closed ({code:?}) while a frame was expected", self.user),
+            Event::Closed(code) => panic!(
+                "{}: closed ({code:?}) while a frame was expected",
+                self.user
+            ),
         }
     }
 
