@@ -61,6 +61,27 @@ pub struct ServerArgs {
     /// curfew-policy: how long a client is refused.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub cool_off: Duration,
+    /// How long a client may take to send a request's headers (`off`: no
+    /// limit).
+    #[arg(long, value_parser = parse_limit, default_value = "10s")]
+    pub header_read_timeout: Duration,
+    /// Curfew modes: how long a request body may go without a byte (`off`:
+    /// no limit).
+    #[arg(long, value_parser = parse_limit, default_value = "10s")]
+    pub body_timeout: Duration,
+    /// Curfew modes: how long a connection may sit idle (`off`: no limit).
+    #[arg(long, value_parser = parse_limit, default_value = "60s")]
+    pub idle_timeout: Duration,
+    /// Curfew modes: the most connections open at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Curfew modes: the most connections open at once from one IP address.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+    /// Curfew modes: the most request body MiB in flight, over all
+    /// requests (0: no limit).
+    #[arg(long, default_value_t = 256)]
+    pub max_body_in_flight_mib: usize,
 }
 
 impl ServerArgs {
@@ -76,6 +97,14 @@ impl ServerArgs {
             max_abandoned_threads: self.max_abandoned_threads,
             strikes: self.strikes,
             cool_off: self.cool_off,
+            header_read_timeout: (!self.header_read_timeout.is_zero())
+                .then_some(self.header_read_timeout),
+            body_timeout: (!self.body_timeout.is_zero()).then_some(self.body_timeout),
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_body_in_flight: (self.max_body_in_flight_mib > 0)
+                .then(|| self.max_body_in_flight_mib.saturating_mul(1 << 20)),
             ..ServerConfig::default()
         }
     }
@@ -179,9 +208,39 @@ pub struct ServeArgs {
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub addr: SocketAddr,
+    /// Take the client's identity from the `x-client-id` header (for a
+    /// load generator that simulates many clients). Without it the client
+    /// is the peer's IP address: a header anyone can write must not name
+    /// the client that strikes and cool-offs are charged to.
+    #[arg(long)]
+    pub trust_client_header: bool,
+    /// List per-client counters on `/metrics` to every peer, not only to
+    /// loopback ones.
+    #[arg(long)]
+    pub public_metrics: bool,
     /// The server.
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+impl ServeArgs {
+    /// The server configuration these flags describe.
+    pub fn config(&self) -> ServerConfig {
+        ServerConfig {
+            trust_client_header: self.trust_client_header,
+            public_metrics: self.public_metrics,
+            ..self.server.config()
+        }
+    }
+}
+
+/// Parses a duration as [`parse_duration`] does, or `off` for no limit
+/// (returned as zero).
+pub fn parse_limit(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "off" => Ok(Duration::ZERO),
+        s => parse_duration(s),
+    }
 }
 
 /// Parses `250ms`, `1s`, `1.5s` or `2m`.
@@ -255,7 +314,7 @@ fn run_study(args: &StudyArgs) -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
-    let server = match Server::start(args.mode, &args.server.config(), args.addr) {
+    let server = match Server::start(args.mode, &args.config(), args.addr) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("curfew-lab: cannot serve on {}: {e}", args.addr);
@@ -346,5 +405,29 @@ mod tests {
         assert_eq!(cfg.attacks[1].label, "fancy-regex");
         assert_eq!(cfg.server.poll_budget, Duration::from_millis(50));
         assert!(list().contains("read-fifo-pool"));
+    }
+
+    #[test]
+    fn serve_trusts_the_client_header_only_when_told() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["curfew-lab", "serve"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not serve")
+            };
+            args.config()
+        };
+        let plain = parse(&[]);
+        assert!(!plain.trust_client_header && !plain.public_metrics);
+        assert_eq!(plain.header_read_timeout, Some(Duration::from_secs(10)));
+        let told = parse(&[
+            "--trust-client-header",
+            "--idle-timeout",
+            "off",
+            "--max-body-in-flight-mib",
+            "0",
+        ]);
+        assert!(told.trust_client_header);
+        assert_eq!((told.idle_timeout, told.max_body_in_flight), (None, None));
     }
 }

@@ -12,17 +12,23 @@
 //! In [`Mode::Tokio`] the server is what a hyper or axum server usually is:
 //! a multi-thread tokio runtime, one task per connection, and each handler
 //! running inline in that task (`form=pool` runs it through
-//! `tokio::task::spawn_blocking`, as `tokio::fs` does). In the curfew modes
-//! the connections are still served by tokio, but every handler runs under
-//! curfew: `form=inline` as a curfew task under the poll budget, `form=pool`
-//! as a curfew blocking job under the job budget. A handler that overruns is
-//! answered `503 Service Unavailable` with `Retry-After` while it is still
-//! running; a refused client gets the same with the cool-off left; a panic
-//! is a `500`.
+//! `tokio::task::spawn_blocking`, as `tokio::fs` does). The curfew modes
+//! serve what a user of `curfew-http` deploys: [`curfew_http::serve`] (every
+//! connection a curfew task, with its timeouts and connection caps) and a
+//! [`curfew_http::CurfewLayer`] that runs every request as a curfew task
+//! under the poll budget; `form=inline` handlers run in that task,
+//! `form=pool` ones as curfew blocking jobs under the job budget. A handler
+//! that overruns is answered `503 Service Unavailable` with `Retry-After`
+//! while it is still running; a refused client gets `429 Too Many Requests`
+//! with the cool-off left, before its body is read; a panic is a `500`.
 //!
 //! Every response carries an `x-lab-outcome` header (`ok`, `error`,
-//! `timeout`, `refused`, `panic`, `cancelled`), and the client behind a
-//! request is the `x-client-id` header if there is one, else the peer's IP.
+//! `timeout`, `refused`, `panic`, `cancelled`). The client behind a request
+//! is `id:` and the `x-client-id` header when the server trusts that header
+//! ([`ServerConfig::trust_client_header`]), else `ip:` and the peer's IP:
+//! the prefixes keep a header id from ever naming an address. `/metrics`
+//! lists clients only to loopback peers, unless
+//! [`ServerConfig::public_metrics`] is set.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -36,13 +42,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use curfew_attacks::{AttackError, CostKind, Vector};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use curfew_http::{CurfewLayer, Failure as LayerFailure, FailureKind, KeyFn, RequestHead};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::sys::ProcStatus;
 
@@ -144,6 +150,27 @@ pub struct ServerConfig {
     pub cool_off: Duration,
     /// The largest request body accepted.
     pub max_body: usize,
+    /// Whether the `x-client-id` header names the client. The study's load
+    /// generator names its simulated clients with it, so the default is
+    /// `true`; `curfew-lab serve` sets it only with `--trust-client-header`,
+    /// since otherwise anyone could name any client (and get it refused).
+    pub trust_client_header: bool,
+    /// Whether `/metrics` lists per-client counters to every peer, not
+    /// only to loopback ones. Default: false.
+    pub public_metrics: bool,
+    /// How long a client may take to send a request's headers (both modes).
+    pub header_read_timeout: Option<Duration>,
+    /// How long a request body may go without a byte (curfew modes).
+    pub body_timeout: Option<Duration>,
+    /// How long a connection may sit idle (curfew modes).
+    pub idle_timeout: Option<Duration>,
+    /// The most connections open at once (curfew modes).
+    pub max_connections: usize,
+    /// The most connections open at once from one IP (curfew modes).
+    pub max_connections_per_ip: usize,
+    /// The most request body bytes in flight (curfew modes; `None`: no
+    /// limit).
+    pub max_body_in_flight: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -159,6 +186,14 @@ impl Default for ServerConfig {
             strikes: 2,
             cool_off: Duration::from_secs(60),
             max_body: 64 << 20,
+            trust_client_header: true,
+            public_metrics: false,
+            header_read_timeout: Some(Duration::from_secs(10)),
+            body_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            max_body_in_flight: Some(256 << 20),
         }
     }
 }
@@ -230,59 +265,94 @@ pub struct Shutdown {
 impl Server {
     /// Starts a server on `addr` (port 0 picks a free one).
     pub fn start(mode: Mode, cfg: &ServerConfig, addr: SocketAddr) -> io::Result<Server> {
-        let io = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(if mode.is_curfew() {
-                cfg.io_threads
-            } else {
-                cfg.threads
-            })
-            .thread_name(format!("lab-{}", mode.as_str()))
-            .enable_all()
-            .build()?;
-        let curfew = if mode.is_curfew() {
-            let mut b = curfew::Runtime::builder()
-                .event_threads(cfg.threads)
-                .blocking_threads(cfg.blocking_threads)
-                .poll_budget(cfg.poll_budget)
-                .job_budget(cfg.job_budget)
-                .thread_name("lab-curfew")
-                .tokio_handle(io.handle().clone());
-            if let Some(n) = cfg.max_hijacked_threads {
-                b = b.max_hijacked_threads(n);
-            }
-            if let Some(n) = cfg.max_abandoned_threads {
-                b = b.max_abandoned_threads(n);
-            }
-            if mode == Mode::CurfewPolicy {
-                b = b.client_policy(curfew::policy::ClientPolicy::new(cfg.strikes, cfg.cool_off));
-            }
-            Some(b.build().map_err(io::Error::other)?)
-        } else {
-            None
-        };
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
-        let listener = {
-            let _enter = io.enter();
-            tokio::net::TcpListener::from_std(std_listener)?
-        };
+        let file = benign_file()?;
+        if !mode.is_curfew() {
+            let io = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cfg.threads)
+                .thread_name(format!("lab-{}", mode.as_str()))
+                .enable_all()
+                .build()?;
+            let listener = {
+                let _enter = io.enter();
+                tokio::net::TcpListener::from_std(std_listener)?
+            };
+            let probe = Probe {
+                gauge: Arc::default(),
+                curfew: None,
+            };
+            let app = Arc::new(App::new(mode, probe.clone(), file, cfg));
+            io.spawn(accept_loop(listener, app, cfg.header_read_timeout));
+            return Ok(Server {
+                mode,
+                addr,
+                io: Some(io),
+                curfew: None,
+                probe,
+            });
+        }
+
+        let mut b = curfew::Runtime::builder()
+            .event_threads(cfg.threads)
+            .blocking_threads(cfg.blocking_threads)
+            .poll_budget(cfg.poll_budget)
+            .job_budget(cfg.job_budget)
+            .thread_name("lab-curfew");
+        if let Some(n) = cfg.max_hijacked_threads {
+            b = b.max_hijacked_threads(n);
+        }
+        if let Some(n) = cfg.max_abandoned_threads {
+            b = b.max_abandoned_threads(n);
+        }
+        if mode == Mode::CurfewPolicy {
+            b = b.client_policy(curfew::policy::ClientPolicy::new(cfg.strikes, cfg.cool_off));
+        }
+        let rt = b.build().map_err(io::Error::other)?;
+        let handle = rt.handle();
+        let listener =
+            handle.block_on(async { tokio::net::TcpListener::from_std(std_listener) })?;
         let probe = Probe {
             gauge: Arc::default(),
-            curfew: curfew.as_ref().map(|rt| rt.handle()),
+            curfew: Some(handle.clone()),
         };
-        let app = Arc::new(App {
-            mode,
-            probe: probe.clone(),
-            file: benign_file()?,
-            max_body: cfg.max_body,
-        });
-        io.spawn(accept_loop(listener, app));
+        let app = Arc::new(App::new(mode, probe.clone(), file, cfg));
+        let trust = cfg.trust_client_header;
+        let layer = CurfewLayer::new()
+            .key_extractor(KeyFn(move |head: &RequestHead<'_>| {
+                Some(client_key(head.headers, head.peer_addr()?, trust).into())
+            }))
+            .on_failure(layer_failure);
+        let svc = tower::ServiceBuilder::new()
+            .layer(layer)
+            .service(tower::service_fn(move |req: Request<curfew_http::Body>| {
+                let app = app.clone();
+                async move {
+                    let peer = curfew_http::key::peer_addr(&req)
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    Ok::<_, Infallible>(route(&app, peer, req).await)
+                }
+            }));
+        let serve = curfew_http::serve(listener, svc)
+            .header_read_timeout(cfg.header_read_timeout)
+            .body_timeout(cfg.body_timeout)
+            .idle_timeout(cfg.idle_timeout)
+            .max_connections(cfg.max_connections)
+            .max_connections_per_ip(cfg.max_connections_per_ip)
+            .max_body_bytes_in_flight(cfg.max_body_in_flight);
+        // The accept loop is a curfew task too: it runs on the runtime's
+        // event threads, as the connections it starts.
+        drop(rt.spawn(async move {
+            if let Err(e) = serve.await {
+                eprintln!("curfew-lab: the server stopped: {e}");
+            }
+        }));
         Ok(Server {
             mode,
             addr,
-            io: Some(io),
-            curfew,
+            io: None,
+            curfew: Some(rt),
             probe,
         })
     }
@@ -376,6 +446,35 @@ struct App {
     probe: Probe,
     file: PathBuf,
     max_body: usize,
+    trust_client_header: bool,
+    public_metrics: bool,
+}
+
+impl App {
+    fn new(mode: Mode, probe: Probe, file: PathBuf, cfg: &ServerConfig) -> App {
+        App {
+            mode,
+            probe,
+            file,
+            max_body: cfg.max_body,
+            trust_client_header: cfg.trust_client_header,
+            public_metrics: cfg.public_metrics,
+        }
+    }
+}
+
+/// The layer's answer, marked with the lab's outcome header.
+fn layer_failure(f: &LayerFailure<'_>) -> Response<Full<Bytes>> {
+    let mut r = f.default_response();
+    let outcome = match f.kind {
+        FailureKind::Timeout => "timeout",
+        FailureKind::Refused => "refused",
+        FailureKind::Panic => "panic",
+        _ => "cancelled",
+    };
+    r.headers_mut()
+        .insert(OUTCOME_HEADER, HeaderValue::from_static(outcome));
+    r
 }
 
 /// How a handler failed to produce its output.
@@ -421,7 +520,7 @@ impl Failure {
                 message,
                 retry_after,
             } => {
-                let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "refused", message + "\n");
+                let mut r = text(StatusCode::TOO_MANY_REQUESTS, "refused", message + "\n");
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(retry_after));
                 r
@@ -443,7 +542,10 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl App {
-    /// Runs a handler body where `form` says, under the mode's rules.
+    /// Runs a handler body where `form` says, under the mode's rules. In
+    /// the curfew modes the request already runs as a curfew task for its
+    /// client (the layer spawned it), so an inline body runs right here,
+    /// under that task's poll budget.
     async fn run<R, W>(&self, form: Form, name: &str, client: String, work: W) -> Result<R, Failure>
     where
         W: FnOnce() -> R + Send + 'static,
@@ -454,31 +556,33 @@ impl App {
             let _busy = Busy::new(&gauge);
             work()
         };
-        match &self.probe.curfew {
-            None => match form {
-                Form::Inline => catch_unwind(AssertUnwindSafe(work))
-                    .map_err(|p| Failure::Panic(panic_message(&*p))),
-                Form::Pool => tokio::task::spawn_blocking(work).await.map_err(|e| {
-                    if e.is_panic() {
-                        Failure::Panic(panic_message(&*e.into_panic()))
-                    } else {
-                        Failure::Cancelled(e.to_string())
-                    }
-                }),
-            },
-            Some(h) => {
-                let b = curfew::task::Builder::new().name(name).client(client);
-                let res = match form {
-                    Form::Inline => b.spawn_on(h, async move { work() }).await,
-                    Form::Pool => b.spawn_blocking_on(h, work).await,
-                };
-                res.map_err(Failure::from_join)
+        match (&self.probe.curfew, form) {
+            (None, Form::Inline) => {
+                catch_unwind(AssertUnwindSafe(work)).map_err(|p| Failure::Panic(panic_message(&*p)))
             }
+            (None, Form::Pool) => tokio::task::spawn_blocking(work).await.map_err(|e| {
+                if e.is_panic() {
+                    Failure::Panic(panic_message(&*e.into_panic()))
+                } else {
+                    Failure::Cancelled(e.to_string())
+                }
+            }),
+            (Some(_), Form::Inline) => Ok(work()),
+            (Some(h), Form::Pool) => curfew::task::Builder::new()
+                .name(name)
+                .client(client)
+                .spawn_blocking_on(h, work)
+                .await
+                .map_err(Failure::from_join),
         }
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    header_read_timeout: Option<Duration>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -496,6 +600,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>) {
                 async move { Ok::<_, Infallible>(route(&app, peer, req).await) }
             });
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
@@ -518,16 +624,27 @@ fn text(
     r
 }
 
-fn client_of(req: &Request<Incoming>, peer: SocketAddr) -> String {
-    req.headers()
-        .get(CLIENT_HEADER)
+/// The client behind a request: `id:` and the `x-client-id` header if it
+/// is trusted, else `ip:` and the peer's address. The prefixes keep the two
+/// namespaces apart, so a header id can never name an address.
+pub fn client_key(headers: &HeaderMap, peer: SocketAddr, trust_header: bool) -> String {
+    trust_header
+        .then(|| headers.get(CLIENT_HEADER))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64)
-        .map_or_else(|| peer.ip().to_string(), str::to_owned)
+        .map_or_else(
+            || format!("ip:{}", peer.ip().to_canonical()),
+            |id| format!("id:{id}"),
+        )
 }
 
-async fn route(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let client = client_of(&req, peer);
+async fn route<B>(app: &App, peer: SocketAddr, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let client = client_key(req.headers(), peer, app.trust_client_header);
     let path = req.uri().path().to_owned();
     let form = req.uri().query().and_then(|q| {
         q.split('&').find_map(|kv| match kv {
@@ -552,7 +669,11 @@ async fn route(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<
                 Err(f) => f.into_response(),
             }
         }
-        (&Method::GET, "/metrics") => text(StatusCode::OK, "ok", metrics_text(app)),
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "ok",
+            metrics_text(app, app.public_metrics || peer.ip().is_loopback()),
+        ),
         (&Method::GET, "/") => text(StatusCode::OK, "ok", index_text(app)),
         (&Method::POST, p) if p.starts_with("/attack/") => {
             let name = &p["/attack/".len()..];
@@ -565,7 +686,11 @@ async fn route(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<
             };
             let body = match Limited::new(req.into_body(), app.max_body).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, "error", e.to_string()),
+                // Too long is 413; a malformed or stalled body is 400.
+                Err(e) if e.is::<LengthLimitError>() => {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "error", e.to_string() + "\n");
+                }
+                Err(e) => return text(StatusCode::BAD_REQUEST, "error", e.to_string() + "\n"),
             };
             let form = form.unwrap_or(Form::natural(vector.kind));
             let stop = app.probe.gauge.clone();
@@ -631,7 +756,8 @@ pub fn spin(body: &[u8], stop: &AtomicBool) -> Result<String, AttackError> {
     Ok(format!("spun {n} iterations (checksum {acc:#x})"))
 }
 
-fn metrics_text(app: &App) -> String {
+/// The server's counters; per-client ones only if `clients`.
+fn metrics_text(app: &App, clients: bool) -> String {
     let p = ProcStatus::now();
     let mut s = format!(
         "mode: {}\nhandlers running: {}\nrss: {:.1} MiB\nthreads: {}\n",
@@ -641,7 +767,13 @@ fn metrics_text(app: &App) -> String {
         p.threads
     );
     match app.probe.metrics() {
-        Some(m) => s += &format!("{m:#?}\n"),
+        Some(mut m) => {
+            if !clients {
+                m.clients.clear();
+                s += "clients: listed to loopback peers only\n";
+            }
+            s += &format!("{m:#?}\n");
+        }
         None => s += "tokio mode: no watchdog, no metrics\n",
     }
     s
@@ -724,6 +856,32 @@ impl Drop for Fifo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Client lists on `/metrics` are for loopback peers (or a flag) only.
+    #[test]
+    fn metrics_hide_clients_unless_allowed() {
+        let server = Server::start(
+            Mode::CurfewPolicy,
+            &ServerConfig::default(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .unwrap();
+        let handle = server.probe().curfew.clone().unwrap();
+        let h = curfew::task::Builder::new()
+            .client("id:someone")
+            .spawn_on(&handle, async {});
+        handle.block_on(h).unwrap();
+        let app = App::new(
+            Mode::CurfewPolicy,
+            server.probe(),
+            benign_file().unwrap(),
+            &ServerConfig::default(),
+        );
+        assert!(metrics_text(&app, true).contains("id:someone"));
+        let hidden = metrics_text(&app, false);
+        assert!(!hidden.contains("id:someone"), "{hidden}");
+        assert!(hidden.contains("loopback peers only"));
+    }
 
     /// Servers started concurrently in one process (as `cargo test` runs
     /// tests as threads) all get the benign file: none of them races another

@@ -39,7 +39,7 @@ fn repeat_offender_is_refused_with_retry_after() {
             limit,
         )
         .await;
-        assert_eq!((second.status, second.outcome.as_str()), (503, "refused"));
+        assert_eq!((second.status, second.outcome.as_str()), (429, "refused"));
         let retry: u64 = second.retry_after.expect("Retry-After").parse().unwrap();
         assert!((1..=30).contains(&retry), "Retry-After: {retry}");
         // Another client is still served.

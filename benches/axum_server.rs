@@ -1,0 +1,321 @@
+//! An axum hello-world router served two ways, driven by wrk over
+//! 127.0.0.1, alternating in one run:
+//!
+//! * `tokio`: `axum::serve` on a multi-thread tokio runtime;
+//! * `curfew`: `curfew_http::serve` with `CurfewLayer` on a curfew runtime
+//!   (every connection a curfew task, every request a child task under the
+//!   poll budget).
+//!
+//! Both use the same thread count (2, or `CURFEW_BENCH_THREADS`). For each
+//! mode and round it reports wrk's requests/s and p99 latency, and the
+//! server threads' CPU time per request (from
+//! `/proc/self/task/*/schedstat`, so the load generator's share of the
+//! cores does not count), then the ratios curfew/tokio over the rounds.
+//!
+//! A second part measures how fast a handler that never yields is answered:
+//! a route whose handler spins for 60 ms behind a layer with a 20 ms poll
+//! budget, requested one at a time from an in-process client; it reports
+//! the latency of the `503` over the budget (p50, p99, max).
+//!
+//! ```text
+//! sudo apt-get install wrk
+//! cargo bench --bench axum_server
+//! benches/run-prio.sh cargo bench --bench axum_server   # on a shared machine
+//! ```
+//!
+//! Settings: `AXUM_BENCH_SECS` (window per run, default 5),
+//! `AXUM_BENCH_ROUNDS` (default 3), `AXUM_BENCH_CONNECTIONS` (default 64).
+//! Without `--bench` (as under `cargo test --benches`) it runs each mode
+//! once for 1 s, and skips the wrk part if wrk is not installed.
+
+mod common;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use curfew_http::CurfewLayer;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
+fn router() -> Router {
+    Router::new().route("/", get(|| async { "Hello, World!" }))
+}
+
+/// A running server; dropping it stops it.
+struct Server {
+    addr: SocketAddr,
+    prefix: &'static str,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    keep: Option<Box<dyn std::any::Any>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        drop(self.keep.take());
+    }
+}
+
+fn tokio_server() -> Server {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(common::threads())
+        .thread_name("axtk")
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(
+        axum::serve(listener, router())
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .into_future(),
+    );
+    Server {
+        addr,
+        prefix: "axtk",
+        stop: Some(stop),
+        keep: Some(Box::new(rt)),
+    }
+}
+
+fn curfew_server(app: Router, name: &'static str) -> Server {
+    let rt = common::curfew_builder()
+        .thread_name(name)
+        .build()
+        .expect("curfew runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    drop(
+        rt.spawn(
+            curfew_http::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .into_future(),
+        ),
+    );
+    Server {
+        addr,
+        prefix: name,
+        stop: Some(stop),
+        keep: Some(Box::new(rt)),
+    }
+}
+
+/// What one wrk run measured.
+struct WrkRun {
+    requests: u64,
+    rps: f64,
+    p99_us: f64,
+    errors: u64,
+    cpu_us_per_req: f64,
+}
+
+fn parse_latency_us(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, mul) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|v| v * mul)
+}
+
+fn wrk(server: &Server, secs: u64, connections: u64) -> Option<WrkRun> {
+    let url = format!("http://{}/", server.addr);
+    let cpu0 = common::total_cpu_ns(server.prefix);
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            &url,
+        ])
+        .output()
+        .ok()?;
+    let cpu_ns = common::total_cpu_ns(server.prefix).saturating_sub(cpu0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut run = WrkRun {
+        requests: 0,
+        rps: 0.0,
+        p99_us: 0.0,
+        errors: 0,
+        cpu_us_per_req: 0.0,
+    };
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            run.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("99%") {
+            run.p99_us = parse_latency_us(v).unwrap_or(0.0);
+        } else if t.contains("requests in") {
+            run.requests = t.split_whitespace().next()?.parse().unwrap_or(0);
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            run.errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if t.starts_with("Socket errors:") {
+            run.errors += t
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    run.cpu_us_per_req = cpu_ns as f64 / 1e3 / run.requests.max(1) as f64;
+    Some(run)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn throughput(bench_mode: bool) {
+    let wrk_found = Command::new("wrk").arg("--version").output().is_ok();
+    if !wrk_found {
+        println!("wrk not found: skipping the throughput part (apt-get install wrk)");
+        if bench_mode {
+            std::process::exit(1);
+        }
+        return;
+    }
+    let (secs, rounds) = if bench_mode {
+        (env_or("AXUM_BENCH_SECS", 5), env_or("AXUM_BENCH_ROUNDS", 3))
+    } else {
+        (1, 1)
+    };
+    let connections = env_or("AXUM_BENCH_CONNECTIONS", 64);
+    println!(
+        "axum hello world, {} server threads, wrk -t1 -c{connections} -d{secs}s, {rounds} round(s), \
+         alternating; load average before: {}",
+        common::threads(),
+        loadavg()
+    );
+    println!(
+        "| round | mode | requests | errors | req/s | p99 (µs) | server CPU µs/req |\n\
+         | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+    );
+    // Sums of (req/s, p99, CPU/req) per mode: 0 tokio, 1 curfew.
+    let mut sums = [(0.0f64, 0.0f64, 0.0f64); 2];
+    for round in 1..=rounds {
+        let order: [usize; 2] = if round % 2 == 1 { [0, 1] } else { [1, 0] };
+        for mode in order {
+            let server = match mode {
+                0 => tokio_server(),
+                _ => curfew_server(router().layer(CurfewLayer::new()), "axcf"),
+            };
+            // Warm-up.
+            let _ = wrk(&server, 1, connections);
+            let Some(r) = wrk(&server, secs, connections) else {
+                println!("wrk failed");
+                return;
+            };
+            drop(server);
+            let name = ["tokio", "curfew"][mode];
+            println!(
+                "| {round} | {name} | {} | {} | {:.0} | {:.0} | {:.2} |",
+                r.requests, r.errors, r.rps, r.p99_us, r.cpu_us_per_req
+            );
+            sums[mode].0 += r.rps;
+            sums[mode].1 += r.p99_us;
+            sums[mode].2 += r.cpu_us_per_req;
+        }
+    }
+    let (t, c) = (sums[0], sums[1]);
+    println!(
+        "\ncurfew / tokio over {rounds} round(s): req/s {:.3}x, p99 {:.3}x, CPU per request {:.3}x \
+         (load average after: {})",
+        c.0 / t.0,
+        c.1 / t.1,
+        c.2 / t.2,
+        loadavg()
+    );
+}
+
+/// A handler that never yields, behind a 20 ms budget: how long after the
+/// budget its caller gets the 503.
+fn timeout_delivery(bench_mode: bool) {
+    const BUDGET: Duration = Duration::from_millis(20);
+    const SPIN: Duration = Duration::from_millis(60);
+    let requests = if bench_mode { 100 } else { 5 };
+    let app = Router::new()
+        .route(
+            "/spin",
+            get(|| async {
+                let t = Instant::now();
+                while t.elapsed() < SPIN {
+                    std::hint::spin_loop();
+                }
+                "spun"
+            }),
+        )
+        .layer(CurfewLayer::new().poll_budget(BUDGET));
+    let server = curfew_server(app, "axsp");
+    let addr = server.addr;
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let mut over_us: Vec<f64> = client_rt.block_on(async {
+        use http_body_util::{BodyExt, Empty};
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+        let uri: http::Uri = format!("http://{addr}/spin").parse().unwrap();
+        let mut out = Vec::new();
+        for _ in 0..requests {
+            let t = Instant::now();
+            let resp = client.get(uri.clone()).await.expect("answer");
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            let took = t.elapsed();
+            assert_eq!(status, 503, "the spinning handler is answered 503");
+            out.push((took.as_secs_f64() - BUDGET.as_secs_f64()) * 1e6);
+            // Let the written-off thread finish its spin before the next.
+            tokio::time::sleep(SPIN).await;
+        }
+        out
+    });
+    drop(server);
+    over_us.sort_by(f64::total_cmp);
+    let pct = |p: f64| over_us[((p / 100.0) * over_us.len() as f64).ceil() as usize - 1];
+    println!(
+        "\nnever-yielding handler, {BUDGET:?} budget, {requests} requests one at a time: 503 \
+         delivered at budget + {:.2} ms (p50), + {:.2} ms (p99), + {:.2} ms (max); load average: {}",
+        pct(50.0) / 1e3,
+        pct(99.0) / 1e3,
+        over_us.last().copied().unwrap_or(0.0) / 1e3,
+        loadavg()
+    );
+}
+
+fn main() {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    throughput(bench_mode);
+    timeout_delivery(bench_mode);
+}

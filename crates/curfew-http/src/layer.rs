@@ -1,0 +1,544 @@
+//! [`CurfewLayer`]: every request's handler as a curfew task.
+//!
+//! The layer spawns the inner service's future as a curfew task named after
+//! the route, for the request's client, under the layer's poll budget, and
+//! awaits its [`JoinHandle`](curfew::JoinHandle). A handler that never
+//! yields cannot hold the response back: the watchdog answers the handle
+//! when the budget runs out, and the layer turns that answer into a
+//! response.
+//!
+//! | outcome | default response |
+//! | --- | --- |
+//! | the handler overran its budget | `503 Service Unavailable`, `Retry-After: 1` |
+//! | the client is cooling off | `429 Too Many Requests`, `Retry-After` = the cool-off left |
+//! | the handler panicked | `500 Internal Server Error` |
+//! | the runtime refused or dropped the task (full, shutting down) | `503 Service Unavailable`, `Retry-After: 1` |
+//!
+//! Each is a short plain-text body and a `tracing` event naming the route,
+//! the client and the budget. [`CurfewLayer::on_failure`] replaces the
+//! responses.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::extract::MatchedPath;
+use bytes::Bytes;
+use curfew::{ClientKey, JoinError, JoinHandle, Refusal};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::key::{KeyExtractor, PeerIp};
+
+/// The body of a response that went through [`CurfewLayer`]: the inner
+/// service's body, or the layer's own short text.
+pub type CurfewBody<B> = Either<B, Full<Bytes>>;
+
+type Responder = dyn Fn(&Failure<'_>) -> Response<Full<Bytes>> + Send + Sync;
+
+/// What the layer shares between its services.
+struct Config {
+    poll_budget: Option<Duration>,
+    handle: Option<curfew::Handle>,
+    respond: Option<Arc<Responder>>,
+}
+
+/// A tower [`Layer`] that runs each request's handler as a curfew task, so
+/// that a handler that never yields is answered `503` within its budget
+/// while the other requests go on.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use curfew_http::CurfewLayer;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = curfew::Runtime::builder().event_threads(2).build()?;
+/// rt.block_on(async {
+///     let app = Router::new()
+///         .route("/", get(|| async { "hello" }))
+///         .layer(CurfewLayer::new());
+///     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+///     curfew_http::serve(listener, app).await
+/// })?;
+/// # Ok(()) }
+/// ```
+///
+/// Where the handler runs: on the runtime given to
+/// [`handle`](Self::handle), else on the curfew runtime the request is
+/// served on (a local spawn on the same event thread, when the connection
+/// is a curfew task as under [`serve`](crate::serve)), else on curfew's
+/// default runtime, polled with the caller's tokio runtime entered.
+pub struct CurfewLayer<K = PeerIp> {
+    config: Arc<Config>,
+    key: K,
+}
+
+impl CurfewLayer {
+    /// A layer with the runtime's poll budget, the peer's IP as the client
+    /// key, and the default responses.
+    pub fn new() -> Self {
+        Self {
+            config: Arc::new(Config {
+                poll_budget: None,
+                handle: None,
+                respond: None,
+            }),
+            key: PeerIp,
+        }
+    }
+}
+
+impl Default for CurfewLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K> CurfewLayer<K> {
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::get_mut(&mut self.config).expect("a layer is configured before it is cloned")
+    }
+
+    /// The budget for each poll of the handlers behind this layer, instead
+    /// of the runtime's. Layers on different route groups can differ.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `budget` is zero.
+    pub fn poll_budget(mut self, budget: Duration) -> Self {
+        assert!(!budget.is_zero(), "a poll budget must be greater than zero");
+        self.config_mut().poll_budget = Some(budget);
+        self
+    }
+
+    /// Spawns handlers on this runtime, whatever runtime serves the
+    /// connection: for a tokio-hosted server that hands its handlers to
+    /// curfew.
+    pub fn handle(mut self, handle: curfew::Handle) -> Self {
+        self.config_mut().handle = Some(handle);
+        self
+    }
+
+    /// How to find the client behind a request: [`PeerIp`] by default,
+    /// [`TrustedProxies`](crate::TrustedProxies) behind reverse proxies.
+    pub fn key_extractor<K2: KeyExtractor>(self, key: K2) -> CurfewLayer<K2> {
+        CurfewLayer {
+            config: self.config,
+            key,
+        }
+    }
+
+    /// Builds the responses to timeouts, refusals and panics. `f` may call
+    /// [`Failure::default_response`] for the kinds it does not change.
+    ///
+    /// ```
+    /// use curfew_http::{CurfewLayer, FailureKind};
+    /// use http::StatusCode;
+    ///
+    /// let layer = CurfewLayer::new().on_failure(|f| {
+    ///     let mut r = f.default_response();
+    ///     if f.kind == FailureKind::Timeout {
+    ///         *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    ///     }
+    ///     r
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn on_failure<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Failure<'_>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    {
+        self.config_mut().respond = Some(Arc::new(f));
+        self
+    }
+}
+
+impl<K: Clone> Clone for CurfewLayer<K> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<K: std::fmt::Debug> std::fmt::Debug for CurfewLayer<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurfewLayer")
+            .field("poll_budget", &self.config.poll_budget)
+            .field("handle", &self.config.handle.is_some())
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K: Clone> Layer<S> for CurfewLayer<K> {
+    type Service = Curfew<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Curfew {
+            inner,
+            config: self.config.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// The service [`CurfewLayer`] wraps around an inner service.
+pub struct Curfew<S, K = PeerIp> {
+    inner: S,
+    config: Arc<Config>,
+    key: K,
+}
+
+impl<S: Clone, K: Clone> Clone for Curfew<S, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<S, K: std::fmt::Debug> std::fmt::Debug for Curfew<S, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Curfew")
+            .field("poll_budget", &self.config.poll_budget)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, B, RB> Service<Request<B>> for Curfew<S, K>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
+    B: Send + 'static,
+    K: KeyExtractor,
+{
+    type Response = Response<CurfewBody<RB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<RB, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The instance that was polled ready goes into the task; a fresh
+        // clone stays for the next request (tower's usual dance).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+
+        let client = self.key.client_key(&req);
+        let route = Route::of(&req);
+        let handle = self
+            .config
+            .handle
+            .clone()
+            .or_else(curfew::Handle::try_current);
+
+        // A client cooling off is answered from its headers alone: its body
+        // is never read (dropping the request drops the body unread).
+        if let (Some(h), Some(key)) = (&handle, &client) {
+            if let Some(remaining) = h.cooling_off(key) {
+                let failure = Failure {
+                    kind: FailureKind::Refused,
+                    route: route.as_str(),
+                    client: Some(key),
+                    budget: self.config.poll_budget,
+                    retry_after: retry_secs(remaining),
+                    error: None,
+                };
+                return ResponseFuture::ready(self.config.respond(&failure));
+            }
+        }
+
+        let mut task = curfew::task::Builder::new().name(route.as_str());
+        if let Some(key) = &client {
+            task = task.client(key.clone());
+        }
+        if let Some(budget) = self.config.poll_budget {
+            task = task.poll_budget(budget);
+        }
+        let fut = async move { inner.call(req).await };
+        let join = match &handle {
+            Some(h) => task.spawn_on(h, fut),
+            None => task.spawn(fut),
+        };
+        ResponseFuture {
+            state: State::Running {
+                join,
+                info: Some(Box::new(Info {
+                    route,
+                    client,
+                    config: self.config.clone(),
+                })),
+            },
+        }
+    }
+}
+
+/// The route a request is for: axum's matched path when the layer sits
+/// inside the router (`route_layer`), the URI's path otherwise.
+enum Route {
+    Matched(MatchedPath),
+    Uri(http::Uri),
+}
+
+impl Route {
+    fn of<B>(req: &Request<B>) -> Route {
+        match req.extensions().get::<MatchedPath>() {
+            Some(m) => Route::Matched(m.clone()),
+            None => Route::Uri(req.uri().clone()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Route::Matched(m) => m.as_str(),
+            Route::Uri(u) => u.path(),
+        }
+    }
+}
+
+/// What the layer remembers about a request while its handler runs, to
+/// describe a failure.
+struct Info {
+    route: Route,
+    client: Option<ClientKey>,
+    config: Arc<Config>,
+}
+
+impl Config {
+    fn respond(&self, failure: &Failure<'_>) -> Response<Full<Bytes>> {
+        failure.record();
+        match &self.respond {
+            Some(f) => f(failure),
+            None => failure.default_response(),
+        }
+    }
+}
+
+/// The future of a [`Curfew`] service's response.
+#[pin_project::pin_project]
+pub struct ResponseFuture<B, E> {
+    #[pin]
+    state: State<B, E>,
+}
+
+#[pin_project::pin_project(project = StateProj)]
+enum State<B, E> {
+    Running {
+        #[pin]
+        join: JoinHandle<Result<Response<B>, E>>,
+        info: Option<Box<Info>>,
+    },
+    Ready {
+        response: Option<Response<Full<Bytes>>>,
+    },
+}
+
+impl<B, E> ResponseFuture<B, E> {
+    fn ready(response: Response<Full<Bytes>>) -> Self {
+        Self {
+            state: State::Ready {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl<B, E> Future for ResponseFuture<B, E> {
+    type Output = Result<Response<CurfewBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after it completed")
+                .map(Either::Right))),
+            StateProj::Running { join, info } => match ready!(join.poll(cx)) {
+                Ok(Ok(response)) => Poll::Ready(Ok(response.map(Either::Left))),
+                Ok(Err(e)) => Poll::Ready(Err(e)),
+                Err(error) => {
+                    let info = info
+                        .take()
+                        .expect("ResponseFuture polled after it completed");
+                    let failure = Failure::from_join(&error, &info);
+                    Poll::Ready(Ok(info.config.respond(&failure).map(Either::Right)))
+                }
+            },
+        }
+    }
+}
+
+/// What went wrong with a request's handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The handler overran its poll budget.
+    Timeout,
+    /// The client is cooling off after repeated timeouts.
+    Refused,
+    /// The handler panicked.
+    Panic,
+    /// The runtime did not run the handler to the end: its queue was full,
+    /// it is shutting down, or the task was aborted.
+    Unavailable,
+}
+
+/// A request whose handler did not produce a response, as the response
+/// builder of [`CurfewLayer::on_failure`] sees it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Failure<'a> {
+    /// What happened.
+    pub kind: FailureKind,
+    /// The route: axum's matched path if the layer sits inside the router,
+    /// else the request's path.
+    pub route: &'a str,
+    /// The client the handler ran for.
+    pub client: Option<&'a ClientKey>,
+    /// The layer's poll budget (`None`: the runtime's default).
+    pub budget: Option<Duration>,
+    /// When the client may try again, in whole seconds (at least 1).
+    pub retry_after: u64,
+    /// The runtime's answer, if the handler was spawned (a client refused
+    /// before spawning has none).
+    pub error: Option<&'a JoinError>,
+}
+
+fn retry_secs(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().clamp(1.0, u64::MAX as f64) as u64
+}
+
+impl<'a> Failure<'a> {
+    fn from_join(error: &'a JoinError, info: &'a Info) -> Self {
+        let (kind, retry_after) = if error.is_timeout() {
+            (FailureKind::Timeout, 1)
+        } else if error.is_panic() {
+            (FailureKind::Panic, 1)
+        } else {
+            match error.refusal() {
+                Some(Refusal::ClientCoolingOff { remaining, .. }) => {
+                    (FailureKind::Refused, retry_secs(*remaining))
+                }
+                _ => (FailureKind::Unavailable, 1),
+            }
+        };
+        Failure {
+            kind,
+            route: info.route.as_str(),
+            client: info.client.as_ref(),
+            budget: error
+                .timeout()
+                .map(|t| t.budget())
+                .or(info.config.poll_budget),
+            retry_after,
+            error: Some(error),
+        }
+    }
+
+    /// The budget as logged: the layer's, or the one the watchdog applied.
+    fn budget_text(&self) -> String {
+        match self.budget {
+            Some(b) => format!("{b:?}"),
+            None => "runtime default".to_owned(),
+        }
+    }
+
+    /// Records the failure as a `tracing` event.
+    fn record(&self) {
+        let client = self.client.map(ClientKey::as_str).unwrap_or("-");
+        let budget = self.budget_text();
+        let elapsed = self
+            .error
+            .and_then(JoinError::timeout)
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        match self.kind {
+            FailureKind::Timeout => tracing::warn!(
+                route = self.route,
+                client,
+                budget,
+                ?elapsed,
+                "handler timed out: answered 503"
+            ),
+            FailureKind::Refused => tracing::info!(
+                route = self.route,
+                client,
+                budget,
+                retry_after = self.retry_after,
+                "client cooling off: answered 429"
+            ),
+            FailureKind::Panic => tracing::error!(
+                route = self.route, client, budget, error = %self.error.map(ToString::to_string).unwrap_or_default(),
+                "handler panicked: answered 500"
+            ),
+            FailureKind::Unavailable => tracing::warn!(
+                route = self.route, client, budget, error = %self.error.map(ToString::to_string).unwrap_or_default(),
+                "handler not run to the end: answered 503"
+            ),
+        }
+    }
+
+    /// The layer's default response for this failure.
+    pub fn default_response(&self) -> Response<Full<Bytes>> {
+        let (status, body) = match self.kind {
+            FailureKind::Timeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "service unavailable: the handler timed out (budget {})\n",
+                    self.budget_text()
+                ),
+            ),
+            FailureKind::Refused => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many requests: refused for {} s after repeated timeouts\n",
+                    self.retry_after
+                ),
+            ),
+            FailureKind::Panic => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error\n".to_owned(),
+            ),
+            FailureKind::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service unavailable\n".to_owned(),
+            ),
+        };
+        let mut r = text_response(status, body);
+        if self.kind != FailureKind::Panic {
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(self.retry_after));
+        }
+        r
+    }
+}
+
+/// A short plain-text response.
+pub(crate) fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,801 @@
+//! [`serve`]: an `axum::serve`-shaped server whose connections are curfew
+//! tasks, with the limits a server facing the internet needs.
+//!
+//! Every connection is a curfew task on the runtime `serve` runs in, so its
+//! reads and writes are driven by that runtime's I/O driver and the
+//! handlers that [`CurfewLayer`](crate::CurfewLayer) spawns from it are
+//! local spawns. Each request gets `ConnectInfo<SocketAddr>`. HTTP/1 and
+//! HTTP/2 are both served (hyper-util's auto builder), with upgrades.
+//!
+//! Defaults, each a method on [`Serve`]:
+//!
+//! | limit | default | on a hostile client |
+//! | --- | --- | --- |
+//! | [`header_read_timeout`](Serve::header_read_timeout) | 10 s | HTTP/1 connection closed |
+//! | [`body_timeout`](Serve::body_timeout) | 10 s without a byte | body read fails ([`BodyError::Stalled`](crate::BodyError::Stalled)), `400` from axum's extractors |
+//! | [`idle_timeout`](Serve::idle_timeout) | 60 s with nothing in flight | connection closed (HTTP/2: `GOAWAY`) |
+//! | [`max_connections`](Serve::max_connections) | 10,000 and below the descriptor limit | accepted and closed at once |
+//! | [`max_connections_per_ip`](Serve::max_connections_per_ip) | 256 | accepted and closed at once |
+//! | [`descriptor_headroom`](Serve::descriptor_headroom) | 256 descriptors kept free | accepted and closed at once, with a log line |
+//! | [`max_body_bytes_in_flight`](Serve::max_body_bytes_in_flight) | 256 MiB | `503` + `Retry-After` before the body is read |
+//!
+//! Shedding is logged at most once a second per reason, with a count.
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower::ServiceExt as _;
+use tower_service::Service;
+
+use crate::body::{Body, BodyBudget, Reservation};
+use crate::executor::Executor;
+use crate::layer::text_response;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The limits and timeouts of a [`Serve`].
+#[derive(Debug, Clone)]
+struct Limits {
+    header_read_timeout: Option<Duration>,
+    body_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    max_connections: usize,
+    max_connections_per_ip: usize,
+    descriptor_headroom: usize,
+    descriptor_limit: Option<usize>,
+    max_body_bytes_in_flight: Option<usize>,
+    http1_only: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Some(Duration::from_secs(10)),
+            body_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            descriptor_headroom: 256,
+            descriptor_limit: None,
+            max_body_bytes_in_flight: Some(256 << 20),
+            http1_only: false,
+        }
+    }
+}
+
+/// Serves `app` on `listener`, every connection a curfew task: the shape
+/// of `axum::serve`.
+///
+/// `app` is an axum `Router` or any `tower::Service` of
+/// `Request<`[`Body`]`>` that is `Clone + Send`. Await the returned
+/// [`Serve`] inside a curfew runtime; outside one, connections run on
+/// curfew's default runtime.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use curfew_http::CurfewLayer;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = curfew::Runtime::builder().event_threads(2).build()?;
+/// rt.block_on(async {
+///     let app = Router::new()
+///         .route("/", get(|| async { "hello" }))
+///         .layer(CurfewLayer::new());
+///     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+///     curfew_http::serve(listener, app)
+///         .with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; })
+///         .await
+/// })?;
+/// # Ok(()) }
+/// ```
+pub fn serve<S>(listener: TcpListener, app: S) -> Serve<S> {
+    Serve {
+        listener,
+        app,
+        limits: Limits::default(),
+    }
+}
+
+/// A server being set up; await it (it is [`IntoFuture`]) to serve.
+#[must_use = "a `Serve` does nothing until awaited"]
+pub struct Serve<S> {
+    listener: TcpListener,
+    app: S,
+    limits: Limits,
+}
+
+impl<S> std::fmt::Debug for Serve<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serve")
+            .field("listener", &self.listener)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Serve<S> {
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// How long an HTTP/1 client may take to send a request's headers,
+    /// from the moment the server waits for them (`None`: no limit).
+    /// Enforced by hyper; it also bounds how long an HTTP/1 connection may
+    /// sit idle between requests. Default: 10 s.
+    pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.limits.header_read_timeout = timeout.into();
+        self
+    }
+
+    /// How long a request body may go without a byte arriving while the
+    /// handler waits for it (`None`: no limit). Default: 10 s.
+    pub fn body_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.limits.body_timeout = timeout.into();
+        self
+    }
+
+    /// How long a connection may go without a byte read or written while
+    /// no request is in flight before it is closed (`None`: no limit). It is
+    /// checked once per period, so a connection is closed after between one
+    /// and two periods of silence. Default: 60 s.
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.limits.idle_timeout = timeout.into();
+        self
+    }
+
+    /// The most connections open at once; more are accepted and closed at
+    /// once. Default: 10,000 (and never more than the descriptor limit
+    /// allows, see [`descriptor_headroom`](Self::descriptor_headroom)).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.max_connections = n;
+        self
+    }
+
+    /// The most connections open at once from one IP address; more are
+    /// accepted and closed at once. Default: 256.
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.limits.max_connections_per_ip = n;
+        self
+    }
+
+    /// How many file descriptors to keep free for everything but
+    /// connections (files, the listener, the runtime's own): connections
+    /// past the process's descriptor limit (`RLIMIT_NOFILE`) minus this are
+    /// accepted and closed at once, with a log line. Default: 256.
+    ///
+    /// If the process runs out of descriptors anyway (`EMFILE` on accept),
+    /// the server sheds the waiting connection with a spare descriptor it
+    /// keeps for that purpose, logs it, and goes on serving.
+    pub fn descriptor_headroom(mut self, n: usize) -> Self {
+        self.limits.descriptor_headroom = n;
+        self
+    }
+
+    /// Use `n` as the descriptor limit instead of the process's
+    /// `RLIMIT_NOFILE`.
+    pub fn descriptor_limit(mut self, n: usize) -> Self {
+        self.limits.descriptor_limit = Some(n);
+        self
+    }
+
+    /// The most request body bytes in flight across all connections
+    /// (`None`: no limit). A request that declares a `Content-Length` that
+    /// does not fit is answered `503` with `Retry-After` before its body is
+    /// read; a body of undeclared length that outgrows it fails with
+    /// [`BodyError::OverBudget`](crate::BodyError::OverBudget). A request's
+    /// bytes count until both its body and its response are gone.
+    /// Default: 256 MiB.
+    pub fn max_body_bytes_in_flight(mut self, bytes: impl Into<Option<usize>>) -> Self {
+        self.limits.max_body_bytes_in_flight = bytes.into();
+        self
+    }
+
+    /// Serve HTTP/1 only (default: HTTP/1 and HTTP/2, told apart by the
+    /// HTTP/2 preface).
+    pub fn http1_only(mut self) -> Self {
+        self.limits.http1_only = true;
+        self
+    }
+
+    /// Stops accepting when `signal` completes, asks every connection to
+    /// close once its requests in flight are answered, and resolves when
+    /// they all have.
+    pub fn with_graceful_shutdown<F>(self, signal: F) -> WithGracefulShutdown<S, F>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        WithGracefulShutdown {
+            serve: self,
+            signal,
+        }
+    }
+}
+
+/// A [`Serve`] that shuts down gracefully when a signal completes; await
+/// it to serve.
+#[must_use = "a `WithGracefulShutdown` does nothing until awaited"]
+pub struct WithGracefulShutdown<S, F> {
+    serve: Serve<S>,
+    signal: F,
+}
+
+impl<S, F> std::fmt::Debug for WithGracefulShutdown<S, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithGracefulShutdown")
+            .field("serve", &self.serve)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, F> WithGracefulShutdown<S, F> {
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.serve.local_addr()
+    }
+}
+
+/// What [`serve`] needs of an app: a `Clone + Send` tower service of
+/// `Request<`[`Body`]`>` whose future is `Send` and whose response body
+/// hyper can send. Implemented for every such service, axum's `Router`
+/// among them; there is nothing to implement by hand.
+pub trait App:
+    Service<
+        Request<Body>,
+        Response = Response<Self::ResBody>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The response body.
+    type ResBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, RB> App for S
+where
+    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type ResBody = RB;
+}
+
+impl<S: App> IntoFuture for Serve<S> {
+    type Output = io::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(run(self, std::future::pending()))
+    }
+}
+
+impl<S, F> IntoFuture for WithGracefulShutdown<S, F>
+where
+    S: App,
+    F: Future<Output = ()> + Send + 'static,
+{
+    type Output = io::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(run(self.serve, self.signal))
+    }
+}
+
+/// What the accept loop and every connection share.
+struct Shared {
+    limits: Limits,
+    builder: auto::Builder<Executor>,
+    handle: Option<curfew::Handle>,
+    budget: Option<Arc<BodyBudget>>,
+    connections: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The effective cap: `max_connections`, lowered to fit the
+    /// descriptor limit.
+    cap: usize,
+    fd_cap: usize,
+    shed_log: ShedLog,
+}
+
+/// Logs shed connections at most once a second per reason, with counts.
+#[derive(Default)]
+struct ShedLog {
+    start: Option<Instant>,
+    next_ms: [AtomicU64; 4],
+    count: [AtomicU64; 4],
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Shed {
+    Connections = 0,
+    PerIp = 1,
+    Descriptors = 2,
+    OutOfDescriptors = 3,
+}
+
+impl ShedLog {
+    fn record(&self, why: Shed, peer: Option<SocketAddr>, open: usize, limit: usize) {
+        let i = why as usize;
+        let n = self.count[i].fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.start.map_or(0, |s| s.elapsed().as_millis() as u64);
+        let next = self.next_ms[i].load(Ordering::Relaxed);
+        if now >= next
+            && self.next_ms[i]
+                .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let reason = match why {
+                Shed::Connections => "connection cap reached",
+                Shed::PerIp => "per-IP connection cap reached",
+                Shed::Descriptors => "near the file descriptor limit",
+                Shed::OutOfDescriptors => "out of file descriptors (EMFILE)",
+            };
+            tracing::warn!(
+                peer = ?peer, open, limit, shed_total = n,
+                "shedding connection: {reason}"
+            );
+        }
+    }
+}
+
+fn descriptor_limit() -> Option<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a valid pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur as usize)
+}
+
+async fn run<S: App>(
+    serve: Serve<S>,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let Serve {
+        listener,
+        app,
+        limits,
+    } = serve;
+    let handle = curfew::Handle::try_current();
+    let executor = match &handle {
+        Some(h) => Executor::with_handle(h.clone()),
+        None => Executor::new(),
+    };
+    let mut builder = auto::Builder::new(executor);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    if let Some(idle) = limits.idle_timeout {
+        builder.http2().keep_alive_interval(idle);
+    }
+    if limits.http1_only {
+        builder = builder.http1_only();
+    }
+    let fd_limit = limits.descriptor_limit.or_else(descriptor_limit);
+    let fd_cap = fd_limit.map_or(usize::MAX, |l| l.saturating_sub(limits.descriptor_headroom));
+    let shared = Arc::new(Shared {
+        cap: limits.max_connections,
+        fd_cap,
+        budget: limits
+            .max_body_bytes_in_flight
+            .map(|b| Arc::new(BodyBudget::new(b))),
+        limits,
+        builder,
+        handle,
+        connections: AtomicUsize::new(0),
+        per_ip: Mutex::new(HashMap::new()),
+        shed_log: ShedLog {
+            start: Some(Instant::now()),
+            ..ShedLog::default()
+        },
+    });
+    let (close_tx, close_rx) = watch::channel(());
+    let mut spare = Spare::open();
+    let mut signal = pin!(signal);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut signal => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                if is_out_of_descriptors(&e) {
+                    shared.shed_log.record(
+                        Shed::OutOfDescriptors,
+                        None,
+                        shared.connections.load(Ordering::Relaxed),
+                        fd_cap,
+                    );
+                    if !spare.shed_one(&listener) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                } else if !is_connection_error(&e) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                continue;
+            }
+        };
+        let Some(guard) = ConnGuard::admit(&shared, peer) else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = serve_connection(stream, peer, app.clone(), guard, close_rx.clone());
+        let task = curfew::task::Builder::new().name("http-connection");
+        drop(match &shared.handle {
+            Some(h) => task.spawn_on(h, conn),
+            None => task.spawn(conn),
+        });
+    }
+    drop(listener);
+    drop(close_rx);
+    // Every connection holds a receiver; `closed` resolves when the last
+    // one has finished.
+    let _ = close_tx.send(());
+    close_tx.closed().await;
+    Ok(())
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// A descriptor kept open so that, out of descriptors, the server can
+/// still accept one waiting connection and close it (instead of leaving
+/// it, and every later one, in the backlog to time out).
+struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    fn open() -> Self {
+        Spare(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Closes the spare, accepts and closes one connection, reopens the
+    /// spare. False if there was nothing to shed.
+    fn shed_one(&mut self, listener: &TcpListener) -> bool {
+        if self.0.take().is_none() {
+            *self = Spare::open();
+            return false;
+        }
+        let shed = matches!(listener_accept_now(listener), Some(Ok(_)));
+        *self = Spare::open();
+        shed
+    }
+}
+
+/// Accepts a waiting connection without waiting, and drops it.
+fn listener_accept_now(listener: &TcpListener) -> Option<io::Result<()>> {
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    match listener.poll_accept(&mut cx) {
+        Poll::Ready(r) => Some(r.map(drop)),
+        Poll::Pending => None,
+    }
+}
+
+/// A connection's place in the counts, given back on drop.
+struct ConnGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl ConnGuard {
+    fn admit(shared: &Arc<Shared>, peer: SocketAddr) -> Option<ConnGuard> {
+        let open = shared.connections.fetch_add(1, Ordering::AcqRel);
+        let ip = peer.ip().to_canonical();
+        let shed = if open >= shared.cap {
+            Some((Shed::Connections, shared.cap))
+        } else if open >= shared.fd_cap {
+            Some((Shed::Descriptors, shared.fd_cap))
+        } else {
+            let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= shared.limits.max_connections_per_ip {
+                Some((Shed::PerIp, shared.limits.max_connections_per_ip))
+            } else {
+                *n += 1;
+                None
+            }
+        };
+        match shed {
+            None => Some(ConnGuard {
+                shared: shared.clone(),
+                ip,
+            }),
+            Some((why, limit)) => {
+                shared.connections.fetch_sub(1, Ordering::AcqRel);
+                shared.shed_log.record(why, Some(peer), open, limit);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
+        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a connection's watcher sees of it: bytes moved and requests in
+/// flight. Updated with relaxed atomics (no clock read on the hot path).
+#[derive(Default)]
+struct Activity {
+    progress: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// The socket, counting its reads and writes for the idle watcher.
+#[pin_project::pin_project]
+struct Tracked {
+    #[pin]
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.stream.poll_read(cx, buf);
+        if buf.filled().len() != before {
+            this.activity.progress.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.stream.poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.progress.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.stream.poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.progress.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
+    }
+}
+
+async fn serve_connection<S: App>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: S,
+    guard: ConnGuard,
+    mut close: watch::Receiver<()>,
+) {
+    let shared = guard.shared.clone();
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(Tracked {
+        stream,
+        activity: activity.clone(),
+    });
+    let svc = ConnService {
+        app,
+        peer,
+        shared: shared.clone(),
+        activity: activity.clone(),
+    };
+    let conn = shared.builder.serve_connection_with_upgrades(io, svc);
+    let mut conn = pin!(conn);
+    let idle = shared.limits.idle_timeout;
+    let mut last_progress = u64::MAX;
+    let mut closing = false;
+    let mut idle_ticks_closing = 0u32;
+    loop {
+        let tick = async {
+            match idle {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            r = close.changed(), if !closing => {
+                let _ = r;
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = tick => {
+                let progress = activity.progress.load(Ordering::Relaxed);
+                let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+                if closing {
+                    // Asked to close, and still open: give up on it after
+                    // two silent periods.
+                    if progress == last_progress && !busy {
+                        idle_ticks_closing += 1;
+                        if idle_ticks_closing >= 2 {
+                            break;
+                        }
+                    }
+                } else if progress == last_progress && !busy {
+                    tracing::debug!(peer = %peer, "closing an idle connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                last_progress = progress;
+            }
+        }
+    }
+    drop(guard);
+}
+
+/// The hyper service of one connection: gives each request its
+/// `ConnectInfo`, its body limits and its share of the byte budget, and
+/// counts it in flight.
+struct ConnService<S> {
+    app: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    activity: Arc<Activity>,
+}
+
+/// Counts a request in flight until its response future is gone.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
+    type Response = Response<Either<S::ResBody, Full<Bytes>>>;
+    type Error = S::Error;
+    type Future = ConnFuture<S>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(self.activity.clone());
+        let (mut parts, incoming) = req.into_parts();
+        parts.extensions.insert(ConnectInfo(self.peer));
+        let mut reservation = None;
+        let mut count_frames = false;
+        if let Some(budget) = &self.shared.budget {
+            if !http_body::Body::is_end_stream(&incoming) {
+                let hint = http_body::Body::size_hint(&incoming);
+                let declared = hint.exact();
+                let want = declared.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+                match budget.reserve(want) {
+                    Some(r) => reservation = Some(r),
+                    None => {
+                        tracing::warn!(
+                            peer = %self.peer, declared = want, budget = budget.limit,
+                            in_flight = budget.in_flight(),
+                            "request body does not fit the budget of bytes in flight: answered 503"
+                        );
+                        let mut r = text_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "service unavailable: too many request body bytes in flight\n",
+                        );
+                        r.headers_mut()
+                            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                        return ConnFuture {
+                            state: ConnState::Ready(Some(r)),
+                            _in_flight: in_flight,
+                            _reservation: None,
+                        };
+                    }
+                }
+                count_frames = declared.is_none();
+            }
+        }
+        let body = Body::new(
+            incoming,
+            self.shared.limits.body_timeout,
+            reservation.clone(),
+            count_frames,
+        );
+        let req = Request::from_parts(parts, body);
+        ConnFuture {
+            state: ConnState::Calling(self.app.clone().oneshot(req)),
+            _in_flight: in_flight,
+            _reservation: reservation,
+        }
+    }
+}
+
+/// The future of one request on a connection.
+#[pin_project::pin_project]
+struct ConnFuture<S: App> {
+    #[pin]
+    state: ConnState<S>,
+    _in_flight: InFlight,
+    _reservation: Option<Arc<Reservation>>,
+}
+
+#[pin_project::pin_project(project = ConnStateProj)]
+enum ConnState<S: App> {
+    Calling(#[pin] tower::util::Oneshot<S, Request<Body>>),
+    Ready(Option<Response<Full<Bytes>>>),
+}
+
+impl<S: App> Future for ConnFuture<S> {
+    type Output = Result<Response<Either<S::ResBody, Full<Bytes>>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            ConnStateProj::Calling(f) => f.poll(cx).map_ok(|r| r.map(Either::Left)),
+            ConnStateProj::Ready(r) => Poll::Ready(Ok(r
+                .take()
+                .expect("polled after completion")
+                .map(Either::Right))),
+        }
+    }
+}

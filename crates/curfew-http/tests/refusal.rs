@@ -1,0 +1,76 @@
+//! A client cooling off is answered 429 with the cool-off left, before its
+//! body is read: the test's body never finishes sending.
+
+mod common;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::{get, post};
+use common::{TestServer, connect_from, get_from, read_reply, runtime, spin};
+use curfew::policy::ClientPolicy;
+use curfew_http::CurfewLayer;
+
+#[test]
+fn cooling_off_client_is_refused_before_its_body_is_read() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let body_reads = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let (stop, body_reads) = (stop.clone(), body_reads.clone());
+        Router::new()
+            .route("/hello", get(|| async { "hello" }))
+            .route(
+                "/spin",
+                get(move || {
+                    let stop = stop.clone();
+                    async move {
+                        spin(&stop, Duration::from_secs(3));
+                        "spun"
+                    }
+                }),
+            )
+            .route(
+                "/upload",
+                post(move |body: Bytes| {
+                    body_reads.fetch_add(1, Ordering::SeqCst);
+                    async move { format!("{} bytes", body.len()) }
+                }),
+            )
+            .layer(CurfewLayer::new())
+    };
+    let rt = runtime().client_policy(ClientPolicy::new(1, Duration::from_secs(60)));
+    let server = TestServer::start(rt, app, |s| s);
+    let addr = server.addr;
+    let mallory = [127, 0, 0, 3];
+
+    // One strike: a handler that never yields.
+    let r = get_from(mallory, addr, "/spin").unwrap();
+    assert_eq!(r.status, 503);
+    stop.store(true, Ordering::SeqCst);
+    let key = curfew::ClientKey::from("127.0.0.3");
+    assert!(server.handle.cooling_off(&key).is_some());
+
+    // A huge upload that never finishes: the answer comes anyway.
+    let mut s = connect_from(mallory, addr);
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\nonly the start",
+    )
+    .unwrap();
+    let r = read_reply(&mut s).expect("a reply before the body is complete");
+    assert_eq!(r.status, 429, "{r:?}");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        body_reads.load(Ordering::SeqCst),
+        0,
+        "the handler never ran"
+    );
+
+    // Another client is served.
+    let r = get_from([127, 0, 0, 4], addr, "/hello").unwrap();
+    assert_eq!(r.status, 200);
+}

@@ -1,0 +1,110 @@
+//! Slow and idle clients: the header-read, body-progress and idle timeouts
+//! of `serve` close them, while other clients are served.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::{get, post};
+use common::{TestServer, closed_within, connect_from, get_from, read_reply, runtime};
+use curfew_http::CurfewLayer;
+
+fn app() -> Router {
+    Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route(
+            "/upload",
+            post(|body: Bytes| async move { format!("{} bytes", body.len()) }),
+        )
+        .layer(CurfewLayer::new())
+}
+
+#[test]
+fn trickling_headers_are_cut_off() {
+    let server = TestServer::start(runtime(), app(), |s| {
+        s.header_read_timeout(Duration::from_millis(400))
+            .idle_timeout(Duration::from_secs(30))
+    });
+    let mut s = connect_from([127, 0, 0, 1], server.addr);
+    let start = Instant::now();
+    let mut cut = false;
+    // One byte every 50 ms of a header that never ends: the connection
+    // is never idle, so only the header-read timeout can end it.
+    for b in b"GET /hello HTTP/1.1\r\nX-Slow: "
+        .iter()
+        .chain([b'a'; 200].iter())
+    {
+        if s.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if start.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    assert!(
+        cut || closed_within(&mut s, Duration::from_secs(5)),
+        "a trickling header is cut off"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "cut off in {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        get_from([127, 0, 0, 1], server.addr, "/hello")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[test]
+fn stalled_body_is_answered_400_and_closed() {
+    let server = TestServer::start(runtime(), app(), |s| {
+        s.body_timeout(Duration::from_millis(300))
+            .idle_timeout(Duration::from_secs(30))
+    });
+    let mut s = connect_from([127, 0, 0, 1], server.addr);
+    let start = Instant::now();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nabc")
+        .unwrap();
+    let r = read_reply(&mut s).expect("an answer to a stalled body");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "and the connection is closed"
+    );
+}
+
+#[test]
+fn idle_connections_are_closed() {
+    let server = TestServer::start(runtime(), app(), |s| {
+        s.idle_timeout(Duration::from_millis(300))
+            .header_read_timeout(Duration::from_secs(30))
+    });
+    // Idle before its first byte.
+    let mut silent = connect_from([127, 0, 0, 1], server.addr);
+    // Idle after a request on a keep-alive connection.
+    let mut kept = connect_from([127, 0, 0, 1], server.addr);
+    assert_eq!(common::get(&mut kept, "/hello").unwrap().status, 200);
+    let start = Instant::now();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)),
+        "silent connection closed"
+    );
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(5)),
+        "idle keep-alive closed"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
