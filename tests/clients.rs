@@ -89,7 +89,7 @@ fn policy_refuses_a_client_after_its_strikes_and_not_others() {
 }
 
 #[test]
-fn clients_beyond_the_tracking_capacity_are_counted() {
+fn clients_beyond_the_tracking_capacity_evict_idle_ones() {
     let rt = curfew::Runtime::builder()
         .event_threads(1)
         .max_tracked_clients(2)
@@ -103,5 +103,7 @@ fn clients_beyond_the_tracking_capacity_are_counted() {
     }
     let m = rt.metrics();
     assert_eq!(m.clients.len(), 2);
-    assert_eq!(m.untracked_clients, 2);
+    assert_eq!(m.evicted_clients, 2);
+    // The two most recent stay.
+    assert!(m.client("c").is_some() && m.client("d").is_some(), "{m:?}");
 }

@@ -136,6 +136,31 @@ pub enum Refusal {
         /// How much longer the cool-off lasts.
         remaining: Duration,
     },
+    /// The client (or its network) has spent its CPU-time quota for the
+    /// current window.
+    QuotaSpent {
+        /// The client, or the network, that was refused.
+        client: ClientKey,
+        /// CPU time spent in the window.
+        spent: Duration,
+        /// The quota per window.
+        quota: Duration,
+        /// How long until the window frees it.
+        remaining: Duration,
+    },
+}
+
+impl Refusal {
+    /// How long until a retry may succeed, where the refusal says: the rest
+    /// of a cool-off or of a quota window (a `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Refusal::ClientCoolingOff { remaining, .. } | Refusal::QuotaSpent { remaining, .. } => {
+                Some(*remaining)
+            }
+            Refusal::QueueFull { .. } | Refusal::Shutdown => None,
+        }
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -148,6 +173,15 @@ impl fmt::Display for Refusal {
             Refusal::ClientCoolingOff { client, remaining } => write!(
                 f,
                 "client {client} is cooling off after repeated timeouts ({remaining:.1?} left)"
+            ),
+            Refusal::QuotaSpent {
+                client,
+                spent,
+                quota,
+                remaining,
+            } => write!(
+                f,
+                "client {client} has spent its CPU quota ({spent:.1?} of {quota:.1?}; {remaining:.1?} left in the window)"
             ),
         }
     }

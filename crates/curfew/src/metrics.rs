@@ -106,21 +106,22 @@ pub struct RuntimeMetrics {
     pub blocking: GroupMetrics,
     /// Spawns refused (full queue, shutdown, cooling-off client).
     pub refused: u64,
-    /// Accounted clients, in the order they were first seen.
+    /// The entries of the client table: clients, and the networks and
+    /// routes the policy limits, in table order.
     pub clients: Vec<ClientMetrics>,
-    /// Clients beyond `max_tracked_clients`, not accounted.
-    pub untracked_clients: u64,
+    /// Entries evicted so far to make room for new clients.
+    pub evicted_clients: u64,
 }
 
 impl RuntimeMetrics {
     pub(crate) fn collect(shared: &Shared) -> Self {
-        let (clients, untracked_clients) = shared.clients.snapshot();
+        let (clients, evicted_clients) = shared.clients.snapshot();
         Self {
             event: GroupMetrics::collect(&shared.event),
             blocking: GroupMetrics::collect(&shared.blocking),
             refused: shared.refused.load(Ordering::Relaxed),
             clients,
-            untracked_clients,
+            evicted_clients,
         }
     }
 
@@ -129,7 +130,9 @@ impl RuntimeMetrics {
         self.event.timeouts + self.blocking.timeouts
     }
 
-    /// The metrics of one client, if it is accounted.
+    /// The metrics of one client, if it is in the table: the first entry
+    /// whose key reads `key` (an IP key and an id key of the same text are
+    /// two entries).
     pub fn client(&self, key: &str) -> Option<&ClientMetrics> {
         self.clients.iter().find(|c| c.client.as_str() == key)
     }

@@ -14,7 +14,7 @@ use crate::driver::IoDriver;
 use crate::error::{BuildError, Refusal};
 use crate::executor::{self, Group, GroupId, Runnable};
 use crate::metrics::RuntimeMetrics;
-use crate::policy::{ClientKey, ClientPolicy, Clients, NO_CLIENT};
+use crate::policy::{ClientKey, ClientPolicy, Clients, MemoryStore, NO_CLIENT, PolicyStore};
 use crate::task::{self, Header, JoinHandle};
 use crate::watchdog;
 
@@ -81,6 +81,7 @@ pub struct Builder {
     thread_stack_size: usize,
     client_policy: Option<ClientPolicy>,
     max_tracked_clients: usize,
+    policy_store: Arc<dyn PolicyStore>,
     demote_hijacked: bool,
     tokio_handle: Option<tokio::runtime::Handle>,
     env_error: Option<BuildError>,
@@ -104,6 +105,7 @@ impl Default for Builder {
             thread_stack_size: 2 << 20,
             client_policy: None,
             max_tracked_clients: 1024,
+            policy_store: Arc::new(MemoryStore),
             demote_hijacked: false,
             tokio_handle: None,
             env_error: None,
@@ -225,10 +227,21 @@ impl Builder {
         self
     }
 
-    /// How many distinct clients are accounted; later ones are counted as
-    /// `untracked_clients`. Default: 1024.
+    /// How many distinct clients (and networks and routes, when the policy
+    /// limits them) the client table holds. When it is full, a new client
+    /// evicts an idle one; clients with strikes, cool-offs or quota spent
+    /// are kept ahead of idle ones. Default: 1024.
     pub fn max_tracked_clients(mut self, n: usize) -> Self {
         self.max_tracked_clients = n;
+        self
+    }
+
+    /// Shares strikes, cool-offs and CPU usage with other instances through
+    /// `store` (see [`PolicyStore`]). Default: [`MemoryStore`], which
+    /// shares nothing. Admission reads only the runtime's own table either
+    /// way.
+    pub fn policy_store(mut self, store: impl PolicyStore) -> Self {
+        self.policy_store = Arc::new(store);
         self
     }
 
@@ -459,7 +472,11 @@ impl Builder {
                 config.max_abandoned_threads,
                 config.max_blocking_queue,
             ),
-            clients: Clients::new(config.max_tracked_clients, config.client_policy),
+            clients: Clients::start(
+                config.max_tracked_clients,
+                config.client_policy,
+                self.policy_store.clone(),
+            ),
             config,
             tokio,
             io,
@@ -515,7 +532,7 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) event: Group,
     pub(crate) blocking: Group,
-    pub(crate) clients: Clients,
+    pub(crate) clients: Arc<Clients>,
     pub(crate) tokio: tokio::runtime::Handle,
     /// The runtime's own I/O driver, driven by its event threads; `None`
     /// with [`Builder::tokio_handle`].
@@ -602,18 +619,9 @@ impl Shared {
             return Err(Refusal::Shutdown);
         }
         let client_idx = match &opts.client {
-            Some(c) => self.clients.index_of(c),
+            Some(c) => self.clients.admit(c)?,
             None => NO_CLIENT,
         };
-        if let Some(remaining) = self.clients.cooling_off(client_idx) {
-            return Err(Refusal::ClientCoolingOff {
-                client: opts
-                    .client
-                    .clone()
-                    .expect("a client index implies a client"),
-                remaining,
-            });
-        }
         let budget = match gid {
             GroupId::Event => opts.poll_budget.unwrap_or(self.config.poll_budget),
             GroupId::Blocking => opts.job_budget.unwrap_or(self.config.job_budget),
@@ -859,11 +867,12 @@ impl Handle {
     }
 
     /// How long `client` is still refused by the runtime's
-    /// [`ClientPolicy`], or `None` if it is not cooling off (or no policy is
-    /// set). A server calls this before it reads a request's body, so that
-    /// a refused client costs no more than its headers.
+    /// [`ClientPolicy`] (cooling off, over its CPU quota, or its network or
+    /// route refused), or `None` if it is not (or no policy is set). A
+    /// server calls this before it reads a request's body, so that a
+    /// refused client costs no more than its headers.
     ///
-    /// It takes a read lock on the client table and reads one atomic; it
+    /// It takes a read lock on the client table and reads a few atomics; it
     /// neither tracks a new client nor counts a refusal.
     ///
     /// ```

@@ -204,7 +204,10 @@ impl Watchdog {
         let info = answered.then(|| {
             // Record before waking the caller, so that it sees the count.
             group.timeouts.fetch_add(1, Ordering::Relaxed);
-            let cool_off = self.shared.clients.strike(header.client_idx);
+            let cool_off = self
+                .shared
+                .clients
+                .strike(header.client_idx, header.client.as_ref());
             header.wake_join();
             (
                 header.name.clone(),

@@ -1,0 +1,272 @@
+//! Client keys: who a task works for, in namespaces that cannot collide.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+/// The namespace of a [`ClientKey`]. Keys in different namespaces never
+/// compare equal, whatever their text: an id header that reads `127.0.0.1`
+/// is not the peer address `127.0.0.1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Namespace {
+    /// A peer IP address ([`ClientKey::ip`]).
+    Ip,
+    /// An application-level identity: a user id, an API key, a header
+    /// ([`ClientKey::id`]).
+    Id,
+    /// A network prefix: /24 for IPv4, /64 for IPv6 ([`ClientKey::network`]).
+    Net,
+    /// A route ([`ClientKey::route`]), for the route-level breaker.
+    Route,
+}
+
+impl Namespace {
+    /// The prefix of the namespace in [`ClientKey::qualified`]: `ip`, `id`,
+    /// `net` or `route`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Namespace::Ip => "ip",
+            Namespace::Id => "id",
+            Namespace::Net => "net",
+            Namespace::Route => "route",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ip" => Namespace::Ip,
+            "id" => Namespace::Id,
+            "net" => Namespace::Net,
+            "route" => Namespace::Route,
+            _ => return None,
+        })
+    }
+}
+
+/// Identifies the client a task works for: a peer IP address, a user id,
+/// an API key. Cheap to clone.
+///
+/// Keys are typed: [`ClientKey::ip`] and [`ClientKey::id`] build keys in
+/// different [namespaces](Namespace), so an identity taken from a request
+/// header can never name a peer address (and so can never get every
+/// header-less client behind that address refused). `From<IpAddr>` and
+/// `From<SocketAddr>` build IP keys; `From<&str>`, `From<String>` and
+/// `From<u64>` build id keys.
+///
+/// A key may also carry the route its task serves
+/// ([`with_route`](ClientKey::with_route)). The route is not part of the
+/// client's identity in the client table; it lets a
+/// [`ClientPolicy`](crate::policy::ClientPolicy) with a route level count
+/// timeouts per route, so that a route that keeps timing out for many
+/// clients trips a breaker.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use curfew::policy::{ClientKey, Namespace};
+///
+/// let peer: IpAddr = "127.0.0.1".parse().unwrap();
+/// let by_ip = ClientKey::ip(peer);
+/// let by_header = ClientKey::id("127.0.0.1");
+/// assert_ne!(by_ip, by_header);
+/// assert_eq!(by_ip.qualified(), "ip:127.0.0.1");
+/// assert_eq!(by_header.qualified(), "id:127.0.0.1");
+/// assert_eq!(by_ip.network().unwrap().qualified(), "net:127.0.0.0/24");
+/// assert_eq!(by_header.namespace(), Namespace::Id);
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientKey(Arc<Inner>);
+
+#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Inner {
+    ns: Namespace,
+    text: Box<str>,
+    /// The address of an IP key, for its network prefix.
+    ip: Option<IpAddr>,
+    route: Option<Arc<str>>,
+}
+
+impl ClientKey {
+    fn new(ns: Namespace, text: Box<str>, ip: Option<IpAddr>) -> Self {
+        ClientKey(Arc::new(Inner {
+            ns,
+            text,
+            ip,
+            route: None,
+        }))
+    }
+
+    /// The key of a peer address. An IPv4-mapped IPv6 address
+    /// (`::ffff:a.b.c.d`) is the IPv4 client `a.b.c.d`.
+    pub fn ip(ip: IpAddr) -> Self {
+        let ip = ip.to_canonical();
+        Self::new(Namespace::Ip, ip.to_string().into(), Some(ip))
+    }
+
+    /// The key of an application-level identity (a user id, an API key, a
+    /// header's value). It never equals an [`ip`](ClientKey::ip) key.
+    pub fn id(id: impl AsRef<str>) -> Self {
+        Self::new(Namespace::Id, id.as_ref().into(), None)
+    }
+
+    /// The key of the network an address belongs to: the first `bits` bits
+    /// of `ip` (capped at 32 for IPv4 and 128 for IPv6).
+    pub fn net(ip: IpAddr, bits: u8) -> Self {
+        let ip = ip.to_canonical();
+        let (masked, bits) = match ip {
+            IpAddr::V4(v4) => {
+                let bits = bits.min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                (IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask)), bits)
+            }
+            IpAddr::V6(v6) => {
+                let bits = bits.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                (IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask)), bits)
+            }
+        };
+        Self::new(Namespace::Net, format!("{masked}/{bits}").into(), None)
+    }
+
+    /// The key of a route, for the route-level breaker.
+    pub fn route(route: impl AsRef<str>) -> Self {
+        Self::new(Namespace::Route, route.as_ref().into(), None)
+    }
+
+    /// This client, serving `route`: its timeouts also count against the
+    /// route when the policy has a route level. The client's identity (and
+    /// so its entry in the client table) does not change.
+    pub fn with_route(&self, route: impl AsRef<str>) -> Self {
+        ClientKey(Arc::new(Inner {
+            ns: self.0.ns,
+            text: self.0.text.clone(),
+            ip: self.0.ip,
+            route: Some(route.as_ref().into()),
+        }))
+    }
+
+    /// The network prefix of an IP key: /24 for IPv4, /64 for IPv6. `None`
+    /// for other keys.
+    pub fn network(&self) -> Option<ClientKey> {
+        match self.0.ip? {
+            ip @ IpAddr::V4(_) => Some(Self::net(ip, 24)),
+            ip @ IpAddr::V6(_) => Some(Self::net(ip, 64)),
+        }
+    }
+
+    /// The route this key's task serves, as a route key, if it was given
+    /// one with [`with_route`](ClientKey::with_route).
+    pub fn route_key(&self) -> Option<ClientKey> {
+        self.0.route.as_deref().map(Self::route)
+    }
+
+    /// The route name given with [`with_route`](ClientKey::with_route).
+    pub fn route_name(&self) -> Option<&str> {
+        self.0.route.as_deref()
+    }
+
+    /// The same client without its route: the key of its entry in the
+    /// client table. A clone when the key carries no route.
+    pub fn without_route(&self) -> ClientKey {
+        if self.0.route.is_none() {
+            self.clone()
+        } else {
+            Self::new(self.0.ns, self.0.text.clone(), self.0.ip)
+        }
+    }
+
+    /// The key's namespace.
+    pub fn namespace(&self) -> Namespace {
+        self.0.ns
+    }
+
+    /// The key's text within its namespace: the address, the id, the
+    /// prefix (`10.0.0.0/24`) or the route.
+    pub fn as_str(&self) -> &str {
+        &self.0.text
+    }
+
+    /// The key with its namespace, as a shared store names it:
+    /// `ip:203.0.113.7`, `id:alice`, `net:203.0.113.0/24`, `route:/search`.
+    /// The route a key carries is not part of it.
+    pub fn qualified(&self) -> String {
+        format!("{}:{}", self.0.ns.as_str(), self.0.text)
+    }
+
+    /// Parses [`qualified`](ClientKey::qualified) text back into a key.
+    pub fn from_qualified(s: &str) -> Option<ClientKey> {
+        let (ns, text) = s.split_once(':')?;
+        Some(match Namespace::parse(ns)? {
+            Namespace::Ip => Self::ip(text.parse().ok()?),
+            Namespace::Id => Self::id(text),
+            Namespace::Route => Self::route(text),
+            Namespace::Net => {
+                let (ip, bits) = text.split_once('/')?;
+                let key = Self::net(ip.parse().ok()?, bits.parse().ok()?);
+                // Only canonical prefixes: no host bits, no excess length.
+                if key.as_str() != text {
+                    return None;
+                }
+                key
+            }
+        })
+    }
+}
+
+/// The key's text within its namespace, as [`ClientKey::as_str`].
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.text)
+    }
+}
+
+/// The qualified key, with its route if it has one.
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "\"{}:{}\"",
+            self.0.ns.as_str(),
+            self.0.text.escape_debug()
+        )?;
+        if let Some(r) = &self.0.route {
+            write!(f, " on {:?}", r)?;
+        }
+        Ok(())
+    }
+}
+
+/// An id key ([`ClientKey::id`]).
+impl From<&str> for ClientKey {
+    fn from(s: &str) -> Self {
+        ClientKey::id(s)
+    }
+}
+
+/// An id key ([`ClientKey::id`]).
+impl From<String> for ClientKey {
+    fn from(s: String) -> Self {
+        ClientKey::new(Namespace::Id, s.into(), None)
+    }
+}
+
+/// An IP key ([`ClientKey::ip`]).
+impl From<IpAddr> for ClientKey {
+    fn from(ip: IpAddr) -> Self {
+        ClientKey::ip(ip)
+    }
+}
+
+/// A socket address identifies its client by IP alone: one client may open
+/// many connections from different ports.
+impl From<SocketAddr> for ClientKey {
+    fn from(addr: SocketAddr) -> Self {
+        ClientKey::ip(addr.ip())
+    }
+}
+
+/// An id key ([`ClientKey::id`]) of the number.
+impl From<u64> for ClientKey {
+    fn from(id: u64) -> Self {
+        ClientKey::new(Namespace::Id, id.to_string().into(), None)
+    }
+}

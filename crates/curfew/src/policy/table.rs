@@ -1,0 +1,680 @@
+//! The client table: per-key counters that the watchdog charges by index,
+//! with eviction, so that a flood of identities cannot switch the policy
+//! off.
+//!
+//! Each task header holds a packed `u32`: the slot of its client's entry in
+//! the low bits, the slot's *generation* in the high bits. When the table is
+//! full, inserting a new key evicts an idle entry and bumps its slot's
+//! generation, so a task still holding the old index charges nothing to the
+//! new client: every charge first compares generations (one relaxed load).
+//! Strikes, which can refuse a client, are recorded under the table's read
+//! lock, which eviction (a writer) excludes, so a strike can never land on
+//! the wrong client. A CPU sample taken at the very moment of reuse can;
+//! it is at most one watchdog interval of time.
+//!
+//! Eviction prefers, in order: entries with nothing at stake (no strikes,
+//! no cool-off, no quota spent in the current window), then entries with
+//! CPU time in their window, then entries with strikes; an entry cooling off
+//! or over its quota goes last. Within a class, the least recently seen
+//! goes first. The victim is picked from a sample of at least
+//! [`EVICTION_SAMPLE`] entries taken round the table (as Redis approximates
+//! LRU), widened up to the whole table while it finds nothing idle.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use super::config::{ClientPolicy, CpuQuota, Level, LevelPolicy};
+use super::key::{ClientKey, Namespace};
+use super::store::{PolicyStore, Usage};
+use crate::error::Refusal;
+use crate::metrics::ClientMetrics;
+
+/// The index reserved for tasks without a client.
+pub(crate) const NO_CLIENT: u32 = 0;
+
+/// Entries looked at, at least, to pick an eviction victim.
+pub(crate) const EVICTION_SAMPLE: usize = 64;
+
+/// Whole milliseconds of `d`, saturating at `u64::MAX` (about 584 million
+/// years) instead of truncating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whole nanoseconds of `d`, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// The generation of the key now in this slot.
+    generation: AtomicU32,
+    /// The entry's [`Level`], as `level_code`.
+    level: AtomicU8,
+    /// Packed index of the client's network entry, or `NO_CLIENT`.
+    parent: AtomicU32,
+    last_seen_ms: AtomicU64,
+    busy_ns: AtomicU64,
+    /// CPU time not yet handed to a sharing store.
+    unreported_ns: AtomicU64,
+    timeouts: AtomicU64,
+    strikes: AtomicU32,
+    refused: AtomicU64,
+    /// Milliseconds since the table's epoch until which the key is refused;
+    /// 0 when it is not cooling off.
+    cooling_until_ms: AtomicU64,
+    window_start_ms: AtomicU64,
+    window_used_ns: AtomicU64,
+    /// Until when a sharing store says the key's quota is spent.
+    spent_until_ms: AtomicU64,
+}
+
+impl Entry {
+    fn reset(&self, level: Level, now_ms: u64) {
+        self.level.store(level_code(level), Relaxed);
+        self.parent.store(NO_CLIENT, Relaxed);
+        self.last_seen_ms.store(now_ms, Relaxed);
+        for a in [
+            &self.busy_ns,
+            &self.unreported_ns,
+            &self.timeouts,
+            &self.refused,
+            &self.cooling_until_ms,
+            &self.window_start_ms,
+            &self.window_used_ns,
+            &self.spent_until_ms,
+        ] {
+            a.store(0, Relaxed);
+        }
+        self.strikes.store(0, Relaxed);
+    }
+
+    fn level(&self) -> Level {
+        match self.level.load(Relaxed) {
+            1 => Level::Network,
+            2 => Level::Route,
+            _ => Level::Client,
+        }
+    }
+
+    /// Eviction class: what the entry has at stake (higher is kept longer).
+    fn class(&self, now_ms: u64) -> u8 {
+        if self.cooling_until_ms.load(Relaxed) > now_ms
+            || self.spent_until_ms.load(Relaxed) > now_ms
+        {
+            3
+        } else if self.strikes.load(Relaxed) > 0 {
+            2
+        } else if self.window_used_ns.load(Relaxed) > 0 || self.unreported_ns.load(Relaxed) > 0 {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// Charges `ns` to the quota window that holds `now_ms`.
+    fn charge_window(&self, ns: u64, now_ms: u64, window_ms: u64) {
+        let start = self.window_start_ms.load(Relaxed);
+        if now_ms >= start.saturating_add(window_ms)
+            && self
+                .window_start_ms
+                .compare_exchange(start, now_ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.window_used_ns.store(ns, Relaxed);
+            return;
+        }
+        self.window_used_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// Whether the entry refuses now, and for how long.
+    fn refusal(&self, limits: Option<&LevelPolicy>, now_ms: u64) -> Option<Why> {
+        let until = self.cooling_until_ms.load(Relaxed);
+        if until > now_ms {
+            return Some(Why::CoolingOff(Duration::from_millis(until - now_ms)));
+        }
+        let spent = self.spent_until_ms.load(Relaxed);
+        let quota = limits.and_then(|l| l.cpu_quota);
+        if spent > now_ms {
+            let q = quota.map_or(Duration::ZERO, |q| q.quota());
+            return Some(Why::QuotaSpent(q, q, Duration::from_millis(spent - now_ms)));
+        }
+        let q = quota?;
+        let used = self.window_used_ns.load(Relaxed);
+        let end = self
+            .window_start_ms
+            .load(Relaxed)
+            .saturating_add(millis(q.window()));
+        (used >= nanos(q.quota()) && end > now_ms).then(|| {
+            Why::QuotaSpent(
+                Duration::from_nanos(used),
+                q.quota(),
+                Duration::from_millis(end - now_ms),
+            )
+        })
+    }
+}
+
+enum Why {
+    CoolingOff(Duration),
+    /// Spent, quota, remaining.
+    QuotaSpent(Duration, Duration, Duration),
+}
+
+impl Why {
+    fn into_refusal(self, client: ClientKey) -> Refusal {
+        match self {
+            Why::CoolingOff(remaining) => Refusal::ClientCoolingOff { client, remaining },
+            Why::QuotaSpent(spent, quota, remaining) => Refusal::QuotaSpent {
+                client,
+                spent,
+                quota,
+                remaining,
+            },
+        }
+    }
+}
+
+fn level_code(level: Level) -> u8 {
+    match level {
+        Level::Client => 0,
+        Level::Network => 1,
+        Level::Route => 2,
+    }
+}
+
+fn level_of(key: &ClientKey) -> Level {
+    match key.namespace() {
+        Namespace::Net => Level::Network,
+        Namespace::Route => Level::Route,
+        Namespace::Ip | Namespace::Id => Level::Client,
+    }
+}
+
+struct Map {
+    by_key: HashMap<ClientKey, u32>,
+    /// The key in each slot; slot 0 is `NO_CLIENT`.
+    keys: Vec<Option<ClientKey>>,
+    /// Slots handed out so far (they are reused only by eviction).
+    used: usize,
+    /// Where the next eviction sample starts.
+    hand: usize,
+}
+
+/// The client table of one runtime.
+pub(crate) struct Clients {
+    map: RwLock<Map>,
+    entries: Box<[Entry]>,
+    slot_bits: u32,
+    policy: Option<ClientPolicy>,
+    store: Arc<dyn PolicyStore>,
+    shares_usage: bool,
+    epoch: Instant,
+    evicted: AtomicU64,
+}
+
+impl fmt::Debug for Clients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Clients")
+            .field("capacity", &(self.entries.len() - 1))
+            .field("policy", &self.policy)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clients {
+    /// A table of `capacity` entries (at least 1, at most 2^20), attached to
+    /// `store`.
+    pub(crate) fn start(
+        capacity: usize,
+        policy: Option<ClientPolicy>,
+        store: Arc<dyn PolicyStore>,
+    ) -> Arc<Self> {
+        let capacity = capacity.clamp(1, 1 << 20);
+        let slot_bits = usize::BITS - capacity.leading_zeros();
+        let clients = Arc::new(Self {
+            map: RwLock::new(Map {
+                by_key: HashMap::new(),
+                keys: vec![None; capacity + 1],
+                used: 0,
+                hand: 1,
+            }),
+            entries: (0..=capacity).map(|_| Entry::default()).collect(),
+            slot_bits,
+            policy,
+            shares_usage: store.shares_usage(),
+            store,
+            epoch: Instant::now(),
+            evicted: AtomicU64::new(0),
+        });
+        clients.store.attach(LocalPolicy(Arc::downgrade(&clients)));
+        clients
+    }
+
+    fn now_ms(&self) -> u64 {
+        millis(self.epoch.elapsed()).saturating_add(1)
+    }
+
+    fn pack(&self, slot: usize, generation: u32) -> u32 {
+        let gen_mask = u32::MAX >> self.slot_bits;
+        ((generation & gen_mask) << self.slot_bits) | slot as u32
+    }
+
+    /// The entry a packed index names, if the index is still current (its
+    /// slot has not been given to another key since).
+    #[inline]
+    fn entry(&self, idx: u32) -> Option<&Entry> {
+        let slot = (idx & ((1 << self.slot_bits) - 1)) as usize;
+        if slot == 0 {
+            return None;
+        }
+        let e = self.entries.get(slot)?;
+        let gen_mask = u32::MAX >> self.slot_bits;
+        (e.generation.load(Relaxed) & gen_mask == idx >> self.slot_bits).then_some(e)
+    }
+
+    /// Spawn path: finds or assigns `key`'s entry (and its network's and
+    /// route's where the policy limits them), and refuses the spawn if any
+    /// of them is cooling off or over its quota. Reads only local state.
+    pub(crate) fn admit(&self, key: &ClientKey) -> Result<u32, Refusal> {
+        let now = self.now_ms();
+        let idx = self.resolve(key, now);
+        let Some(policy) = &self.policy else {
+            return Ok(idx);
+        };
+        if let Some(r) = self.check(idx, key, policy, now, true) {
+            return Err(r);
+        }
+        Ok(idx)
+    }
+
+    /// How long `key` is still refused, if it is. A read only: it assigns
+    /// no entry and counts no refusal.
+    pub(crate) fn peek(&self, key: &ClientKey) -> Option<Refusal> {
+        let policy = self.policy.as_ref()?;
+        let idx = self.lookup(&key.without_route())?;
+        self.check(idx, key, policy, self.now_ms(), false)
+    }
+
+    fn check(
+        &self,
+        idx: u32,
+        key: &ClientKey,
+        policy: &ClientPolicy,
+        now: u64,
+        count: bool,
+    ) -> Option<Refusal> {
+        let refuse = |e: &Entry, why: Why, who: ClientKey| {
+            if count {
+                e.refused.fetch_add(1, Relaxed);
+            }
+            Some(why.into_refusal(who))
+        };
+        let e = self.entry(idx)?;
+        let level = e.level();
+        if let Some(why) = e.refusal(policy.level(level).as_ref(), now) {
+            return refuse(e, why, key.without_route());
+        }
+        if let Some(net) = self.entry(e.parent.load(Relaxed)) {
+            if let Some(why) = net.refusal(policy.network.as_ref(), now) {
+                return refuse(net, why, key.network()?);
+            }
+        }
+        if policy.route.is_some() {
+            let route = key.route_key()?;
+            let r = self.lookup(&route)?;
+            let e = self.entry(r)?;
+            if let Some(why) = e.refusal(policy.route.as_ref(), now) {
+                return refuse(e, why, route);
+            }
+        }
+        None
+    }
+
+    /// The packed index of `key` if it is in the table.
+    fn lookup(&self, key: &ClientKey) -> Option<u32> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.by_key.get(key).copied()
+    }
+
+    /// Finds or assigns the entry of `key`, with its network link and its
+    /// route's entry where the policy limits them.
+    fn resolve(&self, key: &ClientKey, now: u64) -> u32 {
+        let client = key.without_route();
+        let want_net = self.policy.is_some_and(|p| p.network.is_some()) && key.network().is_some();
+        {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(&i) = map.by_key.get(&client) {
+                if let Some(e) = self.entry(i) {
+                    e.last_seen_ms.store(now, Relaxed);
+                    let linked = self.entry(e.parent.load(Relaxed));
+                    if let Some(net) = linked {
+                        net.last_seen_ms.store(now, Relaxed);
+                    }
+                    let route_ok = !self.wants_route(key)
+                        || key.route_key().is_some_and(|r| map.by_key.contains_key(&r));
+                    if (linked.is_some() || !want_net) && route_ok {
+                        return i;
+                    }
+                }
+            }
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let net = if want_net {
+            key.network()
+                .map(|n| self.insert(&mut map, n, now, NO_CLIENT))
+        } else {
+            None
+        };
+        let idx = self.insert(&mut map, client, now, net.unwrap_or(NO_CLIENT));
+        if let Some(net) = net {
+            if let Some(e) = self.entry(idx) {
+                e.parent.store(net, Relaxed);
+            }
+        }
+        if self.wants_route(key) {
+            if let Some(route) = key.route_key() {
+                self.insert(&mut map, route, now, idx);
+            }
+        }
+        idx
+    }
+
+    fn wants_route(&self, key: &ClientKey) -> bool {
+        self.policy.is_some_and(|p| p.route.is_some()) && key.route_name().is_some()
+    }
+
+    /// Finds or inserts `key` under the write lock, evicting if the table is
+    /// full (never the entry `keep` names).
+    fn insert(&self, map: &mut Map, key: ClientKey, now: u64, keep: u32) -> u32 {
+        if let Some(&i) = map.by_key.get(&key) {
+            if let Some(e) = self.entry(i) {
+                e.last_seen_ms.store(now, Relaxed);
+                return i;
+            }
+        }
+        let capacity = self.entries.len() - 1;
+        let keep_slot = (keep & ((1 << self.slot_bits) - 1)) as usize;
+        let slot = if map.used < capacity {
+            map.used += 1;
+            map.used
+        } else {
+            let victim = self.victim(map, now, keep_slot);
+            if let Some(old) = map.keys[victim].take() {
+                map.by_key.remove(&old);
+            }
+            self.evicted.fetch_add(1, Relaxed);
+            victim
+        };
+        let e = &self.entries[slot];
+        // A new generation first: tasks still holding the old index charge
+        // nothing from here on.
+        let generation = e.generation.load(Relaxed).wrapping_add(1);
+        e.generation.store(generation, Relaxed);
+        e.reset(level_of(&key), now);
+        let idx = self.pack(slot, generation);
+        map.keys[slot] = Some(key.clone());
+        map.by_key.insert(key, idx);
+        idx
+    }
+
+    /// The slot to evict: the lowest class, then the least recently seen,
+    /// within a sample that widens while it finds nothing idle.
+    fn victim(&self, map: &mut Map, now: u64, keep_slot: usize) -> usize {
+        let capacity = self.entries.len() - 1;
+        let mut best: Option<(u8, u64, usize)> = None;
+        for n in 0..capacity {
+            if n >= EVICTION_SAMPLE && best.is_some_and(|b| b.0 == 0) {
+                break;
+            }
+            let slot = (map.hand + n - 1) % capacity + 1;
+            if slot == keep_slot {
+                continue;
+            }
+            let e = &self.entries[slot];
+            let rank = (e.class(now), e.last_seen_ms.load(Relaxed), slot);
+            if best.is_none_or(|b| (rank.0, rank.1) < (b.0, b.1)) {
+                best = Some(rank);
+            }
+        }
+        let slot = best.map_or(if keep_slot == 1 && capacity > 1 { 2 } else { 1 }, |b| b.2);
+        map.hand = slot % capacity + 1;
+        slot
+    }
+
+    /// Watchdog: adds sampled busy time to a client (and its network).
+    pub(crate) fn add_busy(&self, idx: u32, d: Duration) {
+        let Some(e) = self.entry(idx) else {
+            return;
+        };
+        let ns = nanos(d);
+        e.busy_ns.fetch_add(ns, Relaxed);
+        if self.shares_usage {
+            e.unreported_ns.fetch_add(ns, Relaxed);
+        }
+        let Some(policy) = &self.policy else {
+            return;
+        };
+        let now = self.now_ms();
+        e.last_seen_ms.store(now, Relaxed);
+        if let Some(q) = policy.cpu_quota {
+            e.charge_window(ns, now, millis(q.window()));
+        }
+        if let Some(net) = self.entry(e.parent.load(Relaxed)) {
+            net.busy_ns.fetch_add(ns, Relaxed);
+            net.last_seen_ms.store(now, Relaxed);
+            if self.shares_usage {
+                net.unreported_ns.fetch_add(ns, Relaxed);
+            }
+            if let Some(q) = policy.network.and_then(|n| n.cpu_quota) {
+                net.charge_window(ns, now, millis(q.window()));
+            }
+        }
+    }
+
+    /// Watchdog: records a timeout against a client, its network and its
+    /// route. Returns the client's cool-off if this strike started one.
+    /// Cannot panic.
+    pub(crate) fn strike(&self, idx: u32, key: Option<&ClientKey>) -> Option<Duration> {
+        // The read lock keeps eviction out: the entry checked is the entry
+        // charged.
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let e = self.entry(idx)?;
+        e.timeouts.fetch_add(1, Relaxed);
+        let policy = self.policy?;
+        let now = self.now_ms();
+        let client_key = key.map(ClientKey::without_route);
+        let started = self.strike_level(e, client_key.as_ref(), policy.level(Level::Client), now);
+        if let Some(net) = self.entry(e.parent.load(Relaxed)) {
+            net.timeouts.fetch_add(1, Relaxed);
+            let net_key = key.and_then(ClientKey::network);
+            if let Some(c) = self.strike_level(net, net_key.as_ref(), policy.network, now) {
+                tracing::warn!(
+                    target: "curfew",
+                    network = net_key.as_ref().map(|k| k.as_str()).unwrap_or(""),
+                    cool_off_ms = millis(c),
+                    "network refused for a cool-off after repeated timeouts"
+                );
+            }
+        }
+        if let Some(route) = key.and_then(ClientKey::route_key) {
+            if let Some(r) = map.by_key.get(&route).and_then(|&i| self.entry(i)) {
+                r.timeouts.fetch_add(1, Relaxed);
+                if let Some(c) = self.strike_level(r, Some(&route), policy.route, now) {
+                    tracing::warn!(
+                        target: "curfew",
+                        route = route.as_str(),
+                        cool_off_ms = millis(c),
+                        "route breaker open: refused for a cool-off after repeated timeouts"
+                    );
+                }
+            }
+        }
+        started
+    }
+
+    fn strike_level(
+        &self,
+        e: &Entry,
+        key: Option<&ClientKey>,
+        limits: Option<LevelPolicy>,
+        now: u64,
+    ) -> Option<Duration> {
+        let limits = limits?;
+        if let Some(key) = key {
+            self.store.strike(key, &limits);
+        }
+        if limits.strikes == 0 {
+            return None;
+        }
+        let strikes = e.strikes.fetch_add(1, Relaxed).saturating_add(1);
+        if strikes < limits.strikes {
+            return None;
+        }
+        e.strikes.store(0, Relaxed);
+        // Saturating: `Duration::MAX` means "for good", never a wrap
+        // (release) or a panic on the watchdog thread (debug).
+        let until = now.saturating_add(millis(limits.cool_off));
+        e.cooling_until_ms.fetch_max(until, Relaxed);
+        Some(limits.cool_off)
+    }
+
+    /// How long `key` is still refused, for any reason, if it is.
+    pub(crate) fn peek_cooling_off(&self, key: &ClientKey) -> Option<Duration> {
+        self.peek(key).and_then(|r| r.retry_after())
+    }
+
+    /// Metrics: every entry, with the number of evictions so far.
+    pub(crate) fn snapshot(&self) -> (Vec<ClientMetrics>, u64) {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let now = self.now_ms();
+        let clients = map
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, key)| {
+                let key = key.as_ref()?;
+                let s = &self.entries[slot];
+                Some(ClientMetrics {
+                    client: key.clone(),
+                    poll_time: Duration::from_nanos(s.busy_ns.load(Relaxed)),
+                    timeouts: s.timeouts.load(Relaxed),
+                    strikes: s.strikes.load(Relaxed),
+                    refused: s.refused.load(Relaxed),
+                    cooling_off: s.cooling_until_ms.load(Relaxed) > now,
+                })
+            })
+            .collect();
+        (clients, self.evicted.load(Relaxed))
+    }
+}
+
+/// The runtime's own policy state, as a [`PolicyStore`] sees it: what the
+/// store learns from other instances goes in here, and the CPU time the
+/// watchdog attributed comes out, in batches.
+///
+/// It holds the table weakly: once the runtime is gone, every call is a
+/// no-op.
+#[derive(Clone)]
+pub struct LocalPolicy(Weak<Clients>);
+
+impl fmt::Debug for LocalPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LocalPolicy")
+            .field(&self.0.upgrade().is_some())
+            .finish()
+    }
+}
+
+impl LocalPolicy {
+    /// Whether the runtime is still running.
+    pub fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    /// The runtime's policy, if it has one.
+    pub fn policy(&self) -> Option<ClientPolicy> {
+        self.0.upgrade()?.policy
+    }
+
+    /// Refuses `key` (a client, a network or a route) for `remaining` from
+    /// now, as another instance decided. A longer local cool-off is kept.
+    pub fn cool_off(&self, key: &ClientKey, remaining: Duration) {
+        self.set(key, remaining, |e| &e.cooling_until_ms);
+    }
+
+    /// Refuses `key` for `remaining` because its CPU quota is spent across
+    /// instances.
+    pub fn quota_spent(&self, key: &ClientKey, remaining: Duration) {
+        self.set(key, remaining, |e| &e.spent_until_ms);
+    }
+
+    fn set(&self, key: &ClientKey, remaining: Duration, field: fn(&Entry) -> &AtomicU64) {
+        let Some(t) = self.0.upgrade() else {
+            return;
+        };
+        let now = t.now_ms();
+        let key = key.without_route();
+        let idx = {
+            let mut map = t.map.write().unwrap_or_else(|e| e.into_inner());
+            t.insert(&mut map, key, now, NO_CLIENT)
+        };
+        if let Some(e) = t.entry(idx) {
+            field(e).fetch_max(now.saturating_add(millis(remaining)), Relaxed);
+        }
+    }
+
+    /// The keys cooling off now, with the time each has left.
+    pub fn cooling(&self) -> Vec<(ClientKey, Duration)> {
+        let Some(t) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let now = t.now_ms();
+        let map = t.map.read().unwrap_or_else(|e| e.into_inner());
+        map.keys
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, key)| {
+                let until = t.entries[slot].cooling_until_ms.load(Relaxed);
+                (until > now).then(|| (key.clone(), Duration::from_millis(until - now)))
+            })
+            .filter_map(|(k, d)| Some((k?, d)))
+            .collect()
+    }
+
+    /// Takes the CPU time charged since the last call, per key, with the
+    /// quota that applies to it. Empty unless the store
+    /// [shares usage](PolicyStore::shares_usage).
+    pub fn drain_usage(&self) -> Vec<Usage> {
+        let Some(t) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let map = t.map.read().unwrap_or_else(|e| e.into_inner());
+        map.keys
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, key)| {
+                let key = key.as_ref()?;
+                let e = &t.entries[slot];
+                if e.unreported_ns.load(Relaxed) == 0 {
+                    return None;
+                }
+                let cpu = Duration::from_nanos(e.unreported_ns.swap(0, Relaxed));
+                let quota: Option<CpuQuota> = t
+                    .policy
+                    .and_then(|p| p.level(e.level()))
+                    .and_then(|l| l.cpu_quota);
+                Some(Usage {
+                    key: key.clone(),
+                    cpu,
+                    quota,
+                })
+            })
+            .collect()
+    }
+}
