@@ -274,8 +274,9 @@ impl ChatConfig {
             return Err(ConfigError::new("strikes", "must be at least 1"));
         }
         if let Some(url) = &self.redis {
-            redis::Client::open(url.as_str())
-                .map_err(|e| ConfigError::new("redis", format!("`{url}`: {e}")))?;
+            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                return Err(ConfigError::new("redis", "expected redis://host:port/ (or rediss://, unix://)"));
+            }
         }
         Ok(())
     }

@@ -176,7 +176,7 @@ pub(crate) async fn serve<G: Send + 'static>(
         state.counters.clone(),
     ));
     let mut conn = Conn {
-        client: ClientKey::from(&*user),
+        client: ClientKey::id(&*user),
         user,
         exp,
         outbox,
@@ -296,11 +296,7 @@ impl Conn {
                 return self.protocol_error(ErrorCode::Invalid).await;
             }
         }
-        let (admitted, fell_back) = self.state.limiter.check(&self.user).await;
-        if fell_back {
-            Counters::bump(&self.state.counters.redis_fallbacks);
-        }
-        if let Err(wait) = admitted {
+        if let Err(wait) = self.state.limiter.check(&self.client).await {
             Counters::bump(&self.state.counters.rate_limited);
             return self
                 .reply(ServerFrame::error_retry(ErrorCode::RateLimited, wait))
@@ -372,8 +368,8 @@ impl Conn {
                         from,
                         text: text.into(),
                     };
-                    state.rooms.broadcast(&room, entry, &frame.to_json().into());
                     Counters::bump(&state.counters.messages);
+                    state.rooms.broadcast(&room, entry, &frame.to_json().into());
                     Ok(None)
                 })
                 .await

@@ -189,7 +189,7 @@ async fn ws_handshake(
             return refuse(StatusCode::UNAUTHORIZED, "missing or bad token\n", None);
         }
     };
-    let client = curfew::ClientKey::from(claims.sub.as_str());
+    let client = curfew::ClientKey::id(claims.sub.as_str());
     if let Some(left) = state.exec.cooling_off(&client) {
         Counters::bump(&c.refused_busy);
         return refuse(
@@ -249,9 +249,13 @@ fn router(state: Arc<State>) -> Router {
     app.with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown`, with the peer address
-/// available to handlers.
-async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> io::Result<()> {
+/// Serves `app` on `listener` with axum on tokio until `shutdown`, with the
+/// peer address available to handlers.
+async fn serve_on_tokio(
+    listener: TcpListener,
+    app: Router,
+    shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
+) -> io::Result<()> {
     use axum::serve::ListenerExt;
     // Chat frames are small and latency-bound: no Nagle delay.
     let listener = listener.tap_io(|tcp| {
@@ -261,7 +265,7 @@ async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) 
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .with_graceful_shutdown(shutdown)
     .await
 }
 
@@ -275,7 +279,7 @@ pub enum StartError {
     /// The address could not be bound.
     Bind(SocketAddr, io::Error),
     /// Redis could not be reached or used.
-    Redis(crate::limit::LimitError),
+    Redis(curfew_redis::Error),
 }
 
 impl std::fmt::Display for StartError {
@@ -284,7 +288,7 @@ impl std::fmt::Display for StartError {
             StartError::Config(e) => e.fmt(f),
             StartError::Runtime(e) => write!(f, "cannot start a runtime: {e}"),
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
-            StartError::Redis(e) => e.fmt(f),
+            StartError::Redis(e) => write!(f, "--redis: {e}"),
         }
     }
 }
@@ -370,102 +374,116 @@ impl Drop for Server {
 
 type Ready = Result<(SocketAddr, Arc<State>), StartError>;
 
-fn run(config: ChatConfig, addr: SocketAddr, ready: std::sync::mpsc::Sender<Ready>) {
-    let early = ready.clone();
-    let fail = move |e: StartError| {
-        let _ = early.send(Err(e));
+/// Builds the shared state, binds, reports readiness and serves until
+/// shutdown. Runs inside whichever runtime serves the connections.
+async fn run_server(config: ChatConfig, addr: SocketAddr, exec: Exec, ready: std::sync::mpsc::Sender<Ready>) {
+    let fail = |e: StartError| {
+        let _ = ready.send(Err(e));
     };
-    let io_rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.io_threads)
-        .thread_name("chat-io")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(StartError::Runtime(e.to_string())),
-    };
-    let handler_rt = match config.poll_budget {
-        None => None,
-        Some(budget) => match curfew::Runtime::builder()
-            .event_threads(config.event_threads)
-            .poll_budget(budget)
-            .client_policy(curfew::policy::ClientPolicy::new(
-                config.strikes,
-                config.cool_off,
-            ))
-            .max_hijacked_threads(config.max_hijacked_threads)
-            .demote_hijacked_threads(true)
-            .thread_name("chat-handler")
-            .build()
-        {
-            Ok(rt) => Some(rt),
-            Err(e) => return fail(StartError::Runtime(e.to_string())),
-        },
-    };
-    let exec = match (&handler_rt, config.poll_budget) {
-        (Some(rt), Some(budget)) => Exec::Curfew {
-            handle: rt.handle(),
-            budget,
-        },
-        _ => Exec::Inline,
-    };
-    io_rt.block_on(async move {
-        let fail = |e: StartError| {
-            let _ = ready.send(Err(e));
-        };
-        let limiter = match &config.redis {
-            None => RateLimit::memory(config.rate, config.burst),
-            Some(url) => match RateLimit::redis(url, config.rate, config.burst).await {
-                Ok(l) => l,
-                Err(e) => return fail(StartError::Redis(e)),
-            },
-        };
-        let listener = match TcpListener::bind(addr).await {
+    let limiter = match &config.redis {
+        None => RateLimit::memory(config.rate, config.burst),
+        Some(url) => match RateLimit::redis(url, config.rate, config.burst).await {
             Ok(l) => l,
-            Err(e) => return fail(StartError::Bind(addr, e)),
-        };
-        let local = listener.local_addr().unwrap_or(addr);
-        let state = Arc::new(State {
-            tokens: Tokens::new(&config.jwt_secret),
-            rooms: Rooms::new(config.history, config.max_rooms),
-            claims: Claims::default(),
-            limiter,
-            exec,
-            counters: Arc::default(),
-            shutdown: CancellationToken::new(),
-            next_message: AtomicU64::new(0),
-            next_conn: AtomicU64::new(0),
-            per_ip: Mutex::new(HashMap::new()),
-            cfg: config,
-        });
-        let housekeeping = {
-            let state = state.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(30));
-                loop {
-                    every.tick().await;
-                    state.limiter.forget_idle();
-                }
-            })
-        };
-        let _ = ready.send(Ok((local, state.clone())));
-        drop(ready);
-        tracing::info!(addr = %local, "curfew-chat listening");
-        if let Err(e) = serve(listener, router(state.clone()), state.shutdown.clone()).await {
-            tracing::error!(error = %e, "server stopped");
-        }
-        // Connections close with 1001 once shutdown is cancelled; give them
-        // a moment to say so.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while state.counters.connections_open.load(Ordering::Relaxed) > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        housekeeping.abort();
+            Err(e) => return fail(StartError::Redis(e)),
+        },
+    };
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => return fail(StartError::Bind(addr, e)),
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    let state = Arc::new(State {
+        tokens: Tokens::new(&config.jwt_secret),
+        rooms: Rooms::new(config.history, config.max_rooms),
+        claims: Claims::default(),
+        limiter,
+        exec,
+        counters: Arc::default(),
+        shutdown: CancellationToken::new(),
+        next_message: AtomicU64::new(0),
+        next_conn: AtomicU64::new(0),
+        per_ip: Mutex::new(HashMap::new()),
+        cfg: config,
     });
-    io_rt.shutdown_timeout(Duration::from_secs(1));
-    if let Some(rt) = handler_rt {
-        rt.shutdown_timeout(Duration::from_secs(1));
+    let housekeeping = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                state.limiter.forget_idle();
+            }
+        })
+    };
+    let _ = ready.send(Ok((local, state.clone())));
+    drop(ready);
+    tracing::info!(addr = %local, "curfew-chat listening");
+    let app = router(state.clone());
+    let shutdown = state.shutdown.clone().cancelled_owned();
+    let served = match (&state.exec, state.cfg.poll_budget) {
+        (Exec::Curfew { .. }, Some(budget)) => {
+            // Connections are curfew tasks; each HTTP handler (the page, the
+            // token, the handshake) runs under the layer's budget.
+            let app = app.layer(curfew_http::CurfewLayer::new().poll_budget(budget));
+            curfew_http::serve(listener, app)
+                .max_connections(state.cfg.max_connections)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        _ => serve_on_tokio(listener, app, shutdown).await,
+    };
+    if let Err(e) = served {
+        tracing::error!(error = %e, "server stopped");
+    }
+    // Connections close with 1001 once shutdown is cancelled; give them a
+    // moment to say so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while state.counters.connections_open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    housekeeping.abort();
+}
+
+fn run(config: ChatConfig, addr: SocketAddr, ready: std::sync::mpsc::Sender<Ready>) {
+    let fail = |e: StartError| {
+        let _ = ready.send(Err(e));
+    };
+    match config.poll_budget {
+        Some(budget) => {
+            // Everything on curfew: connections on its I/O driver, handlers
+            // as budgeted tasks.
+            let rt = match curfew::Runtime::builder()
+                .event_threads(config.event_threads)
+                .poll_budget(budget)
+                .client_policy(curfew::policy::ClientPolicy::new(config.strikes, config.cool_off))
+                .max_hijacked_threads(config.max_hijacked_threads)
+                .demote_hijacked_threads(true)
+                .thread_name("chat")
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(StartError::Runtime(e.to_string())),
+            };
+            let exec = Exec::Curfew {
+                handle: rt.handle(),
+                budget,
+            };
+            rt.block_on(run_server(config, addr, exec, ready));
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        None => {
+            // `--no-budgets`: plain tokio, handlers inline, for comparison.
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.io_threads)
+                .thread_name("chat-io")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(StartError::Runtime(e.to_string())),
+            };
+            rt.block_on(run_server(config, addr, Exec::Inline, ready));
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
     }
 }

@@ -64,8 +64,6 @@ counters! {
     slow_closes,
     /// Connections closed 1009 for a frame over the hard frame limit.
     oversize_closes,
-    /// Rate-limit checks that fell back to memory because Redis failed.
-    redis_fallbacks,
 }
 
 impl Counters {
