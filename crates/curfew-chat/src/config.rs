@@ -274,8 +274,14 @@ impl ChatConfig {
             return Err(ConfigError::new("strikes", "must be at least 1"));
         }
         if let Some(url) = &self.redis {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-                return Err(ConfigError::new("redis", "expected redis://host:port/ (or rediss://, unix://)"));
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                return Err(ConfigError::new(
+                    "redis",
+                    "expected redis://host:port/ (or rediss://, unix://)",
+                ));
             }
         }
         Ok(())

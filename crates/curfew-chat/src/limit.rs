@@ -38,7 +38,8 @@ pub enum RateLimit {
 }
 
 fn policy_rate(rate: Rate, burst: NonZeroU32) -> PolicyRate {
-    PolicyRate::new(rate.interval(), burst.get()).expect("Rate guarantees a non-zero interval under a year")
+    PolicyRate::new(rate.interval(), burst.get())
+        .expect("Rate guarantees a non-zero interval under a year")
 }
 
 impl RateLimit {
@@ -49,7 +50,11 @@ impl RateLimit {
 
     /// A limiter in Redis at `url`. Fails if Redis cannot be reached or
     /// refuses the credentials now.
-    pub async fn redis(url: &str, rate: Rate, burst: NonZeroU32) -> Result<Self, curfew_redis::Error> {
+    pub async fn redis(
+        url: &str,
+        rate: Rate,
+        burst: NonZeroU32,
+    ) -> Result<Self, curfew_redis::Error> {
         RedisRateLimiter::connect_with_prefix(url, policy_rate(rate, burst), REDIS_PREFIX)
             .await
             .map(RateLimit::Redis)
@@ -95,7 +100,10 @@ mod tests {
         }
         assert_eq!(admitted, 5);
         let wait = limit.check(&alice).await.unwrap_err();
-        assert!(wait <= Duration::from_secs(1) && wait > Duration::from_millis(500), "{wait:?}");
+        assert!(
+            wait <= Duration::from_secs(1) && wait > Duration::from_millis(500),
+            "{wait:?}"
+        );
         assert!(limit.check(&bob).await.is_ok(), "users are limited apart");
     }
 }

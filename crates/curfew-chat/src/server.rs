@@ -376,7 +376,12 @@ type Ready = Result<(SocketAddr, Arc<State>), StartError>;
 
 /// Builds the shared state, binds, reports readiness and serves until
 /// shutdown. Runs inside whichever runtime serves the connections.
-async fn run_server(config: ChatConfig, addr: SocketAddr, exec: Exec, ready: std::sync::mpsc::Sender<Ready>) {
+async fn run_server(
+    config: ChatConfig,
+    addr: SocketAddr,
+    exec: Exec,
+    ready: std::sync::mpsc::Sender<Ready>,
+) {
     let fail = |e: StartError| {
         let _ = ready.send(Err(e));
     };
@@ -438,7 +443,9 @@ async fn run_server(config: ChatConfig, addr: SocketAddr, exec: Exec, ready: std
     // Connections close with 1001 once shutdown is cancelled; give them a
     // moment to say so.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while state.counters.connections_open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+    while state.counters.connections_open.load(Ordering::Relaxed) > 0
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     housekeeping.abort();
@@ -455,7 +462,10 @@ fn run(config: ChatConfig, addr: SocketAddr, ready: std::sync::mpsc::Sender<Read
             let rt = match curfew::Runtime::builder()
                 .event_threads(config.event_threads)
                 .poll_budget(budget)
-                .client_policy(curfew::policy::ClientPolicy::new(config.strikes, config.cool_off))
+                .client_policy(curfew::policy::ClientPolicy::new(
+                    config.strikes,
+                    config.cool_off,
+                ))
                 .max_hijacked_threads(config.max_hijacked_threads)
                 .demote_hijacked_threads(true)
                 .thread_name("chat")

@@ -29,8 +29,15 @@ impl Drop for Driver {
 
 fn start_driver() -> Driver {
     let driver = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let profile = std::env::temp_dir().join(format!("curfew-chat-chromium-{}-{port}", std::process::id()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let profile = std::env::temp_dir().join(format!(
+        "curfew-chat-chromium-{}-{port}",
+        std::process::id()
+    ));
     let child = Command::new(&driver)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
@@ -42,10 +49,17 @@ fn start_driver() -> Driver {
                  Install them (Debian: apt-get install chromium chromium-driver) or set CHROMEDRIVER."
             )
         });
-    let d = Driver { child, port, profile };
+    let d = Driver {
+        child,
+        port,
+        profile,
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not listen on {port} within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not listen on {port} within 20 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     d
@@ -82,14 +96,36 @@ async fn the_page_logs_in_sends_and_sees_the_echo() {
 
     let result = async {
         let wait = Duration::from_secs(20);
-        browser.goto(&format!("http://{}/", server.local_addr())).await?;
-        browser.find(Locator::Css("#user")).await?.send_keys("alice").await?;
-        browser.find(Locator::Css("#connect")).await?.click().await?;
-        browser.wait().at_most(wait).for_element(Locator::Css("#status[data-state=open]")).await?;
+        browser
+            .goto(&format!("http://{}/", server.local_addr()))
+            .await?;
+        browser
+            .find(Locator::Css("#user"))
+            .await?
+            .send_keys("alice")
+            .await?;
+        browser
+            .find(Locator::Css("#connect"))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .at_most(wait)
+            .for_element(Locator::Css("#status[data-state=open]"))
+            .await?;
         let said = "hello from a browser <b>not bold</b>";
-        browser.find(Locator::Css("#text")).await?.send_keys(said).await?;
+        browser
+            .find(Locator::Css("#text"))
+            .await?
+            .send_keys(said)
+            .await?;
         browser.find(Locator::Css("#submit")).await?.click().await?;
-        let line = browser.wait().at_most(wait).for_element(Locator::Css("#log p.message")).await?;
+        let line = browser
+            .wait()
+            .at_most(wait)
+            .for_element(Locator::Css("#log p.message"))
+            .await?;
         let text = line.text().await?;
         let bold = browser.find_all(Locator::Css("#log b")).await?;
         Ok::<_, fantoccini::error::CmdError>((text, bold.len()))

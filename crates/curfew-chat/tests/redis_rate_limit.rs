@@ -26,8 +26,13 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("curfew-chat-redis-{}-{port}", std::process::id()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("curfew-chat-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -43,7 +48,10 @@ impl Redis {
             });
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen on {port} within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {port} within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Redis { child, port, dir }
@@ -86,7 +94,10 @@ async fn a_burst_over_two_instances_passes_at_most_the_burst() {
         while echoed + limited < PER_SERVER {
             match c.next().await {
                 Event::Frame(ServerFrame::Message { .. }) => echoed += 1,
-                Event::Frame(ServerFrame::Error { code: ErrorCode::RateLimited, .. }) => limited += 1,
+                Event::Frame(ServerFrame::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }) => limited += 1,
                 other => panic!("{other:?}"),
             }
         }
@@ -101,12 +112,19 @@ async fn a_burst_over_two_instances_passes_at_most_the_burst() {
         2 * PER_SERVER
     );
     assert!(admitted >= 1);
-    assert!(admitted <= allowance, "{admitted} admitted over the allowance of {allowance}");
+    assert!(
+        admitted <= allowance,
+        "{admitted} admitted over the allowance of {allowance}"
+    );
 }
 
 #[test]
 fn an_unreachable_redis_is_a_start_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut config = curfew_chat::ChatConfig::new(common::SECRET.to_vec());
     config.redis = Some(format!("redis://127.0.0.1:{port}/"));
     let err = curfew_chat::Server::start(config, "127.0.0.1:0".parse().unwrap()).unwrap_err();
