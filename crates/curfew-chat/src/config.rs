@@ -160,6 +160,8 @@ pub struct ChatConfig {
     /// Threads running written-off (over-budget) handlers that may exist at
     /// once; they run at idle priority until their poll returns.
     pub max_hijacked_threads: usize,
+    /// Whether written-off threads run at idle priority (`SCHED_IDLE`).
+    pub demote_hijacked_threads: bool,
     /// Tokio worker threads that serve the connections.
     pub io_threads: usize,
     /// How long a closing connection may take to send its close frame.
@@ -192,6 +194,7 @@ impl fmt::Debug for ChatConfig {
             .field("cool_off", &self.cool_off)
             .field("event_threads", &self.event_threads)
             .field("max_hijacked_threads", &self.max_hijacked_threads)
+            .field("demote_hijacked_threads", &self.demote_hijacked_threads)
             .field("io_threads", &self.io_threads)
             .field("close_timeout", &self.close_timeout)
             .field("dev", &self.dev)
@@ -221,6 +224,7 @@ impl ChatConfig {
             cool_off: Duration::from_secs(30),
             event_threads: 2,
             max_hijacked_threads: 32,
+            demote_hijacked_threads: true,
             io_threads: 2,
             close_timeout: Duration::from_secs(10),
             dev: false,
@@ -377,6 +381,9 @@ pub struct Options {
     /// run at idle priority until their poll returns).
     #[arg(long, env = "CURFEW_CHAT_MAX_HIJACKED_THREADS", default_value_t = 32)]
     pub max_hijacked_threads: usize,
+    /// Run written-off threads at idle priority (SCHED_IDLE): true or false.
+    #[arg(long, env = "CURFEW_CHAT_DEMOTE_HIJACKED_THREADS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub demote_hijacked_threads: bool,
     /// Tokio worker threads serving the connections.
     #[arg(long, env = "CURFEW_CHAT_IO_THREADS", default_value_t = 2)]
     pub io_threads: usize,
@@ -414,6 +421,7 @@ impl Options {
         c.cool_off = self.cool_off;
         c.event_threads = self.event_threads;
         c.max_hijacked_threads = self.max_hijacked_threads;
+        c.demote_hijacked_threads = self.demote_hijacked_threads;
         c.io_threads = self.io_threads;
         c.dev = self.dev;
         c.validate()?;

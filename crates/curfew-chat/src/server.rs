@@ -467,7 +467,7 @@ fn run(config: ChatConfig, addr: SocketAddr, ready: std::sync::mpsc::Sender<Read
                     config.cool_off,
                 ))
                 .max_hijacked_threads(config.max_hijacked_threads)
-                .demote_hijacked_threads(true)
+                .demote_hijacked_threads(config.demote_hijacked_threads)
                 .thread_name("chat")
                 .build()
             {
