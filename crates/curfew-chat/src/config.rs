@@ -151,6 +151,10 @@ pub struct ChatConfig {
     /// The poll budget of every message handler. `None`: handlers run
     /// inline on tokio with no budget (for comparison only).
     pub poll_budget: Option<Duration>,
+    /// The poll budget of the HTTP handlers (the page, the token and the
+    /// handshake), which run under `CurfewLayer`. They do little work, so
+    /// this only has to be generous enough not to trip on a loaded machine.
+    pub http_poll_budget: Duration,
     /// Timeouts after which a user is refused (curfew's client policy).
     pub strikes: u32,
     /// How long a user with `strikes` timeouts is refused.
@@ -190,6 +194,7 @@ impl fmt::Debug for ChatConfig {
             .field("max_rooms_per_connection", &self.max_rooms_per_connection)
             .field("redis", &self.redis.as_ref().map(|_| "<set>"))
             .field("poll_budget", &self.poll_budget)
+            .field("http_poll_budget", &self.http_poll_budget)
             .field("strikes", &self.strikes)
             .field("cool_off", &self.cool_off)
             .field("event_threads", &self.event_threads)
@@ -220,6 +225,7 @@ impl ChatConfig {
             max_rooms_per_connection: 8,
             redis: None,
             poll_budget: Some(Duration::from_millis(50)),
+            http_poll_budget: Duration::from_secs(1),
             strikes: 3,
             cool_off: Duration::from_secs(30),
             event_threads: 2,
@@ -273,6 +279,12 @@ impl ChatConfig {
         }
         if self.poll_budget.is_some_and(|b| b.is_zero()) {
             return Err(ConfigError::new("poll_budget", "must be greater than zero"));
+        }
+        if self.http_poll_budget.is_zero() {
+            return Err(ConfigError::new(
+                "http_poll_budget",
+                "must be greater than zero",
+            ));
         }
         if self.strikes == 0 {
             return Err(ConfigError::new("strikes", "must be at least 1"));
@@ -365,6 +377,9 @@ pub struct Options {
     /// Poll budget of every message handler.
     #[arg(long, env = "CURFEW_CHAT_POLL_BUDGET", default_value = "50ms", value_parser = parse_duration)]
     pub poll_budget: Duration,
+    /// Poll budget of the HTTP handlers (page, token, handshake).
+    #[arg(long, env = "CURFEW_CHAT_HTTP_POLL_BUDGET", default_value = "1s", value_parser = parse_duration)]
+    pub http_poll_budget: Duration,
     /// Run handlers inline on tokio with no budget (to compare; unsafe).
     #[arg(long, env = "CURFEW_CHAT_NO_BUDGETS")]
     pub no_budgets: bool,
@@ -417,6 +432,7 @@ impl Options {
         c.outbound_queue = self.outbound_queue;
         c.redis = self.redis;
         c.poll_budget = (!self.no_budgets).then_some(self.poll_budget);
+        c.http_poll_budget = self.http_poll_budget;
         c.strikes = self.strikes;
         c.cool_off = self.cool_off;
         c.event_threads = self.event_threads;

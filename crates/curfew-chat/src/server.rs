@@ -426,10 +426,11 @@ async fn run_server(
     let app = router(state.clone());
     let shutdown = state.shutdown.clone().cancelled_owned();
     let served = match (&state.exec, state.cfg.poll_budget) {
-        (Exec::Curfew { .. }, Some(budget)) => {
+        (Exec::Curfew { .. }, Some(_)) => {
             // Connections are curfew tasks; each HTTP handler (the page, the
             // token, the handshake) runs under the layer's budget.
-            let app = app.layer(curfew_http::CurfewLayer::new().poll_budget(budget));
+            let app =
+                app.layer(curfew_http::CurfewLayer::new().poll_budget(state.cfg.http_poll_budget));
             curfew_http::serve(listener, app)
                 .max_connections(state.cfg.max_connections)
                 .with_graceful_shutdown(shutdown)

@@ -21,6 +21,10 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// A server on an ephemeral port, with `tweak` applied to the defaults.
 pub fn server(tweak: impl FnOnce(&mut ChatConfig)) -> Server {
     let mut config = ChatConfig::new(SECRET.to_vec());
+    // Generous budgets, so that a loaded test machine never times out a
+    // benign handler; the poisoned-search test sets its own.
+    config.poll_budget = Some(Duration::from_secs(1));
+    config.http_poll_budget = Duration::from_secs(5);
     tweak(&mut config);
     Server::start(config, "127.0.0.1:0".parse().unwrap()).expect("server starts")
 }
