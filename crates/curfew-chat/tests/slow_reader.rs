@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{SECRET, server, token};
+use common::{server, token};
 use curfew_chat::stats::rss_bytes;
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -18,7 +18,6 @@ const FLOOD: usize = 12_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_closed_1013_with_bounded_memory() {
-    let _ = SECRET;
     let server = server(|c| {
         c.rate = "100000/s".parse().unwrap();
         c.burst = std::num::NonZeroU32::new(100_000).unwrap();
