@@ -3,8 +3,8 @@
 //! overhead, and cool-off propagation between two instances.
 //!
 //! ```text
-//! cargo run --release -p curfew-redis --example measure            # starts its own redis-server
-//! cargo run --release -p curfew-redis --example measure -- redis://127.0.0.1:6379/
+//! cargo run --release -p curfew-redis --example redis_measure            # starts its own redis-server
+//! cargo run --release -p curfew-redis --example redis_measure -- redis://127.0.0.1:6379/
 //! ```
 
 use std::sync::Arc;
