@@ -12,9 +12,11 @@ use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const TEXT_BYTES: usize = 4000;
-/// Messages the flooders send in all: 12,000 × 4 kB = 48 MB aimed at the
+/// Messages the flooders send in all: 8,000 × 4 kB = 32 MB aimed at the
 /// slow reader.
-const FLOOD: usize = 12_000;
+const FLOOD: usize = 8_000;
+/// A generous bound for each phase on a loaded machine.
+const PHASE: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_closed_1013_with_bounded_memory() {
@@ -76,10 +78,7 @@ async fn a_slow_reader_is_closed_1013_with_bounded_memory() {
         if closed_after.is_none() && server.stats().slow_closes > 0 {
             closed_after = Some(i);
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "flood took over 60 s"
-        );
+        assert!(started.elapsed() < PHASE, "flood took over {PHASE:?}");
     }
     let rss_after = rss_bytes();
     let closed_after = closed_after.expect("the slow reader was never closed");
@@ -94,7 +93,7 @@ async fn a_slow_reader_is_closed_1013_with_bounded_memory() {
         started.elapsed()
     );
     assert!(
-        growth < 24 << 20,
+        growth < 16 << 20,
         "RSS grew by {} MiB while flooding a reader that does not read",
         growth >> 20
     );
@@ -118,9 +117,9 @@ async fn a_slow_reader_is_closed_1013_with_bounded_memory() {
 
     // The readers that kept up were never closed, and got everything.
     for r in readers {
-        let (frames, close) = tokio::time::timeout(Duration::from_secs(30), r)
+        let (frames, close) = tokio::time::timeout(PHASE, r)
             .await
-            .expect("a flooder did not get every frame within 30 s")
+            .expect("a flooder did not get every frame in time")
             .unwrap();
         assert_ne!(
             close,
