@@ -42,7 +42,7 @@ fn cooling_off_client_is_refused_before_its_body_is_read() {
     let r = get_from(mallory, addr, "/spin").unwrap();
     assert_eq!(r.status, 503);
     stop.store(true, Ordering::SeqCst);
-    let key = curfew::ClientKey::from("127.0.0.3");
+    let key = curfew::ClientKey::ip("127.0.0.3".parse().unwrap());
     assert!(server.handle.cooling_off(&key).is_some());
 
     // A huge upload that never finishes: the answer comes anyway.
