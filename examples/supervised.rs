@@ -1,4 +1,4 @@
-//! A hyper server whose `main` runs under the supervisor: two worker
+//! An axum server whose `main` runs under the supervisor: two worker
 //! processes and a warm spare sharing one socket, and a route that spins
 //! for ever.
 //!
@@ -14,18 +14,18 @@
 //! thread-level defence can take its core back; the supervisor replaces
 //! the worker (the warm spare serves at once), lets it finish its other
 //! requests, and ends it.
+//!
+//! Each worker serves with `curfew_http::serve`, whose graceful shutdown is
+//! the drain: it stops accepting (the connections still queued on the
+//! shared socket go to the other workers), answers keep-alive clients once
+//! more with `Connection: close`, and exits when its requests in flight are
+//! answered.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use axum::Router;
+use axum::routing::get;
+use curfew_http::CurfewLayer;
 
 fn main() -> Result<(), curfew_supervisor::Error> {
     tracing_subscriber::fmt()
@@ -46,53 +46,28 @@ fn main() -> Result<(), curfew_supervisor::Error> {
     // The supervisor returns here after Ctrl-C; a worker never does.
     let summary = curfew_supervisor::run(config, |worker| async move {
         let listener = worker.tokio_listener()?;
-        let graceful = GracefulShutdown::new();
-        let mut drain = std::pin::pin!(worker.drain());
-        loop {
-            tokio::select! {
-                conn = listener.accept() => {
-                    let Ok((stream, _)) = conn else { continue };
-                    let conn = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(route));
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                }
-                _ = &mut drain => break,
-            }
-        }
-        // Stop accepting; finish what is in flight, then the worker exits.
-        drop(listener);
-        graceful.shutdown().await;
-        Ok::<_, std::io::Error>(())
+        let app = Router::new()
+            .route("/hello", get(|| async { "hello\n" }))
+            .route(
+                "/pid",
+                get(|| async { format!("{}\n", std::process::id()) }),
+            )
+            .route("/spin", get(spin))
+            .layer(CurfewLayer::new());
+        curfew_http::serve(listener, app)
+            .with_graceful_shutdown(worker.drain())
+            .await
     })?;
     println!("{summary:?}");
     Ok(())
 }
 
-async fn route(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (status, body) = match req.uri().path() {
-        "/hello" => (StatusCode::OK, "hello\n".to_string()),
-        "/pid" => (StatusCode::OK, format!("{}\n", std::process::id())),
-        "/spin" => {
-            // A handler that never returns, run under the poll budget.
-            let stuck = curfew::spawn(async {
-                let mut x = 0u64;
-                loop {
-                    x = std::hint::black_box(x.wrapping_add(1));
-                }
-                #[allow(unreachable_code)]
-                ()
-            });
-            match stuck.await {
-                Ok(()) => (StatusCode::OK, "done\n".to_string()),
-                Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
-            }
-        }
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    Ok(resp)
+/// A handler that never returns. `CurfewLayer` runs it as a curfew task, so
+/// its caller gets a 503 at the poll budget; its thread spins on until the
+/// supervisor recycles the worker.
+async fn spin() -> &'static str {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
 }

@@ -103,3 +103,20 @@ pub fn spin_until_timed_out(max: Duration) -> bool {
     }
     false
 }
+
+/// Awaits `handle` on a thread of its own for at most `bound`: `None` if it
+/// was not answered by then.
+///
+/// Tests of a runtime that might be wedged use it instead of `block_on`, so
+/// that a handle nobody answers fails the test instead of hanging it (the
+/// waiting thread is left behind; the test process ends anyway).
+pub fn answered_within<T: Send + 'static>(
+    handle: curfew::JoinHandle<T>,
+    bound: Duration,
+) -> Option<Result<T, curfew::JoinError>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(futures::executor::block_on(handle));
+    });
+    rx.recv_timeout(bound).ok()
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use curfew_suite::wait_until;
+use curfew_suite::{answered_within, wait_until};
 
 /// Blocks in its destructor until released, like a `Drop` that flushes to a
 /// peer that never reads.
@@ -28,17 +28,6 @@ fn served_or_queue_timeout<T: std::fmt::Debug>(res: Result<T, curfew::JoinError>
         Err(e) if e.is_queue_timeout() => None,
         Err(e) => panic!("{e:?}"),
     }
-}
-
-fn answered_within<T: Send + 'static>(
-    h: curfew::JoinHandle<T>,
-    bound: Duration,
-) -> Option<Result<T, curfew::JoinError>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(futures::executor::block_on(h));
-    });
-    rx.recv_timeout(bound).ok()
 }
 
 #[test]

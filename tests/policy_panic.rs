@@ -7,18 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use curfew::policy::ClientPolicy;
-use curfew_suite::spin_until;
-
-fn answered_within<T: Send + 'static>(
-    h: curfew::JoinHandle<T>,
-    bound: Duration,
-) -> Option<Result<T, curfew::JoinError>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(futures::executor::block_on(h));
-    });
-    rx.recv_timeout(bound).ok()
-}
+use curfew_suite::{answered_within, spin_until};
 
 #[test]
 fn a_ban_for_good_does_not_wedge_the_watchdog() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use curfew_suite::spin_until;
+use curfew_suite::{answered_within, spin_until};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
 /// Panics on the first warn event from curfew.
@@ -24,18 +24,6 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PanicOnce {
             panic!("a tracing subscriber panicked on the watchdog thread");
         }
     }
-}
-
-/// Awaits `h` on another thread for at most `bound`.
-fn answered_within<T: Send + 'static>(
-    h: curfew::JoinHandle<T>,
-    bound: Duration,
-) -> Option<Result<T, curfew::JoinError>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(futures::executor::block_on(h));
-    });
-    rx.recv_timeout(bound).ok()
 }
 
 #[test]

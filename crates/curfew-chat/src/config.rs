@@ -156,16 +156,26 @@ pub struct ChatConfig {
     /// this only has to be generous enough not to trip on a loaded machine.
     pub http_poll_budget: Duration,
     /// Timeouts after which a user is refused (curfew's client policy).
+    /// Default 1: a legitimate handler takes microseconds, and every
+    /// overrun leaves a written-off thread spinning (at idle priority, still
+    /// costing the rooms latency) until its search returns, so each strike
+    /// allowed is paid for by every room.
     pub strikes: u32,
     /// How long a user with `strikes` timeouts is refused.
     pub cool_off: Duration,
     /// Curfew event threads that run the handlers.
     pub event_threads: usize,
     /// Threads running written-off (over-budget) handlers that may exist at
-    /// once; they run at idle priority until their poll returns.
+    /// once, for the event threads and again for the worker pool (where
+    /// searches run); they run at idle priority until their poll or job
+    /// returns.
     pub max_hijacked_threads: usize,
     /// Whether written-off threads run at idle priority (`SCHED_IDLE`).
     pub demote_hijacked_threads: bool,
+    /// How far below the event threads the worker pool (where searches
+    /// run) runs, as a nice increment 0-19: a search, poisoned or not,
+    /// then cannot slow the rooms' messages by taking their cores.
+    pub pool_nice: i32,
     /// Tokio worker threads that serve the connections.
     pub io_threads: usize,
     /// How long a closing connection may take to send its close frame.
@@ -200,6 +210,7 @@ impl fmt::Debug for ChatConfig {
             .field("event_threads", &self.event_threads)
             .field("max_hijacked_threads", &self.max_hijacked_threads)
             .field("demote_hijacked_threads", &self.demote_hijacked_threads)
+            .field("pool_nice", &self.pool_nice)
             .field("io_threads", &self.io_threads)
             .field("close_timeout", &self.close_timeout)
             .field("dev", &self.dev)
@@ -226,11 +237,12 @@ impl ChatConfig {
             redis: None,
             poll_budget: Some(Duration::from_millis(50)),
             http_poll_budget: Duration::from_secs(1),
-            strikes: 3,
+            strikes: 1,
             cool_off: Duration::from_secs(30),
             event_threads: 2,
             max_hijacked_threads: 32,
             demote_hijacked_threads: true,
+            pool_nice: 10,
             io_threads: 2,
             close_timeout: Duration::from_secs(10),
             dev: false,
@@ -288,6 +300,12 @@ impl ChatConfig {
         }
         if self.strikes == 0 {
             return Err(ConfigError::new("strikes", "must be at least 1"));
+        }
+        if !(0..=19).contains(&self.pool_nice) {
+            return Err(ConfigError::new(
+                "pool_nice",
+                format!("{} is not a nice increment from 0 to 19", self.pool_nice),
+            ));
         }
         if let Some(url) = &self.redis {
             if !(url.starts_with("redis://")
@@ -383,8 +401,10 @@ pub struct Options {
     /// Run handlers inline on tokio with no budget (to compare; unsafe).
     #[arg(long, env = "CURFEW_CHAT_NO_BUDGETS")]
     pub no_budgets: bool,
-    /// Timeouts after which a user is refused for --cool-off.
-    #[arg(long, env = "CURFEW_CHAT_STRIKES", default_value_t = 3)]
+    /// Timeouts after which a user is refused for --cool-off. One by
+    /// default: a legitimate handler takes microseconds, and every overrun
+    /// leaves a thread spinning until its search returns.
+    #[arg(long, env = "CURFEW_CHAT_STRIKES", default_value_t = 1)]
     pub strikes: u32,
     /// How long a user is refused after --strikes timeouts.
     #[arg(long, env = "CURFEW_CHAT_COOL_OFF", default_value = "30s", value_parser = parse_duration)]
@@ -399,6 +419,10 @@ pub struct Options {
     /// Run written-off threads at idle priority (SCHED_IDLE): true or false.
     #[arg(long, env = "CURFEW_CHAT_DEMOTE_HIJACKED_THREADS", default_value_t = true, action = clap::ArgAction::Set)]
     pub demote_hijacked_threads: bool,
+    /// How far below the event threads the worker pool (where searches run)
+    /// runs: a nice increment from 0 to 19.
+    #[arg(long, env = "CURFEW_CHAT_POOL_NICE", default_value_t = 10)]
+    pub pool_nice: i32,
     /// Tokio worker threads serving the connections.
     #[arg(long, env = "CURFEW_CHAT_IO_THREADS", default_value_t = 2)]
     pub io_threads: usize,
@@ -438,6 +462,7 @@ impl Options {
         c.event_threads = self.event_threads;
         c.max_hijacked_threads = self.max_hijacked_threads;
         c.demote_hijacked_threads = self.demote_hijacked_threads;
+        c.pool_nice = self.pool_nice;
         c.io_threads = self.io_threads;
         c.dev = self.dev;
         c.validate()?;

@@ -375,7 +375,9 @@ impl Conn {
                 .await
             }
             ClientFrame::Search { room, pattern } => {
-                exec.run("chat.search", &self.client, async move {
+                // CPU-bound, and poisonable: on the worker pool, so that a
+                // poisoned search never holds an event thread.
+                exec.run_blocking("chat.search", &self.client, move || {
                     let history = state.rooms.history(&room).unwrap_or_default();
                     match search::search(&history, &pattern) {
                         Some(matches) => Ok(Some(ServerFrame::SearchResult {

@@ -2,9 +2,11 @@
 //! (`--no-budgets`, for comparison only) inline on tokio.
 //!
 //! Under curfew each handler is spawned with
-//! `curfew::task::Builder::new().name("chat.search").client(user).poll_budget(budget)`.
-//! A poll that overruns the budget is answered at once with a timeout while
-//! it is still running, its thread is written off and replaced, and the
+//! `curfew::task::Builder::new().name("chat.message").client(user).poll_budget(budget)`,
+//! and a CPU-bound one (the search) runs on the worker pool with
+//! `.job_budget(budget).spawn_blocking_on(..)`. A poll or job that overruns
+//! the budget is answered at once with a timeout while it is still
+//! running, its thread is written off and replaced, and the
 //! user collects a strike; with `--strikes` of them the runtime's client
 //! policy refuses the user's handlers for `--cool-off`. Inline on tokio, the
 //! same poll holds a tokio worker until it returns, and with as many
@@ -60,19 +62,38 @@ impl Exec {
                     .client(client.clone())
                     .poll_budget(*budget)
                     .spawn_on(handle, fut);
-                task.await.map_err(|e| {
-                    if e.is_timeout() {
-                        Failure::Timeout
-                    } else if e.is_refused() {
-                        Failure::Refused(match e.refusal() {
-                            Some(Refusal::ClientCoolingOff { remaining, .. }) => Some(*remaining),
-                            _ => None,
-                        })
-                    } else {
-                        Failure::Panic
-                    }
-                })
+                task.await.map_err(failure)
             }
+        }
+    }
+
+    /// Runs the blocking closure `f` as handler `name` for `client`: on
+    /// curfew's worker pool under a job budget equal to the poll budget
+    /// (counted from this call), or inline with no budget.
+    ///
+    /// CPU-bound work such as a search belongs here rather than in
+    /// [`run`](Self::run): a poisoned job overruns on a pool thread, so the
+    /// event threads that carry every room's messages never stall for its
+    /// budget, and the job's caller is answered at the budget all the same.
+    pub async fn run_blocking<F, R>(
+        &self,
+        name: &'static str,
+        client: &ClientKey,
+        f: F,
+    ) -> Result<R, Failure>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        match self {
+            Exec::Inline => Ok(f()),
+            Exec::Curfew { handle, budget } => curfew::task::Builder::new()
+                .name(name)
+                .client(client.clone())
+                .job_budget(*budget)
+                .spawn_blocking_on(handle, f)
+                .await
+                .map_err(failure),
         }
     }
 
@@ -82,5 +103,19 @@ impl Exec {
             Exec::Curfew { handle, .. } => handle.cooling_off(client),
             Exec::Inline => None,
         }
+    }
+}
+
+/// What a handler's `JoinError` means to the client.
+fn failure(e: curfew::JoinError) -> Failure {
+    if e.is_timeout() {
+        Failure::Timeout
+    } else if e.is_refused() {
+        Failure::Refused(match e.refusal() {
+            Some(Refusal::ClientCoolingOff { remaining, .. }) => Some(*remaining),
+            _ => None,
+        })
+    } else {
+        Failure::Panic
     }
 }

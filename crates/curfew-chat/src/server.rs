@@ -468,7 +468,9 @@ fn run(config: ChatConfig, addr: SocketAddr, ready: std::sync::mpsc::Sender<Read
                     config.cool_off,
                 ))
                 .max_hijacked_threads(config.max_hijacked_threads)
+                .max_abandoned_threads(config.max_hijacked_threads)
                 .demote_hijacked_threads(config.demote_hijacked_threads)
+                .blocking_nice(config.pool_nice)
                 .thread_name("chat")
                 .build()
             {

@@ -28,12 +28,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
-use http::header::{HeaderValue, RETRY_AFTER};
+use http::header::{CONNECTION, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -63,6 +63,7 @@ struct Limits {
     descriptor_limit: Option<usize>,
     max_body_bytes_in_flight: Option<usize>,
     http1_only: bool,
+    drain_linger: Duration,
 }
 
 impl Default for Limits {
@@ -77,6 +78,7 @@ impl Default for Limits {
             descriptor_limit: None,
             max_body_bytes_in_flight: Some(256 << 20),
             http1_only: false,
+            drain_linger: Duration::from_millis(100),
         }
     }
 }
@@ -216,9 +218,32 @@ impl<S> Serve<S> {
         self
     }
 
-    /// Stops accepting when `signal` completes, asks every connection to
-    /// close once its requests in flight are answered, and resolves when
-    /// they all have.
+    /// How long a graceful shutdown keeps keep-alive connections open
+    /// after it stops accepting, so that their clients can send one more
+    /// request; each response in that time carries `Connection: close`
+    /// (HTTP/1; HTTP/2 clients get a `GOAWAY` at once). Default: 100 ms.
+    ///
+    /// Closing an idle keep-alive connection races with the client's next
+    /// request on it: the request can be on the wire when the close is,
+    /// and the client sees a reset it cannot safely retry (a `POST` may
+    /// have run). A connection whose client was told `Connection: close`
+    /// is closed by the client, after a complete answer. The linger ends
+    /// early once every connection has closed. `Duration::ZERO` closes
+    /// idle connections at once.
+    pub fn drain_linger(mut self, linger: Duration) -> Self {
+        self.limits.drain_linger = linger;
+        self
+    }
+
+    /// Stops accepting when `signal` completes, lingers for
+    /// [`drain_linger`](Self::drain_linger) answering with
+    /// `Connection: close`, then asks every connection to close once its
+    /// requests in flight are answered, and resolves when they all have.
+    ///
+    /// This is what a worker of `curfew-supervisor` does when it is
+    /// drained: connections still queued on the shared listener go to the
+    /// other workers, and clients on keep-alive connections reconnect to
+    /// them after one last answer, so a recycle costs no request.
     pub fn with_graceful_shutdown<F>(self, signal: F) -> WithGracefulShutdown<S, F>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -469,9 +494,23 @@ async fn run<S: App>(
         });
     }
     drop(listener);
-    // Graceful shutdown: every connection closes once its requests in
-    // flight are answered; the reaper drops those that go silent.
-    shared.close_all();
+    // Graceful shutdown. First the linger: every response is marked
+    // `Connection: close`, so keep-alive clients leave after one more
+    // answer instead of racing a close with their next request.
+    let linger = shared.limits.drain_linger;
+    if !linger.is_zero() && shared.connections.load(Ordering::Acquire) > 0 {
+        shared.signal_all(LINGER);
+        let until = tokio::time::Instant::now() + linger;
+        while shared.connections.load(Ordering::Acquire) > 0 {
+            tokio::select! {
+                () = shared.drained.notified() => {}
+                () = tokio::time::sleep_until(until) => break,
+            }
+        }
+    }
+    // Then every connection closes once its requests in flight are
+    // answered; the reaper drops those that go silent.
+    shared.signal_all(CLOSE);
     while shared.connections.load(Ordering::Acquire) > 0 {
         tokio::select! {
             () = shared.drained.notified() => {}
@@ -516,12 +555,13 @@ impl Shared {
         }
     }
 
-    /// Asks every connection to close.
-    fn close_all(&self) {
+    /// Moves every connection that is open (or lingering) on to `state`:
+    /// `LINGER` or `CLOSE`.
+    fn signal_all(&self, state: u8) {
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         for c in registry.values() {
-            if c.state.load(Ordering::Acquire) == OPEN {
-                c.signal(CLOSE);
+            if c.state.load(Ordering::Acquire) < state {
+                c.signal(state);
             }
         }
     }
@@ -648,9 +688,12 @@ impl Drop for ConnGuard {
     }
 }
 
+// A connection's states, in the only order it moves through them.
 const OPEN: u8 = 0;
-const CLOSE: u8 = 1;
-const DROP: u8 = 2;
+/// Draining: answer with `Connection: close`, but do not close yet.
+const LINGER: u8 = 1;
+const CLOSE: u8 = 2;
+const DROP: u8 = 3;
 
 /// One connection as the reaper and a graceful shutdown see it. The hot
 /// path touches it with relaxed atomics only: no clock read, no lock, no
@@ -665,7 +708,8 @@ struct Control {
     last_seen: AtomicU64,
     /// Ticks without progress since the connection was asked to close.
     silent_ticks: std::sync::atomic::AtomicU32,
-    /// `OPEN`, `CLOSE` (close once idle) or `DROP` (drop it now).
+    /// `OPEN`, `LINGER` (mark responses `Connection: close`), `CLOSE`
+    /// (close once idle) or `DROP` (drop it now).
     state: std::sync::atomic::AtomicU8,
     waker: futures::task::AtomicWaker,
 }
@@ -817,6 +861,7 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
         self.control.in_flight.fetch_add(1, Ordering::Relaxed);
         let in_flight = InFlight(self.control.clone());
         let (mut parts, incoming) = req.into_parts();
+        let http1 = parts.version <= http::Version::HTTP_11;
         parts.extensions.insert(ConnectInfo(self.peer));
         parts.extensions.insert(self.peer_key.clone());
         let mut reservation = None;
@@ -842,7 +887,8 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
                             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
                         return ConnFuture {
                             state: ConnState::Ready(Some(r)),
-                            _in_flight: in_flight,
+                            in_flight,
+                            http1,
                             _reservation: None,
                         };
                     }
@@ -859,7 +905,8 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
         let req = Request::from_parts(parts, body);
         ConnFuture {
             state: ConnState::Calling(self.app.clone().oneshot(req)),
-            _in_flight: in_flight,
+            in_flight,
+            http1,
             _reservation: reservation,
         }
     }
@@ -870,7 +917,9 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
 struct ConnFuture<S: App> {
     #[pin]
     state: ConnState<S>,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// An HTTP/1 request, whose response may say `Connection: close`.
+    http1: bool,
     _reservation: Option<Arc<Reservation>>,
 }
 
@@ -884,12 +933,21 @@ impl<S: App> Future for ConnFuture<S> {
     type Output = Result<Response<Either<S::ResBody, Full<Bytes>>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            ConnStateProj::Calling(f) => f.poll(cx).map_ok(|r| r.map(Either::Left)),
-            ConnStateProj::Ready(r) => Poll::Ready(Ok(r
+        let this = self.project();
+        let mut res = match this.state.project() {
+            ConnStateProj::Calling(f) => ready!(f.poll(cx)).map(|r| r.map(Either::Left)),
+            ConnStateProj::Ready(r) => Ok(r
                 .take()
                 .expect("polled after completion")
-                .map(Either::Right))),
+                .map(Either::Right)),
+        };
+        // A draining server tells HTTP/1 clients to leave after this answer.
+        if *this.http1 && this.in_flight.0.state.load(Ordering::Acquire) >= LINGER {
+            if let Ok(r) = &mut res {
+                r.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
         }
+        Poll::Ready(res)
     }
 }

@@ -640,6 +640,9 @@ impl WorkerCtx {
     }
 
     fn main(self) {
+        if self.gid == GroupId::Blocking && self.shared.config.blocking_nice != 0 {
+            crate::sys::lower_current_priority(self.shared.config.blocking_nice);
+        }
         let _tokio = self.shared.tokio.enter();
         let _runtime =
             context::enter_runtime(crate::runtime::Handle::from_shared(self.shared.clone()));

@@ -36,6 +36,7 @@ pub(crate) struct Config {
     pub(crate) client_policy: Option<ClientPolicy>,
     pub(crate) max_tracked_clients: usize,
     pub(crate) demote_hijacked: bool,
+    pub(crate) blocking_nice: i32,
 }
 
 /// Default poll budget: the paper's event-loop setting for its Figure 3.
@@ -95,6 +96,7 @@ pub struct Builder {
     max_tracked_clients: usize,
     policy_store: Arc<dyn PolicyStore>,
     demote_hijacked: bool,
+    blocking_nice: i32,
     tokio_handle: Option<tokio::runtime::Handle>,
     env_error: Option<BuildError>,
     is_default: bool,
@@ -119,6 +121,7 @@ impl Default for Builder {
             max_tracked_clients: 1024,
             policy_store: Arc::new(MemoryStore),
             demote_hijacked: false,
+            blocking_nice: 0,
             tokio_handle: None,
             env_error: None,
             is_default: false,
@@ -279,6 +282,31 @@ impl Builder {
         self
     }
 
+    /// How far below the event threads the worker-pool threads run, as a
+    /// nice increment from 0 (the same priority, the default) to 19 (the
+    /// lowest; the result is capped at nice 19). Linux only; elsewhere it
+    /// is accepted and has no effect.
+    ///
+    /// A CPU-bound job (a search, a parse, a hash) run with
+    /// [`spawn_blocking`](crate::spawn_blocking) competes for the cores
+    /// with the event threads, whose latency every client sees; a
+    /// poisoned job does so for its whole budget before the watchdog
+    /// writes its thread off. At nice 10 a pool thread gets about a tenth
+    /// of the share of an event thread when both want a core, and all of
+    /// a core that nobody else wants, so jobs still run at full speed on
+    /// an idle machine. Lowering a thread's priority needs no privilege.
+    ///
+    /// ```
+    /// let rt = curfew::Runtime::builder().blocking_nice(10).build().unwrap();
+    /// # drop(rt);
+    /// let err = curfew::Runtime::builder().blocking_nice(20).build().unwrap_err();
+    /// assert_eq!(err.setting(), "blocking_nice");
+    /// ```
+    pub fn blocking_nice(mut self, nice: i32) -> Self {
+        self.blocking_nice = nice;
+        self
+    }
+
     /// Drive I/O and timers with an existing tokio runtime instead of the
     /// runtime's own.
     ///
@@ -434,6 +462,15 @@ impl Builder {
                 "must be non-empty and contain no NUL byte",
             ));
         }
+        if !(0..=19).contains(&self.blocking_nice) {
+            return Err(BuildError::new(
+                "blocking_nice",
+                format!(
+                    "{} is not a nice increment from 0 to 19 (pool threads cannot run above the event threads' priority)",
+                    self.blocking_nice
+                ),
+            ));
+        }
         if self.thread_stack_size < 64 * 1024 {
             return Err(BuildError::new(
                 "thread_stack_size",
@@ -470,6 +507,7 @@ impl Builder {
             client_policy: self.client_policy,
             max_tracked_clients: self.max_tracked_clients,
             demote_hijacked: self.demote_hijacked,
+            blocking_nice: self.blocking_nice,
         })
     }
 

@@ -28,6 +28,31 @@ pub(crate) fn current_tid() -> i64 {
     }
 }
 
+/// Raises the calling thread's nice value by `by` (capped at 19), which
+/// lowers its priority and needs no privilege. Returns whether it worked;
+/// failure only costs the other threads some CPU share.
+pub(crate) fn lower_current_priority(by: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getpriority and setpriority have no memory effects; on
+        // Linux, PRIO_PROCESS with who = 0 names the calling thread. errno
+        // is cleared first to tell a nice value of -1 from an error.
+        unsafe {
+            *libc::__errno_location() = 0;
+            let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+            if now == -1 && *libc::__errno_location() != 0 {
+                return false;
+            }
+            libc::setpriority(libc::PRIO_PROCESS, 0, now.saturating_add(by).min(19)) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = by;
+        false
+    }
+}
+
 /// Moves the thread with OS id `tid` (of this process) to the lowest
 /// scheduling class. Returns whether it worked; failure only costs CPU
 /// share, so callers may ignore it.
