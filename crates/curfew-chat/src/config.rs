@@ -176,6 +176,16 @@ pub struct ChatConfig {
     /// run) runs, as a nice increment 0-19: a search, poisoned or not,
     /// then cannot slow the rooms' messages by taking their cores.
     pub pool_nice: i32,
+    /// Run each search in a process of its own: this executable, started
+    /// as a one-shot search worker (see [`isolate`](crate::isolate)), and
+    /// killed when the search overruns its budget, so that a poisoned
+    /// search leaves no thread spinning. `None` (the default for a
+    /// `ChatConfig` built in code) runs searches on the worker pool in this
+    /// process. The `curfew-chat` binary sets it to itself unless given
+    /// `--search-in-process`. The executable must call
+    /// [`isolate::run_worker_if_asked`](crate::isolate::run_worker_if_asked)
+    /// first thing in `main`.
+    pub search_process: Option<std::path::PathBuf>,
     /// Tokio worker threads that serve the connections.
     pub io_threads: usize,
     /// How long a closing connection may take to send its close frame.
@@ -211,6 +221,7 @@ impl fmt::Debug for ChatConfig {
             .field("max_hijacked_threads", &self.max_hijacked_threads)
             .field("demote_hijacked_threads", &self.demote_hijacked_threads)
             .field("pool_nice", &self.pool_nice)
+            .field("search_process", &self.search_process)
             .field("io_threads", &self.io_threads)
             .field("close_timeout", &self.close_timeout)
             .field("dev", &self.dev)
@@ -243,6 +254,7 @@ impl ChatConfig {
             max_hijacked_threads: 32,
             demote_hijacked_threads: true,
             pool_nice: 10,
+            search_process: None,
             io_threads: 2,
             close_timeout: Duration::from_secs(10),
             dev: false,
@@ -423,6 +435,11 @@ pub struct Options {
     /// runs: a nice increment from 0 to 19.
     #[arg(long, env = "CURFEW_CHAT_POOL_NICE", default_value_t = 10)]
     pub pool_nice: i32,
+    /// Run searches on the worker pool in this process rather than each in
+    /// a search worker process of its own (which is killed when it
+    /// overruns, so a poisoned search leaves no thread spinning).
+    #[arg(long, env = "CURFEW_CHAT_SEARCH_IN_PROCESS")]
+    pub search_in_process: bool,
     /// Tokio worker threads serving the connections.
     #[arg(long, env = "CURFEW_CHAT_IO_THREADS", default_value_t = 2)]
     pub io_threads: usize,

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth;
 use crate::exec::Failure;
+use crate::isolate::{SearchError, SearchProcess};
 use crate::protocol::{ClientFrame, ErrorCode, LOBBY, ServerFrame, escape};
 use crate::rooms::Entry;
 use crate::search;
@@ -376,19 +377,53 @@ impl Conn {
             }
             ClientFrame::Search { room, pattern } => {
                 // CPU-bound, and poisonable: on the worker pool, so that a
-                // poisoned search never holds an event thread.
-                exec.run_blocking("chat.search", &self.client, move || {
-                    let history = state.rooms.history(&room).unwrap_or_default();
-                    match search::search(&history, &pattern) {
-                        Some(matches) => Ok(Some(ServerFrame::SearchResult {
-                            room,
-                            pattern: escape(&pattern),
-                            matches,
-                        })),
-                        None => Err(ErrorCode::Invalid),
+                // poisoned search never holds an event thread; and, when so
+                // configured, in a worker process that is killed once the
+                // search has overrun, so that it leaves no thread spinning.
+                let history = state.rooms.history(&room).unwrap_or_default();
+                let escaped = escape(&pattern);
+                let reply = move |found: Option<Vec<_>>| match found {
+                    Some(matches) => Ok(Some(ServerFrame::SearchResult {
+                        room,
+                        pattern: escaped,
+                        matches,
+                    })),
+                    None => Err(ErrorCode::Invalid),
+                };
+                let Some(exe) = &self.state.cfg.search_process else {
+                    return exec
+                        .run_blocking("chat.search", &self.client, move || {
+                            reply(search::search(&history, &pattern))
+                        })
+                        .await;
+                };
+                let worker = SearchProcess::new(exe);
+                let job = worker.clone();
+                let res = exec
+                    .run_blocking("chat.search", &self.client, move || {
+                        match job.run(&history, &pattern) {
+                            Err(SearchError::Start(e)) => {
+                                tracing::warn!(error = %e, "searching in process");
+                                Ok(search::search(&history, &pattern))
+                            }
+                            other => other,
+                        }
+                    })
+                    .await;
+                if res.is_err() {
+                    // Over budget (or refused before it ran): the worker
+                    // goes, and its CPU with it.
+                    worker.kill();
+                }
+                match res? {
+                    Ok(found) => Ok(reply(found)),
+                    // The worker died without an answer (its memory, a
+                    // crash): the search did not finish, as with a timeout.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "search worker failed");
+                        Err(Failure::Timeout)
                     }
-                })
-                .await
+                }
             }
             ClientFrame::Claim { item } => {
                 let user = self.user.clone();

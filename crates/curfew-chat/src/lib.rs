@@ -55,6 +55,7 @@ pub mod claims;
 pub mod config;
 pub mod conn;
 pub mod exec;
+pub mod isolate;
 pub mod limit;
 pub mod protocol;
 pub mod rooms;

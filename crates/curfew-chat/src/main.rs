@@ -4,6 +4,8 @@ use clap::Parser;
 use curfew_chat::{Options, Server};
 
 fn main() -> std::process::ExitCode {
+    // A search worker (see `curfew_chat::isolate`) runs its search and exits.
+    curfew_chat::isolate::run_worker_if_asked();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -11,13 +13,23 @@ fn main() -> std::process::ExitCode {
         .init();
     let options = Options::parse();
     let addr = options.addr;
-    let config = match options.into_config() {
+    let isolate_searches = !options.search_in_process;
+    let mut config = match options.into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("curfew-chat: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    if isolate_searches && config.poll_budget.is_some() {
+        match std::env::current_exe() {
+            Ok(exe) => config.search_process = Some(exe),
+            Err(e) => {
+                eprintln!("curfew-chat: cannot find this executable for search workers: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     let dev = config.dev;
     let budget = config.poll_budget;
     let server = match Server::start(config, addr) {
