@@ -156,10 +156,11 @@ pub struct ChatConfig {
     /// this only has to be generous enough not to trip on a loaded machine.
     pub http_poll_budget: Duration,
     /// Timeouts after which a user is refused (curfew's client policy).
-    /// Default 1: a legitimate handler takes microseconds, and every
-    /// overrun leaves a written-off thread spinning (at idle priority, still
-    /// costing the rooms latency) until its search returns, so each strike
-    /// allowed is paid for by every room.
+    /// With searches in worker processes ([`search_process`](Self::search_process))
+    /// an overrun costs nothing after its budget, so strikes only bound how
+    /// often an attacker may spend a budget; with searches in process each
+    /// overrun leaves a thread spinning until its regex returns, and each
+    /// strike allowed costs every room latency.
     pub strikes: u32,
     /// How long a user with `strikes` timeouts is refused.
     pub cool_off: Duration,
@@ -248,7 +249,7 @@ impl ChatConfig {
             redis: None,
             poll_budget: Some(Duration::from_millis(50)),
             http_poll_budget: Duration::from_secs(1),
-            strikes: 1,
+            strikes: 3,
             cool_off: Duration::from_secs(30),
             event_threads: 2,
             max_hijacked_threads: 32,
@@ -413,10 +414,8 @@ pub struct Options {
     /// Run handlers inline on tokio with no budget (to compare; unsafe).
     #[arg(long, env = "CURFEW_CHAT_NO_BUDGETS")]
     pub no_budgets: bool,
-    /// Timeouts after which a user is refused for --cool-off. One by
-    /// default: a legitimate handler takes microseconds, and every overrun
-    /// leaves a thread spinning until its search returns.
-    #[arg(long, env = "CURFEW_CHAT_STRIKES", default_value_t = 1)]
+    /// Timeouts after which a user is refused for --cool-off.
+    #[arg(long, env = "CURFEW_CHAT_STRIKES", default_value_t = 3)]
     pub strikes: u32,
     /// How long a user is refused after --strikes timeouts.
     #[arg(long, env = "CURFEW_CHAT_COOL_OFF", default_value = "30s", value_parser = parse_duration)]
