@@ -5,9 +5,10 @@
 //! rejects legitimate searches. That is what real chat search features
 //! look like, and it is poisonable: `(a|b|ab)*(?=c)` against a message of
 //! `abab…` tries 2^n ways to split it before failing. The defence is not in
-//! this module: the search runs as a curfew task under the poll budget
-//! ([`exec`](crate::exec)), which answers the client `timeout` while the
-//! search is still running, and keeps the other clients served.
+//! this module: the search runs on curfew's worker pool under the search
+//! budget ([`exec`](crate::exec)), which answers the client `timeout` while
+//! the search is still running, and by default in a worker process of its
+//! own ([`isolate`](crate::isolate)), which is then killed.
 
 use std::sync::Arc;
 
