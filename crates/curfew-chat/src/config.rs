@@ -372,7 +372,7 @@ pub struct Options {
     /// Required unless --dev, which makes up one per run.
     #[arg(long, env = "CURFEW_CHAT_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// An origin allowed to open a WebSocket, e.g. https://chat.example
+    /// An origin allowed to open a WebSocket, e.g. `https://chat.example`
     /// (repeatable; the variable takes a comma-separated list). Without
     /// any, only same-origin pages and clients without Origin are admitted.
     #[arg(
