@@ -91,6 +91,14 @@ impl Default for Limits {
 /// [`Serve`] inside a curfew runtime; outside one, connections run on
 /// curfew's default runtime.
 ///
+/// Await it in `Runtime::block_on`, as below, or spawn it as a task with
+/// no budget (`curfew::task::Builder::new().unlimited()`): the accept loop
+/// holds the listener, and a budgeted task is dropped when it overruns or
+/// when it waits in the queue past its budget while every thread is stuck,
+/// and the server would stop listening. The loop hands its thread back
+/// every 64 accepts, so a flood of connections does not keep it in one
+/// poll.
+///
 /// ```no_run
 /// use axum::{Router, routing::get};
 /// use curfew_http::CurfewLayer;
@@ -142,7 +150,10 @@ impl<S> Serve<S> {
     /// How long an HTTP/1 client may take to send a request's headers,
     /// from the moment the server waits for them (`None`: no limit).
     /// Enforced by hyper; it also bounds how long an HTTP/1 connection may
-    /// sit idle between requests. Default: 10 s.
+    /// sit idle between requests. It also bounds how long a new connection
+    /// of either protocol may go without starting its first request (a
+    /// client that sends nothing, or only part of the HTTP/2 preface).
+    /// Default: 10 s.
     pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.limits.header_read_timeout = timeout.into();
         self
@@ -452,7 +463,15 @@ async fn run<S: App>(
     let mut signal = pin!(signal);
     let idle = shared.limits.idle_timeout;
     let mut reaper = idle.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+    let mut accepted_in_a_row = 0u32;
     loop {
+        // A flood of waiting connections must not keep this loop in one
+        // poll (it may be a curfew task under a budget, whose overrun would
+        // drop the listener): hand the thread back now and then.
+        accepted_in_a_row += 1;
+        if accepted_in_a_row % ACCEPTS_PER_POLL == 0 {
+            yield_once().await;
+        }
         let accepted = tokio::select! {
             biased;
             () = &mut signal => break,
@@ -518,6 +537,24 @@ async fn run<S: App>(
         }
     }
     Ok(())
+}
+
+/// Connections the accept loop takes in one poll at most.
+const ACCEPTS_PER_POLL: u32 = 64;
+
+/// Returns `Pending` once, waking itself: lets the executor run others.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 /// The reaper's next tick, or never without an idle timeout.
@@ -704,6 +741,8 @@ struct Control {
     progress: AtomicU64,
     /// Requests whose responses are not complete yet.
     in_flight: AtomicUsize,
+    /// Whether a request has started on this connection.
+    started: std::sync::atomic::AtomicBool,
     /// `progress` at the reaper's last tick.
     last_seen: AtomicU64,
     /// Ticks without progress since the connection was asked to close.
@@ -720,6 +759,7 @@ impl Control {
             peer,
             progress: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            started: std::sync::atomic::AtomicBool::new(false),
             last_seen: AtomicU64::new(0),
             silent_ticks: std::sync::atomic::AtomicU32::new(0),
             state: std::sync::atomic::AtomicU8::new(OPEN),
@@ -814,10 +854,27 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     let mut conn = pin!(conn);
     let mut closing = false;
+    // Until its first request starts, a connection gets the header-read
+    // timeout as a whole: hyper times HTTP/1 headers only once it has told
+    // the protocol from the first bytes, so a client that sends nothing, or
+    // only part of the HTTP/2 preface, would otherwise wait for the idle
+    // reaper.
+    let mut first_request = shared
+        .limits
+        .header_read_timeout
+        .map(|t| Box::pin(tokio::time::sleep(t)));
     std::future::poll_fn(|cx| {
         // Two atomics per poll: the waker is the task's own, so `register`
         // only compares it.
         control.waker.register(cx.waker());
+        if let Some(deadline) = &mut first_request {
+            if control.started.load(Ordering::Relaxed) {
+                first_request = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                tracing::debug!(peer = %control.peer, "no request within the header-read timeout: closed");
+                return Poll::Ready(());
+            }
+        }
         match control.state.load(Ordering::Acquire) {
             DROP => return Poll::Ready(()),
             CLOSE if !closing => {
@@ -859,6 +916,7 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.control.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.control.started.store(true, Ordering::Relaxed);
         let in_flight = InFlight(self.control.clone());
         let (mut parts, incoming) = req.into_parts();
         let http1 = parts.version <= http::Version::HTTP_11;

@@ -108,3 +108,41 @@ fn idle_connections_are_closed() {
     );
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+/// A connection that never starts a request (silent, or stuck in the
+/// HTTP/2 preface, before hyper knows which protocol it speaks) is closed
+/// at the header-read timeout, not left to the idle reaper.
+#[test]
+fn connections_that_never_start_a_request_are_closed_at_the_header_timeout() {
+    let server = TestServer::start(runtime(), app(), |s| {
+        s.header_read_timeout(Duration::from_millis(400))
+            .idle_timeout(Duration::from_secs(60))
+    });
+    let mut silent = connect_from([127, 0, 0, 2], server.addr);
+    let mut preface = connect_from([127, 0, 0, 3], server.addr);
+    let start = Instant::now();
+    // Half of "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", then nothing.
+    preface.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    for (name, s) in [("silent", &mut silent), ("half a preface", &mut preface)] {
+        assert!(
+            closed_within(s, Duration::from_secs(10)),
+            "the {name} connection is still open after {:?}",
+            start.elapsed()
+        );
+    }
+    // Far sooner than the 60 s idle timeout.
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    // A connection that starts a request in time is not affected: it is
+    // served past the first-request deadline (each gap shorter than the
+    // header-read timeout, which also bounds HTTP/1 idle time).
+    let mut s = connect_from([127, 0, 0, 4], server.addr);
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..4 {
+        assert_eq!(common::get(&mut s, "/hello").unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}

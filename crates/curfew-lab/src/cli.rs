@@ -344,6 +344,16 @@ fn run_study(args: &StudyArgs) -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
+    // Warnings to stderr (`RUST_LOG` overrides): connections shed at a cap,
+    // queue timeouts, recycles. Only `serve` installs it: the study's
+    // in-process servers stay quiet.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,curfew_supervisor=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let processes = match (args.mode, args.processes) {
         (Mode::CurfewSupervised, 0) => 1,
         (_, n) => n,

@@ -401,14 +401,23 @@ impl Server {
             .max_body_bytes_in_flight(cfg.max_body_in_flight)
             .with_graceful_shutdown(drain);
         // The accept loop is a curfew task too: it runs on the runtime's
-        // event threads, as the connections it starts.
-        drop(rt.spawn(async move {
-            turn.await;
-            if let Err(e) = serve.await {
-                eprintln!("curfew-lab: the server stopped: {e}");
-            }
-            let _ = drained.send(());
-        }));
+        // event threads, as the connections it starts. It is trusted code
+        // that yields between accepts, and it holds the listener: under a
+        // budget, a queue timeout while every thread is stuck (or one long
+        // poll in a connection flood) would drop it, and the server would
+        // stop listening. So it runs with no budget.
+        drop(
+            curfew::task::Builder::new()
+                .name("lab-accept")
+                .unlimited()
+                .spawn_on(&handle, async move {
+                    turn.await;
+                    if let Err(e) = serve.await {
+                        eprintln!("curfew-lab: the server stopped: {e}");
+                    }
+                    let _ = drained.send(());
+                }),
+        );
         let server = Server {
             mode,
             addr,
