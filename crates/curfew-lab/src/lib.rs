@@ -80,6 +80,7 @@
 
 pub mod cli;
 pub mod load;
+pub mod multi;
 pub mod plot;
 pub mod report;
 pub mod server;
