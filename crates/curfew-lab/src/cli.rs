@@ -125,7 +125,8 @@ impl ServerArgs {
 /// `curfew-lab study`.
 #[derive(Debug, Clone, Args)]
 pub struct StudyArgs {
-    /// Two attacks, short phases: under 30 seconds.
+    /// Two attacks, short phases, and a short multi-instance phase: under a
+    /// minute.
     #[arg(long)]
     pub quick: bool,
     /// Where the report, plot and CSV go.

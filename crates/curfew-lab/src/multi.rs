@@ -476,7 +476,10 @@ pub fn run(
                     return Err(e);
                 }
             };
-            pb.set_message(format!("multi-instance · {} · run {repeat}", variant.as_str()));
+            pb.set_message(format!(
+                "multi-instance · {} · run {repeat}",
+                variant.as_str()
+            ));
             let drive = Drive {
                 cfg,
                 m,
@@ -621,7 +624,14 @@ impl Drive<'_> {
         };
         let mut landed_at = None;
         for strike in 1..=self.strikes.max(1) {
-            match send(origin, Method::POST, self.m.attack.path(), self.body.clone()).await {
+            match send(
+                origin,
+                Method::POST,
+                self.m.attack.path(),
+                self.body.clone(),
+            )
+            .await
+            {
                 Ok(Ok(a)) if a.status == 503 => {
                     if strike == self.strikes.max(1) {
                         landed_at = Some(Instant::now());

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::server::{Form, Mode};
 use crate::multi::MultiOutcome;
+use crate::server::{Form, Mode};
 use crate::stats;
 use crate::study::{Phase, StudyConfig, Summary, buckets};
 

@@ -248,7 +248,8 @@ impl StudyConfig {
     }
 
     /// The quick study: [`QUICK_ATTACKS`] with short phases, under 30
-    /// seconds.
+    /// seconds, then the quick multi-instance phase ([`MultiConfig::quick`],
+    /// about 20 seconds).
     pub fn quick() -> Self {
         Self {
             attacks: named(QUICK_ATTACKS),

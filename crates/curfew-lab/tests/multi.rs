@@ -41,9 +41,20 @@ fn shared_policy_admits_fewer_poisoned_requests_and_propagates_cool_offs() {
         "the phase needs redis-server (Debian: apt-get install redis-server): {:?}",
         m.skipped
     );
-    assert_eq!(outcome.handlers_left, 0, "a server process had to be killed");
-    let memory = m.of(Variant::Memory).next().expect("a memory run").summary();
-    let shared = m.of(Variant::Shared).next().expect("a shared run").summary();
+    assert_eq!(
+        outcome.handlers_left, 0,
+        "a server process had to be killed"
+    );
+    let memory = m
+        .of(Variant::Memory)
+        .next()
+        .expect("a memory run")
+        .summary();
+    let shared = m
+        .of(Variant::Shared)
+        .next()
+        .expect("a shared run")
+        .summary();
     let table = m.table(false);
 
     // Same attack against both variants.
@@ -101,7 +112,13 @@ fn shared_policy_admits_fewer_poisoned_requests_and_propagates_cool_offs() {
 fn multi_instance_phase_is_skipped_without_redis() {
     let out = out_dir("multi-skip");
     let res = std::process::Command::new(env!("CARGO_BIN_EXE_curfew-lab"))
-        .args(["study", "--quick", "--phases", "multi-instance", "--no-progress"])
+        .args([
+            "study",
+            "--quick",
+            "--phases",
+            "multi-instance",
+            "--no-progress",
+        ])
         .arg("--out")
         .arg(&out)
         .env("PATH", out.join("no-such-dir"))
