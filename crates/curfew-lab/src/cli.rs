@@ -183,8 +183,14 @@ impl StudyArgs {
     /// `--no-progress`).
     pub fn command(&self) -> String {
         let mut v = vec!["cargo run --release -p curfew-lab -- study".to_owned()];
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        if args.first().is_some_and(|a| a == "study") {
+        let mut argv = std::env::args();
+        let ours = argv.next().is_some_and(|exe| {
+            std::path::Path::new(&exe)
+                .file_stem()
+                .is_some_and(|n| n == "curfew-lab")
+        });
+        let args: Vec<String> = argv.collect();
+        if ours && args.first().is_some_and(|a| a == "study") {
             let mut skip = false;
             for a in &args[1..] {
                 if std::mem::take(&mut skip) {
@@ -608,6 +614,33 @@ mod tests {
         assert_eq!(cfg.attacks[1].label, "fancy-regex");
         assert_eq!(cfg.server.poll_budget, Duration::from_millis(50));
         assert!(list().contains("read-fifo-pool"));
+    }
+
+    #[test]
+    fn phases_select_the_parts_of_the_study() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["curfew-lab", "study", "--quick"];
+            argv.extend_from_slice(extra);
+            let Command::Study(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not a study")
+            };
+            args.config()
+        };
+        let both = parse(&[]).unwrap();
+        assert!(both.attack_phases && both.multi.is_some());
+        let multi = parse(&["--phases", "multi-instance", "--identities", "6"]).unwrap();
+        assert!(!multi.attack_phases);
+        assert_eq!(multi.phase_count(), 0);
+        let m = multi.multi.expect("the multi-instance phase");
+        assert_eq!(m.identities, 6);
+        assert!(
+            m.command.contains("--phases multi-instance"),
+            "{}",
+            m.command
+        );
+        let attacks = parse(&["--phases", "attacks"]).unwrap();
+        assert!(attacks.attack_phases && attacks.multi.is_none());
+        assert!(Cli::try_parse_from(["curfew-lab", "study", "--phases", "nothing"]).is_err());
     }
 
     #[test]

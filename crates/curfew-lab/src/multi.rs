@@ -349,7 +349,19 @@ impl MultiOutcome {
                     m.sent.to_string(),
                     m.admitted.to_string(),
                     m.refused.to_string(),
-                    m.other.to_string(),
+                    if m.other == 0 {
+                        "0".to_owned()
+                    } else {
+                        stats::tally(
+                            r.shots
+                                .iter()
+                                .filter(|s| !matches!(s.sample.status, Some(503 | 429)))
+                                .map(|s| match s.sample.status {
+                                    Some(code) => format!("{code} {}", s.sample.outcome),
+                                    None => s.sample.outcome.clone(),
+                                }),
+                        )
+                    },
                     format!("{:.0}", m.calm_rps),
                     format!("{:.0}", m.attack_rps),
                     share,
