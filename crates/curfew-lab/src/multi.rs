@@ -634,8 +634,14 @@ impl Drive<'_> {
         let send = async |addr, method, path: String, body| {
             tokio::time::timeout(limit, load::send_from(ip, addr, method, &path, &id, body)).await
         };
+        // The strikes-th timeout puts the identity into cool-off; its `503`
+        // is when the cool-off landed. A request that got no answer (a
+        // connection reset on an overloaded machine) is sent again, a few
+        // times at most.
+        let strikes = self.strikes.max(1);
         let mut landed_at = None;
-        for strike in 1..=self.strikes.max(1) {
+        let (mut timeouts, mut failures) = (0, 0);
+        while timeouts < strikes && failures <= 3 {
             match send(
                 origin,
                 Method::POST,
@@ -645,7 +651,8 @@ impl Drive<'_> {
             .await
             {
                 Ok(Ok(a)) if a.status == 503 => {
-                    if strike == self.strikes.max(1) {
+                    timeouts += 1;
+                    if timeouts == strikes {
                         landed_at = Some(Instant::now());
                     }
                 }
@@ -653,7 +660,8 @@ impl Drive<'_> {
                     landed_at = Some(Instant::now());
                     break;
                 }
-                _ => break,
+                Ok(Ok(_)) => break,
+                _ => failures += 1,
             }
         }
         let Some(landed) = landed_at else {
