@@ -125,7 +125,8 @@ impl ServerArgs {
 /// `curfew-lab study`.
 #[derive(Debug, Clone, Args)]
 pub struct StudyArgs {
-    /// Two attacks, short phases: under 30 seconds.
+    /// Two attacks, short phases, and a short multi-instance phase: under a
+    /// minute.
     #[arg(long)]
     pub quick: bool,
     /// Where the report, plot and CSV go.
@@ -159,8 +160,17 @@ pub struct StudyArgs {
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// Which parts of the study to run: `attacks` (every attack against
+    /// every mode) and `multi-instance` (two servers, shared Redis or not,
+    /// an attacker alternating between them) [default: both].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub phases: Option<Vec<StudyPhase>>,
+    /// Multi-instance phase: the attacker's identities.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=250))]
+    pub identities: Option<u64>,
     /// Runs of each attack against each mode; the tables show the median
-    /// [default: 3, or 1 with --quick].
+    /// [default: 3, or 1 with --quick]. The multi-instance phase runs each
+    /// variant as often.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=20))]
     pub repeats: Option<u64>,
     /// The server.
@@ -169,6 +179,39 @@ pub struct StudyArgs {
 }
 
 impl StudyArgs {
+    /// The command line that reproduces these flags (without `--out` and
+    /// `--no-progress`).
+    pub fn command(&self) -> String {
+        let mut v = vec!["cargo run --release -p curfew-lab -- study".to_owned()];
+        let mut argv = std::env::args();
+        let ours = argv.next().is_some_and(|exe| {
+            std::path::Path::new(&exe)
+                .file_stem()
+                .is_some_and(|n| n == "curfew-lab")
+        });
+        let args: Vec<String> = argv.collect();
+        if ours && args.first().is_some_and(|a| a == "study") {
+            let mut skip = false;
+            for a in &args[1..] {
+                if std::mem::take(&mut skip) {
+                    continue;
+                }
+                match a.as_str() {
+                    "--out" => skip = true,
+                    "--no-progress" => {}
+                    a if a.starts_with("--out=") => {}
+                    a => v.push(a.to_owned()),
+                }
+            }
+        } else {
+            if self.quick {
+                v.push("--quick".into());
+            }
+            v.push("--phases multi-instance".into());
+        }
+        v.join(" ")
+    }
+
     /// The study these flags describe.
     pub fn config(&self) -> Result<StudyConfig, String> {
         let mut cfg = if self.quick {
@@ -206,14 +249,43 @@ impl StudyArgs {
         cfg.connections = self.connections.unwrap_or(cfg.connections);
         cfg.benign_timeout = self.benign_timeout.unwrap_or(cfg.benign_timeout);
         cfg.repeats = self.repeats.map_or(cfg.repeats, |n| n as usize);
-        if cfg.modes.is_empty() || cfg.attacks.is_empty() || cfg.connections == 0 {
-            return Err("the study needs at least one mode, attack and connection".into());
+        if let Some(phases) = &self.phases {
+            cfg.attack_phases = phases.contains(&StudyPhase::Attacks);
+            if !phases.contains(&StudyPhase::MultiInstance) {
+                cfg.multi = None;
+            }
+        }
+        if let Some(m) = &mut cfg.multi {
+            if let Some(n) = self.identities {
+                m.identities = n as usize;
+            }
+            m.command = self.command();
+        }
+        if !cfg.attack_phases && cfg.multi.is_none() {
+            return Err("--phases names no part of the study".into());
+        }
+        if cfg.connections == 0 {
+            return Err("the study needs at least one connection".into());
+        }
+        if cfg.attack_phases && (cfg.modes.is_empty() || cfg.attacks.is_empty()) {
+            return Err("the study needs at least one mode and one attack".into());
         }
         if cfg.window.is_zero() || cfg.baseline.is_zero() {
             return Err("--baseline and --window must be longer than zero".into());
         }
         Ok(cfg)
     }
+}
+
+/// A part of the study, for `study --phases`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StudyPhase {
+    /// Every attack against every mode.
+    Attacks,
+    /// Two servers under one attacker who alternates between them and
+    /// rotates identities, with per-instance and with shared (Redis)
+    /// policies.
+    MultiInstance,
 }
 
 /// `curfew-lab serve`.
@@ -311,23 +383,37 @@ fn run_study(args: &StudyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    eprintln!(
-        "curfew-lab: {} attacks × {} modes, {:.1} s per phase; results in {}",
-        cfg.attacks.len(),
-        cfg.modes.len(),
-        cfg.phase_len().as_secs_f64(),
-        cfg.out.display()
-    );
+    if cfg.attack_phases {
+        eprintln!(
+            "curfew-lab: {} attacks × {} modes, {:.1} s per phase; results in {}",
+            cfg.attacks.len(),
+            cfg.modes.len(),
+            cfg.phase_len().as_secs_f64(),
+            cfg.out.display()
+        );
+    }
+    if let Some(m) = &cfg.multi {
+        eprintln!(
+            "curfew-lab: multi-instance phase, 2 variants × {} run(s) of {:.1} s and up to {} \
+             probes; results in {}",
+            cfg.repeats.max(1),
+            (m.baseline + m.window).as_secs_f64(),
+            m.probes,
+            cfg.out.display()
+        );
+    }
     match study::run(&cfg) {
         Ok(outcome) => {
             println!("{outcome}");
-            println!(
-                "report: {}\nplot:   {}\ncsv:    {}\ntook {:.1} s",
-                outcome.report.display(),
-                outcome.plot.display(),
-                outcome.csv.display(),
-                outcome.elapsed.as_secs_f64()
-            );
+            println!("report: {}", outcome.report.display());
+            if !outcome.phases.is_empty() {
+                println!(
+                    "plot:   {}\ncsv:    {}",
+                    outcome.plot.display(),
+                    outcome.csv.display()
+                );
+            }
+            println!("took {:.1} s", outcome.elapsed.as_secs_f64());
             if outcome.handlers_left > 0 {
                 eprintln!(
                     "curfew-lab: {} handler(s) still stuck; exiting without waiting for them",
@@ -538,6 +624,33 @@ mod tests {
         assert_eq!(cfg.attacks[1].label, "fancy-regex");
         assert_eq!(cfg.server.poll_budget, Duration::from_millis(50));
         assert!(list().contains("read-fifo-pool"));
+    }
+
+    #[test]
+    fn phases_select_the_parts_of_the_study() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["curfew-lab", "study", "--quick"];
+            argv.extend_from_slice(extra);
+            let Command::Study(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not a study")
+            };
+            args.config()
+        };
+        let both = parse(&[]).unwrap();
+        assert!(both.attack_phases && both.multi.is_some());
+        let multi = parse(&["--phases", "multi-instance", "--identities", "6"]).unwrap();
+        assert!(!multi.attack_phases);
+        assert_eq!(multi.phase_count(), 0);
+        let m = multi.multi.expect("the multi-instance phase");
+        assert_eq!(m.identities, 6);
+        assert!(
+            m.command.contains("--phases multi-instance"),
+            "{}",
+            m.command
+        );
+        let attacks = parse(&["--phases", "attacks"]).unwrap();
+        assert!(attacks.attack_phases && attacks.multi.is_none());
+        assert!(Cli::try_parse_from(["curfew-lab", "study", "--phases", "nothing"]).is_err());
     }
 
     #[test]

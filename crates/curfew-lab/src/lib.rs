@@ -14,8 +14,9 @@
 //!
 //! ```text
 //! cargo run --release -p curfew-lab -- study            # about 3 minutes
-//! cargo run --release -p curfew-lab -- study --quick    # under 30 seconds
+//! cargo run --release -p curfew-lab -- study --quick    # under a minute
 //! cargo run --release -p curfew-lab -- serve --mode tokio --addr 127.0.0.1:3000
+//! cargo run --release -p curfew-lab -- study --phases multi-instance   # two servers, Redis
 //! ```
 //!
 //! # What it does
@@ -53,6 +54,20 @@
 //!   mode on one axis, attack windows shaded;
 //! * `timeline.csv`: the same series as numbers.
 //!
+//! # The multi-instance phase
+//!
+//! After the attack phases (or alone, with `--phases multi-instance`) the
+//! study starts its own `redis-server` on a free port and two `curfew-lab
+//! serve --mode curfew-policy` processes, once with a policy in memory in
+//! each and once with both on that Redis (`--policy-store`). An attacker
+//! alternates its poisoned requests between the two and rotates through a
+//! few identities; benign clients load both. The table gives, per variant,
+//! the poisoned requests admitted (answered `503` by the watchdog) and
+//! refused (`429`), the benign throughput during the attack as a share of
+//! the calm one, and how long a cool-off that landed on one instance took
+//! to be enforced by the other, probed directly. Without `redis-server`
+//! the phase is skipped with a one-line reason. See [`multi`].
+//!
 //! # Keeping a poisoned server from poisoning the study
 //!
 //! A poisoned tokio server may never recover on its own: its workers may be
@@ -80,6 +95,7 @@
 
 pub mod cli;
 pub mod load;
+pub mod multi;
 pub mod plot;
 pub mod report;
 pub mod server;

@@ -9,7 +9,7 @@
 //! answered.
 
 use std::error::Error as StdError;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -90,7 +90,28 @@ pub struct AttackSample {
 }
 
 async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, BoxError> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
+    connect_from(None, addr).await
+}
+
+/// Connects to `addr`, from the local address `local` if given (on Linux
+/// every `127.x.y.z` is local, so a client can appear as many peers of
+/// one network).
+async fn connect_from(
+    local: Option<IpAddr>,
+    addr: SocketAddr,
+) -> Result<SendRequest<Full<Bytes>>, BoxError> {
+    let stream = match local {
+        None => tokio::net::TcpStream::connect(addr).await?,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+    };
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
@@ -211,7 +232,19 @@ pub async fn send(
     client: &str,
     body: Bytes,
 ) -> Result<Answer, BoxError> {
-    let mut s = connect(addr).await?;
+    send_from(None, addr, method, path, client, body).await
+}
+
+/// As [`send`], from the local address `local` if given.
+pub async fn send_from(
+    local: Option<IpAddr>,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    client: &str,
+    body: Bytes,
+) -> Result<Answer, BoxError> {
+    let mut s = connect_from(local, addr).await?;
     s.ready().await?;
     let req = Request::builder()
         .method(method)

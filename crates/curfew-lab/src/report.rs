@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::multi::MultiOutcome;
 use crate::server::{Form, Mode};
 use crate::stats;
 use crate::study::{Phase, StudyConfig, Summary, buckets};
@@ -392,6 +393,34 @@ fn mode_text(mode: Mode, cfg: &StudyConfig) -> String {
 
 /// The Markdown report.
 pub fn markdown(
+    cfg: &StudyConfig,
+    phases: &[Phase],
+    multi: Option<&MultiOutcome>,
+    elapsed: Duration,
+    load: &(String, String),
+) -> String {
+    if phases.is_empty() {
+        let mut out = format!(
+            "# Event handler poisoning across instances\n\n{:.0} s in all (load average {} at \
+             the start, {} at the end).\n\n",
+            elapsed.as_secs_f64(),
+            load.0,
+            load.1
+        );
+        if let Some(m) = multi {
+            out += &m.table(true);
+        }
+        return out;
+    }
+    let mut out = markdown_attacks(cfg, phases, elapsed, load);
+    if let Some(m) = multi {
+        out.push('\n');
+        out += &m.table(true);
+    }
+    out
+}
+
+fn markdown_attacks(
     cfg: &StudyConfig,
     phases: &[Phase],
     elapsed: Duration,

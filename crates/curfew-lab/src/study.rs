@@ -25,6 +25,7 @@ use curfew_attacks::Vector;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::load::{self, AttackSample, BenignOutcome, BenignSample, Route};
+pub use crate::multi::{MultiConfig, MultiOutcome};
 use crate::server::{Fifo, Form, Mode, Probe, Server, ServerConfig, Shutdown};
 use crate::stats;
 use crate::sys::ProcStatus;
@@ -205,8 +206,14 @@ pub struct StudyConfig {
     /// How many times each phase runs; the tables show the median.
     pub repeats: usize,
     /// The `curfew-lab` binary that serves in a child process in
-    /// `curfew-supervised` mode [default: this process's executable].
+    /// `curfew-supervised` mode and in the multi-instance phase [default:
+    /// this process's executable].
     pub server_exe: Option<PathBuf>,
+    /// Whether to run the attack phases (every attack against every mode).
+    pub attack_phases: bool,
+    /// The multi-instance phase, if it runs: two servers that share Redis
+    /// (or not) under an attacker who alternates between them.
+    pub multi: Option<MultiConfig>,
 }
 
 fn named(names: &[&str]) -> Vec<AttackSpec> {
@@ -235,11 +242,14 @@ impl StudyConfig {
             progress: true,
             repeats: 3,
             server_exe: None,
+            attack_phases: true,
+            multi: Some(MultiConfig::full()),
         }
     }
 
     /// The quick study: [`QUICK_ATTACKS`] with short phases, under 30
-    /// seconds.
+    /// seconds, then the quick multi-instance phase ([`MultiConfig::quick`],
+    /// about 20 seconds).
     pub fn quick() -> Self {
         Self {
             attacks: named(QUICK_ATTACKS),
@@ -249,6 +259,7 @@ impl StudyConfig {
             drain: Duration::from_secs(5),
             bucket: Duration::from_millis(250),
             repeats: 1,
+            multi: Some(MultiConfig::quick()),
             ..Self::full()
         }
     }
@@ -258,8 +269,11 @@ impl StudyConfig {
         self.baseline + self.window + self.recovery
     }
 
-    /// How many phases the study runs.
+    /// How many attack phases the study runs.
     pub fn phase_count(&self) -> usize {
+        if !self.attack_phases {
+            return 0;
+        }
         self.attacks.len() * self.modes.len() * self.repeats.max(1)
     }
 }
@@ -489,11 +503,20 @@ pub struct StudyOutcome {
     /// The system's load averages when the study started and ended: other
     /// work on the machine shows up in every number.
     pub load: (String, String),
+    /// The multi-instance phase, if the study ran it (or skipped it, and
+    /// why).
+    pub multi: Option<MultiOutcome>,
 }
 
 impl fmt::Display for StudyOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::report::table(&self.config, &self.phases))
+        if !self.phases.is_empty() {
+            f.write_str(&crate::report::table(&self.config, &self.phases))?;
+        }
+        if let Some(m) = &self.multi {
+            f.write_str(&m.table(false))?;
+        }
+        Ok(())
     }
 }
 
@@ -530,7 +553,12 @@ pub fn run(cfg: &StudyConfig) -> io::Result<StudyOutcome> {
     let pb = progress_bar(cfg, n);
     let mut phases = Vec::with_capacity(n);
     let fifo_dir = std::env::temp_dir();
-    for attack in &cfg.attacks {
+    let attacks = if cfg.attack_phases {
+        &cfg.attacks[..]
+    } else {
+        &[]
+    };
+    for attack in attacks {
         let payload = match attack.payload {
             Payload::Size(size) => Some(Bytes::from((attack.vector.payload)(size))),
             Payload::Fifo => None,
@@ -578,19 +606,32 @@ pub fn run(cfg: &StudyConfig) -> io::Result<StudyOutcome> {
             }
         }
     }
+    let multi = match &cfg.multi {
+        Some(m) => {
+            let outcome = crate::multi::run(cfg, m, &clients, &pb)?;
+            if let Some(why) = &outcome.skipped {
+                pb.suspend(|| eprintln!("curfew-lab: {why}"));
+            }
+            Some(outcome)
+        }
+        None => None,
+    };
     pb.finish_and_clear();
     clients.shutdown_timeout(Duration::from_secs(1));
-    let handlers_left = phases.last().map_or(0, |p| p.shutdown.handlers_left);
+    let handlers_left = phases.last().map_or(0, |p| p.shutdown.handlers_left)
+        + multi.as_ref().map_or(0, |m| m.handlers_left());
     let report = cfg.out.join("report.md");
     let plot = cfg.out.join("timeline.svg");
     let csv = cfg.out.join("timeline.csv");
     let elapsed = started.elapsed();
     let load = (load_before, crate::sys::load_average());
-    crate::plot::write_svg(&plot, cfg, &phases).map_err(io::Error::other)?;
-    std::fs::write(&csv, crate::report::csv(cfg, &phases))?;
+    if !phases.is_empty() {
+        crate::plot::write_svg(&plot, cfg, &phases).map_err(io::Error::other)?;
+        std::fs::write(&csv, crate::report::csv(cfg, &phases))?;
+    }
     std::fs::write(
         &report,
-        crate::report::markdown(cfg, &phases, elapsed, &load),
+        crate::report::markdown(cfg, &phases, multi.as_ref(), elapsed, &load),
     )?;
     Ok(StudyOutcome {
         phases,
@@ -601,6 +642,7 @@ pub fn run(cfg: &StudyConfig) -> io::Result<StudyOutcome> {
         csv,
         handlers_left,
         load,
+        multi,
     })
 }
 
@@ -637,13 +679,13 @@ impl PhaseServer {
     }
 }
 
-/// `curfew-lab serve --mode curfew-supervised --processes 1` in a child
-/// process, so that the load generator does not share the server's process
-/// (and the supervisor can kill a poisoned worker without killing the
-/// study).
-struct ChildServer {
+/// A `curfew-lab serve` child process: `--mode curfew-supervised
+/// --processes 1` in a phase, so that the load generator does not share the
+/// server's process (and the supervisor can kill a poisoned worker without
+/// killing the study), or one instance of the multi-instance phase.
+pub(crate) struct ChildServer {
     child: std::process::Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     stdout: std::sync::mpsc::Receiver<String>,
 }
 
@@ -690,21 +732,46 @@ pub fn server_flags(cfg: &ServerConfig) -> Vec<String> {
     if cfg.public_metrics {
         v.push("--public-metrics".into());
     }
+    if let Some(q) = cfg.cpu_quota {
+        v.extend([
+            "--cpu-quota".into(),
+            format!("{}/{}", ms(q.quota()), ms(q.window())),
+        ]);
+    }
+    if let Some(url) = &cfg.policy_store {
+        v.extend(["--policy-store".into(), url.clone()]);
+    }
     v
 }
 
 impl ChildServer {
     fn start(cfg: &StudyConfig, index: usize) -> io::Result<ChildServer> {
+        let mut args: Vec<String> = [
+            "--mode",
+            "curfew-supervised",
+            "--processes",
+            "1",
+            "--drain-deadline",
+            "2s",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(server_flags(&cfg.server));
+        Self::spawn(cfg, &format!("server-{index}.log"), &args)
+    }
+
+    /// `curfew-lab serve --addr 127.0.0.1:0 ARGS`, its stderr into
+    /// `cfg.out/LOG`; returns once it answers on the address it printed.
+    pub(crate) fn spawn(cfg: &StudyConfig, log: &str, args: &[String]) -> io::Result<ChildServer> {
         use std::io::BufRead as _;
         let exe = match &cfg.server_exe {
             Some(p) => p.clone(),
             None => std::env::current_exe()?,
         };
-        let log = std::fs::File::create(cfg.out.join(format!("server-{index}.log")))?;
+        let log = std::fs::File::create(cfg.out.join(log))?;
         let mut child = std::process::Command::new(exe)
-            .args(["serve", "--mode", "curfew-supervised", "--processes", "1"])
-            .args(["--addr", "127.0.0.1:0", "--drain-deadline", "2s"])
-            .args(server_flags(&cfg.server))
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(log)
@@ -727,7 +794,7 @@ impl ChildServer {
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(io::Error::other(
-                        "the curfew-supervised server did not say where it listens within 20 s",
+                        "a `curfew-lab serve` child did not say where it listens within 20 s",
                     ));
                 }
             };
@@ -752,9 +819,9 @@ impl ChildServer {
         }
     }
 
-    /// SIGTERM (the supervisor drains its workers), then SIGKILL after
-    /// `wait`.
-    fn shutdown(mut self, wait: Duration) -> (Shutdown, Option<SupervisorCounts>) {
+    /// SIGTERM (the supervisor drains its workers; a plain server just
+    /// ends), then SIGKILL after `wait`.
+    pub(crate) fn shutdown(mut self, wait: Duration) -> (Shutdown, Option<SupervisorCounts>) {
         let start = Instant::now();
         if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
             // SAFETY: kill has no memory effects; the child is ours and has

@@ -14,6 +14,8 @@ fn quick_study_writes_report_and_plot() {
         progress: false,
         // curfew-supervised serves from a `curfew-lab serve` child.
         server_exe: Some(env!("CARGO_BIN_EXE_curfew-lab").into()),
+        // The multi-instance phase has its own test (tests/multi.rs).
+        multi: None,
         ..StudyConfig::quick()
     };
     assert!(cfg.modes.contains(&Mode::CurfewSupervised));

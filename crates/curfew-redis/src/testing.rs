@@ -23,11 +23,10 @@ pub struct RedisServer {
     password: Option<String>,
 }
 
-fn free_port() -> u16 {
+fn free_port_io() -> std::io::Result<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
 }
 
 impl RedisServer {
@@ -51,21 +50,41 @@ impl RedisServer {
         Self::start_with(Some(password.to_owned()))
     }
 
+    /// Starts a server and waits until it answers, or says why it could
+    /// not: for a caller that goes on without Redis (the lab's study skips
+    /// its multi-instance phase) rather than fail.
+    ///
+    /// # Errors
+    ///
+    /// If `redis-server` cannot be started (not installed: the message says
+    /// how to install it), or does not answer within 20 s.
+    pub fn try_start() -> std::io::Result<Self> {
+        Self::try_start_with(None)
+    }
+
     fn start_with(password: Option<String>) -> Self {
-        let port = free_port();
+        Self::try_start_with(password).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_with(password: Option<String>) -> std::io::Result<Self> {
+        let port = free_port_io()?;
         let dir = std::env::temp_dir().join(format!("curfew-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temporary directory for redis-server");
+        std::fs::create_dir_all(&dir)?;
         let mut server = RedisServer {
             child: None,
             port,
             dir,
             password,
         };
-        server.spawn();
-        server
+        server.try_spawn()?;
+        Ok(server)
     }
 
     fn spawn(&mut self) {
+        self.try_spawn().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn try_spawn(&mut self) -> std::io::Result<()> {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
@@ -78,22 +97,31 @@ impl RedisServer {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
-                "cannot start redis-server ({e}): a real Redis is needed here. \
-                 Install it (Debian: apt-get install redis-server) and put redis-server on PATH."
+        let child = cmd.spawn().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot start redis-server ({e}): a real Redis is needed here. \
+                     Install it (Debian: apt-get install redis-server) and put redis-server on PATH."
+                ),
             )
-        });
+        })?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.answers() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer on 127.0.0.1:{} within 20 s",
-                self.port
-            );
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "redis-server did not answer on 127.0.0.1:{} within 20 s",
+                        self.port
+                    ),
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     fn answers(&self) -> bool {
