@@ -14,7 +14,7 @@ use crate::driver::IoDriver;
 use crate::error::{BuildError, Refusal};
 use crate::executor::{self, Group, GroupId, Runnable};
 use crate::metrics::RuntimeMetrics;
-use crate::policy::{ClientKey, ClientPolicy, Clients, MemoryStore, NO_CLIENT, PolicyStore};
+use crate::policy::{Admitted, ClientKey, ClientPolicy, Clients, MemoryStore, PolicyStore};
 use crate::task::{self, Header, JoinHandle, Registry};
 use crate::watchdog;
 
@@ -35,6 +35,7 @@ pub(crate) struct Config {
     pub(crate) thread_stack_size: usize,
     pub(crate) client_policy: Option<ClientPolicy>,
     pub(crate) max_tracked_clients: usize,
+    pub(crate) max_overdue_per_route: usize,
     pub(crate) demote_hijacked: bool,
 }
 
@@ -93,6 +94,7 @@ pub struct Builder {
     thread_stack_size: usize,
     client_policy: Option<ClientPolicy>,
     max_tracked_clients: usize,
+    max_overdue_per_route: Option<usize>,
     policy_store: Arc<dyn PolicyStore>,
     demote_hijacked: bool,
     tokio_handle: Option<tokio::runtime::Handle>,
@@ -117,6 +119,7 @@ impl Default for Builder {
             thread_stack_size: 2 << 20,
             client_policy: None,
             max_tracked_clients: 1024,
+            max_overdue_per_route: None,
             policy_store: Arc::new(MemoryStore),
             demote_hijacked: false,
             tokio_handle: None,
@@ -252,6 +255,29 @@ impl Builder {
     /// are kept ahead of idle ones. Default: 1024.
     pub fn max_tracked_clients(mut self, n: usize) -> Self {
         self.max_tracked_clients = n;
+        self
+    }
+
+    /// The most tasks of one route that may be stuck at once: polls or jobs
+    /// that ran past their budget and have not returned (on threads written
+    /// off, or held at the cap). While a route has this many, its new tasks
+    /// are refused ([`Refusal::RouteOverdue`]), at the spawn and again when
+    /// a task that was already queued is first polled; as soon as one of
+    /// the stuck polls returns, the route is served again. Default: half of
+    /// [`max_hijacked_threads`](Self::max_hijacked_threads), at least 1.
+    ///
+    /// It applies to tasks whose client key carries a route
+    /// ([`ClientKey::with_route`]), as `curfew-http`'s layer gives every
+    /// request's handler, whatever the [`ClientPolicy`]. It is what keeps a
+    /// server answering through a flood of requests whose handlers never
+    /// return: however many clients send them, one route can write off at
+    /// most this many threads plus the ones already running it when the
+    /// limit was reached (at most `event_threads`), so with the defaults the
+    /// cap on hijacked threads is never reached by one route and healthy
+    /// threads are left for the other routes. (A route that must run long,
+    /// on purpose, should have a budget to match.)
+    pub fn max_overdue_per_route(mut self, n: usize) -> Self {
+        self.max_overdue_per_route = Some(n);
         self
     }
 
@@ -422,6 +448,12 @@ impl Builder {
         .map_err(|e| hijack_cap_error(e, "pool thread"))?;
         count("max_blocking_queue", self.max_blocking_queue, 1 << 24)?;
         count("max_tracked_clients", self.max_tracked_clients, 1 << 20)?;
+        let max_overdue_per_route = count(
+            "max_overdue_per_route",
+            self.max_overdue_per_route
+                .unwrap_or((max_hijacked_threads / 2).max(1)),
+            u32::MAX as usize,
+        )?;
         if self.time_slice.is_zero() {
             return Err(BuildError::new("time_slice", "must be greater than zero"));
         }
@@ -469,6 +501,7 @@ impl Builder {
             thread_stack_size: self.thread_stack_size,
             client_policy: self.client_policy,
             max_tracked_clients: self.max_tracked_clients,
+            max_overdue_per_route,
             demote_hijacked: self.demote_hijacked,
         })
     }
@@ -502,6 +535,7 @@ impl Builder {
                 config.max_tracked_clients,
                 config.client_policy,
                 self.policy_store.clone(),
+                config.max_overdue_per_route,
             ),
             config,
             tokio,
@@ -804,9 +838,9 @@ impl Shared {
         if self.is_shutdown() {
             return Err(Refusal::Shutdown);
         }
-        let client_idx = match &opts.client {
+        let admitted = match &opts.client {
             Some(c) => self.clients.admit(c)?,
-            None => NO_CLIENT,
+            None => Admitted::NONE,
         };
         let budget = match gid {
             GroupId::Event => opts.poll_budget.unwrap_or(self.config.poll_budget),
@@ -829,7 +863,7 @@ impl Shared {
         );
         Ok(Header::new(
             budget,
-            client_idx,
+            admitted,
             gid.location(),
             opts.name,
             opts.client,
