@@ -185,6 +185,10 @@ impl Builder {
     /// more threads than `event_threads + max_hijacked_threads`. Once every
     /// event thread is stuck, queued tasks are answered with a queue timeout
     /// after their budget ([`JoinError::is_queue_timeout`](crate::JoinError::is_queue_timeout)).
+    /// Tasks with a route reach the cap one route at a time only up to
+    /// [`max_overdue_per_route`](Self::max_overdue_per_route), which is
+    /// what keeps threads for the other routes under a flood of requests
+    /// that never return.
     pub fn max_hijacked_threads(mut self, n: usize) -> Self {
         self.max_hijacked_threads = Some(n);
         self
@@ -274,8 +278,11 @@ impl Builder {
     /// most this many threads plus the ones already running it when the
     /// limit was reached (at most `event_threads`), so with the defaults the
     /// cap on hijacked threads is never reached by one route and healthy
-    /// threads are left for the other routes. (A route that must run long,
-    /// on purpose, should have a budget to match.)
+    /// threads are left for the other routes. A poll that never returns
+    /// keeps its place for good, so a route whose handlers loop forever
+    /// stays refused until the process is replaced (see `curfew-supervisor`,
+    /// which recycles a worker whose written-off threads burn CPU). A route
+    /// that must run long, on purpose, should have a budget to match.
     pub fn max_overdue_per_route(mut self, n: usize) -> Self {
         self.max_overdue_per_route = Some(n);
         self
