@@ -119,7 +119,12 @@ fn a_route_with_its_limit_of_stuck_polls_is_refused_queued_tasks_included() {
         .client(ClientKey::id("late").with_route("/poison"))
         .spawn_on(&rt.handle(), async {});
     assert!(late.is_finished(), "refused at once");
-    assert!(answer(late, Duration::from_secs(1)).unwrap().unwrap_err().is_refused());
+    assert!(
+        answer(late, Duration::from_secs(1))
+            .unwrap()
+            .unwrap_err()
+            .is_refused()
+    );
 
     // Once the stuck polls return, the route is served again.
     release.store(true, Ordering::SeqCst);
@@ -134,7 +139,10 @@ fn a_route_with_its_limit_of_stuck_polls_is_refused_queued_tasks_included() {
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    assert!(served, "the route was not served again after its polls returned");
+    assert!(
+        served,
+        "the route was not served again after its polls returned"
+    );
     drop(std::mem::ManuallyDrop::into_inner(rt));
 }
 

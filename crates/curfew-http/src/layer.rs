@@ -242,7 +242,8 @@ impl<S, K> Curfew<S, K> {
         if self.last_route.as_ref().is_none_or(|k| k.as_str() != route) {
             self.last_route = Some(ClientKey::route(route));
         }
-        self.last_route.get_or_insert_with(|| ClientKey::route(route))
+        self.last_route
+            .get_or_insert_with(|| ClientKey::route(route))
     }
 }
 

@@ -355,9 +355,7 @@ impl Clients {
         if let Some(r) = self.route_overdue(admitted.route, key, true) {
             return Some(r);
         }
-        if admitted.epoch == 0
-            || self.refusal_epoch.load(Ordering::Acquire) + 1 == admitted.epoch
-        {
+        if admitted.epoch == 0 || self.refusal_epoch.load(Ordering::Acquire) + 1 == admitted.epoch {
             return None;
         }
         self.check(admitted.client, admitted.route, key, self.now_ms(), true)
