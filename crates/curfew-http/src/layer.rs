@@ -12,11 +12,33 @@
 //! | the handler overran its budget | `503 Service Unavailable`, `Retry-After: 1` |
 //! | the client is cooling off | `429 Too Many Requests`, `Retry-After` = the cool-off left |
 //! | the handler panicked | `500 Internal Server Error` |
+//! | the route is refused: too many of its handlers stuck, or its breaker open | `503 Service Unavailable`, `Retry-After` |
 //! | the runtime refused or dropped the task (full, shutting down) | `503 Service Unavailable`, `Retry-After: 1` |
 //!
 //! Each is a short plain-text body and a `tracing` event naming the route,
 //! the client and the budget. [`CurfewLayer::on_failure`] replaces the
 //! responses.
+//!
+//! # Routes, and a flood of handlers that never return
+//!
+//! The client key of every handler carries the request's route
+//! ([`ClientKey::with_route`]): axum's [`MatchedPath`] when the layer sits
+//! on a `Router` (`Router::layer` or `route_layer`), else the URI's path.
+//! Rust cannot stop a poll that never returns, so each such handler writes
+//! off the event thread it runs on, and the runtime replaces it, up to its
+//! cap on hijacked threads. Left alone, fifty requests to a handler that
+//! loops for good would reach that cap and then hold every remaining
+//! thread. The route stops that: once
+//! [`max_overdue_per_route`](curfew::Builder::max_overdue_per_route) of a
+//! route's handlers are stuck past their budget (by default half the cap),
+//! the route's next requests are answered `503` at once, including those
+//! already queued when the limit was reached (the runtime looks again when
+//! a queued handler is first polled), until one of the stuck handlers
+//! returns. The other routes keep their threads: with the defaults, a
+//! flood of any size on one route leaves healthy event threads serving
+//! the rest. A [`ClientPolicy`](curfew::policy::ClientPolicy) with a route
+//! level (`.route(LevelPolicy::new(..))`) adds a breaker by count: a
+//! route that has timed out that many times is refused for a cool-off.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +48,7 @@ use std::time::Duration;
 
 use axum::extract::MatchedPath;
 use bytes::Bytes;
+use curfew::policy::Namespace;
 use curfew::{ClientKey, JoinError, JoinHandle, Refusal};
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
@@ -187,6 +210,7 @@ impl<S, K: Clone> Layer<S> for CurfewLayer<K> {
             inner,
             config: self.config.clone(),
             key: self.key.clone(),
+            last_route: None,
         }
     }
 }
@@ -196,6 +220,9 @@ pub struct Curfew<S, K = PeerIp> {
     inner: S,
     config: Arc<Config>,
     key: K,
+    /// The key of the route this service served last: a connection's
+    /// requests often go to one route, and then they share it.
+    last_route: Option<ClientKey>,
 }
 
 impl<S: Clone, K: Clone> Clone for Curfew<S, K> {
@@ -204,7 +231,19 @@ impl<S: Clone, K: Clone> Clone for Curfew<S, K> {
             inner: self.inner.clone(),
             config: self.config.clone(),
             key: self.key.clone(),
+            last_route: self.last_route.clone(),
         }
+    }
+}
+
+impl<S, K> Curfew<S, K> {
+    /// The route key of `route`, built once per run of requests to it.
+    fn route_key(&mut self, route: &str) -> &ClientKey {
+        if self.last_route.as_ref().is_none_or(|k| k.as_str() != route) {
+            self.last_route = Some(ClientKey::route(route));
+        }
+        self.last_route
+            .get_or_insert_with(|| ClientKey::route(route))
     }
 }
 
@@ -240,8 +279,13 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
 
-        let client = self.key.client_key(&req);
         let route = Route::of(&req);
+        // The route rides on the key: the runtime counts the route's stuck
+        // handlers (and its timeouts, for a route breaker) in its entry.
+        let client = self
+            .key
+            .client_key(&req)
+            .map(|k| k.with_route_key(self.route_key(route.as_str())));
         let handle = self
             .config
             .handle
@@ -400,7 +444,9 @@ pub enum FailureKind {
     /// The handler panicked.
     Panic,
     /// The runtime did not run the handler to the end: its queue was full,
-    /// it is shutting down, or the task was aborted.
+    /// it is shutting down, the task was aborted, or the route was refused
+    /// (too many of its handlers stuck past their budget, or its breaker
+    /// open).
     Unavailable,
 }
 
@@ -437,6 +483,12 @@ impl<'a> Failure<'a> {
             (FailureKind::Panic, 1)
         } else {
             match error.refusal() {
+                // A route breaker: the route, not the client, is refused.
+                Some(Refusal::ClientCoolingOff { client, remaining })
+                    if client.namespace() == Namespace::Route =>
+                {
+                    (FailureKind::Unavailable, retry_secs(*remaining))
+                }
                 Some(Refusal::ClientCoolingOff { remaining, .. }) => {
                     (FailureKind::Refused, retry_secs(*remaining))
                 }

@@ -41,6 +41,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use curfew::ClientKey;
 use curfew_attacks::{AttackError, CostKind, Vector};
 use curfew_http::{CurfewLayer, Failure as LayerFailure, FailureKind, KeyFn, RequestHead};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -379,7 +380,7 @@ impl Server {
         let trust = cfg.trust_client_header;
         let layer = CurfewLayer::new()
             .key_extractor(KeyFn(move |head: &RequestHead<'_>| {
-                Some(client_key(head.headers, head.peer_addr()?, trust).into())
+                Some(client_key(head.headers, head.peer_addr()?, trust))
             }))
             .on_failure(layer_failure);
         let svc = tower::ServiceBuilder::new()
@@ -540,6 +541,8 @@ fn layer_failure(f: &LayerFailure<'_>) -> Response<Full<Bytes>> {
     let outcome = match f.kind {
         FailureKind::Timeout => "timeout",
         FailureKind::Refused => "refused",
+        // The route refused (too many of its handlers stuck): a 503.
+        _ if f.error.is_some_and(curfew::JoinError::is_refused) => "refused",
         FailureKind::Panic => "panic",
         _ => "cancelled",
     };
@@ -617,7 +620,13 @@ impl App {
     /// the curfew modes the request already runs as a curfew task for its
     /// client (the layer spawned it), so an inline body runs right here,
     /// under that task's poll budget.
-    async fn run<R, W>(&self, form: Form, name: &str, client: String, work: W) -> Result<R, Failure>
+    async fn run<R, W>(
+        &self,
+        form: Form,
+        name: &str,
+        client: ClientKey,
+        work: W,
+    ) -> Result<R, Failure>
     where
         W: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
@@ -695,19 +704,18 @@ fn text(
     r
 }
 
-/// The client behind a request: `id:` and the `x-client-id` header if it
-/// is trusted, else `ip:` and the peer's address. The prefixes keep the two
-/// namespaces apart, so a header id can never name an address.
-pub fn client_key(headers: &HeaderMap, peer: SocketAddr, trust_header: bool) -> String {
+/// The client behind a request: an id key ([`ClientKey::id`]) of the
+/// `x-client-id` header if it is trusted, else an IP key
+/// ([`ClientKey::ip`]) of the peer's address. The two namespaces never
+/// collide, so a header id can never name an address; and a peer's IP key
+/// has a network (/24, /64), which a policy with a network level limits.
+pub fn client_key(headers: &HeaderMap, peer: SocketAddr, trust_header: bool) -> ClientKey {
     trust_header
         .then(|| headers.get(CLIENT_HEADER))
         .flatten()
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64)
-        .map_or_else(
-            || format!("ip:{}", peer.ip().to_canonical()),
-            |id| format!("id:{id}"),
-        )
+        .map_or_else(|| ClientKey::ip(peer.ip()), ClientKey::id)
 }
 
 async fn route<B>(app: &App, peer: SocketAddr, req: Request<B>) -> Response<Full<Bytes>>
@@ -715,8 +723,10 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let client = client_key(req.headers(), peer, app.trust_client_header);
     let path = req.uri().path().to_owned();
+    // Blocking jobs count against the route too, as the layer's handler
+    // tasks do: a route whose jobs are stuck is refused.
+    let client = client_key(req.headers(), peer, app.trust_client_header).with_route(&path);
     let form = req.uri().query().and_then(|q| {
         q.split('&').find_map(|kv| match kv {
             "form=inline" => Some(Form::Inline),
@@ -939,7 +949,7 @@ mod tests {
         .unwrap();
         let handle = server.probe().curfew.clone().unwrap();
         let h = curfew::task::Builder::new()
-            .client("id:someone")
+            .client(ClientKey::id("someone"))
             .spawn_on(&handle, async {});
         handle.block_on(h).unwrap();
         let app = App::new(

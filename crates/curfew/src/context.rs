@@ -227,11 +227,22 @@ pub(crate) fn poll_under_watchdog<R>(header: &Header, poll: impl FnOnce() -> R) 
             let r = poll();
             let end = slot.end(seq, header.budget_code);
             w.slot.count_poll();
+            if end != PollEnd::InTime {
+                w.overdue_returned(header);
+            }
             (r, end)
         };
         c.task.set(prev_task);
         out
     })
+}
+
+/// A task's first poll, on a curfew thread: whether to refuse it after all
+/// (see `Clients::readmit`). Elsewhere (a hosted task, a test queue) the
+/// admission at spawn stands.
+#[cold]
+pub(crate) fn readmit(header: &Header) -> Option<crate::Refusal> {
+    with_worker(|w| w.and_then(|w| w.readmit(header)))
 }
 
 /// A hosted poll: timed on the real clock, and answered with a timeout if

@@ -171,6 +171,20 @@ pub enum Refusal {
         /// How long until the window frees it.
         remaining: Duration,
     },
+    /// The route's tasks are stuck: `overdue` of its polls or jobs ran past
+    /// their budget and are still running (on threads written off, or held
+    /// at the cap), the most the runtime allows one route
+    /// ([`Builder::max_overdue_per_route`](crate::Builder::max_overdue_per_route)).
+    /// The route is refused until one of them returns, so that it cannot
+    /// take the last healthy threads.
+    RouteOverdue {
+        /// The route, a [`Namespace::Route`](crate::policy::Namespace::Route) key.
+        route: ClientKey,
+        /// Its polls stuck past their budget now.
+        overdue: u32,
+        /// The most allowed.
+        limit: u32,
+    },
 }
 
 impl Refusal {
@@ -181,7 +195,7 @@ impl Refusal {
             Refusal::ClientCoolingOff { remaining, .. } | Refusal::QuotaSpent { remaining, .. } => {
                 Some(*remaining)
             }
-            Refusal::QueueFull { .. } | Refusal::Shutdown => None,
+            Refusal::QueueFull { .. } | Refusal::Shutdown | Refusal::RouteOverdue { .. } => None,
         }
     }
 }
@@ -205,6 +219,15 @@ impl fmt::Display for Refusal {
             } => write!(
                 f,
                 "client {client} has spent its CPU quota ({spent:.1?} of {quota:.1?}; {remaining:.1?} left in the window)"
+            ),
+            Refusal::RouteOverdue {
+                route,
+                overdue,
+                limit,
+            } => write!(
+                f,
+                "route {route} has {overdue} tasks stuck past their budget (the limit is {limit}); \
+                 refused until one returns"
             ),
         }
     }

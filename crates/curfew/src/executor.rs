@@ -365,6 +365,12 @@ impl Group {
         }
     }
 
+    /// Whether a thread stuck past its budget can still be written off and
+    /// replaced (the cap on hijacked threads has room).
+    pub(crate) fn can_replace(&self) -> bool {
+        self.hijacked_now.load(Ordering::Relaxed) < self.max_hijacked
+    }
+
     /// Threads not stuck in a poll that ran over budget (timed out, held at
     /// the cap, or written off): what a dropped runtime waits for.
     pub(crate) fn unstuck_threads(&self) -> usize {
@@ -637,6 +643,27 @@ impl WorkerCtx {
 
     fn group(&self) -> &Group {
         self.shared.group(self.gid)
+    }
+
+    /// A task's first poll: whether to refuse it after all (see
+    /// `Clients::readmit`), counting the refusal.
+    #[cold]
+    pub(crate) fn readmit(&self, header: &Header) -> Option<crate::Refusal> {
+        let r = self
+            .shared
+            .clients
+            .readmit(header.admitted, header.client.as_ref())?;
+        self.shared.refused.fetch_add(1, Ordering::Relaxed);
+        Some(r)
+    }
+
+    /// A poll (or timed drop) of `header`'s task that ran past its budget
+    /// has returned: it no longer counts against its route.
+    #[cold]
+    pub(crate) fn overdue_returned(&self, header: &Header) {
+        if header.overdue.swap(false, Ordering::Relaxed) {
+            self.shared.clients.overdue_end(header.admitted.route);
+        }
     }
 
     fn main(self) {

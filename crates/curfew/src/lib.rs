@@ -137,7 +137,21 @@
 //!   ([`JoinError::is_queue_timeout`]) without running, so every caller
 //!   still gets an answer within about its budget, and timers and sockets
 //!   keep being driven; tasks run again as soon as a stuck poll returns.
-//!   Thread count never grows without bound.
+//!   Thread count never grows without bound. (Below the cap, a thread in
+//!   its hijack grace is about to be replaced, so queued tasks wait for the
+//!   replacement instead.)
+//! * **One route cannot reach the cap.** A task whose client key carries a
+//!   route ([`ClientKey::with_route`], as `curfew-http` gives every
+//!   handler) counts against its route while a poll of it runs past its
+//!   budget. At [`Builder::max_overdue_per_route`] such polls (half the cap
+//!   by default) the route is refused ([`Refusal::RouteOverdue`]): at the
+//!   spawn, and when a task already queued is first polled. So fifty
+//!   requests to a handler that loops for good write off a few threads
+//!   (the limit, plus those already running the route), are answered
+//!   (timeouts for those that ran, refusals for the rest), and the
+//!   remaining healthy threads keep serving the other routes. A first poll
+//!   also looks again at the client policy when a cool-off has begun since
+//!   the task's spawn.
 //! * **The client is identified**: every timeout names its task and client,
 //!   and a [`policy::ClientPolicy`] can refuse a client after repeated
 //!   timeouts.

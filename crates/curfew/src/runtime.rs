@@ -14,7 +14,7 @@ use crate::driver::IoDriver;
 use crate::error::{BuildError, Refusal};
 use crate::executor::{self, Group, GroupId, Runnable};
 use crate::metrics::RuntimeMetrics;
-use crate::policy::{ClientKey, ClientPolicy, Clients, MemoryStore, NO_CLIENT, PolicyStore};
+use crate::policy::{Admitted, ClientKey, ClientPolicy, Clients, MemoryStore, PolicyStore};
 use crate::task::{self, Header, JoinHandle, Registry};
 use crate::watchdog;
 
@@ -35,6 +35,7 @@ pub(crate) struct Config {
     pub(crate) thread_stack_size: usize,
     pub(crate) client_policy: Option<ClientPolicy>,
     pub(crate) max_tracked_clients: usize,
+    pub(crate) max_overdue_per_route: usize,
     pub(crate) demote_hijacked: bool,
     pub(crate) blocking_nice: i32,
 }
@@ -94,6 +95,7 @@ pub struct Builder {
     thread_stack_size: usize,
     client_policy: Option<ClientPolicy>,
     max_tracked_clients: usize,
+    max_overdue_per_route: Option<usize>,
     policy_store: Arc<dyn PolicyStore>,
     demote_hijacked: bool,
     blocking_nice: i32,
@@ -119,6 +121,7 @@ impl Default for Builder {
             thread_stack_size: 2 << 20,
             client_policy: None,
             max_tracked_clients: 1024,
+            max_overdue_per_route: None,
             policy_store: Arc::new(MemoryStore),
             demote_hijacked: false,
             blocking_nice: 0,
@@ -185,6 +188,10 @@ impl Builder {
     /// more threads than `event_threads + max_hijacked_threads`. Once every
     /// event thread is stuck, queued tasks are answered with a queue timeout
     /// after their budget ([`JoinError::is_queue_timeout`](crate::JoinError::is_queue_timeout)).
+    /// Tasks with a route reach the cap one route at a time only up to
+    /// [`max_overdue_per_route`](Self::max_overdue_per_route), which is
+    /// what keeps threads for the other routes under a flood of requests
+    /// that never return.
     pub fn max_hijacked_threads(mut self, n: usize) -> Self {
         self.max_hijacked_threads = Some(n);
         self
@@ -255,6 +262,32 @@ impl Builder {
     /// are kept ahead of idle ones. Default: 1024.
     pub fn max_tracked_clients(mut self, n: usize) -> Self {
         self.max_tracked_clients = n;
+        self
+    }
+
+    /// The most tasks of one route that may be stuck at once: polls or jobs
+    /// that ran past their budget and have not returned (on threads written
+    /// off, or held at the cap). While a route has this many, its new tasks
+    /// are refused ([`Refusal::RouteOverdue`]), at the spawn and again when
+    /// a task that was already queued is first polled; as soon as one of
+    /// the stuck polls returns, the route is served again. Default: half of
+    /// [`max_hijacked_threads`](Self::max_hijacked_threads), at least 1.
+    ///
+    /// It applies to tasks whose client key carries a route
+    /// ([`ClientKey::with_route`]), as `curfew-http`'s layer gives every
+    /// request's handler, whatever the [`ClientPolicy`]. It is what keeps a
+    /// server answering through a flood of requests whose handlers never
+    /// return: however many clients send them, one route can write off at
+    /// most this many threads plus the ones already running it when the
+    /// limit was reached (at most `event_threads`), so with the defaults the
+    /// cap on hijacked threads is never reached by one route and healthy
+    /// threads are left for the other routes. A poll that never returns
+    /// keeps its place for good, so a route whose handlers loop forever
+    /// stays refused until the process is replaced (see `curfew-supervisor`,
+    /// which recycles a worker whose written-off threads burn CPU). A route
+    /// that must run long, on purpose, should have a budget to match.
+    pub fn max_overdue_per_route(mut self, n: usize) -> Self {
+        self.max_overdue_per_route = Some(n);
         self
     }
 
@@ -450,6 +483,12 @@ impl Builder {
         .map_err(|e| hijack_cap_error(e, "pool thread"))?;
         count("max_blocking_queue", self.max_blocking_queue, 1 << 24)?;
         count("max_tracked_clients", self.max_tracked_clients, 1 << 20)?;
+        let max_overdue_per_route = count(
+            "max_overdue_per_route",
+            self.max_overdue_per_route
+                .unwrap_or((max_hijacked_threads / 2).max(1)),
+            u32::MAX as usize,
+        )?;
         if self.time_slice.is_zero() {
             return Err(BuildError::new("time_slice", "must be greater than zero"));
         }
@@ -506,6 +545,7 @@ impl Builder {
             thread_stack_size: self.thread_stack_size,
             client_policy: self.client_policy,
             max_tracked_clients: self.max_tracked_clients,
+            max_overdue_per_route,
             demote_hijacked: self.demote_hijacked,
             blocking_nice: self.blocking_nice,
         })
@@ -540,6 +580,7 @@ impl Builder {
                 config.max_tracked_clients,
                 config.client_policy,
                 self.policy_store.clone(),
+                config.max_overdue_per_route,
             ),
             config,
             tokio,
@@ -842,9 +883,9 @@ impl Shared {
         if self.is_shutdown() {
             return Err(Refusal::Shutdown);
         }
-        let client_idx = match &opts.client {
+        let admitted = match &opts.client {
             Some(c) => self.clients.admit(c)?,
-            None => NO_CLIENT,
+            None => Admitted::NONE,
         };
         let budget = match gid {
             GroupId::Event => opts.poll_budget.unwrap_or(self.config.poll_budget),
@@ -867,7 +908,7 @@ impl Shared {
         );
         Ok(Header::new(
             budget,
-            client_idx,
+            admitted,
             gid.location(),
             opts.name,
             opts.client,

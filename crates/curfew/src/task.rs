@@ -22,7 +22,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -34,7 +34,7 @@ use futures::task::AtomicWaker;
 
 use crate::context;
 use crate::error::{JoinError, Location, Refusal, TimeoutError};
-use crate::policy::ClientKey;
+use crate::policy::{Admitted, ClientKey};
 use crate::runtime::Handle;
 use crate::slot::{ABORTED, IDLE, PollEnd, TIMED_OUT, Verdict, tag};
 
@@ -65,6 +65,12 @@ pub(crate) struct Header {
     pub(crate) budget: Option<Duration>,
     pub(crate) budget_code: u32,
     pub(crate) client_idx: u32,
+    /// What admission found: the client's and the route's entries, and the
+    /// refusal epoch, which the first poll looks at again.
+    pub(crate) admitted: Admitted,
+    /// Set by the watchdog when it counted a poll of this task among its
+    /// route's overdue ones; cleared by the thread when that poll returns.
+    pub(crate) overdue: AtomicBool,
     pub(crate) location: Location,
     pub(crate) name: Option<Arc<str>>,
     pub(crate) client: Option<ClientKey>,
@@ -78,7 +84,7 @@ impl Header {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         budget: Option<Duration>,
-        client_idx: u32,
+        admitted: Admitted,
         location: Location,
         name: Option<Arc<str>>,
         client: Option<ClientKey>,
@@ -93,7 +99,9 @@ impl Header {
             registry_key: AtomicUsize::new(NO_KEY),
             budget,
             budget_code: crate::slot::budget_code(budget),
-            client_idx,
+            client_idx: admitted.client,
+            admitted,
+            overdue: AtomicBool::new(false),
             location,
             name,
             client,
@@ -188,6 +196,8 @@ pub(crate) struct Guarded<'h, F> {
     /// alive for as long as the task exists, and so for as long as this
     /// future.
     registry: *const Registry,
+    /// Not polled yet: the first poll looks at admission again.
+    fresh: bool,
 }
 
 impl<'h, F> Guarded<'h, F> {
@@ -196,6 +206,7 @@ impl<'h, F> Guarded<'h, F> {
             header,
             inner: Some(inner),
             registry: registry.map_or(std::ptr::null(), |r| r as *const Registry),
+            fresh: true,
         }
     }
 }
@@ -229,6 +240,20 @@ impl<F: Future> Future for Guarded<'_, F> {
             // future here, under the watchdog.
             drop_timed(header, this.inner);
             return Poll::Ready(Err(JoinError::cancelled()));
+        }
+        if std::mem::take(this.fresh) && header.admitted.recheck() {
+            // Admission was decided at the spawn; a task that waited in a
+            // queue meanwhile may have become one to refuse (its route's
+            // polls got stuck, or its client's cool-off began). It is
+            // refused here, before it takes the thread.
+            if let Some(refusal) = context::readmit(header) {
+                drop_timed(header, this.inner);
+                return Poll::Ready(if header.complete() {
+                    Err(JoinError::refused(refusal))
+                } else {
+                    Err(JoinError::cancelled())
+                });
+            }
         }
 
         let (res, end) = context::poll_under_watchdog(header, || {
@@ -312,7 +337,9 @@ fn drop_timed<F>(header: &Header, slot: Pin<&mut Option<F>>) {
             drop_quietly(slot);
             // A written-off thread sees its slot hijacked after the runnable
             // returns, and exits (`WorkerCtx::run`).
-            let _ = state.end(seq, header.budget_code);
+            if state.end(seq, header.budget_code) != PollEnd::InTime {
+                w.overdue_returned(header);
+            }
         }
         _ => drop_quietly(slot),
     });
@@ -830,7 +857,7 @@ mod tests {
     fn header() -> Header {
         Header::new(
             Some(Duration::from_millis(10)),
-            0,
+            Admitted::NONE,
             Location::EventThread,
             Some("t".into()),
             None,

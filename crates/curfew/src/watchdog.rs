@@ -29,6 +29,12 @@
 //! 5. at the cap on hijacked threads, the thread is not replaced: it is
 //!    reported as overdue and replaced as soon as a hijacked thread exits.
 //!
+//! A task whose key carries a route also counts against its route until its
+//! poll returns; a route with
+//! [`max_overdue_per_route`](crate::Builder::max_overdue_per_route) such
+//! polls is refused, at the spawn and at a queued task's first poll, so that
+//! one poisonous route cannot bring the runtime to its cap.
+//!
 //! The overrun path never leaves a slot claimed: a panic in it (from a
 //! tracing subscriber, a waker, or the client policy) is caught, the slot is
 //! released, and the watchdog carries on; so is a panic anywhere else in a
@@ -37,7 +43,9 @@
 //! # The queue deadline
 //!
 //! A group is *starved* when none of its threads is free to run queued work:
-//! each is running a poll past its budget, timed out, or written off. Then
+//! each is running a poll past its budget, timed out, or written off, and
+//! the cap leaves no room to replace one (below the cap, a thread past its
+//! budget is replaced within the hijack grace, which is soon enough). Then
 //! no thread will come for the queued tasks in time, so the watchdog takes
 //! them out of the queues (the shared one and the stuck threads' own) and
 //! answers each that has waited longer than its budget with a queue timeout
@@ -437,7 +445,7 @@ impl Watchdog {
                 let budget = slot::budget(word);
                 if budget != UNLIMITED && since >= slot::budget_duration(budget) {
                     self.overrun(group, slot, word, since, now_ns);
-                    (Seen::Awake, false)
+                    (Seen::Awake, group.can_replace())
                 } else {
                     if since >= self.shared.config.time_slice {
                         slot.slice_expired.store(slot::seq(word), Ordering::Relaxed);
@@ -449,7 +457,11 @@ impl Watchdog {
                 if since >= self.shared.config.hijack_grace {
                     self.write_off(group, slot, word);
                 }
-                (Seen::Awake, false)
+                // Under the cap the thread is replaced once the grace runs
+                // out (a few ms): a replacement will come for the queued
+                // tasks, so they are not answered with queue timeouts
+                // meanwhile.
+                (Seen::Awake, group.can_replace())
             }
             _ => (Seen::Awake, false),
         }
@@ -471,6 +483,12 @@ impl Watchdog {
         // `Runnable` keeps alive for the whole poll.
         let header = unsafe { &*header };
         let answered = header.time_out(elapsed);
+        // The poll counts against its route until it returns (even the
+        // timed drop of a task answered already: it holds the thread too).
+        let route = header.admitted.route;
+        if route != crate::policy::NO_CLIENT && !header.overdue.swap(true, Ordering::Relaxed) {
+            self.shared.clients.overdue_start(route);
+        }
         let mut cool_off = None;
         let mut contained = Ok(());
         if answered {

@@ -73,20 +73,57 @@ impl Namespace {
 /// assert_eq!(by_ip.network().unwrap().qualified(), "net:127.0.0.0/24");
 /// assert_eq!(by_header.namespace(), Namespace::Id);
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Equality, hashing and ordering look at the namespace and the text only:
+/// a key with a route is the same client as the key without it.
+///
+/// ```
+/// use curfew::policy::ClientKey;
+///
+/// let alice = ClientKey::id("alice");
+/// assert_eq!(alice.with_route("/search"), alice);
+/// ```
+#[derive(Clone)]
 pub struct ClientKey(Arc<Inner>);
 
-#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Inner {
     ns: Namespace,
-    text: Box<str>,
+    text: Arc<str>,
     /// The address of an IP key, for its network prefix.
     ip: Option<IpAddr>,
-    route: Option<Arc<str>>,
+    /// The route the task serves, as a route key.
+    route: Option<ClientKey>,
+}
+
+impl PartialEq for ClientKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.ns == other.0.ns && self.0.text == other.0.text)
+    }
+}
+
+impl Eq for ClientKey {}
+
+impl std::hash::Hash for ClientKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.ns.hash(state);
+        self.0.text.hash(state);
+    }
+}
+
+impl PartialOrd for ClientKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ClientKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.0.ns, &*self.0.text).cmp(&(other.0.ns, &*other.0.text))
+    }
 }
 
 impl ClientKey {
-    fn new(ns: Namespace, text: Box<str>, ip: Option<IpAddr>) -> Self {
+    fn new(ns: Namespace, text: Arc<str>, ip: Option<IpAddr>) -> Self {
         ClientKey(Arc::new(Inner {
             ns,
             text,
@@ -132,15 +169,29 @@ impl ClientKey {
         Self::new(Namespace::Route, route.as_ref().into(), None)
     }
 
-    /// This client, serving `route`: its timeouts also count against the
-    /// route when the policy has a route level. The client's identity (and
-    /// so its entry in the client table) does not change.
+    /// This client, serving `route`. The route's entry in the client table
+    /// counts the route's polls that are stuck past their budget (see
+    /// [`Builder::max_overdue_per_route`](crate::Builder::max_overdue_per_route)),
+    /// and its timeouts when the policy has a route level. The client's
+    /// identity (and so its entry in the client table) does not change.
     pub fn with_route(&self, route: impl AsRef<str>) -> Self {
+        self.with_route_key(&Self::route(route))
+    }
+
+    /// As [`with_route`](Self::with_route), with the route's key built
+    /// once: a server that keeps its routes' keys pays one small allocation
+    /// per request for this. A key of another namespace names the route by
+    /// its text.
+    pub fn with_route_key(&self, route: &ClientKey) -> Self {
+        let route = match route.0.ns {
+            Namespace::Route => route.without_route(),
+            _ => Self::route(route.as_str()),
+        };
         ClientKey(Arc::new(Inner {
             ns: self.0.ns,
             text: self.0.text.clone(),
             ip: self.0.ip,
-            route: Some(route.as_ref().into()),
+            route: Some(route),
         }))
     }
 
@@ -156,12 +207,17 @@ impl ClientKey {
     /// The route this key's task serves, as a route key, if it was given
     /// one with [`with_route`](ClientKey::with_route).
     pub fn route_key(&self) -> Option<ClientKey> {
-        self.0.route.as_deref().map(Self::route)
+        self.0.route.clone()
+    }
+
+    /// The route key, borrowed.
+    pub(crate) fn route_ref(&self) -> Option<&ClientKey> {
+        self.0.route.as_ref()
     }
 
     /// The route name given with [`with_route`](ClientKey::with_route).
     pub fn route_name(&self) -> Option<&str> {
-        self.0.route.as_deref()
+        self.0.route.as_ref().map(ClientKey::as_str)
     }
 
     /// The same client without its route: the key of its entry in the
@@ -229,7 +285,7 @@ impl fmt::Debug for ClientKey {
             self.0.text.escape_debug()
         )?;
         if let Some(r) = &self.0.route {
-            write!(f, " on {:?}", r)?;
+            write!(f, " on {:?}", r.as_str())?;
         }
         Ok(())
     }

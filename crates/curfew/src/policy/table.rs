@@ -22,9 +22,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
 
 use super::config::{ClientPolicy, CpuQuota, Level, LevelPolicy};
 use super::key::{ClientKey, Namespace};
@@ -71,6 +73,9 @@ struct Entry {
     window_used_ns: AtomicU64,
     /// Until when a sharing store says the key's quota is spent.
     spent_until_ms: AtomicU64,
+    /// Route entries: the route's polls and jobs that ran past their budget
+    /// and have not returned yet.
+    overdue: AtomicU32,
 }
 
 impl Entry {
@@ -91,6 +96,7 @@ impl Entry {
             a.store(0, Relaxed);
         }
         self.strikes.store(0, Relaxed);
+        self.overdue.store(0, Relaxed);
     }
 
     fn level(&self) -> Level {
@@ -105,6 +111,7 @@ impl Entry {
     fn class(&self, now_ms: u64) -> u8 {
         if self.cooling_until_ms.load(Relaxed) > now_ms
             || self.spent_until_ms.load(Relaxed) > now_ms
+            || self.overdue.load(Relaxed) > 0
         {
             3
         } else if self.strikes.load(Relaxed) > 0 {
@@ -205,6 +212,32 @@ struct Map {
     hand: usize,
 }
 
+/// What admission found for a task: the packed indices of its client's
+/// entry and of its route's, and the table's refusal epoch when it looked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Admitted {
+    pub(crate) client: u32,
+    pub(crate) route: u32,
+    /// [`Clients::refusal_epoch`] as admission read it, plus one; 0 when
+    /// there is no policy to look at again.
+    pub(crate) epoch: u64,
+}
+
+impl Admitted {
+    /// A task without a client.
+    pub(crate) const NONE: Admitted = Admitted {
+        client: NO_CLIENT,
+        route: NO_CLIENT,
+        epoch: 0,
+    };
+
+    /// Whether the task's first poll must look at the table again.
+    #[inline]
+    pub(crate) fn recheck(&self) -> bool {
+        self.route != NO_CLIENT || self.epoch != 0
+    }
+}
+
 /// The client table of one runtime.
 pub(crate) struct Clients {
     map: RwLock<Map>,
@@ -215,6 +248,12 @@ pub(crate) struct Clients {
     shares_usage: bool,
     epoch: Instant,
     evicted: AtomicU64,
+    /// Bumped whenever a key starts being refused (a cool-off begins, or a
+    /// store says a quota is spent): a task admitted under an older value
+    /// is looked at again when it is first polled.
+    refusal_epoch: CachePadded<AtomicU64>,
+    /// The most polls of one route that may be stuck past their budget.
+    route_limit: u32,
 }
 
 impl fmt::Debug for Clients {
@@ -229,11 +268,13 @@ impl fmt::Debug for Clients {
 
 impl Clients {
     /// A table of `capacity` entries (at least 1, at most 2^20), attached to
-    /// `store`.
+    /// `store`, refusing a route with `route_limit` polls stuck past their
+    /// budget.
     pub(crate) fn start(
         capacity: usize,
         policy: Option<ClientPolicy>,
         store: Arc<dyn PolicyStore>,
+        route_limit: usize,
     ) -> Arc<Self> {
         let capacity = capacity.clamp(1, 1 << 20);
         let slot_bits = usize::BITS - capacity.leading_zeros();
@@ -251,6 +292,8 @@ impl Clients {
             store,
             epoch: Instant::now(),
             evicted: AtomicU64::new(0),
+            refusal_epoch: CachePadded::new(AtomicU64::new(0)),
+            route_limit: u32::try_from(route_limit.max(1)).unwrap_or(u32::MAX),
         });
         clients.store.attach(LocalPolicy(Arc::downgrade(&clients)));
         clients
@@ -278,37 +321,92 @@ impl Clients {
         (e.generation.load(Relaxed) & gen_mask == idx >> self.slot_bits).then_some(e)
     }
 
-    /// Spawn path: finds or assigns `key`'s entry (and its network's and
-    /// route's where the policy limits them), and refuses the spawn if any
-    /// of them is cooling off or over its quota. Reads only local state.
-    pub(crate) fn admit(&self, key: &ClientKey) -> Result<u32, Refusal> {
-        let now = self.now_ms();
-        let idx = self.resolve(key, now);
-        let Some(policy) = &self.policy else {
-            return Ok(idx);
+    /// Spawn path: finds or assigns `key`'s entry (and its network's where
+    /// the policy limits networks, and its route's), and refuses the spawn
+    /// if any of them is cooling off or over its quota, or if the route has
+    /// as many tasks stuck past their budget as it may. Reads only local
+    /// state.
+    pub(crate) fn admit(&self, key: &ClientKey) -> Result<Admitted, Refusal> {
+        // Read before the entries: a refusal that starts after this read
+        // bumps the epoch, and the first poll looks again.
+        let epoch = match self.policy {
+            Some(_) => self.refusal_epoch.load(Ordering::Acquire) + 1,
+            None => 0,
         };
-        if let Some(r) = self.check(idx, key, policy, now, true) {
+        let now = self.now_ms();
+        let (client, route) = self.resolve(key, now);
+        if let Some(r) = self.check(client, route, key, now, true) {
             return Err(r);
         }
-        Ok(idx)
+        Ok(Admitted {
+            client,
+            route,
+            epoch,
+        })
+    }
+
+    /// First poll of a task admitted as `admitted`: refuses it if its route
+    /// has reached its limit of stuck tasks since, or (when a refusal
+    /// started since its admission) if its client, network or route is now
+    /// refused. Without a new refusal this is two relaxed loads, and one
+    /// more for a task with a route; no lock, no clock.
+    pub(crate) fn readmit(&self, admitted: Admitted, key: Option<&ClientKey>) -> Option<Refusal> {
+        let key = key?;
+        if let Some(r) = self.route_overdue(admitted.route, key, true) {
+            return Some(r);
+        }
+        if admitted.epoch == 0 || self.refusal_epoch.load(Ordering::Acquire) + 1 == admitted.epoch {
+            return None;
+        }
+        self.check(admitted.client, admitted.route, key, self.now_ms(), true)
     }
 
     /// How long `key` is still refused, if it is. A read only: it assigns
     /// no entry and counts no refusal.
     pub(crate) fn peek(&self, key: &ClientKey) -> Option<Refusal> {
-        let policy = self.policy.as_ref()?;
-        let idx = self.lookup(&key.without_route())?;
-        self.check(idx, key, policy, self.now_ms(), false)
+        let (idx, route) = {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            let idx = map.by_key.get(key).copied()?;
+            let route = key
+                .route_ref()
+                .and_then(|r| map.by_key.get(r).copied())
+                .unwrap_or(NO_CLIENT);
+            (idx, route)
+        };
+        self.check(idx, route, key, self.now_ms(), false)
+    }
+
+    /// Refuses a task of the route at `route` if the route has its limit of
+    /// tasks stuck past their budget.
+    #[inline]
+    fn route_overdue(&self, route: u32, key: &ClientKey, count: bool) -> Option<Refusal> {
+        let e = self.entry(route)?;
+        let overdue = e.overdue.load(Relaxed);
+        if overdue < self.route_limit {
+            return None;
+        }
+        if count {
+            e.refused.fetch_add(1, Relaxed);
+        }
+        Some(Refusal::RouteOverdue {
+            route: key.route_key()?,
+            overdue,
+            limit: self.route_limit,
+        })
     }
 
     fn check(
         &self,
         idx: u32,
+        route: u32,
         key: &ClientKey,
-        policy: &ClientPolicy,
         now: u64,
         count: bool,
     ) -> Option<Refusal> {
+        if let Some(r) = self.route_overdue(route, key, count) {
+            return Some(r);
+        }
+        let policy = self.policy.as_ref()?;
         let refuse = |e: &Entry, why: Why, who: ClientKey| {
             if count {
                 e.refused.fetch_add(1, Relaxed);
@@ -326,42 +424,58 @@ impl Clients {
             }
         }
         if policy.route.is_some() {
-            let route = key.route_key()?;
-            let r = self.lookup(&route)?;
-            let e = self.entry(r)?;
+            let e = self.entry(route)?;
             if let Some(why) = e.refusal(policy.route.as_ref(), now) {
-                return refuse(e, why, route);
+                return refuse(e, why, key.route_key()?);
             }
         }
         None
     }
 
-    /// The packed index of `key` if it is in the table.
-    fn lookup(&self, key: &ClientKey) -> Option<u32> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.by_key.get(key).copied()
+    /// Watchdog: a task of the route at `route` overran its budget and its
+    /// poll still runs. Cannot panic.
+    pub(crate) fn overdue_start(&self, route: u32) {
+        if let Some(e) = self.entry(route) {
+            e.overdue.fetch_add(1, Relaxed);
+        }
     }
 
-    /// Finds or assigns the entry of `key`, with its network link and its
-    /// route's entry where the policy limits them.
-    fn resolve(&self, key: &ClientKey, now: u64) -> u32 {
-        let client = key.without_route();
+    /// The overrunning poll counted by `overdue_start` has returned.
+    pub(crate) fn overdue_end(&self, route: u32) {
+        if let Some(e) = self.entry(route) {
+            let _ = e
+                .overdue
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Finds or assigns the entry of `key`, with its network link where
+    /// the policy limits networks, and the entry of its route if it has
+    /// one. Returns both packed indices. A key's route is not part of its
+    /// identity, so the client's lookup needs no key of its own.
+    fn resolve(&self, key: &ClientKey, now: u64) -> (u32, u32) {
         // Only IP keys have a network; checked without building its key.
         let want_net =
             self.policy.is_some_and(|p| p.network.is_some()) && key.namespace() == Namespace::Ip;
         {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(&i) = map.by_key.get(&client) {
+            if let Some(&i) = map.by_key.get(key) {
                 if let Some(e) = self.entry(i) {
                     e.last_seen_ms.store(now, Relaxed);
                     let linked = self.entry(e.parent.load(Relaxed));
                     if let Some(net) = linked {
                         net.last_seen_ms.store(now, Relaxed);
                     }
-                    let route_ok = !self.wants_route(key)
-                        || key.route_key().is_some_and(|r| map.by_key.contains_key(&r));
-                    if (linked.is_some() || !want_net) && route_ok {
-                        return i;
+                    let route = match key.route_ref() {
+                        None => Some(NO_CLIENT),
+                        Some(r) => map.by_key.get(r).and_then(|&r| {
+                            let e = self.entry(r)?;
+                            e.last_seen_ms.store(now, Relaxed);
+                            Some(r)
+                        }),
+                    };
+                    if let (true, Some(route)) = (linked.is_some() || !want_net, route) {
+                        return (i, route);
                     }
                 }
             }
@@ -373,22 +487,17 @@ impl Clients {
         } else {
             None
         };
-        let idx = self.insert(&mut map, client, now, net.unwrap_or(NO_CLIENT));
+        let idx = self.insert(&mut map, key.without_route(), now, net.unwrap_or(NO_CLIENT));
         if let Some(net) = net {
             if let Some(e) = self.entry(idx) {
                 e.parent.store(net, Relaxed);
             }
         }
-        if self.wants_route(key) {
-            if let Some(route) = key.route_key() {
-                self.insert(&mut map, route, now, idx);
-            }
-        }
-        idx
-    }
-
-    fn wants_route(&self, key: &ClientKey) -> bool {
-        self.policy.is_some_and(|p| p.route.is_some()) && key.route_name().is_some()
+        let route = match key.route_key() {
+            Some(route) => self.insert(&mut map, route, now, idx),
+            None => NO_CLIENT,
+        };
+        (idx, route)
     }
 
     /// Finds or inserts `key` under the write lock, evicting if the table is
@@ -550,6 +659,8 @@ impl Clients {
         // (release) or a panic on the watchdog thread (debug).
         let until = now.saturating_add(millis(limits.cool_off));
         e.cooling_until_ms.fetch_max(until, Relaxed);
+        // Tasks already queued for this key are looked at again.
+        self.refusal_epoch.fetch_add(1, Ordering::Release);
         Some(limits.cool_off)
     }
 
@@ -635,6 +746,7 @@ impl LocalPolicy {
         };
         if let Some(e) = t.entry(idx) {
             field(e).fetch_max(now.saturating_add(millis(remaining)), Relaxed);
+            t.refusal_epoch.fetch_add(1, Ordering::Release);
         }
     }
 
