@@ -135,6 +135,21 @@ def tcp_conn_inodes(port):
     return out
 
 
+def listening(port):
+    """Whether some socket listens on 127.0.0.1/0.0.0.0 `port` (TCP)."""
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except OSError:
+            pass
+    return False
+
+
 def cmdline(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -184,19 +199,20 @@ def parse_head(head):
 def read_response(sock, buf, deadline):
     """Reads one response from `sock` (after `buf`, already read). Returns
     (status, headers, body, rest of the buffer)."""
+    buf = bytearray(buf)
     while b"\r\n\r\n" not in buf:
         buf += recv_until(sock, deadline)
     head, _, buf = buf.partition(b"\r\n\r\n")
-    status, headers = parse_head(head)
+    status, headers = parse_head(bytes(head))
     if headers.get("transfer-encoding", "").lower() == "chunked":
         while b"0\r\n\r\n" not in buf:
             buf += recv_until(sock, deadline)
         body, _, buf = buf.partition(b"0\r\n\r\n")
-        return status, headers, body, buf
+        return status, headers, bytes(body), bytes(buf)
     n = int(headers.get("content-length", "0"))
     while len(buf) < n:
         buf += recv_until(sock, deadline)
-    return status, headers, buf[:n], buf[n:]
+    return status, headers, bytes(buf[:n]), bytes(buf[n:])
 
 
 def recv_until(sock, deadline):
@@ -349,6 +365,21 @@ class Server:
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def listening(self):
+        """Whether a socket still listens on the server's port."""
+        return listening(self.port)
+
+    def state(self):
+        """A word on the process: "" if it serves, else what is wrong."""
+        if self.killed:
+            return self.killed
+        if not self.alive():
+            rc = self.proc.returncode if self.proc else None
+            return f"SERVER EXITED (status {rc})"
+        if not self.listening():
+            return "SERVER STOPPED LISTENING (process alive, connections refused)"
+        return ""
 
     def kill_hard(self, why):
         if self.killed is None:
@@ -746,6 +777,8 @@ def wait_handlers_done(srv, max_s):
     end = time.monotonic() + max_s
     last = None
     while time.monotonic() < end:
+        if srv.state():
+            return None
         last = metrics_value(srv.metrics(), "handlers running")
         if last == 0:
             return 0
@@ -787,14 +820,25 @@ def abuse_loops(n):
         took = time.monotonic() - t0
         lat = sorted(r.latency for r in res)
         m = srv.metrics() or ""
-        hij = metrics_value(m, "hijacked_total")
+        counters = ""
+        if m:
+            counters = "; event threads: " + ", ".join(
+                f"{k} {metrics_value(m, k)}" for k in ("hijacked_total", "timeouts", "queue_timeouts")
+            )
+        first_bad = next((r for r in sorted(res, key=lambda r: r.t) if not isinstance(r.outcome, int)), None)
+        notes = [
+            "loop requests, by start time: "
+            + ", ".join(f"{r.t - t0:.2f}s+{fmt_s(r.latency)} {r.short()}" for r in sorted(res, key=lambda r: r.t))
+        ]
         return {
             "bound": (
                 f"{n} loops ({iters:,} iterations, ~{spin_s:g} s each): {outcomes(res)}, "
                 f"answered in {fmt_s(lat[0]) if lat else '-'}-{fmt_s(lat[-1]) if lat else '-'}; "
-                f"handlers running {left} after {took:.1f} s; hijacked_total {hij}"
+                + (f"handlers running {left} after {took:.1f} s" if left is not None else f"no /metrics after {took:.1f} s")
+                + counters
+                + (f"; first loop request without an answer: {first_bad.short()}" if first_bad else "")
             ),
-            "settle": lambda: None,
+            "notes": notes,
         }
 
     return attack
@@ -1041,7 +1085,7 @@ def abuse_idle(n, nips, hold, reopen=False):
         c = Conns()
         sources = ip_pool(5, nips) if nips > 1 else ["127.0.0.1"]
         t0 = time.monotonic()
-        opened = c.open_many(srv.addr, sources, want, t0 + 40)
+        opened = c.open_many(srv.addr, sources, want, t0 + 25)
         t_open = time.monotonic() - t0
         peak_client = len(c.open)
         reopened = 0
@@ -1075,38 +1119,44 @@ def abuse_idle(n, nips, hold, reopen=False):
 def abuse_uploads(k, size):
     def attack(ctx, srv, sampler):
         results = [None] * k
-        # The body names a file (read-path, on the pool): a path this long
-        # fails at once (ENAMETOOLONG), so the handler costs little and what
-        # is measured is the bodies held in memory.
+        # The body is not a decimal count, so the infinite-loop handler
+        # refuses it at once (422) after the body is read: what is measured
+        # is the bodies held in memory.
         chunk = b"x" * (1 << 18)
+        deadline = time.monotonic() + 90
 
         def one(i):
             t0 = time.monotonic()
             s = socket.socket()
+            sent = 0
             try:
                 s.bind(("127.0.0.1", 0))
                 s.settimeout(30)
                 s.connect(srv.addr)
                 s.sendall(
-                    b"POST /attack/read-path?form=pool HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+                    b"POST /attack/infinite-loop?form=inline HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
                 )
-                sent = 0
-                buf = b""
-                while sent < size - 1:
-                    # An early answer (503 before the body is read) ends
-                    # the upload.
-                    if select_readable(s):
-                        break
-                    part = chunk[: min(len(chunk), size - 1 - sent)]
-                    s.sendall(part)
-                    sent += len(part)
-                if sent == size - 1:
-                    s.sendall(b"x")
-                    sent += 1
-                status, hdrs, _, _ = read_response(s, buf, time.monotonic() + 60)
-                results[i] = (time.monotonic() - t0, f"{status}", sent)
+                try:
+                    while sent < size and time.monotonic() < deadline:
+                        # An early answer (503 before the body is read)
+                        # ends the upload.
+                        if select_readable(s):
+                            break
+                        part = chunk[: min(len(chunk), size - sent)]
+                        s.sendall(part)
+                        sent += len(part)
+                except OSError as e:
+                    send_error = failure_word(e)
+                else:
+                    send_error = None
+                try:
+                    status, hdrs, _, _ = read_response(s, b"", time.monotonic() + 30)
+                    what = f"{status}" + (f" {hdrs.get('x-lab-outcome')}" if hdrs.get("x-lab-outcome") else "")
+                except (OSError, Closed, ValueError) as e:
+                    what = send_error or failure_word(e)
+                results[i] = (time.monotonic() - t0, what, sent)
             except (OSError, Closed, ValueError) as e:
-                results[i] = (time.monotonic() - t0, failure_word(e), None)
+                results[i] = (time.monotonic() - t0, failure_word(e), sent)
             finally:
                 s.close()
 
@@ -1114,7 +1164,7 @@ def abuse_uploads(k, size):
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=90)
+            t.join(timeout=max(0.1, deadline + 35 - time.monotonic()))
         rs = [r for r in results if r]
         kinds = collections.Counter(r[1] for r in rs)
         full = sum(1 for r in rs if r[2] == size)
@@ -1123,7 +1173,11 @@ def abuse_uploads(k, size):
             "bound": (
                 f"{k} × {size / 1e6:.0f} MB: " + ", ".join(f"{k_}×{v}" for k_, v in kinds.items())
                 + f"; {full} bodies sent whole; answered after {fmt_s(min(ts))}-{fmt_s(max(ts))}"
-            )
+            ),
+            "notes": [
+                "uploads: "
+                + ", ".join(f"{r[1]} after {fmt_s(r[0])} ({r[2] / 1e6:.1f} MB sent)" for r in sorted(rs))
+            ],
         }
 
     return attack
@@ -1290,7 +1344,7 @@ def run_abuse(ctx, ab):
         # After: wait (bounded) for the connections to close and the
         # handlers to end.
         end = time.monotonic() + ab.settle
-        while time.monotonic() < end and srv.alive():
+        while time.monotonic() < end and not srv.state():
             s = sampler.sample()
             if s.conns is not None and s.conns <= b.conns:
                 running = metrics_value(srv.metrics(), "handlers running")
@@ -1315,6 +1369,11 @@ def run_abuse(ctx, ab):
             killed=srv.killed,
             during_ok_after_first_failure=recovery(during),
         )
+        state = srv.state()
+        if state:
+            row["bound"] = f"{state}; " + row["bound"]
+            if not srv.alive() and not srv.killed:
+                row["notes"].extend(f"server output: `{line[:300]}`" for line in list(srv.log)[-10:])
         if srv.killed and not pa:
             row["hello"] = (row["hello"][0], row["hello"][1], "killed")
         shed = srv.log_counts.get("shedding")
