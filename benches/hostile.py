@@ -507,6 +507,29 @@ class Sampler(threading.Thread):
         return [s for s in self.samples if t0 <= s.t <= t1 and s.conns is not None]
 
 
+class PauseWatch(threading.Thread):
+    """Ticks every 0.1 s and records each tick more than 1 s late: this
+    process was stopped (SIGSTOP) or starved of CPU for that long, and the
+    server most likely with it, so the row's timings do not hold."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.halt = threading.Event()
+        self.pauses = []
+
+    def run(self):
+        last = time.monotonic()
+        while not self.halt.wait(0.1):
+            now = time.monotonic()
+            if now - last > 1.0:
+                self.pauses.append(now - last - 0.1)
+            last = now
+
+    def stop(self):
+        self.halt.set()
+        self.join(timeout=5)
+
+
 class Prober(threading.Thread):
     """`GET /hello` from PROBE_IP every PROBE_EVERY seconds until stopped."""
 
@@ -1327,6 +1350,8 @@ def run_abuse(ctx, ab):
     srv = Server(ctx.binary, ab.mode, flags, nofile=ab.nofile, rss_cap_mib=ab.rss_cap, host=host)
     row = {"abuse": f"{ab.item}: {ab.name}", "clients": ab.clients, "cmd": " ".join(srv.argv())}
     print(f"== {ab.name}: {row['cmd']}", file=sys.stderr, flush=True)
+    pauses = PauseWatch()
+    pauses.start()
     srv.start()
     sampler = Sampler(srv, ab.sample_every)
     try:
@@ -1369,6 +1394,13 @@ def run_abuse(ctx, ab):
             killed=srv.killed,
             during_ok_after_first_failure=recovery(during),
         )
+        pauses.stop()
+        if pauses.pauses:
+            row["paused"] = sum(pauses.pauses)
+            row["bound"] = (
+                f"PAUSED: this run stood still {len(pauses.pauses)} time(s), {sum(pauses.pauses):.1f} s in all "
+                "(stopped or starved by other work on the machine), timings unreliable; " + row["bound"]
+            )
         state = srv.state()
         if state:
             row["bound"] = f"{state}; " + row["bound"]
@@ -1380,6 +1412,7 @@ def run_abuse(ctx, ab):
         if shed:
             row["notes"].append(f"server log: {shed} 'shedding connection' lines")
     finally:
+        pauses.halt.set()
         sampler.stop()
         srv.stop()
     return row
@@ -1461,6 +1494,7 @@ def main():
     p.add_argument("--probe-timeout", type=float, default=2.0, help="seconds a /hello probe may take (default 2)")
     p.add_argument("--rss-limit-mib", type=int, default=512, help="--rss-limit-mib for the supervised /dev/zero row")
     p.add_argument("--rss-cap-mib", type=int, default=2048, help="the script kills a /dev/zero server past this")
+    p.add_argument("--retries", type=int, default=1, help="reruns of an abuse whose run was paused (0 or 1)")
     p.add_argument("--spin-iters-per-sec", type=float, default=None, help="skip the spin calibration")
     p.add_argument(
         "--non-loopback-addr",
@@ -1498,7 +1532,15 @@ def main():
     try:
         for ab in abuses:
             try:
-                rows.append(run_abuse(ctx, ab))
+                row = run_abuse(ctx, ab)
+                if row.get("paused") and args.retries > 0:
+                    # Once more, in the hope of a quieter moment.
+                    print(f"   {ab.name} paused {row['paused']:.1f} s: running it again", file=sys.stderr, flush=True)
+                    cleanup_all()
+                    again = run_abuse(ctx, ab)
+                    again["abuse"] += " (rerun)"
+                    row = again if not again.get("paused") or again["paused"] < row["paused"] else row
+                rows.append(row)
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # a row that fails is reported, the run goes on
