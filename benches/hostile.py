@@ -35,6 +35,16 @@ by what that allows (it says so in the table). The `/dev/zero` abuses are
 watched: a server whose tree passes `--rss-cap-mib` (default 2048) is killed
 by the script, and the row says so.
 
+A watcher thread notes every moment this process stood still for more than
+a second (stopped, or starved of CPU by other work: the server is then most
+likely stopped too, and its watchdog sees every poll overrun when it wakes).
+Such a row is marked PAUSED and, with `--retries 1` (the default), run once
+more; keep the machine otherwise idle for numbers worth quoting.
+
+`--non-loopback-addr ADDR` (opt-in) adds a row whose server listens on ADDR,
+an address of this machine outside 127.0.0.0/8, to ask `/metrics` from a
+peer that is not loopback.
+
 The output is Markdown: the command line and `uptime`, a table, and the
 details of each abuse.
 """
