@@ -1414,7 +1414,7 @@ def run_abuse(ctx, ab):
         state = srv.state()
         if state:
             row["bound"] = f"{state}; " + row["bound"]
-            if not srv.alive() and not srv.killed:
+            if not srv.killed:
                 row["notes"].extend(f"server output: `{line[:300]}`" for line in list(srv.log)[-10:])
         if srv.killed and not pa:
             row["hello"] = (row["hello"][0], row["hello"][1], "killed")
