@@ -1270,12 +1270,12 @@ def plan(ctx):
     idle_n = 2000 if q else 20000
     out = [
         Abuse("loops10", 7, "1 IP, 10 ids", "curfew", trust, abuse_loops(10)),
-        Abuse("loops50", 7, "1 IP, 50 ids", "curfew", trust, abuse_loops(20 if q else 50)),
+        Abuse("loops50", 7, f"1 IP, {20 if q else 50} ids", "curfew", trust, abuse_loops(20 if q else 50)),
         Abuse("ids1100", 8, "4 conns, 1,100 ids", "curfew-policy", trust, abuse_ids(1100)),
-        Abuse("ids100k", 8, "4 conns, 100,000 ids", "curfew-policy", trust, abuse_ids(10000 if q else 100000)),
+        Abuse("ids100k", 8, f"4 conns, {10000 if q else 100000:,} ids", "curfew-policy", trust, abuse_ids(10000 if q else 100000)),
         Abuse("spoof", 9, "1 IP spoofing", "curfew-policy", [], abuse_spoof(False)),
         Abuse("spoof-trusted", 9, "1 IP spoofing", "curfew-policy", trust, abuse_spoof(True)),
-        Abuse("trickle-ip", 10, "1 IP", "curfew", [], abuse_trickle(500 if q else 5000, 1)),
+        Abuse("trickle-ip", 10, f"1 IP, {500 if q else 5000} conns", "curfew", [], abuse_trickle(500 if q else 5000, 1)),
         Abuse("trickle-spread", 10, "20 IPs", "curfew", [], abuse_trickle(500 if q else 5000, 20)),
         Abuse(
             "trickle-h2-preface",
