@@ -36,9 +36,8 @@ watched: a server whose tree passes `--rss-cap-mib` (default 2048) is killed
 by the script, and the row says so.
 
 A watcher thread notes every moment this process stood still for more than
-a second (stopped, or starved of CPU by other work: the server is then most
-likely stopped too, and its watchdog sees every poll overrun when it wakes).
-Such a row is marked PAUSED and, with `--retries 1` (the default), run once
+a second (stopped, or starved of CPU by other work: the server most likely
+stood still too, so the row's timings do not hold). Such a row is marked PAUSED and, with `--retries 1` (the default), run once
 more; keep the machine otherwise idle for numbers worth quoting.
 
 `--non-loopback-addr ADDR` (opt-in) adds a row whose server listens on ADDR,
