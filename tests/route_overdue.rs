@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use curfew::Refusal;
 use curfew::policy::{ClientKey, ClientPolicy};
-use curfew::{JoinHandle, Refusal};
+use curfew_suite::answered_within;
 
 const BUDGET: Duration = Duration::from_millis(50);
 
@@ -24,19 +25,6 @@ fn block_until(release: &AtomicBool) {
     while !release.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(1));
     }
-}
-
-/// Awaits `h` for at most `bound`, on a thread of its own, so that an
-/// unanswered handle fails the test instead of hanging it.
-fn answer<T: Send + 'static>(
-    h: JoinHandle<T>,
-    bound: Duration,
-) -> Option<Result<T, curfew::JoinError>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(futures::executor::block_on(h));
-    });
-    rx.recv_timeout(bound).ok()
 }
 
 #[test]
@@ -72,7 +60,9 @@ fn a_route_with_its_limit_of_stuck_polls_is_refused_queued_tasks_included() {
     let mut refused = 0;
     let mut timed_out = 0;
     for h in poisoned {
-        match answer(h, Duration::from_secs(10)).expect("a poisoned task was never answered") {
+        match answered_within(h, Duration::from_secs(10))
+            .expect("a poisoned task was never answered")
+        {
             Err(e) if e.is_timeout() => timed_out += 1,
             Err(e) => {
                 match e.refusal() {
@@ -107,9 +97,14 @@ fn a_route_with_its_limit_of_stuck_polls_is_refused_queued_tasks_included() {
     let ok = curfew::task::Builder::new()
         .client(ClientKey::id("client-0").with_route("/ok"))
         .spawn_on(&rt.handle(), async { 7 });
-    assert_eq!(answer(ok, Duration::from_secs(5)).unwrap().unwrap(), 7);
     assert_eq!(
-        answer(rt.spawn(async { 8 }), Duration::from_secs(5))
+        answered_within(ok, Duration::from_secs(5))
+            .unwrap()
+            .unwrap(),
+        7
+    );
+    assert_eq!(
+        answered_within(rt.spawn(async { 8 }), Duration::from_secs(5))
             .unwrap()
             .unwrap(),
         8
@@ -120,7 +115,7 @@ fn a_route_with_its_limit_of_stuck_polls_is_refused_queued_tasks_included() {
         .spawn_on(&rt.handle(), async {});
     assert!(late.is_finished(), "refused at once");
     assert!(
-        answer(late, Duration::from_secs(1))
+        answered_within(late, Duration::from_secs(1))
             .unwrap()
             .unwrap_err()
             .is_refused()
@@ -133,7 +128,7 @@ fn a_route_with_its_limit_of_stuck_polls_is_refused_queued_tasks_included() {
         let h = curfew::task::Builder::new()
             .client(ClientKey::id("later").with_route("/poison"))
             .spawn_on(&rt.handle(), async { 9 });
-        match answer(h, Duration::from_secs(5)) {
+        match answered_within(h, Duration::from_secs(5)) {
             Some(Ok(9)) => break true,
             _ if Instant::now() > deadline => break false,
             _ => std::thread::sleep(Duration::from_millis(20)),
@@ -174,10 +169,12 @@ fn a_cool_off_that_begins_while_tasks_wait_refuses_them_before_they_run() {
                 })
         })
         .collect();
-    let err = answer(first, Duration::from_secs(5)).unwrap().unwrap_err();
+    let err = answered_within(first, Duration::from_secs(5))
+        .unwrap()
+        .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     for h in queued {
-        let err = answer(h, Duration::from_secs(5))
+        let err = answered_within(h, Duration::from_secs(5))
             .expect("a queued task was never answered")
             .unwrap_err();
         assert!(
@@ -190,7 +187,12 @@ fn a_cool_off_that_begins_while_tasks_wait_refuses_them_before_they_run() {
     let other = curfew::task::Builder::new()
         .client("alice")
         .spawn_on(&rt.handle(), async { 1 });
-    assert_eq!(answer(other, Duration::from_secs(5)).unwrap().unwrap(), 1);
+    assert_eq!(
+        answered_within(other, Duration::from_secs(5))
+            .unwrap()
+            .unwrap(),
+        1
+    );
     release.store(true, Ordering::SeqCst);
     drop(std::mem::ManuallyDrop::into_inner(rt));
 }

@@ -470,7 +470,7 @@ async fn run<S: App>(
         // drop the listener): hand the thread back now and then.
         accepted_in_a_row += 1;
         if accepted_in_a_row % ACCEPTS_PER_POLL == 0 {
-            yield_once().await;
+            curfew::task::yield_now().await;
         }
         let accepted = tokio::select! {
             biased;
@@ -541,21 +541,6 @@ async fn run<S: App>(
 
 /// Connections the accept loop takes in one poll at most.
 const ACCEPTS_PER_POLL: u32 = 64;
-
-/// Returns `Pending` once, waking itself: lets the executor run others.
-async fn yield_once() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await;
-}
 
 /// The reaper's next tick, or never without an idle timeout.
 async fn tick(reaper: &mut Option<tokio::time::Interval>) {
