@@ -37,7 +37,11 @@ async fn a_poisoned_search_times_out_while_other_clients_chat() {
     // Benign clients chat in the same room, each timing its own broadcast.
     let mut clients = Vec::new();
     for b in 0..BENIGN {
-        clients.push(Client::connect(&server, &format!("benign{b}")).await);
+        let mut c = Client::connect(&server, &format!("benign{b}")).await;
+        // In the lobby before anyone chats (its connection's task puts it
+        // there after the upgrade), so that it gets every message.
+        c.join("lobby").await;
+        clients.push(c);
     }
     let tasks: Vec<_> = clients
         .into_iter()

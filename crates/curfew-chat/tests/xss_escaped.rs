@@ -17,6 +17,11 @@ async fn markup_arrives_escaped() {
     let server = server(|_| {});
     let mut mallory = Client::connect(&server, "mallory").await;
     let mut victim = Client::connect(&server, "victim").await;
+    // Each is put in the lobby by its connection's task, after the upgrade:
+    // wait until both are in, or the first message can go out before the
+    // victim is there to get it.
+    victim.join("lobby").await;
+    mallory.join("lobby").await;
     for payload in PAYLOADS {
         mallory.say("lobby", payload).await;
         let ServerFrame::Message { text, from, .. } = victim.frame().await else {
