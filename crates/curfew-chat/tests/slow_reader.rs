@@ -38,7 +38,10 @@ async fn a_slow_reader_is_closed_1013_with_bounded_memory() {
     let mut senders = Vec::new();
     let mut readers = Vec::new();
     for user in ["flood-a", "flood-b"] {
-        let c = common::Client::connect(&server, user).await;
+        let mut c = common::Client::connect(&server, user).await;
+        // In the lobby before the flood starts (its connection's task puts
+        // it there after the upgrade), so that it gets every message.
+        c.join("lobby").await;
         let (tx, mut rx) = c.ws.split();
         senders.push(tx);
         readers.push(tokio::spawn(async move {
