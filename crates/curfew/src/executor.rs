@@ -75,6 +75,10 @@ pub(crate) struct Slot {
     /// The OS thread id, for demoting a hijacked thread's scheduling
     /// priority; 0 until the thread starts.
     pub(crate) os_tid: std::sync::atomic::AtomicI64,
+    /// Set by the watchdog when it moved this thread to the idle scheduling
+    /// class (at a timeout or a hijack); cleared by the thread when it asks
+    /// for its ordinary policy back.
+    pub(crate) demoted: AtomicBool,
     /// Set by a producer that woke this thread from its park.
     notified: AtomicBool,
     /// Wakes this thread while it is parked in the I/O driver.
@@ -469,6 +473,7 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         stealers: local.as_ref().map(Local::stealers),
         thread: OnceLock::new(),
         os_tid: std::sync::atomic::AtomicI64::new(0),
+        demoted: AtomicBool::new(false),
         notified: AtomicBool::new(false),
         driver_waker: AtomicWaker::new(),
         polls: AtomicU64::new(0),
@@ -707,6 +712,11 @@ impl WorkerCtx {
                     if tag(self.slot.state.load()) == HIJACKED {
                         return true;
                     }
+                    if self.slot.demoted.load(Ordering::Relaxed) && !self.undemote() {
+                        // Stuck at idle priority: make way for a thread
+                        // at the ordinary one.
+                        return false;
+                    }
                 }
                 None => self.park(group),
             }
@@ -872,9 +882,30 @@ impl WorkerCtx {
         self.slot.notified.store(false, Ordering::Relaxed);
     }
 
+    /// Asks for the ordinary scheduling policy back after the watchdog
+    /// demoted this thread at a timeout, and the poll then returned within
+    /// the hijack grace. Returns false when the kernel refuses (leaving
+    /// `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows
+    /// nice 0): the thread must then exit, and the watchdog starts a
+    /// replacement at the ordinary priority.
+    #[cold]
+    fn undemote(&self) -> bool {
+        if !self.slot.demoted.swap(false, Ordering::Relaxed) || crate::sys::restore_current() {
+            return true;
+        }
+        tracing::debug!(
+            target: "curfew",
+            thread = self.slot.id,
+            "cannot leave the idle scheduling class; the thread exits and is replaced"
+        );
+        false
+    }
+
     fn retire(self, hijacked: bool) {
-        if hijacked && self.shared.config.demote_hijacked {
-            // The watchdog demoted us; take locks below at normal priority.
+        if self.slot.demoted.swap(false, Ordering::Relaxed) {
+            // The watchdog demoted us; take locks below at normal priority
+            // (best effort: without the privilege we stay idle-class for
+            // the few instructions left).
             crate::sys::restore_current();
         }
         let group = self.group();
@@ -902,6 +933,8 @@ impl WorkerCtx {
             group.healthy.fetch_sub(1, Ordering::SeqCst);
         }
         group.alive.fetch_sub(1, Ordering::SeqCst);
+        // Wakes the watchdog, which refills the group if a healthy thread
+        // left before shutdown (one that could not leave the idle class).
         self.shared.thread_exited();
     }
 }

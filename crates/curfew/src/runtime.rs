@@ -37,6 +37,7 @@ pub(crate) struct Config {
     pub(crate) max_tracked_clients: usize,
     pub(crate) max_overdue_per_route: usize,
     pub(crate) demote_hijacked: bool,
+    pub(crate) demote_overrunning: bool,
     pub(crate) blocking_nice: i32,
 }
 
@@ -98,6 +99,7 @@ pub struct Builder {
     max_overdue_per_route: Option<usize>,
     policy_store: Arc<dyn PolicyStore>,
     demote_hijacked: bool,
+    demote_overrunning: bool,
     blocking_nice: i32,
     tokio_handle: Option<tokio::runtime::Handle>,
     env_error: Option<BuildError>,
@@ -124,6 +126,7 @@ impl Default for Builder {
             max_overdue_per_route: None,
             policy_store: Arc::new(MemoryStore),
             demote_hijacked: false,
+            demote_overrunning: true,
             blocking_nice: 0,
             tokio_handle: None,
             env_error: None,
@@ -297,6 +300,34 @@ impl Builder {
     /// way.
     pub fn policy_store(mut self, store: impl PolicyStore) -> Self {
         self.policy_store = Arc::new(store);
+        self
+    }
+
+    /// Whether the thread of a poll that overruns its budget is moved to the
+    /// idle scheduling class (Linux `SCHED_IDLE`) at the moment of the
+    /// timeout, before the caller is woken. Default: true.
+    ///
+    /// This is what gets the `TimeoutError` to its caller on time: a caller
+    /// woken onto the core where the poll still spins otherwise waits up to
+    /// a scheduler tick (4 ms at HZ=250) for the spinner's slice to end. In
+    /// the delivery bench it took the p99 of delivery past the budget from
+    /// 1.2-4.8 ms to 0.6-1.5 ms (`benches/RESULTS.md`).
+    ///
+    /// If the poll returns within the hijack grace, the thread asks for its
+    /// ordinary policy back before it runs anything else. That needs
+    /// `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows nice 0; without it the
+    /// thread exits instead and the watchdog starts a replacement at the
+    /// ordinary priority, so a task never runs at idle priority because an
+    /// earlier one overran. A thread hijacked after the grace is put back
+    /// on the ordinary policy when that is allowed, unless
+    /// [`demote_hijacked_threads`](Self::demote_hijacked_threads) keeps it
+    /// demoted.
+    ///
+    /// The price: until it returns or is hijacked (the grace, 5 ms by
+    /// default), the overrunning poll runs only on CPU nobody else wants,
+    /// so a lock it holds is held longer while the machine is busy.
+    pub fn demote_overrunning_polls(mut self, enabled: bool) -> Self {
+        self.demote_overrunning = enabled;
         self
     }
 
@@ -547,6 +578,7 @@ impl Builder {
             max_tracked_clients: self.max_tracked_clients,
             max_overdue_per_route,
             demote_hijacked: self.demote_hijacked,
+            demote_overrunning: self.demote_overrunning,
             blocking_nice: self.blocking_nice,
         })
     }

@@ -1,12 +1,19 @@
 //! The little the runtime asks of the operating system.
 //!
-//! A hijacked thread keeps burning a core until its poll returns. On Linux,
-//! when `Builder::demote_hijacked_threads` is on, the watchdog moves such a
-//! thread to the `SCHED_IDLE` policy, so that it only gets CPU nobody else
-//! wants: the healthy threads and the watchdog itself run first. Lowering a thread's priority needs no privilege. When
-//! the poll finally returns, the thread asks for its ordinary policy back
-//! ([`restore_current`]) before it takes the runtime's locks on its way out,
-//! so that a thread starved of CPU cannot hold a lock the watchdog needs.
+//! A poll that overruns its budget keeps burning a core until it returns.
+//! On Linux the watchdog moves its thread to the `SCHED_IDLE` policy at the
+//! moment of the timeout, before it wakes the caller
+//! (`Builder::demote_overrunning_polls`, on by default), so that the caller,
+//! the replacement thread and the healthy threads preempt it at once instead
+//! of waiting out its time slice. Lowering a thread's priority needs no
+//! privilege; raising it back does (`CAP_SYS_NICE`, or an `RLIMIT_NICE` that
+//! allows nice 0). A poll that returns within the hijack grace asks for its
+//! ordinary policy back ([`restore_current`]); if that is refused, the
+//! thread exits and is replaced. A thread hijacked after the grace is put
+//! back ([`restore`]) unless `Builder::demote_hijacked_threads` keeps it
+//! demoted; either way it asks for its ordinary policy back before it takes
+//! the runtime's locks on its way out, so that a thread starved of CPU
+//! cannot hold a lock the watchdog needs.
 //!
 //! The watchdog itself asks for a short EEVDF time slice
 //! ([`request_short_slice`]): when it wakes on a core held by a spinning
@@ -82,18 +89,33 @@ pub(crate) fn demote(tid: i64) -> bool {
 
 /// Puts the calling thread back on the ordinary scheduling policy after a
 /// [`demote`]. Best effort: leaving `SCHED_IDLE` needs an `RLIMIT_NICE` that
-/// allows nice 0 (or `CAP_SYS_NICE`); without it the thread stays idle-class
-/// for the few instructions it has left.
+/// allows nice 0 (or `CAP_SYS_NICE`); returns whether it worked.
 pub(crate) fn restore_current() -> bool {
+    restore(0)
+}
+
+/// Puts the thread with OS id `tid` (of this process; 0 for the calling
+/// thread) back on the ordinary scheduling policy after a [`demote`]. Best
+/// effort, with the same privilege as [`restore_current`].
+pub(crate) fn restore(tid: i64) -> bool {
     #[cfg(target_os = "linux")]
     {
+        let Ok(tid) = libc::pid_t::try_from(tid) else {
+            return false;
+        };
+        if tid < 0 {
+            return false;
+        }
         let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is valid for the call; pid 0 means the calling
-        // thread.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) == 0 }
+        // SAFETY: `param` is valid for the call, which only changes the
+        // scheduling policy of thread `tid` (0: the calling thread). The
+        // caller passes the id of a live thread of this process, as for
+        // `demote`.
+        unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) == 0 }
     }
     #[cfg(not(target_os = "linux"))]
     {
+        let _ = tid;
         false
     }
 }

@@ -482,6 +482,12 @@ impl Watchdog {
         // lives inline in the task's allocation, which the running
         // `Runnable` keeps alive for the whole poll.
         let header = unsafe { &*header };
+        if self.shared.config.demote_overrunning && !slot.demoted.swap(true, Ordering::Relaxed) {
+            // Before the caller is woken: a caller (or a replacement thread)
+            // woken onto this core then preempts the spinning poll at once,
+            // instead of waiting up to a scheduler tick for it.
+            crate::sys::demote(slot.os_tid.load(Ordering::Relaxed));
+        }
         let answered = header.time_out(elapsed);
         // The poll counts against its route until it returns (even the
         // timed drop of a task answered already: it holds the thread too).
@@ -575,9 +581,18 @@ impl Watchdog {
             return;
         }
         slot.deferred.store(false, Ordering::Relaxed);
+        let tid = slot.os_tid.load(Ordering::Relaxed);
         if self.shared.config.demote_hijacked {
-            // It may spin for a long time yet: let it have only spare CPU.
-            crate::sys::demote(slot.os_tid.load(Ordering::Relaxed));
+            if !slot.demoted.swap(true, Ordering::Relaxed) {
+                // It may spin for a long time yet: let it have only spare CPU.
+                crate::sys::demote(tid);
+            }
+        } else if slot.demoted.load(Ordering::Relaxed) && crate::sys::restore(tid) {
+            // Demoted at the timeout, but hijacked threads keep their
+            // priority (so that, for one, a supervisor's kill is not slowed
+            // by a thread that hardly runs). Without the privilege to
+            // restore it, the thread stays demoted.
+            slot.demoted.store(false, Ordering::Relaxed);
         }
         group.healthy.fetch_sub(1, Ordering::SeqCst);
         group.hijacked_total.fetch_add(1, Ordering::Relaxed);
