@@ -35,6 +35,9 @@
 //! cargo bench --bench timeout_latency
 //! ```
 //!
+//! `CURFEW_BENCH_DEMOTE=0` runs with `Builder::demote_overrunning_polls`
+//! off, for an A/B run against the default.
+//!
 //! A trial whose overrun ran to its end (budget + 10 ms) without its caller
 //! being answered with a timeout is counted as `missed`, and ranks above
 //! every delivered timeout in the percentiles.
@@ -182,9 +185,13 @@ fn main() {
         2
     };
     let began = Instant::now();
+    // `CURFEW_BENCH_DEMOTE=0` turns off the demotion of overrunning polls
+    // at the timeout, for an A/B run.
+    let demote = std::env::var("CURFEW_BENCH_DEMOTE").map_or(true, |v| v != "0");
     println!(
         "timeout delivery latency: {} event threads, 4 pool threads, watchdog interval 500 µs, \
-         hijack grace 5 ms, {trials} trials per row",
+         hijack grace 5 ms, overrunning polls demoted at the timeout: {demote}, {trials} trials \
+         per row",
         common::threads()
     );
     println!(
@@ -236,6 +243,7 @@ fn main() {
             let rt = common::curfew_builder()
                 .thread_name("lat")
                 .blocking_threads(4)
+                .demote_overrunning_polls(demote)
                 .build()
                 .expect("curfew runtime");
             let stop = Arc::new(AtomicBool::new(false));
