@@ -778,10 +778,12 @@ where
             let work = move || run_vector(vector, &body, &stop.stop);
             match app.run(form, vector.name, client, work).await {
                 Ok(Ok(summary)) => text(StatusCode::OK, "ok", summary + "\n"),
+                // The error may quote the payload (`read-path` names the
+                // path it could not read): never echo more than a line of it.
                 Ok(Err(e)) => text(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "error",
-                    e.to_string() + "\n",
+                    clip(&e.to_string(), MAX_ERROR_ECHO) + "\n",
                 ),
                 Err(f) => f.into_response(),
             }
@@ -792,6 +794,22 @@ where
             "not found; GET / lists the routes\n",
         ),
     }
+}
+
+/// The most bytes of a handler's error message an answer carries.
+const MAX_ERROR_ECHO: usize = 256;
+
+/// `msg` cut to at most `max` bytes (at a character boundary), saying how
+/// long it was when cut.
+fn clip(msg: &str, max: usize) -> String {
+    if msg.len() <= max {
+        return msg.to_owned();
+    }
+    let mut end = max;
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &msg[..end], msg.len())
 }
 
 /// Runs a corpus handler, except that the lab's own [`spin`] stands in for
@@ -937,6 +955,14 @@ impl Drop for Fifo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clip_cuts_at_a_character_boundary_and_says_so() {
+        assert_eq!(clip("short", 10), "short");
+        // 'é' is two bytes: a cut at 3 would split the second one.
+        let clipped = clip("éééé", 3);
+        assert_eq!(clipped, "é... (8 bytes in all)");
+    }
 
     /// Client lists on `/metrics` are for loopback peers (or a flag) only.
     #[test]

@@ -1,7 +1,8 @@
 //! The lab's server against hostile clients: a client-id header cannot
 //! name another client unless trusted, header ids and addresses never
-//! collide, absurd or malformed bodies are answered at once, and a flood of
-//! infinite loops from distinct ids does not take `/hello` offline.
+//! collide, absurd or malformed bodies are answered at once, an error never
+//! echoes a huge payload back, and a flood of infinite loops from distinct
+//! ids does not take `/hello` offline.
 
 mod common;
 
@@ -118,6 +119,27 @@ fn absurd_and_malformed_bodies_are_answered_at_once() {
         b"POST /attack/fancy-regex HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     );
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert_eq!(server.shutdown(Duration::from_secs(5)).handlers_left, 0);
+}
+
+/// `read-path`'s error names the path it could not read: a 4 MB path must
+/// not come back as a 4 MB answer.
+#[test]
+fn an_error_does_not_echo_a_huge_payload() {
+    let server = common::server(Mode::Curfew, &ServerConfig::default());
+    let addr = server.addr();
+    let path = format!("/no/such/dir/{}", "a".repeat(4 << 20));
+    let a = common::client_rt().block_on(common::request(
+        addr,
+        Method::POST,
+        "/attack/read-path",
+        "someone",
+        path,
+        Duration::from_secs(30),
+    ));
+    assert_eq!(a.status, 422, "{}", &a.body[..a.body.len().min(300)]);
+    assert!(a.body.len() < 1024, "{} bytes echoed", a.body.len());
+    assert!(a.body.contains("bytes in all"), "{}", a.body);
     assert_eq!(server.shutdown(Duration::from_secs(5)).handlers_left, 0);
 }
 
