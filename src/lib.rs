@@ -114,9 +114,22 @@ pub fn answered_within<T: Send + 'static>(
     handle: curfew::JoinHandle<T>,
     bound: Duration,
 ) -> Option<Result<T, curfew::JoinError>> {
+    finished_within(bound, move || futures::executor::block_on(handle)).map(|(r, _)| r)
+}
+
+/// Runs `f` on a thread of its own for at most `bound`: its result and how
+/// long it took, or `None` if it had not returned by then (the thread is
+/// left behind). For what may hang, such as dropping a runtime whose
+/// threads are stuck.
+pub fn finished_within<T: Send + 'static>(
+    bound: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<(T, Duration)> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(futures::executor::block_on(handle));
+        let start = Instant::now();
+        let out = f();
+        let _ = tx.send((out, start.elapsed()));
     });
     rx.recv_timeout(bound).ok()
 }

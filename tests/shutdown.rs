@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use curfew_suite::{spin_until, wait_until};
+use curfew_suite::{finished_within, spin_until, wait_until};
 
 fn runtime_with_spinners(release: &Arc<AtomicBool>) -> curfew::Runtime {
     let rt = curfew::Runtime::builder()
@@ -83,13 +83,20 @@ fn drop_waits_out_a_long_poll_through_the_watchdog() {
         .build()
         .unwrap();
     let release = Arc::new(AtomicBool::new(false));
-    let r = release.clone();
-    let h = rt.spawn(async move { spin_until(&r) });
-    std::thread::sleep(Duration::from_millis(5));
+    let started = Arc::new(AtomicBool::new(false));
+    let (r, s) = (release.clone(), started.clone());
+    let h = rt.spawn(async move {
+        s.store(true, Ordering::SeqCst);
+        spin_until(&r)
+    });
+    // The poll must be running at the drop (a task still queued is
+    // cancelled instead): on a loaded machine that can take a while.
+    assert!(wait_until(Duration::from_secs(10), || started.load(Ordering::SeqCst)));
     let start = Instant::now();
     drop(rt);
     assert!(start.elapsed() < Duration::from_secs(3));
-    assert!(futures::executor::block_on(h).unwrap_err().is_timeout());
+    let err = futures::executor::block_on(h).unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
     release.store(true, Ordering::SeqCst);
 }
 
@@ -105,18 +112,6 @@ fn queued_tasks_are_cancelled_and_later_spawns_refused() {
     let err = futures::executor::block_on(late).unwrap_err();
     assert!(err.is_refused());
     assert_eq!(err.refusal(), Some(&curfew::Refusal::Shutdown));
-}
-
-/// Runs `f` on a thread of its own and waits at most `bound` for it, so that
-/// a hang shows as a failure instead of a test that never ends.
-fn within(bound: Duration, f: impl FnOnce() + Send + 'static) -> Option<Duration> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        f();
-        let _ = tx.send(start.elapsed());
-    });
-    rx.recv_timeout(bound).ok()
 }
 
 #[test]
@@ -139,7 +134,7 @@ fn drop_is_bounded_while_a_thread_is_held_at_the_hijack_cap() {
         let m = rt.metrics().event;
         m.hijacked_threads == 1 && m.overdue_threads == 1
     }));
-    let took = within(Duration::from_secs(10), move || drop(rt));
+    let took = finished_within(Duration::from_secs(10), move || drop(rt)).map(|((), d)| d);
     release.store(true, Ordering::SeqCst);
     let took = took.expect("drop(rt) hung while a thread was held at the cap");
     assert!(took < Duration::from_secs(3), "drop took {took:?}");
@@ -172,7 +167,7 @@ fn drop_is_bounded_while_a_pool_thread_is_held_at_the_abandon_cap() {
         let m = rt.metrics().blocking;
         m.hijacked_threads == 1 && m.overdue_threads == 1
     }));
-    let took = within(Duration::from_secs(10), move || drop(rt));
+    let took = finished_within(Duration::from_secs(10), move || drop(rt)).map(|((), d)| d);
     release.store(true, Ordering::SeqCst);
     let took = took.expect("drop(rt) hung while a pool thread was held at the cap");
     assert!(took < Duration::from_secs(3), "drop took {took:?}");
