@@ -101,8 +101,19 @@ fn read_limited_reads_refuses_or_times_out_for_any_size_and_limit() {
                     );
                 }
                 Err(e) if e.kind() == ErrorKind::TimedOut => {
-                    // Only a file too big to read within the budget.
-                    prop_assert!(sparse && !too_large, "{len} bytes, limit {limit}: {e}");
+                    // A job that never started: on a loaded machine, the
+                    // earlier cases' jobs can still hold both pool threads
+                    // (their grace is long) past this one's short budget.
+                    // It says so, and read nothing.
+                    let never_started = e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<curfew::TimeoutError>())
+                        .is_some_and(curfew::TimeoutError::is_queue_timeout);
+                    // Otherwise only a file too big to read within the budget.
+                    prop_assert!(
+                        (sparse && !too_large) || (sparse && never_started),
+                        "{len} bytes, limit {limit}: {e}"
+                    );
                 }
                 Err(e) => prop_assert!(false, "{len} bytes, limit {limit}: {e}"),
             }
