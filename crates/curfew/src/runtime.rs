@@ -304,28 +304,26 @@ impl Builder {
     }
 
     /// Whether the thread of a poll that overruns its budget is moved to the
-    /// idle scheduling class (Linux `SCHED_IDLE`) at the moment of the
+    /// idle scheduling class (Linux `SCHED_IDLE`) for a moment at its
     /// timeout, before the caller is woken. Default: true.
     ///
-    /// This is what gets the `TimeoutError` to its caller on time: a caller
+    /// This is what gets the `TimeoutError` to its caller sooner: a caller
     /// woken onto the core where the poll still spins otherwise waits up to
     /// a scheduler tick (4 ms at HZ=250) for the spinner's slice to end. In
-    /// the delivery bench it took the p99 of delivery past the budget from
-    /// 1.2-4.8 ms to 0.6-1.5 ms (`benches/RESULTS.md`).
+    /// the delivery bench it took the median p99 of the spinning rows from
+    /// 1.70-2.76 ms to 1.07-1.26 ms past the budget (`benches/RESULTS.md`).
     ///
-    /// If the poll returns within the hijack grace, the thread asks for its
-    /// ordinary policy back before it runs anything else. That needs
-    /// `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows nice 0; without it the
-    /// thread exits instead and the watchdog starts a replacement at the
-    /// ordinary priority, so a task never runs at idle priority because an
-    /// earlier one overran. A thread hijacked after the grace is put back
-    /// on the ordinary policy when that is allowed, unless
-    /// [`demote_hijacked_threads`](Self::demote_hijacked_threads) keeps it
-    /// demoted.
-    ///
-    /// The price: until it returns or is hijacked (the grace, 5 ms by
-    /// default), the overrunning poll runs only on CPU nobody else wants,
-    /// so a lock it holds is held longer while the machine is busy.
+    /// The thread gets its ordinary policy back one watchdog interval later
+    /// (the caller has been woken by then), or as soon as the poll returns,
+    /// whichever comes first, so that a poll on its way out (at a
+    /// [`checkpoint`](crate::checkpoint)) is not slowed down on a busy
+    /// machine. Leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or an
+    /// `RLIMIT_NICE` that allows nice 0; the runtime checks at build time,
+    /// and where it may not, it does not demote at all. (Should the restore
+    /// be refused later all the same, the thread exits and is replaced, so
+    /// that no task runs at idle priority because an earlier one overran.)
+    /// [`demote_hijacked_threads`](Self::demote_hijacked_threads) is
+    /// separate: it keeps a hijacked thread demoted for good.
     pub fn demote_overrunning_polls(mut self, enabled: bool) -> Self {
         self.demote_overrunning = enabled;
         self
@@ -578,7 +576,10 @@ impl Builder {
             max_tracked_clients: self.max_tracked_clients,
             max_overdue_per_route,
             demote_hijacked: self.demote_hijacked,
-            demote_overrunning: self.demote_overrunning,
+            // Only where the thread can be given its policy back: a poll
+            // that checks its budget must not crawl at idle priority
+            // through its way out on a busy machine.
+            demote_overrunning: self.demote_overrunning && crate::sys::can_restore(),
             blocking_nice: self.blocking_nice,
         })
     }

@@ -1,19 +1,19 @@
 //! The little the runtime asks of the operating system.
 //!
 //! A poll that overruns its budget keeps burning a core until it returns.
-//! On Linux the watchdog moves its thread to the `SCHED_IDLE` policy at the
-//! moment of the timeout, before it wakes the caller
-//! (`Builder::demote_overrunning_polls`, on by default), so that the caller,
-//! the replacement thread and the healthy threads preempt it at once instead
-//! of waiting out its time slice. Lowering a thread's priority needs no
-//! privilege; raising it back does (`CAP_SYS_NICE`, or an `RLIMIT_NICE` that
-//! allows nice 0). A poll that returns within the hijack grace asks for its
-//! ordinary policy back ([`restore_current`]); if that is refused, the
-//! thread exits and is replaced. A thread hijacked after the grace is put
-//! back ([`restore`]) unless `Builder::demote_hijacked_threads` keeps it
-//! demoted; either way it asks for its ordinary policy back before it takes
-//! the runtime's locks on its way out, so that a thread starved of CPU
-//! cannot hold a lock the watchdog needs.
+//! On Linux the watchdog moves its thread to the `SCHED_IDLE` policy for a
+//! moment at its timeout, before it wakes the caller
+//! (`Builder::demote_overrunning_polls`, on by default), so that the caller
+//! preempts it at once instead of waiting out its time slice; one watchdog
+//! interval later, or when the poll returns, the thread gets its ordinary
+//! policy back ([`restore`], [`restore_current`]). Lowering a thread's
+//! priority needs no privilege; raising it back does (`CAP_SYS_NICE`, or an
+//! `RLIMIT_NICE` that allows nice 0), so the runtime demotes at timeouts
+//! only where [`can_restore`] says it may. With
+//! `Builder::demote_hijacked_threads`, a hijacked thread is demoted for good;
+//! it asks for its ordinary policy back before it takes the runtime's locks
+//! on its way out, so that a thread starved of CPU cannot hold a lock the
+//! watchdog needs.
 //!
 //! The watchdog itself asks for a short EEVDF time slice
 //! ([`request_short_slice`]): when it wakes on a core held by a spinning
@@ -116,6 +116,39 @@ pub(crate) fn restore(tid: i64) -> bool {
     #[cfg(not(target_os = "linux"))]
     {
         let _ = tid;
+        false
+    }
+}
+
+/// Whether threads of this process may leave `SCHED_IDLE` again (see
+/// [`restore`]). Tried on a thread started for it, which inherits the
+/// calling thread's capabilities as the runtime's threads do, while it
+/// waits: the calling thread moves it to `SCHED_IDLE` and back, so that
+/// nothing needs CPU at idle priority (which a busy machine may not give
+/// for a long time).
+pub(crate) fn can_restore() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let Ok(probe) = std::thread::Builder::new()
+            .name("curfew-probe".into())
+            .spawn(move || {
+                let _ = tid_tx.send(current_tid());
+                let _ = done_rx.recv();
+            })
+        else {
+            return false;
+        };
+        let can = tid_rx
+            .recv()
+            .is_ok_and(|tid| tid > 0 && demote(tid) && restore(tid));
+        drop(done_tx);
+        let _ = probe.join();
+        can
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
         false
     }
 }

@@ -454,6 +454,15 @@ impl Watchdog {
                 }
             }
             EXPIRED => {
+                if since >= self.shared.config.watchdog_interval
+                    && slot.demoted.load(Ordering::Relaxed)
+                    && crate::sys::restore(slot.os_tid.load(Ordering::Relaxed))
+                {
+                    // The caller was woken a tick ago: a poll still running
+                    // (perhaps on its way out through a checkpoint) gets its
+                    // ordinary policy back.
+                    slot.demoted.store(false, Ordering::Relaxed);
+                }
                 if since >= self.shared.config.hijack_grace {
                     self.write_off(group, slot, word);
                 }
