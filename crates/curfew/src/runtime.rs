@@ -310,8 +310,8 @@ impl Builder {
     /// This is what gets the `TimeoutError` to its caller sooner: a caller
     /// woken onto the core where the poll still spins otherwise waits up to
     /// a scheduler tick (4 ms at HZ=250) for the spinner's slice to end. In
-    /// the delivery bench it took the median p99 of the spinning rows from
-    /// 1.70-2.76 ms to 1.07-1.26 ms past the budget (`benches/RESULTS.md`).
+    /// the delivery bench it took the p99 past the budget of the spinning
+    /// rows from 0.62-4.55 ms to 0.63-1.69 ms (`benches/RESULTS.md`).
     ///
     /// The thread gets its ordinary policy back one watchdog interval later
     /// (the caller has been woken by then), or as soon as the poll returns,
