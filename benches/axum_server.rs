@@ -25,6 +25,8 @@
 //!
 //! Settings: `AXUM_BENCH_SECS` (window per run, default 5),
 //! `AXUM_BENCH_ROUNDS` (default 3), `AXUM_BENCH_CONNECTIONS` (default 64),
+//! `AXUM_BENCH_DEMOTE=0` (curfew's `demote_overrunning_polls` off, for an
+//! A/B of the never-yielding handler's delivery),
 //! `AXUM_BENCH_MODES` (a comma-separated subset of `tokio`, `curfew` and
 //! `curfew-bare`, the last being `curfew_http::serve` without the layer;
 //! default `tokio,curfew`).
@@ -102,6 +104,7 @@ fn tokio_server() -> Server {
 fn curfew_server(app: Router, name: &'static str) -> Server {
     let rt = common::curfew_builder()
         .thread_name(name)
+        .demote_overrunning_polls(std::env::var("AXUM_BENCH_DEMOTE").map_or(true, |v| v != "0"))
         .build()
         .expect("curfew runtime");
     let listener = rt
