@@ -24,6 +24,11 @@ async fn a_slow_reader_is_closed_1013_with_bounded_memory() {
         c.rate = "100000/s".parse().unwrap();
         c.burst = std::num::NonZeroU32::new(100_000).unwrap();
         c.outbound_queue = 64;
+        // The close frame waits in the server until the slow reader reads,
+        // which it does only after the flood: on a loaded machine the flood
+        // outlasts the default 10 s, and the server would give up on the
+        // close (dropping the connection without a close frame).
+        c.close_timeout = PHASE;
     });
     let addr = server.local_addr();
 
