@@ -916,11 +916,14 @@ impl Linger {
         else {
             return Poll::Ready(LingerEnd::ClientClosed);
         };
+        // The clock as well as the timer: a client that keeps the socket
+        // readable is cut off at its next poll past the bound even if the
+        // timer's wake-up comes late on a busy runtime.
+        if until.as_mut().poll(cx).is_ready() || tokio::time::Instant::now() >= until.deadline() {
+            return Poll::Ready(LingerEnd::Time);
+        }
         let mut buf = [0u8; 8192];
         for _ in 0..LINGER_READS_PER_POLL {
-            if until.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(LingerEnd::Time);
-            }
             let want = buf.len().min(*left);
             let mut rb = ReadBuf::new(&mut buf[..want]);
             match stream.as_mut().poll_read(cx, &mut rb) {

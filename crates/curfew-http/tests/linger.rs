@@ -107,31 +107,47 @@ fn cool_off(server: &TestServer, stop: &AtomicBool, client: [u8; 4]) {
     assert!(server.handle.cooling_off(&key).is_some(), "cooling off");
 }
 
+/// How the server of [`refused_upload`] lingers.
+#[derive(Clone, Copy)]
+enum Lingering {
+    /// `t` for the time and idle bounds, 64 MiB: the test machine may be
+    /// loaded, and a client descheduled past the idle bound would be cut
+    /// off.
+    Generous(Duration),
+    /// No lingering: the close as it was before.
+    Off,
+}
+
 /// What a client cooling off sees when it sends a POST declaring `body`
 /// bytes, sends all of them, and only then reads: the response, or what
 /// went wrong (the writes or the read failed).
-fn refused_upload(linger: Option<Duration>, body: usize) -> Result<common::Reply, String> {
+fn refused_upload(linger: Lingering, body: usize) -> Result<common::Reply, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicUsize::new(0));
     let rt = runtime().client_policy(ClientPolicy::new(1, Duration::from_secs(60)));
-    let server = TestServer::start(rt, app(reads.clone(), stop.clone()), move |s| {
-        match linger {
-            // Generous bounds: the machine may be loaded, and a client
-            // descheduled past the idle bound would be cut off.
-            Some(t) => s
+    let server = TestServer::start(
+        rt,
+        app(reads.clone(), stop.clone()),
+        move |s| match linger {
+            Lingering::Generous(t) => s
                 .lingering_close_time(t)
                 .lingering_close_timeout(t)
                 .lingering_close_bytes(64 * MIB),
-            None => s.lingering_close_time(Duration::ZERO),
-        }
-    });
+            Lingering::Off => s.lingering_close_time(Duration::ZERO),
+        },
+    );
     let mallory = [127, 0, 9, 1];
     cool_off(&server, &stop, mallory);
 
     let mut s = connect_from(mallory, server.addr);
     send_upload_head(&mut s, body).map_err(|e| format!("head: {e}"))?;
-    send_body(&mut s, body)
-        .map_err(|(sent, e)| format!("writing the body failed after {sent} bytes: {e}"))?;
+    if let Err((sent, e)) = send_body(&mut s, body) {
+        // What a client that reads after a failed write still gets.
+        let then = read_reply(&mut s).map(|r| r.status);
+        return Err(format!(
+            "writing the body failed after {sent} bytes: {e}; reading then: {then:?}"
+        ));
+    }
     let r = read_reply(&mut s).map_err(|e| format!("reading the answer: {e}"))?;
     // Then the server's FIN, not a reset.
     let mut rest = [0u8; 16];
@@ -148,7 +164,7 @@ fn a_refused_client_still_sending_its_body_gets_the_whole_answer() {
     // 8 MiB of body sent after the refusal, before reading: without the
     // lingering close the server closes with the body unread, and the
     // client's writes fail with a reset.
-    let r = refused_upload(Some(Duration::from_secs(20)), 8 * MIB)
+    let r = refused_upload(Lingering::Generous(Duration::from_secs(20)), 8 * MIB)
         .expect("the whole body is sent and the answer read, no reset");
     assert_eq!(r.status, 429, "{r:?}");
     let len: usize = r.header("content-length").unwrap().parse().unwrap();
@@ -165,7 +181,7 @@ fn a_refused_client_still_sending_its_body_gets_the_whole_answer() {
 fn without_lingering_the_refused_client_sees_a_reset() {
     let mut resets = 0;
     for _ in 0..5 {
-        match refused_upload(None, 8 * MIB) {
+        match refused_upload(Lingering::Off, 8 * MIB) {
             Ok(r) => eprintln!("answered: {}", r.status),
             Err(e) => {
                 eprintln!("{e}");
@@ -225,7 +241,10 @@ fn a_client_streaming_forever_is_cut_off_at_the_linger_time() {
     );
     for t in streamers {
         let (cut, sent) = t.join().unwrap();
-        let cut = cut.unwrap_or_else(|| panic!("never cut off ({sent} bytes sent in 30 s)"));
+        let cut = cut.unwrap_or_else(|| {
+            let m = server.handle.metrics().event;
+            panic!("never cut off ({sent} bytes sent in 30 s): {m:?}")
+        });
         // The client's clock started before the server's; it notices the
         // close at its next write.
         assert!(
@@ -249,9 +268,11 @@ fn a_client_streaming_forever_is_cut_off_at_the_linger_time() {
     });
     std::thread::sleep(Duration::from_millis(100));
     let asked = Instant::now();
+    let handle = server.handle.clone();
     assert!(
         server.shutdown(Duration::from_secs(15)),
-        "shut down while a client lingers"
+        "shut down while a client lingers: {:?}",
+        handle.metrics().event
     );
     let took = asked.elapsed();
     let (cut, _) = streamer.join().unwrap();
@@ -268,8 +289,12 @@ fn a_client_streaming_fast_is_cut_off_at_the_byte_bound() {
     });
     let start = Instant::now();
     let mut s = refused([127, 0, 9, 30], server.addr);
-    let (cut, sent) =
-        stream_until_cut_off(&mut s, start, Duration::from_millis(1), Duration::from_secs(20));
+    let (cut, sent) = stream_until_cut_off(
+        &mut s,
+        start,
+        Duration::from_millis(1),
+        Duration::from_secs(20),
+    );
     let cut = cut.unwrap_or_else(|| panic!("never cut off ({sent} bytes sent in 20 s)"));
     assert!(
         sent >= MIB,
@@ -327,7 +352,11 @@ fn keep_alive_connections_are_unaffected() {
     // `Connection: close`: the answer and end-of-file come at once (the
     // FIN goes before the linger), and the linger ends when the client
     // closes, not at a bound.
-    write!(s, "GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let r = read_reply(&mut s).unwrap();
     assert_eq!(r.status, 200);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
