@@ -18,6 +18,19 @@
 //! | [`max_connections_per_ip`](Serve::max_connections_per_ip) | 256 | accepted and closed at once |
 //! | [`descriptor_headroom`](Serve::descriptor_headroom) | 256 descriptors kept free | accepted and closed at once, with a log line |
 //! | [`max_body_bytes_in_flight`](Serve::max_body_bytes_in_flight) | 256 MiB | `503` + `Retry-After` before the body is read |
+//! | [`lingering_close_time`](Serve::lingering_close_time) | 2 s | a closing connection stops discarding what the client still sends, and closes |
+//! | [`lingering_close_timeout`](Serve::lingering_close_timeout) | 500 ms without a byte | same |
+//! | [`lingering_close_bytes`](Serve::lingering_close_bytes) | 16 MiB discarded | same |
+//!
+//! A connection closes with a *lingering close*, as nginx and Apache do:
+//! the server sends its FIN once the last response is written, then reads
+//! and discards what the client still sends, within the bounds above,
+//! before it closes the socket. A socket closed with unread bytes in its
+//! receive buffer sends a reset instead of a FIN, and a client still
+//! sending a body it was refused (a `429` or `503` answered before the
+//! body is read) would see "connection reset" instead of the answer. A
+//! lingering connection still counts against the connection caps: it
+//! holds a descriptor.
 //!
 //! Shedding is logged at most once a second per reason, with a count.
 
@@ -64,6 +77,22 @@ struct Limits {
     max_body_bytes_in_flight: Option<usize>,
     http1_only: bool,
     drain_linger: Duration,
+    linger: LingerLimits,
+}
+
+/// The bounds of a lingering close: see [`Serve::lingering_close_time`].
+#[derive(Debug, Clone, Copy)]
+struct LingerLimits {
+    time: Duration,
+    idle: Duration,
+    bytes: usize,
+}
+
+impl LingerLimits {
+    /// Whether a close lingers at all (every bound non-zero).
+    fn enabled(&self) -> bool {
+        !self.time.is_zero() && !self.idle.is_zero() && self.bytes > 0
+    }
 }
 
 impl Default for Limits {
@@ -79,6 +108,11 @@ impl Default for Limits {
             max_body_bytes_in_flight: Some(256 << 20),
             http1_only: false,
             drain_linger: Duration::from_millis(100),
+            linger: LingerLimits {
+                time: Duration::from_secs(2),
+                idle: Duration::from_millis(500),
+                bytes: 16 << 20,
+            },
         }
     }
 }
@@ -243,6 +277,66 @@ impl<S> Serve<S> {
     /// idle connections at once.
     pub fn drain_linger(mut self, linger: Duration) -> Self {
         self.limits.drain_linger = linger;
+        self
+    }
+
+    /// How long a connection that the server closes may take at most to
+    /// close once its last response is written: the *lingering close*.
+    /// Default: 2 s (nginx's `lingering_time` is 30 s).
+    ///
+    /// When it closes a connection (after a response to a request whose
+    /// body it did not read, a `Connection: close`, a graceful shutdown, an
+    /// idle timeout), the server first shuts down its sending side, so the
+    /// client reads the whole response and then end-of-file; then it reads
+    /// and throws away whatever the client still sends (the rest of a
+    /// refused body), and closes the socket when the client closes its own
+    /// side, when [`lingering_close_timeout`](Self::lingering_close_timeout)
+    /// passes without a byte, when
+    /// [`lingering_close_bytes`](Self::lingering_close_bytes) have been
+    /// thrown away, or when this time has passed since the server's
+    /// shutdown, whichever comes first. A socket closed while bytes wait
+    /// unread in it sends a reset instead of a FIN, and a client that is
+    /// still sending and has not read the response yet loses it ("connection
+    /// reset" instead of the `429`); that is what lingering prevents, for
+    /// bodies up to these bounds. A client that sends more is cut off at the
+    /// first bound it reaches, possibly with a reset.
+    ///
+    /// A lingering connection keeps its descriptor and its place in
+    /// [`max_connections`](Self::max_connections) and
+    /// [`max_connections_per_ip`](Self::max_connections_per_ip) until it
+    /// closes, and a graceful shutdown waits for it, so this bounds how long
+    /// a hostile client can hold a slot, and a shutdown, past its last
+    /// answer. Connections cut off for a hostile reason (no request within
+    /// the header-read timeout, silent after a graceful shutdown asked them
+    /// to close) close at once, without lingering. `Duration::ZERO`
+    /// disables lingering: the connection is shut down and closed at once,
+    /// as before.
+    pub fn lingering_close_time(mut self, time: Duration) -> Self {
+        self.limits.linger.time = time;
+        self
+    }
+
+    /// How long a lingering close (see
+    /// [`lingering_close_time`](Self::lingering_close_time)) waits for the
+    /// client's next byte: after this long without one, the connection is
+    /// closed. A client that read its answer and closes its side ends the
+    /// linger at once; this bounds the wait on one that neither sends nor
+    /// closes. Default: 500 ms (nginx's `lingering_timeout` is 5 s).
+    /// `Duration::ZERO` disables lingering.
+    pub fn lingering_close_timeout(mut self, idle: Duration) -> Self {
+        self.limits.linger.idle = idle;
+        self
+    }
+
+    /// The most bytes a lingering close (see
+    /// [`lingering_close_time`](Self::lingering_close_time)) reads and
+    /// throws away: once that many have come, the connection is closed,
+    /// even if the client is still sending (its rest of the body is then
+    /// lost and it may see a reset). This bounds the work a client that
+    /// streams as fast as it can costs, under the time bound. Default:
+    /// 16 MiB. `0` disables lingering.
+    pub fn lingering_close_bytes(mut self, bytes: usize) -> Self {
+        self.limits.linger.bytes = bytes;
         self
     }
 
@@ -758,12 +852,104 @@ impl Control {
     }
 }
 
-/// The socket, counting its reads and writes for the idle watcher.
+/// The socket, counting its reads and writes for the idle watcher, and
+/// closing with a lingering close (see [`Serve::lingering_close_time`]).
 #[pin_project::pin_project]
 struct Tracked {
     #[pin]
     stream: TcpStream,
     control: Arc<Control>,
+    linger: Linger,
+}
+
+/// Where a [`Tracked`] socket is in its lingering close.
+enum Linger {
+    /// Not shut down yet; lingers within these bounds (`None`: does not).
+    Open(Option<LingerLimits>),
+    /// Shut down for writing; reading and throwing away what the client
+    /// still sends.
+    Draining {
+        /// The time bound, from the shutdown.
+        until: Pin<Box<tokio::time::Sleep>>,
+        /// The idle bound, from the last byte read.
+        gap: Pin<Box<tokio::time::Sleep>>,
+        idle: Duration,
+        /// Bytes that may still be thrown away.
+        left: usize,
+    },
+    /// Shut down, and lingered if it was to.
+    Done,
+}
+
+/// Reads a lingering close makes in one poll at most, before it hands the
+/// thread back (a client streaming over a fast link is always readable).
+const LINGER_READS_PER_POLL: usize = 16;
+
+/// Why a lingering close ended.
+#[derive(Debug, Clone, Copy)]
+enum LingerEnd {
+    /// The client closed its side (or the socket failed): nothing unread.
+    ClientClosed,
+    Idle,
+    Bytes,
+    Time,
+}
+
+impl Linger {
+    fn new(limits: LingerLimits) -> Self {
+        Linger::Open(limits.enabled().then_some(limits))
+    }
+
+    /// Reads and throws away what the client sends until it closes or a
+    /// bound is reached.
+    fn poll_drain(
+        &mut self,
+        mut stream: Pin<&mut TcpStream>,
+        cx: &mut Context<'_>,
+    ) -> Poll<LingerEnd> {
+        let Linger::Draining {
+            until,
+            gap,
+            idle,
+            left,
+        } = self
+        else {
+            return Poll::Ready(LingerEnd::ClientClosed);
+        };
+        // The clock as well as the timer: a client that keeps the socket
+        // readable is cut off at its next poll past the bound even if the
+        // timer's wake-up comes late on a busy runtime.
+        if until.as_mut().poll(cx).is_ready() || tokio::time::Instant::now() >= until.deadline() {
+            return Poll::Ready(LingerEnd::Time);
+        }
+        let mut buf = [0u8; 8192];
+        for _ in 0..LINGER_READS_PER_POLL {
+            let want = buf.len().min(*left);
+            let mut rb = ReadBuf::new(&mut buf[..want]);
+            match stream.as_mut().poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                    return Poll::Ready(LingerEnd::ClientClosed);
+                }
+                Poll::Ready(Ok(())) => {
+                    *left -= rb.filled().len();
+                    if *left == 0 {
+                        return Poll::Ready(LingerEnd::Bytes);
+                    }
+                    let next = tokio::time::Instant::now() + *idle;
+                    gap.as_mut().reset(next);
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(LingerEnd::ClientClosed),
+                Poll::Pending => {
+                    if gap.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(LingerEnd::Idle);
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -817,8 +1003,47 @@ impl AsyncWrite for Tracked {
         self.project().stream.poll_flush(cx)
     }
 
+    /// Hyper calls this when it closes a connection (HTTP/1 once its last
+    /// response is flushed, HTTP/2 after its `GOAWAY`): shuts down the
+    /// sending side, then lingers, reading and throwing away what the
+    /// client still sends within the bounds, so that the socket is closed
+    /// with nothing unread in it and the client gets a FIN, not a reset.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().stream.poll_shutdown(cx)
+        let mut this = self.project();
+        loop {
+            match this.linger {
+                Linger::Open(limits) => {
+                    let limits = *limits;
+                    if let Err(e) = ready!(this.stream.as_mut().poll_shutdown(cx)) {
+                        *this.linger = Linger::Done;
+                        return Poll::Ready(Err(e));
+                    }
+                    let Some(limits) = limits else {
+                        *this.linger = Linger::Done;
+                        return Poll::Ready(Ok(()));
+                    };
+                    let now = tokio::time::Instant::now();
+                    *this.linger = Linger::Draining {
+                        until: Box::pin(tokio::time::sleep_until(now + limits.time)),
+                        gap: Box::pin(tokio::time::sleep_until(now + limits.idle)),
+                        idle: limits.idle,
+                        left: limits.bytes,
+                    };
+                }
+                Linger::Draining { .. } => {
+                    let end = ready!(this.linger.poll_drain(this.stream.as_mut(), cx));
+                    match end {
+                        LingerEnd::ClientClosed => {}
+                        _ => tracing::debug!(
+                            peer = %this.control.peer, ?end,
+                            "lingering close cut off: the client was still sending or silent"
+                        ),
+                    }
+                    *this.linger = Linger::Done;
+                }
+                Linger::Done => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 
@@ -828,6 +1053,7 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
     let io = TokioIo::new(Tracked {
         stream,
         control: control.clone(),
+        linger: Linger::new(shared.limits.linger),
     });
     let svc = ConnService {
         app,
