@@ -18,8 +18,8 @@
 //! | [`max_connections_per_ip`](Serve::max_connections_per_ip) | 256 | accepted and closed at once |
 //! | [`descriptor_headroom`](Serve::descriptor_headroom) | 256 descriptors kept free | accepted and closed at once, with a log line |
 //! | [`max_body_bytes_in_flight`](Serve::max_body_bytes_in_flight) | 256 MiB | `503` + `Retry-After` before the body is read |
-//! | [`lingering_close_time`](Serve::lingering_close_time) | 2 s | a closing connection stops discarding what the client still sends, and closes |
-//! | [`lingering_close_timeout`](Serve::lingering_close_timeout) | 500 ms without a byte | same |
+//! | [`lingering_close_time`](Serve::lingering_close_time) | 5 s | a closing connection stops discarding what the client still sends, and closes |
+//! | [`lingering_close_timeout`](Serve::lingering_close_timeout) | 1 s without a byte | same |
 //! | [`lingering_close_bytes`](Serve::lingering_close_bytes) | 16 MiB discarded | same |
 //!
 //! A connection closes with a *lingering close*, as nginx and Apache do:
@@ -109,8 +109,8 @@ impl Default for Limits {
             http1_only: false,
             drain_linger: Duration::from_millis(100),
             linger: LingerLimits {
-                time: Duration::from_secs(2),
-                idle: Duration::from_millis(500),
+                time: Duration::from_secs(5),
+                idle: Duration::from_secs(1),
                 bytes: 16 << 20,
             },
         }
@@ -282,7 +282,7 @@ impl<S> Serve<S> {
 
     /// How long a connection that the server closes may take at most to
     /// close once its last response is written: the *lingering close*.
-    /// Default: 2 s (nginx's `lingering_time` is 30 s).
+    /// Default: 5 s (nginx's `lingering_time` is 30 s).
     ///
     /// When it closes a connection (after a response to a request whose
     /// body it did not read, a `Connection: close`, a graceful shutdown, an
@@ -321,7 +321,7 @@ impl<S> Serve<S> {
     /// client's next byte: after this long without one, the connection is
     /// closed. A client that read its answer and closes its side ends the
     /// linger at once; this bounds the wait on one that neither sends nor
-    /// closes. Default: 500 ms (nginx's `lingering_timeout` is 5 s).
+    /// closes. Default: 1 s (nginx's `lingering_timeout` is 5 s).
     /// `Duration::ZERO` disables lingering.
     pub fn lingering_close_timeout(mut self, idle: Duration) -> Self {
         self.limits.linger.idle = idle;
