@@ -122,6 +122,17 @@ fn runtime(demote: bool) -> curfew::Runtime {
         .unwrap()
 }
 
+/// Asserts that thread `tid` stays at the ordinary policy for 300 ms,
+/// read every millisecond (past the 100 ms budget and interval: a demotion
+/// would show).
+fn stays_ordinary(tid: i32) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(300) {
+        assert_eq!(policy_of(tid), libc::SCHED_OTHER);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Ten tasks after an overrun: each one's policy and thread.
 fn tasks_after(rt: &curfew::Runtime) -> Vec<(i32, i32)> {
     (0..10)
@@ -171,11 +182,7 @@ fn an_overrunning_poll_is_demoted_for_a_moment_and_restored_while_it_runs() {
     } else {
         // Where the thread could not be given its policy back, the runtime
         // does not demote at all.
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(300) {
-            assert_eq!(policy_of(spinning), libc::SCHED_OTHER);
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        stays_ordinary(spinning);
     }
     release.store(true, Ordering::SeqCst);
     assert!(rt.block_on(h).unwrap_err().is_timeout());
@@ -232,11 +239,7 @@ fn a_thread_that_cannot_leave_idle_by_itself_runs_nothing_more_at_idle() {
 fn demotion_can_be_turned_off() {
     let rt = runtime(false);
     let (h, spinning, release) = spinner(&rt);
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(300) {
-        assert_eq!(policy_of(spinning), libc::SCHED_OTHER);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    stays_ordinary(spinning);
     release.store(true, Ordering::SeqCst);
     assert!(rt.block_on(h).unwrap_err().is_timeout());
 }

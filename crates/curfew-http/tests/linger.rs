@@ -13,11 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::routing::{get, post};
-use common::{TestServer, connect_from, get_from, read_reply, spinning};
+use common::{TestServer, connect_from, get_from, read_reply};
 use curfew::policy::ClientPolicy;
-use curfew_http::CurfewLayer;
 
 const MIB: usize = 1 << 20;
 /// The size of one write of body bytes.
@@ -29,20 +26,6 @@ const CHUNK: usize = 64 << 10;
 /// The spinning handler still overruns it.
 fn runtime() -> curfew::Builder {
     common::runtime().poll_budget(Duration::from_secs(1))
-}
-
-fn app(body_reads: Arc<AtomicUsize>, stop: Arc<AtomicBool>) -> Router {
-    Router::new()
-        .route("/hello", get(|| async { "hello" }))
-        .route("/spin", spinning(stop, Duration::from_secs(3)))
-        .route(
-            "/upload",
-            post(move |body: Bytes| {
-                body_reads.fetch_add(1, Ordering::SeqCst);
-                async move { format!("{} bytes", body.len()) }
-            }),
-        )
-        .layer(CurfewLayer::new())
 }
 
 /// Sends the head of a `POST /upload` declaring `len` bytes of body.
@@ -127,7 +110,7 @@ fn refused_upload(linger: Lingering, body: usize) -> Result<common::Reply, Strin
     let rt = runtime().client_policy(ClientPolicy::new(1, Duration::from_secs(60)));
     let server = TestServer::start(
         rt,
-        app(reads.clone(), stop.clone()),
+        common::upload_app(reads.clone(), stop.clone()),
         move |s| match linger {
             Lingering::Generous(t) => s
                 .lingering_close_time(t)
@@ -197,7 +180,7 @@ fn without_lingering_the_refused_client_sees_a_reset() {
 fn budget_server(
     cfg: impl FnOnce(curfew_http::Serve<Router>) -> curfew_http::Serve<Router> + Send + 'static,
 ) -> TestServer {
-    let app = app(Arc::default(), Arc::default());
+    let app = common::upload_app(Arc::default(), Arc::default());
     TestServer::start(runtime(), app, |s| cfg(s.max_body_bytes_in_flight(1024)))
 }
 

@@ -8,31 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::routing::{get, post};
-use common::{TestServer, connect_from, get_from, read_reply, runtime, spinning};
+use common::{TestServer, connect_from, get_from, read_reply, runtime};
 use curfew::policy::ClientPolicy;
-use curfew_http::CurfewLayer;
 
 #[test]
 fn cooling_off_client_is_refused_before_its_body_is_read() {
     let stop = Arc::new(AtomicBool::new(false));
     let body_reads = Arc::new(AtomicUsize::new(0));
-    let app = {
-        let (stop, body_reads) = (stop.clone(), body_reads.clone());
-        Router::new()
-            .route("/hello", get(|| async { "hello" }))
-            .route("/spin", spinning(stop.clone(), Duration::from_secs(3)))
-            .route(
-                "/upload",
-                post(move |body: Bytes| {
-                    body_reads.fetch_add(1, Ordering::SeqCst);
-                    async move { format!("{} bytes", body.len()) }
-                }),
-            )
-            .layer(CurfewLayer::new())
-    };
+    let app = common::upload_app(body_reads.clone(), stop.clone());
     let rt = runtime().client_policy(ClientPolicy::new(1, Duration::from_secs(60)));
     let server = TestServer::start(rt, app, |s| s);
     let addr = server.addr;

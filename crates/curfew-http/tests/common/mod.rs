@@ -112,6 +112,26 @@ pub fn spinning(stop: Arc<AtomicBool>, max: Duration) -> axum::routing::MethodRo
     })
 }
 
+/// `/hello`, a never-yielding `/spin` (until `stop`, at most 3 s) and
+/// `POST /upload`, which counts the bodies it reads in `body_reads`, behind
+/// the layer: for the tests that must tell whether a body was read.
+pub fn upload_app(
+    body_reads: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> axum::Router {
+    axum::Router::new()
+        .route("/hello", axum::routing::get(|| async { "hello" }))
+        .route("/spin", spinning(stop, Duration::from_secs(3)))
+        .route(
+            "/upload",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                body_reads.fetch_add(1, Ordering::SeqCst);
+                async move { format!("{} bytes", body.len()) }
+            }),
+        )
+        .layer(curfew_http::CurfewLayer::new())
+}
+
 /// Whether `GET path` from `local` answers 200 within about 2.5 s of
 /// retries (a closed connection's slot comes back asynchronously).
 pub fn served_soon(local: [u8; 4], addr: SocketAddr, path: &str) -> bool {
