@@ -1,7 +1,11 @@
 //! Checkpoint: a loop calling `checkpoint()` stops soon after its budget runs
 //! out, with the timeout error, and gives its thread back.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use curfew_suite::wait_until;
 
 fn runtime() -> curfew::Runtime {
     curfew::Runtime::builder()
@@ -29,16 +33,22 @@ fn checkpoint_loop() -> (u64, Result<(), curfew::TimeoutError>) {
 fn async_loop_stops_with_the_timeout_and_keeps_its_thread() {
     let rt = runtime();
     let start = Instant::now();
-    let h = rt.spawn(async {
+    let left = Arc::new(AtomicBool::new(false));
+    let l = left.clone();
+    let h = rt.spawn(async move {
         let (_, res) = checkpoint_loop();
         let err = res.expect_err("the loop only ends on a timeout");
         assert!(err.elapsed() >= err.budget());
+        l.store(true, Ordering::SeqCst);
         // The task returns on its own: that is what gives the thread back.
         Instant::now()
     });
     let err = rt.block_on(h).unwrap_err();
     assert!(err.is_timeout());
-    // The single event thread was not hijacked: it serves the next task.
+    // The single event thread was not hijacked: it serves the next task,
+    // once the loop has left (on a loaded machine that can take longer than
+    // the next task's own budget, which would then time out in the queue).
+    assert!(wait_until(Duration::from_secs(10), || left.load(Ordering::SeqCst)));
     assert_eq!(rt.block_on(rt.spawn(async { 1 })).unwrap(), 1);
     let m = rt.metrics().event;
     assert_eq!(m.hijacked_total, 0, "{m:?}");
@@ -53,13 +63,23 @@ fn async_loop_stops_with_the_timeout_and_keeps_its_thread() {
 #[test]
 fn blocking_loop_stops_with_the_timeout_and_keeps_its_thread() {
     let rt = runtime();
-    let h = rt.spawn_blocking(|| checkpoint_loop().1);
+    let left = Arc::new(AtomicBool::new(false));
+    let l = left.clone();
+    let h = rt.spawn_blocking(move || {
+        let res = checkpoint_loop().1;
+        l.store(true, Ordering::SeqCst);
+        res
+    });
     let err = rt.block_on(h).unwrap_err();
     assert!(err.is_timeout());
     assert_eq!(
         err.timeout().unwrap().location(),
         curfew::Location::WorkerPool
     );
+    // The pool's one thread serves the next job once the loop has left
+    // (on a loaded machine that can take longer than the next job's own
+    // budget, which would then time out in the queue).
+    assert!(wait_until(Duration::from_secs(10), || left.load(Ordering::SeqCst)));
     assert_eq!(rt.block_on(rt.spawn_blocking(|| 2)).unwrap(), 2);
     let m = rt.metrics().blocking;
     assert_eq!(m.hijacked_total, 0, "{m:?}");
