@@ -128,35 +128,27 @@ def socket_inodes(pid):
     return out
 
 
-def tcp_conn_inodes(port):
-    """Inodes of the non-listening TCP sockets whose local port is `port`."""
-    out = set()
+def tcp_sockets():
+    """(local port, state, inode) of every TCP socket in /proc/net/tcp{,6}."""
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as f:
                 next(f)
                 for line in f:
                     fields = line.split()
-                    if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] != "0A":
-                        out.add(fields[9])
+                    yield int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
         except OSError:
             pass
-    return out
+
+
+def tcp_conn_inodes(port):
+    """Inodes of the non-listening TCP sockets whose local port is `port`."""
+    return {inode for p, state, inode in tcp_sockets() if p == port and state != "0A"}
 
 
 def listening(port):
     """Whether some socket listens on 127.0.0.1/0.0.0.0 `port` (TCP)."""
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        return True
-        except OSError:
-            pass
-    return False
+    return any(p == port and state == "0A" for p, state, _ in tcp_sockets())
 
 
 def cmdline(pid):
