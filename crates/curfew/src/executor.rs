@@ -167,6 +167,17 @@ impl Slot {
         }
     }
 
+    /// Puts this thread back on the ordinary scheduling policy if the
+    /// watchdog demoted it and the kernel allows it (the watchdog's side;
+    /// the thread's own is `WorkerCtx::undemote`).
+    pub(crate) fn restore_policy(&self) {
+        if self.demoted.load(Ordering::Relaxed)
+            && crate::sys::restore(self.os_tid.load(Ordering::Relaxed))
+        {
+            self.demoted.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// Whether tasks wait in this thread's local queues.
     pub(crate) fn has_queued(&self) -> bool {
         self.stealers.as_ref().is_some_and(|st| !st.is_empty())
@@ -883,8 +894,8 @@ impl WorkerCtx {
     }
 
     /// Asks for the ordinary scheduling policy back after the watchdog
-    /// demoted this thread at a timeout, and the poll then returned within
-    /// the hijack grace. Returns false when the kernel refuses (leaving
+    /// demoted this thread at a timeout, and the poll then returned before
+    /// the watchdog restored it (one watchdog interval). Returns false when the kernel refuses (leaving
     /// `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows
     /// nice 0): the thread must then exit, and the watchdog starts a
     /// replacement at the ordinary priority.

@@ -454,14 +454,11 @@ impl Watchdog {
                 }
             }
             EXPIRED => {
-                if since >= self.shared.config.watchdog_interval
-                    && slot.demoted.load(Ordering::Relaxed)
-                    && crate::sys::restore(slot.os_tid.load(Ordering::Relaxed))
-                {
+                if since >= self.shared.config.watchdog_interval {
                     // The caller was woken a tick ago: a poll still running
                     // (perhaps on its way out through a checkpoint) gets its
                     // ordinary policy back.
-                    slot.demoted.store(false, Ordering::Relaxed);
+                    slot.restore_policy();
                 }
                 if since >= self.shared.config.hijack_grace {
                     self.write_off(group, slot, word);
@@ -590,18 +587,16 @@ impl Watchdog {
             return;
         }
         slot.deferred.store(false, Ordering::Relaxed);
-        let tid = slot.os_tid.load(Ordering::Relaxed);
         if self.shared.config.demote_hijacked {
             if !slot.demoted.swap(true, Ordering::Relaxed) {
                 // It may spin for a long time yet: let it have only spare CPU.
-                crate::sys::demote(tid);
+                crate::sys::demote(slot.os_tid.load(Ordering::Relaxed));
             }
-        } else if slot.demoted.load(Ordering::Relaxed) && crate::sys::restore(tid) {
-            // Demoted at the timeout, but hijacked threads keep their
-            // priority (so that, for one, a supervisor's kill is not slowed
-            // by a thread that hardly runs). Without the privilege to
-            // restore it, the thread stays demoted.
-            slot.demoted.store(false, Ordering::Relaxed);
+        } else {
+            // Demoted at the timeout (a grace shorter than the interval),
+            // but hijacked threads keep their priority (so that, for one, a
+            // supervisor's kill is not slowed by a thread that hardly runs).
+            slot.restore_policy();
         }
         group.healthy.fetch_sub(1, Ordering::SeqCst);
         group.hijacked_total.fetch_add(1, Ordering::Relaxed);
