@@ -50,6 +50,12 @@ pub struct ServerArgs {
     /// Curfew's job budget (the paper's Figure 3: 1s).
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub job_budget: Duration,
+    /// Curfew modes: hand off a poll that has run this long: start an
+    /// event thread in its place and demote it to the idle scheduling
+    /// class until it returns (`off`: never; see
+    /// `Builder::hand_off_long_polls`).
+    #[arg(long, value_parser = parse_limit, default_value = "off")]
+    pub hand_off_long_polls: Duration,
     /// Cap on hijacked event threads [default: curfew's, 4 × threads].
     #[arg(long)]
     pub max_hijacked_threads: Option<usize>,
@@ -103,6 +109,8 @@ impl ServerArgs {
             blocking_threads: self.blocking_threads,
             poll_budget: self.poll_budget,
             job_budget: self.job_budget,
+            hand_off_long_polls: (!self.hand_off_long_polls.is_zero())
+                .then_some(self.hand_off_long_polls),
             max_hijacked_threads: self.max_hijacked_threads,
             max_abandoned_threads: self.max_abandoned_threads,
             strikes: self.strikes,

@@ -152,6 +152,9 @@ pub struct ServerConfig {
     pub poll_budget: Duration,
     /// Curfew's job budget. Default: 1 s, as the paper's Figure 3.
     pub job_budget: Duration,
+    /// How long a poll runs before curfew hands its thread off (a thread
+    /// in its place, the poll demoted; `None`: never, curfew's default).
+    pub hand_off_long_polls: Option<Duration>,
     /// Curfew's cap on hijacked event threads (its default if `None`).
     pub max_hijacked_threads: Option<usize>,
     /// Curfew's cap on abandoned pool threads (its default if `None`).
@@ -197,6 +200,7 @@ impl Default for ServerConfig {
             blocking_threads: 4,
             poll_budget: curfew::DEFAULT_POLL_BUDGET,
             job_budget: curfew::DEFAULT_JOB_BUDGET,
+            hand_off_long_polls: None,
             max_hijacked_threads: None,
             max_abandoned_threads: None,
             strikes: 2,
@@ -350,6 +354,7 @@ impl Server {
             .blocking_threads(cfg.blocking_threads)
             .poll_budget(cfg.poll_budget)
             .job_budget(cfg.job_budget)
+            .hand_off_long_polls(cfg.hand_off_long_polls)
             .thread_name("lab-curfew");
         if let Some(n) = cfg.max_hijacked_threads {
             b = b.max_hijacked_threads(n);

@@ -702,6 +702,7 @@ pub fn server_flags(cfg: &ServerConfig) -> Vec<String> {
         ("--job-budget", ms(cfg.job_budget)),
         ("--strikes", cfg.strikes.to_string()),
         ("--cool-off", ms(cfg.cool_off)),
+        ("--hand-off-long-polls", limit(cfg.hand_off_long_polls)),
         ("--header-read-timeout", limit(cfg.header_read_timeout)),
         ("--body-timeout", limit(cfg.body_timeout)),
         ("--idle-timeout", limit(cfg.idle_timeout)),

@@ -79,6 +79,10 @@ pub(crate) struct Slot {
     /// class (at a timeout or a hijack); cleared by the thread when it asks
     /// for its ordinary policy back.
     pub(crate) demoted: AtomicBool,
+    /// Set by the watchdog when it handed this thread's long poll off
+    /// (`Builder::hand_off_long_polls`): another thread took its place, and
+    /// this one exits once the poll returns.
+    pub(crate) handed_off: AtomicBool,
     /// Set by a producer that woke this thread from its park.
     notified: AtomicBool,
     /// Wakes this thread while it is parked in the I/O driver.
@@ -240,6 +244,11 @@ pub(crate) struct Group {
     pub(crate) hijacked_now: AtomicUsize,
     pub(crate) hijacked_total: AtomicU64,
     pub(crate) deferred_total: AtomicU64,
+    /// Threads whose long poll was handed off and still runs, not (yet)
+    /// hijacked (`Builder::hand_off_long_polls`). They hold a place under
+    /// the hijack cap, counted in `hijacked_now`.
+    pub(crate) handed_off_now: AtomicUsize,
+    pub(crate) handed_off_total: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     /// Of `timeouts`, tasks answered while still queued (queue timeouts).
     pub(crate) queue_timeouts: AtomicU64,
@@ -270,6 +279,8 @@ impl Group {
             hijacked_now: AtomicUsize::new(0),
             hijacked_total: AtomicU64::new(0),
             deferred_total: AtomicU64::new(0),
+            handed_off_now: AtomicUsize::new(0),
+            handed_off_total: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             queue_timeouts: AtomicU64::new(0),
             spawned: AtomicU64::new(0),
@@ -485,6 +496,7 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         thread: OnceLock::new(),
         os_tid: std::sync::atomic::AtomicI64::new(0),
         demoted: AtomicBool::new(false),
+        handed_off: AtomicBool::new(false),
         notified: AtomicBool::new(false),
         driver_waker: AtomicWaker::new(),
         polls: AtomicU64::new(0),
@@ -690,13 +702,13 @@ impl WorkerCtx {
         let _runtime =
             context::enter_runtime(crate::runtime::Handle::from_shared(self.shared.clone()));
         let worker = context::enter_worker(&self);
-        let hijacked = self.run();
+        let leave = self.run();
         drop(worker);
-        self.retire(hijacked);
+        self.retire(leave);
     }
 
-    /// The worker loop. Returns whether the thread was hijacked.
-    fn run(&self) -> bool {
+    /// The worker loop. Returns why the thread leaves.
+    fn run(&self) -> Leave {
         let group = self.group();
         let io = match self.gid {
             GroupId::Event => self.shared.io.as_ref(),
@@ -704,7 +716,7 @@ impl WorkerCtx {
         };
         loop {
             if self.shared.is_shutdown() {
-                return false;
+                return Leave::Healthy;
             }
             if let Some(io) = io
                 && io.take_starved()
@@ -721,12 +733,16 @@ impl WorkerCtx {
                     r.run();
                     self.job_stamp.set(None);
                     if tag(self.slot.state.load()) == HIJACKED {
-                        return true;
+                        return Leave::Hijacked;
+                    }
+                    if self.slot.handed_off.load(Ordering::Relaxed) {
+                        // Another thread took our place while the poll ran.
+                        return Leave::HandedOff;
                     }
                     if self.slot.demoted.load(Ordering::Relaxed) && !self.undemote() {
                         // Stuck at idle priority: make way for a thread
                         // at the ordinary one.
-                        return false;
+                        return Leave::Healthy;
                     }
                 }
                 None => self.park(group),
@@ -912,7 +928,7 @@ impl WorkerCtx {
         false
     }
 
-    fn retire(self, hijacked: bool) {
+    fn retire(self, leave: Leave) {
         if self.slot.demoted.swap(false, Ordering::Relaxed) {
             // The watchdog demoted us; take locks below at normal priority
             // (best effort: without the privilege we stay idle-class for
@@ -932,7 +948,16 @@ impl WorkerCtx {
             group.notify();
         }
         group.deregister(&self.slot);
-        if hijacked {
+        if leave == Leave::HandedOff {
+            // Its place under the cap; its replacement runs already.
+            group.handed_off_now.fetch_sub(1, Ordering::SeqCst);
+            group.hijacked_now.fetch_sub(1, Ordering::SeqCst);
+            tracing::debug!(
+                target: "curfew",
+                thread = self.slot.id,
+                "handed-off thread's long poll returned; the thread exits"
+            );
+        } else if leave == Leave::Hijacked {
             group.hijacked_now.fetch_sub(1, Ordering::SeqCst);
             tracing::info!(
                 target: "curfew",
@@ -948,6 +973,18 @@ impl WorkerCtx {
         // left before shutdown (one that could not leave the idle class).
         self.shared.thread_exited();
     }
+}
+
+/// Why a worker thread leaves its loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// Shutdown, or it could not leave the idle class: it counted as
+    /// healthy.
+    Healthy,
+    /// Its poll returned after the watchdog wrote it off.
+    Hijacked,
+    /// Its long poll returned after the watchdog handed it off.
+    HandedOff,
 }
 
 /// Completes when the thread's slot is notified or the runtime shuts down:

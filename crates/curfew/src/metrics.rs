@@ -39,6 +39,14 @@ pub struct GroupMetrics {
     pub overdue_threads: usize,
     /// How many times a replacement was put off by the cap.
     pub deferred_total: u64,
+    /// Threads whose long poll was handed off and still runs, not (yet)
+    /// hijacked
+    /// ([`Builder::hand_off_long_polls`](crate::runtime::Builder::hand_off_long_polls));
+    /// another thread works in the place of each. Not counted in
+    /// `healthy_threads` or `hijacked_threads`.
+    pub handed_off_threads: usize,
+    /// Long polls handed off since start.
+    pub handed_off_total: u64,
     /// Tasks (or jobs) spawned.
     pub spawned: u64,
     /// Tasks that ran to completion (whether or not anyone awaited them).
@@ -66,12 +74,16 @@ impl GroupMetrics {
             .iter()
             .filter(|s| slot::tag(s.state.load()) == EXPIRED && s.deferred.load(Ordering::Relaxed))
             .count();
+        let handed_off_threads = g.handed_off_now.load(Ordering::SeqCst);
+        let hijacked_now = g.hijacked_now.load(Ordering::SeqCst);
         Self {
             healthy_threads: g
                 .healthy
                 .load(Ordering::SeqCst)
                 .saturating_sub(overdue_threads),
-            hijacked_threads: g.hijacked_now.load(Ordering::SeqCst),
+            hijacked_threads: hijacked_now.saturating_sub(handed_off_threads),
+            handed_off_threads,
+            handed_off_total: g.handed_off_total.load(Ordering::Relaxed),
             hijacked_total: g.hijacked_total.load(Ordering::Relaxed),
             overdue_threads,
             deferred_total: g.deferred_total.load(Ordering::Relaxed),

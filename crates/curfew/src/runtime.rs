@@ -38,6 +38,7 @@ pub(crate) struct Config {
     pub(crate) max_overdue_per_route: usize,
     pub(crate) demote_hijacked: bool,
     pub(crate) demote_overrunning: bool,
+    pub(crate) hand_off_long_polls: Option<Duration>,
     pub(crate) blocking_nice: i32,
 }
 
@@ -100,6 +101,7 @@ pub struct Builder {
     policy_store: Arc<dyn PolicyStore>,
     demote_hijacked: bool,
     demote_overrunning: bool,
+    hand_off_long_polls: Option<Duration>,
     blocking_nice: i32,
     tokio_handle: Option<tokio::runtime::Handle>,
     env_error: Option<BuildError>,
@@ -127,6 +129,7 @@ impl Default for Builder {
             policy_store: Arc::new(MemoryStore),
             demote_hijacked: false,
             demote_overrunning: true,
+            hand_off_long_polls: None,
             blocking_nice: 0,
             tokio_handle: None,
             env_error: None,
@@ -326,6 +329,58 @@ impl Builder {
     /// separate: it keeps a hijacked thread demoted for good.
     pub fn demote_overrunning_polls(mut self, enabled: bool) -> Self {
         self.demote_overrunning = enabled;
+        self
+    }
+
+    /// Hands off the thread of an event-thread poll that has run `after`
+    /// without returning: the runtime starts another event thread in its
+    /// place at once, so that a long poll does not take an event thread's
+    /// worth of capacity for the rest of its budget, and lowers the long
+    /// poll's thread by 10 nice levels (Linux), so that benign threads get
+    /// about nine tenths of a core they share with it. When the poll
+    /// returns, in time or not, its thread finishes it as usual (its task's
+    /// output is delivered, or its timeout stands) and exits. `None` (the
+    /// default) turns it off.
+    ///
+    /// This is the scheduler's side of a defence against blocking and
+    /// CPU-bound attacks: with a 100 ms budget and `after` at 10 ms, a poll
+    /// blocked on a FIFO or spinning costs the other clients an event
+    /// thread for 10 ms instead of 100 ms. Go's scheduler hands a processor
+    /// off from a thread stuck in a system call in the same way.
+    ///
+    /// The costs: a thread is started for each poll that runs past `after`
+    /// (tens of µs), and a handed-off poll that needs CPU gets less of it
+    /// on a busy machine, so an honest long poll may take longer. Set
+    /// `after` well above the longest poll the service means to run (async
+    /// code's should be short). Only polls with a budget are handed off,
+    /// and only on event threads (the worker pool is where long jobs
+    /// belong). A handed-off thread holds a place under
+    /// [`max_hijacked_threads`](Self::max_hijacked_threads) until its poll
+    /// returns; at the cap, long polls keep their threads. At its timeout
+    /// the poll is treated as any other: answered, and its thread written
+    /// off after the grace (with no second replacement).
+    ///
+    /// The thread is niced rather than moved to `SCHED_IDLE`: a thread that
+    /// is preempted inside a page fault holds the process's address-space
+    /// lock, every `mmap` (a new thread's stack, a growing allocation)
+    /// queues behind it and every later page fault behind that, so an
+    /// idle-class thread that a busy machine starves can freeze the whole
+    /// process for seconds, as the lab's study saw.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let rt = curfew::Runtime::builder()
+    ///     .poll_budget(Duration::from_millis(100))
+    ///     .hand_off_long_polls(Some(Duration::from_millis(10)))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(rt);
+    /// ```
+    pub fn hand_off_long_polls(mut self, after: Option<Duration>) -> Self {
+        self.hand_off_long_polls = after;
         self
     }
 
@@ -545,6 +600,12 @@ impl Builder {
                 "must be at least 64 KiB",
             ));
         }
+        if self.hand_off_long_polls.is_some_and(|d| d.is_zero()) {
+            return Err(BuildError::new(
+                "hand_off_long_polls",
+                "must be greater than zero (None turns it off)",
+            ));
+        }
         if let Some(p) = &self.client_policy {
             if p.strikes == 0 {
                 return Err(BuildError::new(
@@ -559,6 +620,7 @@ impl Builder {
                 ));
             }
         }
+        let may_restore = self.demote_overrunning && crate::sys::can_restore();
         Ok(Config {
             event_threads,
             blocking_threads: self.blocking_threads,
@@ -578,8 +640,10 @@ impl Builder {
             demote_hijacked: self.demote_hijacked,
             // Only where the thread can be given its policy back: a poll
             // that checks its budget must not crawl at idle priority
-            // through its way out on a busy machine.
-            demote_overrunning: self.demote_overrunning && crate::sys::can_restore(),
+            // through its way out on a busy machine, and the tasks after a
+            // demoted poll must not run at idle priority either.
+            demote_overrunning: self.demote_overrunning && may_restore,
+            hand_off_long_polls: self.hand_off_long_polls,
             blocking_nice: self.blocking_nice,
         })
     }

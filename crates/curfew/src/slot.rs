@@ -35,7 +35,11 @@
 //! * `CLAIMED`: the watchdog is resolving the task's handle. While a slot is
 //!   claimed the owner cannot leave its poll, so the task header the slot
 //!   points to stays alive. This is what makes it sound for the watchdog to
-//!   touch the header of a task it does not own.
+//!   touch the header of a task it does not own. The watchdog also holds a
+//!   poll that is still within its budget `CLAIMED` for a moment
+//!   ([`SlotState::hold`]), to demote its thread, and then puts back the
+//!   same `RUNNING` word: the owner, which cannot return from the poll
+//!   meanwhile, is then sure to see the demotion when it does.
 //! * `EXPIRED`: the handle has been answered with a timeout. If the poll
 //!   returns now (for example because it reached a `checkpoint()`), the owner
 //!   moves the slot back to `IDLE` and keeps serving: nothing is abandoned.
@@ -202,6 +206,21 @@ impl<T> SlotState<T> {
                 // The watchdog is using our task header; it holds the claim for
                 // a few instructions, so wait it out.
                 CLAIMED => spin_wait(),
+                // Held and released again (see `hold`): end as usual.
+                RUNNING => {
+                    if self
+                        .word
+                        .compare_exchange(
+                            word,
+                            pack(IDLE, seq, 0),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+                    {
+                        return PollEnd::InTime;
+                    }
+                }
                 EXPIRED => {
                     if self
                         .word
@@ -254,6 +273,25 @@ impl<T> SlotState<T> {
             .compare_exchange(observed, claimed, Ordering::AcqRel, Ordering::Relaxed)
             .ok()
             .map(|_| self.current.load(Ordering::Relaxed) as *const T)
+    }
+
+    /// Watchdog: holds the poll observed as `observed` (`RUNNING`) where it
+    /// is, without touching its task: until [`release`](Self::release), the
+    /// owner cannot finish the poll. Returns false if the poll has returned.
+    pub(crate) fn hold(&self, observed: u64) -> bool {
+        debug_assert_eq!(tag(observed), RUNNING);
+        let held = (observed & !TAG_MASK) | CLAIMED;
+        self.word
+            .compare_exchange(observed, held, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Watchdog: lets go of a poll taken with [`hold`](Self::hold), putting
+    /// back the word it held. Release: what the watchdog wrote while
+    /// holding the poll is seen by the owner once its poll ends.
+    pub(crate) fn release(&self, observed: u64) {
+        debug_assert_eq!(tag(self.word.load(Ordering::Relaxed)), CLAIMED);
+        self.word.store(observed, Ordering::Release);
     }
 
     /// Watchdog: done with the header of the claimed poll; its task has been
@@ -510,6 +548,31 @@ mod tests {
         assert!(s.hijack(expired));
         assert_eq!(s.end(3, 10), PollEnd::Hijacked);
     }
+
+    #[test]
+    fn hold_and_release() {
+        let s = SlotState::<u8>::new();
+        let header = 0u8;
+        s.begin(1, 10, 0, &header);
+        let word = s.load();
+        assert!(s.hold(word));
+        assert_eq!(tag(s.load()), CLAIMED);
+        // Only the exact poll can be held, and only once.
+        assert!(!s.hold(word));
+        s.release(word);
+        assert_eq!(s.load(), word);
+        assert_eq!(s.end(1, 10), PollEnd::InTime);
+        // A poll that has ended cannot be held.
+        assert!(!s.hold(word));
+        // A held poll can still time out afterwards.
+        s.begin(2, 10, 0, &header);
+        let word = s.load();
+        assert!(s.hold(word));
+        s.release(word);
+        s.claim(word).unwrap();
+        s.expire();
+        assert_eq!(s.end(2, 10), PollEnd::TimedOut);
+    }
 }
 
 /// Model checks of the protocol: every interleaving of one poll against the
@@ -648,6 +711,39 @@ mod loom_tests {
             let timed_out = watchdog.join().unwrap();
             assert!(completed != timed_out, "exactly one outcome wins");
             assert_eq!(v.load(), if completed { DONE } else { TIMED_OUT });
+        });
+    }
+
+    /// The watchdog holds a poll within its budget to mark it (as it does
+    /// to demote its thread), racing the poll's end: either the hold fails,
+    /// or the owner ends the poll only after the release and sees the mark.
+    #[test]
+    fn loom_hold_is_seen_by_the_owner() {
+        loom::model(|| {
+            let slot = Arc::new(SlotState::<u8>::new());
+            let mark = Arc::new(AtomicBool::new(false));
+            let task = Arc::new(1u8);
+            slot.begin(1, 100, 0, &*task);
+            let owner = {
+                let (slot, mark) = (slot.clone(), mark.clone());
+                loom::thread::spawn(move || {
+                    let end = slot.end(1, 100);
+                    (end, mark.load(Ordering::Relaxed))
+                })
+            };
+            let word = slot.load();
+            let held = tag(word) == RUNNING && slot.hold(word);
+            if held {
+                mark.store(true, Ordering::Relaxed);
+                slot.release(word);
+            }
+            let (end, seen) = owner.join().unwrap();
+            assert_eq!(end, PollEnd::InTime);
+            assert_eq!(
+                seen, held,
+                "the owner missed the mark, or saw one never made"
+            );
+            assert_eq!(tag(slot.load()), IDLE);
         });
     }
 

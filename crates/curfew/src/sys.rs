@@ -39,23 +39,35 @@ pub(crate) fn current_tid() -> i64 {
 /// lowers its priority and needs no privilege. Returns whether it worked;
 /// failure only costs the other threads some CPU share.
 pub(crate) fn lower_current_priority(by: i32) -> bool {
+    lower_priority(0, by)
+}
+
+/// Raises the nice value of the thread with OS id `tid` of this process
+/// (0: the calling thread) by `by`, capped at 19. Needs no privilege.
+/// Returns whether it worked.
+pub(crate) fn lower_priority(tid: i64, by: i32) -> bool {
     #[cfg(target_os = "linux")]
     {
+        let Ok(who) = libc::id_t::try_from(tid) else {
+            return false;
+        };
         // SAFETY: getpriority and setpriority have no memory effects; on
-        // Linux, PRIO_PROCESS with who = 0 names the calling thread. errno
-        // is cleared first to tell a nice value of -1 from an error.
+        // Linux, PRIO_PROCESS names one thread (0: the calling one). errno
+        // is cleared first to tell a nice value of -1 from an error. The
+        // caller passes a thread of this process that cannot have exited
+        // (it is the caller, or a thread held in a poll).
         unsafe {
             *libc::__errno_location() = 0;
-            let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+            let now = libc::getpriority(libc::PRIO_PROCESS, who);
             if now == -1 && *libc::__errno_location() != 0 {
                 return false;
             }
-            libc::setpriority(libc::PRIO_PROCESS, 0, now.saturating_add(by).min(19)) == 0
+            libc::setpriority(libc::PRIO_PROCESS, who, now.saturating_add(by).min(19)) == 0
         }
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = by;
+        let _ = (tid, by);
         false
     }
 }

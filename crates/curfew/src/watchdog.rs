@@ -145,6 +145,14 @@ enum Seen {
     Awake,
 }
 
+/// How much a handed-off poll's thread is niced (`Builder::hand_off_long_polls`):
+/// about a tenth of a core's share against one ordinary thread, so benign
+/// threads run first while a lock it holds is still let go within
+/// milliseconds. (`SCHED_IDLE` would be starved outright on a busy machine,
+/// and a page fault it is preempted in freezes the whole process: every
+/// `mmap` queues behind it, and every later page fault behind that.)
+const HAND_OFF_NICE: i32 = 10;
+
 fn group_index(gid: GroupId) -> usize {
     match gid {
         GroupId::Event => 0,
@@ -447,10 +455,19 @@ impl Watchdog {
                     self.overrun(group, slot, word, since, now_ns);
                     (Seen::Awake, group.can_replace())
                 } else {
+                    if let Some(after) = self.shared.config.hand_off_long_polls
+                        && since >= after
+                        && group.id == GroupId::Event
+                        && budget != UNLIMITED
+                        && !slot.handed_off.load(Ordering::Relaxed)
+                    {
+                        self.hand_off(group, slot, word);
+                    }
                     if since >= self.shared.config.time_slice {
                         slot.slice_expired.store(slot::seq(word), Ordering::Relaxed);
                     }
-                    (Seen::Awake, true)
+                    // A handed-off thread's replacement takes queued work.
+                    (Seen::Awake, !slot.handed_off.load(Ordering::Relaxed))
                 }
             }
             EXPIRED => {
@@ -471,6 +488,45 @@ impl Watchdog {
             }
             _ => (Seen::Awake, false),
         }
+    }
+
+    /// Hands off the thread of a poll within its budget that has run long
+    /// (`Builder::hand_off_long_polls`): takes a place under the hijack cap,
+    /// marks the slot, starts a replacement, then lowers the long poll's
+    /// priority. The poll is held while it is marked, so that it cannot
+    /// return in between: its owner, once the poll returns, sees
+    /// `handed_off` and exits.
+    #[cold]
+    fn hand_off(&self, group: &Group, slot: &Slot, word: u64) {
+        let reserved = group
+            .hijacked_now
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < group.max_hijacked).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            return; // at the cap: the long poll keeps its thread
+        }
+        if !slot.state.hold(word) {
+            // The poll returned just now.
+            group.hijacked_now.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        slot.handed_off.store(true, Ordering::Relaxed);
+        group.handed_off_now.fetch_add(1, Ordering::SeqCst);
+        group.handed_off_total.fetch_add(1, Ordering::Relaxed);
+        group.healthy.fetch_sub(1, Ordering::SeqCst);
+        slot.state.release(word);
+        tracing::debug!(
+            target: "curfew",
+            thread = slot.id,
+            "long poll handed off; starting a thread in its place"
+        );
+        // The replacement first: starting a thread maps its stack, which
+        // takes the process's address-space lock for writing, and must not
+        // queue behind a read hold (a page fault) of a thread that runs
+        // slowly.
+        self.refill(group);
+        crate::sys::lower_priority(slot.os_tid.load(Ordering::Relaxed), HAND_OFF_NICE);
     }
 
     /// Steps 1-3: answer the caller, mark the task, record the overrun.
@@ -561,6 +617,14 @@ impl Watchdog {
 
     /// Step 4-5: the grace ran out; replace the thread, within the cap.
     fn write_off(&self, group: &Group, slot: &Slot, expired: u64) {
+        if slot.handed_off.load(Ordering::Relaxed) {
+            // Its place under the cap is taken and it was replaced already.
+            if slot.state.hijack(expired) {
+                group.handed_off_now.fetch_sub(1, Ordering::SeqCst);
+                self.hijacked(group, slot, group.hijacked_now.load(Ordering::Relaxed));
+            }
+            return;
+        }
         // Reserve a place under the cap first, so that the cap holds even
         // while threads exit concurrently.
         let reserved = group
@@ -587,6 +651,13 @@ impl Watchdog {
             return;
         }
         slot.deferred.store(false, Ordering::Relaxed);
+        group.healthy.fetch_sub(1, Ordering::SeqCst);
+        self.hijacked(group, slot, prev + 1);
+        self.refill(group);
+    }
+
+    /// A thread was just hijacked: its priority and the record.
+    fn hijacked(&self, group: &Group, slot: &Slot, now_hijacked: usize) {
         if self.shared.config.demote_hijacked {
             if !slot.demoted.swap(true, Ordering::Relaxed) {
                 // It may spin for a long time yet: let it have only spare CPU.
@@ -598,16 +669,14 @@ impl Watchdog {
             // supervisor's kill is not slowed by a thread that hardly runs).
             slot.restore_policy();
         }
-        group.healthy.fetch_sub(1, Ordering::SeqCst);
         group.hijacked_total.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             target: "curfew",
             location = %group.id.location(),
             thread = slot.id,
-            hijacked = prev + 1,
+            hijacked = now_hijacked,
             "thread hijacked by an overrunning poll; starting a replacement"
         );
-        self.refill(group);
     }
 
     /// Starts threads until the group has its target of healthy ones.

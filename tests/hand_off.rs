@@ -1,0 +1,216 @@
+//! `Builder::hand_off_long_polls`: an event-thread poll that runs past the
+//! threshold gets a thread started in its place at once, so the runtime's
+//! capacity does not wait for the poll's timeout; the long poll's thread
+//! is niced by 10 and exits when the poll returns. Priorities are read
+//! from outside the thread.
+#![cfg(target_os = "linux")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
+
+use curfew_suite::wait_until;
+
+mod sched;
+use sched::{nice_of, policy, tid};
+
+/// One event thread, so that every task behind a long poll needs the
+/// hand-off's replacement; a 30 ms threshold.
+fn runtime(budget: Duration) -> curfew::Runtime {
+    curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(1)
+        .poll_budget(budget)
+        .hand_off_long_polls(Some(Duration::from_millis(30)))
+        .build()
+        .unwrap()
+}
+
+/// Spawns a task that spins (no await, no checkpoint) until released,
+/// then returns 7; gives back its handle, its thread and the release flag.
+fn spinner(rt: &curfew::Runtime) -> (curfew::JoinHandle<u32>, i32, Arc<AtomicBool>) {
+    let release = Arc::new(AtomicBool::new(false));
+    let os_tid = Arc::new(AtomicI32::new(0));
+    let (r, t) = (release.clone(), os_tid.clone());
+    let h = rt.spawn(async move {
+        t.store(tid(), Ordering::SeqCst);
+        while !r.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+        7
+    });
+    assert!(wait_until(Duration::from_secs(10), || os_tid
+        .load(Ordering::SeqCst)
+        != 0));
+    (h, os_tid.load(Ordering::SeqCst), release)
+}
+
+/// Whether thread `tid` of this process is still alive.
+fn alive(tid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
+
+#[test]
+fn a_long_poll_is_handed_off_and_the_others_run_meanwhile() {
+    // A budget long enough that nothing times out: the hand-off alone
+    // keeps the runtime serving.
+    let rt = runtime(Duration::from_secs(60));
+    let (h, spinning, release) = spinner(&rt);
+    assert!(
+        wait_until(Duration::from_secs(10), || rt
+            .metrics()
+            .event
+            .handed_off_threads
+            == 1),
+        "handed off: {:?}",
+        rt.metrics().event
+    );
+    let m = rt.metrics().event;
+    assert_eq!(
+        (m.healthy_threads, m.hijacked_threads, m.handed_off_total),
+        (1, 0, 1),
+        "{m:?}"
+    );
+    // The only event thread spins, yet tasks run: on the replacement, at
+    // the ordinary priority, while the long poll's thread is niced by 10.
+    let mut base = None;
+    for _ in 0..20 {
+        let (p, n, t) = rt
+            .block_on(rt.spawn(async { (policy(), nice_of(0), tid()) }))
+            .unwrap();
+        assert_eq!(p, libc::SCHED_OTHER);
+        assert_ne!(t, spinning);
+        assert_eq!(*base.get_or_insert(n), n);
+    }
+    let base = base.unwrap();
+    assert_eq!(
+        nice_of(spinning),
+        (base + 10).min(19),
+        "niced while it spins"
+    );
+    assert!(!release.load(Ordering::SeqCst));
+    // The long poll ends in time: its output is delivered, and its thread
+    // leaves.
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(rt.block_on(h).unwrap(), 7);
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(spinning)),
+        "the handed-off thread exits"
+    );
+    let m = rt.metrics().event;
+    assert_eq!(
+        (m.healthy_threads, m.hijacked_threads, m.handed_off_threads),
+        (1, 0, 0),
+        "{m:?}"
+    );
+    assert_eq!(m.timeouts, 0);
+    assert_eq!(rt.block_on(rt.spawn(async { 1 })).unwrap(), 1);
+}
+
+#[test]
+fn a_handed_off_poll_that_overruns_is_answered_and_written_off_once() {
+    let rt = runtime(Duration::from_millis(150));
+    let (h, spinning, release) = spinner(&rt);
+    let err = rt.block_on(h).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(
+        wait_until(Duration::from_secs(10), || rt
+            .metrics()
+            .event
+            .hijacked_threads
+            == 1),
+        "written off: {:?}",
+        rt.metrics().event
+    );
+    let m = rt.metrics().event;
+    // Replaced once, at the hand-off: not again at the write-off.
+    assert_eq!(
+        (
+            m.healthy_threads,
+            m.handed_off_threads,
+            m.hijacked_total,
+            m.handed_off_total
+        ),
+        (1, 0, 1, 1),
+        "{m:?}"
+    );
+    let written_off = rt.handle().written_off_threads();
+    assert_eq!(written_off.len(), 1);
+    assert_eq!(written_off[0].tid, i64::from(spinning));
+    // Niced for running long, and kept so through the timeout and the
+    // write-off.
+    let base = rt.block_on(rt.spawn(async { nice_of(0) })).unwrap();
+    assert_eq!(nice_of(spinning), (base + 10).min(19));
+    release.store(true, Ordering::SeqCst);
+    assert!(wait_until(Duration::from_secs(10), || !alive(spinning)));
+    assert!(wait_until(Duration::from_secs(10), || rt
+        .metrics()
+        .event
+        .hijacked_threads
+        == 0));
+    assert_eq!(rt.metrics().event.healthy_threads, 1);
+    assert_eq!(rt.block_on(rt.spawn(async { 1 })).unwrap(), 1);
+}
+
+#[test]
+fn at_the_cap_a_long_poll_keeps_its_thread() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(1)
+        .poll_budget(Duration::from_secs(60))
+        .max_hijacked_threads(1)
+        .hand_off_long_polls(Some(Duration::from_millis(30)))
+        .build()
+        .unwrap();
+    let (first, _, release_first) = spinner(&rt);
+    assert!(wait_until(Duration::from_secs(10), || rt
+        .metrics()
+        .event
+        .handed_off_threads
+        == 1));
+    // The replacement takes the second long poll; the cap's one place is
+    // taken, so it is not handed off.
+    let (second, second_tid, release_second) = spinner(&rt);
+    std::thread::sleep(Duration::from_millis(200));
+    let m = rt.metrics().event;
+    assert_eq!((m.handed_off_total, m.handed_off_threads), (1, 1), "{m:?}");
+    // Threads inherit this thread's nice value.
+    assert_eq!(nice_of(second_tid), nice_of(0), "not niced");
+    release_second.store(true, Ordering::SeqCst);
+    release_first.store(true, Ordering::SeqCst);
+    assert_eq!(rt.block_on(second).unwrap(), 7);
+    assert_eq!(rt.block_on(first).unwrap(), 7);
+    assert!(wait_until(Duration::from_secs(10), || rt
+        .metrics()
+        .event
+        .handed_off_threads
+        == 0));
+    assert_eq!(rt.metrics().event.healthy_threads, 1);
+}
+
+#[test]
+fn off_by_default() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(1)
+        .poll_budget(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (h, spinning, release) = spinner(&rt);
+    std::thread::sleep(Duration::from_millis(200));
+    let m = rt.metrics().event;
+    assert_eq!((m.handed_off_total, m.healthy_threads), (0, 1), "{m:?}");
+    assert_eq!(nice_of(spinning), nice_of(0));
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(rt.block_on(h).unwrap(), 7);
+    assert!(alive(spinning), "the thread goes on serving");
+}
+
+#[test]
+fn a_zero_threshold_is_a_configuration_error() {
+    let err = curfew::Runtime::builder()
+        .hand_off_long_polls(Some(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("hand_off_long_polls"), "{err}");
+}
