@@ -47,6 +47,7 @@
 //! ```
 
 use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use crate::error::Location;
@@ -77,6 +78,47 @@ impl WrittenOffThread {
     pub fn cpu_time(&self) -> Option<Duration> {
         thread_cpu_time(std::process::id(), self.tid)
     }
+}
+
+/// Write-offs in this process so far, and a condition variable that
+/// wakes [`wait_for_write_off`].
+static WRITE_OFFS: (Mutex<u64>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// Called by a watchdog that has just written a thread off (or found one
+/// overdue at the cap): wakes whoever waits in [`wait_for_write_off`].
+pub(crate) fn note_write_off() {
+    let (count, cv) = &WRITE_OFFS;
+    *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    cv.notify_all();
+}
+
+/// How many threads the runtimes of this process have written off so far
+/// (hijacked or abandoned, or found overdue at the cap), for
+/// [`wait_for_write_off`].
+pub fn write_offs() -> u64 {
+    *WRITE_OFFS.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Blocks until the count of write-offs passes `seen` or `timeout` runs
+/// out, and returns the count. A health reporter waits here between its
+/// periodic reports, so that a supervisor hears of a poisoned thread at
+/// once rather than up to a period later.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let seen = curfew::health::write_offs();
+/// // Nothing is written off meanwhile: the wait times out.
+/// let now = curfew::health::wait_for_write_off(seen, Duration::from_millis(10));
+/// assert!(now >= seen);
+/// ```
+pub fn wait_for_write_off(seen: u64, timeout: Duration) -> u64 {
+    let (count, cv) = &WRITE_OFFS;
+    let guard = count.lock().unwrap_or_else(|e| e.into_inner());
+    let (guard, _) = cv
+        .wait_timeout_while(guard, timeout, |n| *n <= seen)
+        .unwrap_or_else(|e| e.into_inner());
+    *guard
 }
 
 /// The CPU time used by thread `tid` of process `pid`, from

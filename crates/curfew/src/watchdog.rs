@@ -635,6 +635,7 @@ impl Watchdog {
         let Ok(prev) = reserved else {
             if !slot.deferred.swap(true, Ordering::Relaxed) {
                 group.deferred_total.fetch_add(1, Ordering::Relaxed);
+                crate::health::note_write_off();
                 tracing::warn!(
                     target: "curfew",
                     location = %group.id.location(),
@@ -670,6 +671,7 @@ impl Watchdog {
             slot.restore_policy();
         }
         group.hijacked_total.fetch_add(1, Ordering::Relaxed);
+        crate::health::note_write_off();
         tracing::warn!(
             target: "curfew",
             location = %group.id.location(),

@@ -89,3 +89,39 @@ fn the_default_runtime_is_reported_only_once_started() {
     // unless another test in this file did, which none does.
     assert!(curfew::health::default_runtime().is_none());
 }
+
+/// A reporter waiting in `wait_for_write_off` with a long timeout is woken
+/// by the write-off itself, not by the timeout.
+#[test]
+fn a_write_off_wakes_the_waiting_reporter_at_once() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(1)
+        .poll_budget(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    let handle = rt.handle();
+    let mut seen = curfew::health::write_offs();
+    let waiter = std::thread::spawn(move || {
+        let start = Instant::now();
+        // Other tests in this process may write threads off too: wait
+        // until this runtime's own write-off shows.
+        while handle.written_off_threads().is_empty() {
+            let now = curfew::health::wait_for_write_off(seen, Duration::from_secs(60));
+            assert!(now > seen, "a wait of a minute timed out: no wake-up");
+            seen = now;
+        }
+        start.elapsed()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinning = stop.clone();
+    let h = rt.spawn(async move {
+        while !spinning.load(Ordering::Relaxed) {
+            std::hint::spin_loop();
+        }
+    });
+    assert!(rt.block_on(h).unwrap_err().is_timeout());
+    let waited = waiter.join().unwrap();
+    eprintln!("the reporter saw the write-off {waited:?} after it began waiting");
+    stop.store(true, Ordering::Relaxed);
+}
