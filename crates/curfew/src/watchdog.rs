@@ -681,11 +681,36 @@ impl Watchdog {
         );
     }
 
+    /// Gives every thread demoted at a timeout its ordinary policy back,
+    /// before this thread starts another. Starting a thread maps its stack,
+    /// which waits for the process's address-space lock; a demoted thread
+    /// preempted inside a page fault holds that lock, and on a busy machine
+    /// it would only run again once the watchdog restored it: the watchdog
+    /// would wait for it, every timeout with it, and every page fault in
+    /// the process behind the queued `mmap`. (Threads demoted for good
+    /// with `demote_hijacked_threads` keep their class; that setting's
+    /// documented risk.)
+    #[cold]
+    fn restore_demoted(&self) {
+        for group in [&self.shared.event, &self.shared.blocking] {
+            for slot in group.slots.load().iter() {
+                let for_good =
+                    self.shared.config.demote_hijacked && slot::tag(slot.state.load()) == HIJACKED;
+                if !for_good {
+                    slot.restore_policy();
+                }
+            }
+        }
+    }
+
     /// Starts threads until the group has its target of healthy ones.
     /// Returns whether it is still short (to try again next tick).
     fn refill(&self, group: &Group) -> bool {
         if self.shared.is_shutdown() {
             return false;
+        }
+        if group.healthy.load(Ordering::SeqCst) < group.target {
+            self.restore_demoted();
         }
         while group.healthy.load(Ordering::SeqCst) < group.target {
             if let Err(e) = executor::spawn_thread(&self.shared, group.id) {
