@@ -443,13 +443,22 @@ impl Supervision {
                 return;
             }
             self.warned_cap = false;
-            // Its replacement first: a warm spare, if one is ready.
+            // Its replacement first: a warm spare, if one is ready, unless
+            // one serves in its place already (`fill` activates one while
+            // a poisoned worker waits for the cap on draining workers).
+            let serving = self
+                .procs
+                .iter()
+                .filter(|p| p.state == State::Active && p.recycle.is_none())
+                .count();
             let spare = self.procs.iter().position(|p| p.state == State::Spare);
             let (_, decided) = self.procs[i]
                 .recycle
                 .clone()
                 .unwrap_or((Poison::WrittenOff(0), now));
-            if let Some(s) = spare {
+            if serving >= self.cfg().processes {
+                // Replaced already.
+            } else if let Some(s) = spare {
                 activate(&mut self.procs[s]).await;
             } else if now.duration_since(decided) < ready_timeout {
                 // No spare yet (fill starts one): keep serving meanwhile.
