@@ -6,14 +6,13 @@
 //! that the observation does not depend on a demoted thread getting CPU.
 #![cfg(target_os = "linux")]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use curfew_suite::wait_until;
 
 mod sched;
-use sched::{may_restore, policy, policy_of, tid};
+use sched::{may_restore, policy, policy_of, spinner, tid};
 
 /// Drops `CAP_SYS_NICE` from the calling thread (capabilities belong to
 /// threads) and sets `RLIMIT_NICE` to 0 for the process (it only limits
@@ -102,29 +101,11 @@ fn tasks_after(rt: &curfew::Runtime) -> Vec<(i32, i32)> {
         .collect()
 }
 
-/// Spawns a task that spins (no await, no checkpoint) until released, and
-/// returns its handle, its thread and the release flag.
-fn spinner(rt: &curfew::Runtime) -> (curfew::JoinHandle<()>, i32, Arc<AtomicBool>) {
-    let release = Arc::new(AtomicBool::new(false));
-    let os_tid = Arc::new(AtomicI32::new(0));
-    let (r, t) = (release.clone(), os_tid.clone());
-    let h = rt.spawn(async move {
-        t.store(tid(), Ordering::SeqCst);
-        while !r.load(Ordering::SeqCst) {
-            std::hint::spin_loop();
-        }
-    });
-    assert!(wait_until(Duration::from_secs(10), || os_tid
-        .load(Ordering::SeqCst)
-        != 0));
-    (h, os_tid.load(Ordering::SeqCst), release)
-}
-
 #[test]
 fn an_overrunning_poll_is_demoted_for_a_moment_and_restored_while_it_runs() {
     let rt = runtime(true);
     let may = may_restore();
-    let (h, spinning, release) = spinner(&rt);
+    let (h, spinning, release) = spinner(&rt, ());
     if may {
         assert!(
             wait_until(Duration::from_secs(10), || policy_of(spinning)
@@ -197,7 +178,7 @@ fn a_thread_that_cannot_leave_idle_by_itself_runs_nothing_more_at_idle() {
 #[test]
 fn demotion_can_be_turned_off() {
     let rt = runtime(false);
-    let (h, spinning, release) = spinner(&rt);
+    let (h, spinning, release) = spinner(&rt, ());
     stays_ordinary(spinning);
     release.store(true, Ordering::SeqCst);
     assert!(rt.block_on(h).unwrap_err().is_timeout());

@@ -5,14 +5,13 @@
 //! from outside the thread.
 #![cfg(target_os = "linux")]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use curfew_suite::wait_until;
 
 mod sched;
-use sched::{nice_of, policy, tid};
+use sched::{nice_of, policy, spinner, tid};
 
 /// One event thread, so that every task behind a long poll needs the
 /// hand-off's replacement; a 30 ms threshold.
@@ -26,25 +25,6 @@ fn runtime(budget: Duration) -> curfew::Runtime {
         .unwrap()
 }
 
-/// Spawns a task that spins (no await, no checkpoint) until released,
-/// then returns 7; gives back its handle, its thread and the release flag.
-fn spinner(rt: &curfew::Runtime) -> (curfew::JoinHandle<u32>, i32, Arc<AtomicBool>) {
-    let release = Arc::new(AtomicBool::new(false));
-    let os_tid = Arc::new(AtomicI32::new(0));
-    let (r, t) = (release.clone(), os_tid.clone());
-    let h = rt.spawn(async move {
-        t.store(tid(), Ordering::SeqCst);
-        while !r.load(Ordering::SeqCst) {
-            std::hint::spin_loop();
-        }
-        7
-    });
-    assert!(wait_until(Duration::from_secs(10), || os_tid
-        .load(Ordering::SeqCst)
-        != 0));
-    (h, os_tid.load(Ordering::SeqCst), release)
-}
-
 /// Whether thread `tid` of this process is still alive.
 fn alive(tid: i32) -> bool {
     std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
@@ -55,7 +35,7 @@ fn a_long_poll_is_handed_off_and_the_others_run_meanwhile() {
     // A budget long enough that nothing times out: the hand-off alone
     // keeps the runtime serving.
     let rt = runtime(Duration::from_secs(60));
-    let (h, spinning, release) = spinner(&rt);
+    let (h, spinning, release) = spinner(&rt, 7);
     assert!(
         wait_until(Duration::from_secs(10), || rt
             .metrics()
@@ -110,7 +90,7 @@ fn a_long_poll_is_handed_off_and_the_others_run_meanwhile() {
 #[test]
 fn a_handed_off_poll_that_overruns_is_answered_and_written_off_once() {
     let rt = runtime(Duration::from_millis(150));
-    let (h, spinning, release) = spinner(&rt);
+    let (h, spinning, release) = spinner(&rt, 7);
     let err = rt.block_on(h).unwrap_err();
     assert!(err.is_timeout(), "{err}");
     assert!(
@@ -162,7 +142,7 @@ fn at_the_cap_a_long_poll_keeps_its_thread() {
         .hand_off_long_polls(Some(Duration::from_millis(30)))
         .build()
         .unwrap();
-    let (first, _, release_first) = spinner(&rt);
+    let (first, _, release_first) = spinner(&rt, 7);
     assert!(wait_until(Duration::from_secs(10), || rt
         .metrics()
         .event
@@ -170,7 +150,7 @@ fn at_the_cap_a_long_poll_keeps_its_thread() {
         == 1));
     // The replacement takes the second long poll; the cap's one place is
     // taken, so it is not handed off.
-    let (second, second_tid, release_second) = spinner(&rt);
+    let (second, second_tid, release_second) = spinner(&rt, 7);
     std::thread::sleep(Duration::from_millis(200));
     let m = rt.metrics().event;
     assert_eq!((m.handed_off_total, m.handed_off_threads), (1, 1), "{m:?}");
@@ -196,7 +176,7 @@ fn off_by_default() {
         .poll_budget(Duration::from_secs(60))
         .build()
         .unwrap();
-    let (h, spinning, release) = spinner(&rt);
+    let (h, spinning, release) = spinner(&rt, 7);
     std::thread::sleep(Duration::from_millis(200));
     let m = rt.metrics().event;
     assert_eq!((m.handed_off_total, m.healthy_threads), (0, 1), "{m:?}");

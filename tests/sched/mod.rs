@@ -1,6 +1,34 @@
-//! Reading threads' scheduling policies from outside, for the tests of
-//! demotion and hand-off.
+//! Reading threads' scheduling policies from outside, and a task that
+//! spins until released, for the tests of demotion and hand-off.
 #![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
+
+use curfew_suite::wait_until;
+
+/// Spawns a task that spins (no await, no checkpoint) until released, then
+/// returns `out`; gives back its handle, its thread and the release flag.
+pub fn spinner<T: Send + 'static>(
+    rt: &curfew::Runtime,
+    out: T,
+) -> (curfew::JoinHandle<T>, i32, Arc<AtomicBool>) {
+    let release = Arc::new(AtomicBool::new(false));
+    let os_tid = Arc::new(AtomicI32::new(0));
+    let (r, t) = (release.clone(), os_tid.clone());
+    let h = rt.spawn(async move {
+        t.store(tid(), Ordering::SeqCst);
+        while !r.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+        out
+    });
+    assert!(wait_until(Duration::from_secs(10), || os_tid
+        .load(Ordering::SeqCst)
+        != 0));
+    (h, os_tid.load(Ordering::SeqCst), release)
+}
 
 /// The scheduling policy of thread `tid` of this process.
 pub fn policy_of(tid: i32) -> i32 {

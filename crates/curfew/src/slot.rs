@@ -200,6 +200,18 @@ impl<T> SlotState<T> {
 
     #[cold]
     fn end_slow(&self, seq: u32) -> PollEnd {
+        // Moves the slot from `word` to idle; fails if the watchdog moved
+        // it meanwhile.
+        let to_idle = |word| {
+            self.word
+                .compare_exchange(
+                    word,
+                    pack(IDLE, seq, 0),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        };
         loop {
             let word = self.word.load(Ordering::Acquire);
             match tag(word) {
@@ -207,34 +219,9 @@ impl<T> SlotState<T> {
                 // a few instructions, so wait it out.
                 CLAIMED => spin_wait(),
                 // Held and released again (see `hold`): end as usual.
-                RUNNING => {
-                    if self
-                        .word
-                        .compare_exchange(
-                            word,
-                            pack(IDLE, seq, 0),
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .is_ok()
-                    {
-                        return PollEnd::InTime;
-                    }
-                }
-                EXPIRED => {
-                    if self
-                        .word
-                        .compare_exchange(
-                            word,
-                            pack(IDLE, seq, 0),
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .is_ok()
-                    {
-                        return PollEnd::TimedOut;
-                    }
-                }
+                RUNNING if to_idle(word) => return PollEnd::InTime,
+                EXPIRED if to_idle(word) => return PollEnd::TimedOut,
+                RUNNING | EXPIRED => {}
                 HIJACKED => return PollEnd::Hijacked,
                 other => unreachable!("slot in state {other} at the end of a poll"),
             }
