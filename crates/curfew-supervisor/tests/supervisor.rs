@@ -625,3 +625,47 @@ fn bad_configuration_is_a_clear_error() {
     assert!(e.contains(&format!("cannot listen on {addr}")), "{e}");
     assert!(e.contains("in use"), "{e}");
 }
+
+/// A poisoned worker that waits for the cap on draining workers is replaced
+/// at once by the spare; when the cap frees and it drains, no second spare
+/// is activated for it: one worker serves, as configured.
+#[test]
+fn a_worker_waiting_for_the_drain_cap_is_replaced_once() {
+    let mut sup = Sup::start(&["--drain-deadline-ms", "20000"]);
+    let ready = |s: &Sup, n: usize| (s.stderr().matches("worker ready").count() >= n).then_some(());
+    let first = sup.serving_pid();
+    // Keeps the first worker draining for a while once it is recycled.
+    let slow = {
+        let addr = sup.addr;
+        std::thread::spawn(move || get(addr, "/sleep?ms=3000"))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(sup.addr, "/spin").unwrap().0, 503);
+    let second = sup.wait_for(|s| Some(s.serving_pid()).filter(|&p| p != first));
+    // A new spare is ready: the first worker, the second, and it.
+    sup.wait_for(|s| ready(s, 3));
+    // The second worker is poisoned while the first still drains (the cap
+    // is one draining worker): the spare serves in its place meanwhile.
+    assert_eq!(get(sup.addr, "/spin").unwrap().0, 503);
+    let third = sup.wait_for(|s| Some(s.serving_pid()).filter(|&p| p != second && p != first));
+    assert_eq!(
+        slow.join().unwrap().unwrap().0,
+        200,
+        "the first worker's request"
+    );
+    sup.wait_for(|s| (!s.workers().contains(&second)).then_some(()));
+    // The next spare was ready before the cap freed.
+    sup.wait_for(|s| ready(s, 4));
+    for _ in 0..20 {
+        assert_eq!(sup.serving_pid(), third, "only one worker serves");
+    }
+    let log = sup.stderr();
+    assert_eq!(
+        log.matches("worker serving").count(),
+        3,
+        "activated: the first worker and two replacements\n{log}"
+    );
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait_exit(), Some(0));
+    assert_eq!(summary(&sup, "recycled"), 2);
+}
