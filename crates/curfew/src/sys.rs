@@ -54,8 +54,10 @@ pub(crate) fn lower_priority(tid: i64, by: i32) -> bool {
         // SAFETY: getpriority and setpriority have no memory effects; on
         // Linux, PRIO_PROCESS names one thread (0: the calling one). errno
         // is cleared first to tell a nice value of -1 from an error. The
-        // caller passes a thread of this process that cannot have exited
-        // (it is the caller, or a thread held in a poll).
+        // caller passes the calling thread or one of this process's threads
+        // that it saw in a poll a moment ago; had that thread just exited,
+        // its id would not be handed out again before the kernel's pid
+        // counter wraps, so the call would only fail (ESRCH).
         unsafe {
             *libc::__errno_location() = 0;
             let now = libc::getpriority(libc::PRIO_PROCESS, who);
