@@ -446,11 +446,7 @@ impl Supervision {
             // Its replacement first: a warm spare, if one is ready, unless
             // one serves in its place already (`fill` activates one while
             // a poisoned worker waits for the cap on draining workers).
-            let serving = self
-                .procs
-                .iter()
-                .filter(|p| p.state == State::Active && p.recycle.is_none())
-                .count();
+            let serving = self.serving();
             let spare = self.procs.iter().position(|p| p.state == State::Spare);
             let (_, decided) = self.procs[i]
                 .recycle
@@ -485,6 +481,14 @@ impl Supervision {
         }
     }
 
+    /// Workers serving and not marked for recycling.
+    fn serving(&self) -> usize {
+        self.procs
+            .iter()
+            .filter(|p| p.state == State::Active && p.recycle.is_none())
+            .count()
+    }
+
     /// Keeps `processes` workers serving and `spares` warm spares, within
     /// the process cap and the restart backoff.
     async fn fill(&mut self) {
@@ -493,11 +497,7 @@ impl Supervision {
         }
         let n = self.cfg().processes;
         loop {
-            let active = self
-                .procs
-                .iter()
-                .filter(|p| p.state == State::Active && p.recycle.is_none())
-                .count();
+            let active = self.serving();
             if active >= n {
                 break;
             }
@@ -508,11 +508,7 @@ impl Supervision {
         }
         let cap = n + self.cfg().spares + self.cfg().draining_cap();
         loop {
-            let serving = self
-                .procs
-                .iter()
-                .filter(|p| p.state == State::Active && p.recycle.is_none())
-                .count();
+            let serving = self.serving();
             let coming = self
                 .procs
                 .iter()
