@@ -244,10 +244,9 @@ pub(crate) struct Group {
     pub(crate) hijacked_now: AtomicUsize,
     pub(crate) hijacked_total: AtomicU64,
     pub(crate) deferred_total: AtomicU64,
-    /// Threads whose long poll was handed off and still runs, not (yet)
-    /// hijacked (`Builder::hand_off_long_polls`). They hold a place under
-    /// the hijack cap, counted in `hijacked_now`.
-    pub(crate) handed_off_now: AtomicUsize,
+    /// Long polls handed off (`Builder::hand_off_long_polls`). A handed-off
+    /// thread holds a place under the hijack cap, counted in
+    /// `hijacked_now`, until it exits.
     pub(crate) handed_off_total: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     /// Of `timeouts`, tasks answered while still queued (queue timeouts).
@@ -279,7 +278,6 @@ impl Group {
             hijacked_now: AtomicUsize::new(0),
             hijacked_total: AtomicU64::new(0),
             deferred_total: AtomicU64::new(0),
-            handed_off_now: AtomicUsize::new(0),
             handed_off_total: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             queue_timeouts: AtomicU64::new(0),
@@ -395,6 +393,18 @@ impl Group {
     /// replaced (the cap on hijacked threads has room).
     pub(crate) fn can_replace(&self) -> bool {
         self.hijacked_now.load(Ordering::Relaxed) < self.max_hijacked
+    }
+
+    /// Takes a place under the cap on hijacked threads, for a thread about
+    /// to be written off or handed off, so that the cap holds even while
+    /// threads exit concurrently. Returns how many places were taken
+    /// before, or `None` at the cap.
+    pub(crate) fn take_cap_place(&self) -> Option<usize> {
+        self.hijacked_now
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_hijacked).then_some(n + 1)
+            })
+            .ok()
     }
 
     /// Threads not stuck in a poll that ran over budget (timed out, held at
@@ -911,10 +921,10 @@ impl WorkerCtx {
 
     /// Asks for the ordinary scheduling policy back after the watchdog
     /// demoted this thread at a timeout, and the poll then returned before
-    /// the watchdog restored it (one watchdog interval). Returns false when the kernel refuses (leaving
-    /// `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows
-    /// nice 0): the thread must then exit, and the watchdog starts a
-    /// replacement at the ordinary priority.
+    /// the watchdog restored it (one watchdog interval). Returns false when
+    /// the kernel refuses (leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or an
+    /// `RLIMIT_NICE` that allows nice 0): the thread must then exit, and the
+    /// watchdog starts a replacement at the ordinary priority.
     #[cold]
     fn undemote(&self) -> bool {
         if !self.slot.demoted.swap(false, Ordering::Relaxed) || crate::sys::restore_current() {
@@ -948,25 +958,28 @@ impl WorkerCtx {
             group.notify();
         }
         group.deregister(&self.slot);
-        if leave == Leave::HandedOff {
-            // Its place under the cap; its replacement runs already.
-            group.handed_off_now.fetch_sub(1, Ordering::SeqCst);
-            group.hijacked_now.fetch_sub(1, Ordering::SeqCst);
-            tracing::debug!(
-                target: "curfew",
-                thread = self.slot.id,
-                "handed-off thread's long poll returned; the thread exits"
-            );
-        } else if leave == Leave::Hijacked {
-            group.hijacked_now.fetch_sub(1, Ordering::SeqCst);
-            tracing::info!(
-                target: "curfew",
-                thread = self.slot.id,
-                group = ?self.gid,
-                "hijacked thread's poll returned; the task was dropped and the thread exits"
-            );
-        } else {
-            group.healthy.fetch_sub(1, Ordering::SeqCst);
+        match leave {
+            Leave::HandedOff => {
+                // Its place under the cap; its replacement runs already.
+                group.hijacked_now.fetch_sub(1, Ordering::SeqCst);
+                tracing::debug!(
+                    target: "curfew",
+                    thread = self.slot.id,
+                    "handed-off thread's long poll returned; the thread exits"
+                );
+            }
+            Leave::Hijacked => {
+                group.hijacked_now.fetch_sub(1, Ordering::SeqCst);
+                tracing::info!(
+                    target: "curfew",
+                    thread = self.slot.id,
+                    group = ?self.gid,
+                    "hijacked thread's poll returned; the task was dropped and the thread exits"
+                );
+            }
+            Leave::Healthy => {
+                group.healthy.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         group.alive.fetch_sub(1, Ordering::SeqCst);
         // Wakes the watchdog, which refills the group if a healthy thread

@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::executor::Group;
 use crate::policy::ClientKey;
 use crate::runtime::Shared;
-use crate::slot::{self, EXPIRED};
+use crate::slot::{self, EXPIRED, HIJACKED};
 
 /// Counters of one thread group: the event threads or the worker pool.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,13 +68,17 @@ pub struct GroupMetrics {
 impl GroupMetrics {
     fn collect(g: &Group) -> Self {
         let counts = g.counts();
-        let overdue_threads = g
-            .slots
-            .load()
-            .iter()
-            .filter(|s| slot::tag(s.state.load()) == EXPIRED && s.deferred.load(Ordering::Relaxed))
-            .count();
-        let handed_off_threads = g.handed_off_now.load(Ordering::SeqCst);
+        let (mut overdue_threads, mut handed_off_threads) = (0, 0);
+        for s in g.slots.load().iter() {
+            let tag = slot::tag(s.state.load());
+            if tag == EXPIRED && s.deferred.load(Ordering::Relaxed) {
+                overdue_threads += 1;
+            }
+            // Handed off, and not (yet) hijacked: it counts as one then.
+            if tag != HIJACKED && s.handed_off.load(Ordering::Relaxed) {
+                handed_off_threads += 1;
+            }
+        }
         let hijacked_now = g.hijacked_now.load(Ordering::SeqCst);
         Self {
             healthy_threads: g

@@ -620,7 +620,6 @@ impl Builder {
                 ));
             }
         }
-        let may_restore = self.demote_overrunning && crate::sys::can_restore();
         Ok(Config {
             event_threads,
             blocking_threads: self.blocking_threads,
@@ -642,7 +641,7 @@ impl Builder {
             // that checks its budget must not crawl at idle priority
             // through its way out on a busy machine, and the tasks after a
             // demoted poll must not run at idle priority either.
-            demote_overrunning: self.demote_overrunning && may_restore,
+            demote_overrunning: self.demote_overrunning && crate::sys::can_restore(),
             hand_off_long_polls: self.hand_off_long_polls,
             blocking_nice: self.blocking_nice,
         })

@@ -37,9 +37,9 @@
 //!   points to stays alive. This is what makes it sound for the watchdog to
 //!   touch the header of a task it does not own. The watchdog also holds a
 //!   poll that is still within its budget `CLAIMED` for a moment
-//!   ([`SlotState::hold`]), to demote its thread, and then puts back the
-//!   same `RUNNING` word: the owner, which cannot return from the poll
-//!   meanwhile, is then sure to see the demotion when it does.
+//!   ([`SlotState::hold`]), to mark its thread handed off, and then puts
+//!   back the same `RUNNING` word: the owner, which cannot return from the
+//!   poll meanwhile, is then sure to see the mark when it does.
 //! * `EXPIRED`: the handle has been answered with a timeout. If the poll
 //!   returns now (for example because it reached a `checkpoint()`), the owner
 //!   moves the slot back to `IDLE` and keeps serving: nothing is abandoned.
@@ -702,7 +702,7 @@ mod loom_tests {
     }
 
     /// The watchdog holds a poll within its budget to mark it (as it does
-    /// to demote its thread), racing the poll's end: either the hold fails,
+    /// to hand its thread off), racing the poll's end: either the hold fails,
     /// or the owner ends the poll only after the release and sees the mark.
     #[test]
     fn loom_hold_is_seen_by_the_owner() {

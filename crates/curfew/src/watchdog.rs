@@ -498,12 +498,7 @@ impl Watchdog {
     /// `handed_off` and exits.
     #[cold]
     fn hand_off(&self, group: &Group, slot: &Slot, word: u64) {
-        let reserved = group
-            .hijacked_now
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < group.max_hijacked).then_some(n + 1)
-            });
-        if reserved.is_err() {
+        if group.take_cap_place().is_none() {
             return; // at the cap: the long poll keeps its thread
         }
         if !slot.state.hold(word) {
@@ -512,7 +507,6 @@ impl Watchdog {
             return;
         }
         slot.handed_off.store(true, Ordering::Relaxed);
-        group.handed_off_now.fetch_add(1, Ordering::SeqCst);
         group.handed_off_total.fetch_add(1, Ordering::Relaxed);
         group.healthy.fetch_sub(1, Ordering::SeqCst);
         slot.state.release(word);
@@ -620,19 +614,12 @@ impl Watchdog {
         if slot.handed_off.load(Ordering::Relaxed) {
             // Its place under the cap is taken and it was replaced already.
             if slot.state.hijack(expired) {
-                group.handed_off_now.fetch_sub(1, Ordering::SeqCst);
                 self.hijacked(group, slot, group.hijacked_now.load(Ordering::Relaxed));
             }
             return;
         }
-        // Reserve a place under the cap first, so that the cap holds even
-        // while threads exit concurrently.
-        let reserved = group
-            .hijacked_now
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < group.max_hijacked).then_some(n + 1)
-            });
-        let Ok(prev) = reserved else {
+        // A place under the cap first.
+        let Some(prev) = group.take_cap_place() else {
             if !slot.deferred.swap(true, Ordering::Relaxed) {
                 group.deferred_total.fetch_add(1, Ordering::Relaxed);
                 crate::health::note_write_off();
