@@ -668,7 +668,7 @@ impl WorkerCtx {
                         // keeps this thread in the driver.
                         if !self.slot.notified.swap(true, Ordering::AcqRel) {
                             self.slot.driver_waker.wake();
-                            self.shared.unpark_watchdog();
+                            self.shared.wake_parked_watchdog();
                         }
                         return Ok(!alone);
                     }
@@ -908,7 +908,7 @@ impl WorkerCtx {
             self.slot.state.wake(seq);
             // The watchdog parks when every thread sleeps; it must watch the
             // polls this thread is about to run.
-            self.shared.unpark_watchdog();
+            self.shared.wake_parked_watchdog();
         }
         // Leave the sleeper list if no producer took us off it.
         let mut sleepers = group.sleepers.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,7 +1,7 @@
 //! The runtime: configuration, start-up, spawning and shutdown.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -905,6 +905,25 @@ impl Shared {
     pub(crate) fn unpark_watchdog(&self) {
         if let Some(t) = self.watchdog.get() {
             t.unpark();
+        }
+    }
+
+    /// Wakes the watchdog if it is parked for want of anything to watch,
+    /// after this thread has made itself watchable (left its park, or queued
+    /// a task while it sits in the I/O driver). A watchdog between two ticks
+    /// is left alone: it looks again within an interval anyway, and waking
+    /// it on every thread's wake-up would cost a futex call and a tick each
+    /// time.
+    ///
+    /// Pairs with the watchdog's park (`Watchdog::run`): it sets
+    /// `watchdog_parked`, fences, and looks at every thread once more before
+    /// it parks; this thread published its state, fences, and reads the flag.
+    /// With a fence on each side, one of the two sees the other's store.
+    #[inline]
+    pub(crate) fn wake_parked_watchdog(&self) {
+        fence(Ordering::SeqCst);
+        if self.watchdog_parked.load(Ordering::Relaxed) {
+            self.unpark_watchdog();
         }
     }
 

@@ -72,7 +72,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::executor::{self, Group, GroupId, Runnable, Slot};
@@ -226,12 +226,23 @@ impl Watchdog {
             if awake {
                 std::thread::park_timeout(interval);
             } else {
-                // Every thread is parked. The first to wake unparks us;
-                // until we look again, polls stamp their own start.
+                // Every thread is parked. The first to wake unparks us
+                // (`Shared::wake_parked_watchdog`); until we look again,
+                // polls stamp their own start. A thread that woke after the
+                // tick above but read the flag before it was set did not
+                // unpark us, so look once more after setting it: the fences
+                // on both sides make sure that either we see that thread
+                // awake here, or it sees the flag.
                 self.shared.watchdog_parked.store(true, Ordering::Relaxed);
-                std::thread::park();
+                fence(Ordering::SeqCst);
+                let now = Instant::now();
+                let awake = catch_unwind(AssertUnwindSafe(|| self.tick(now))).unwrap_or(true);
+                self.last_tick = now;
+                if !awake {
+                    std::thread::park();
+                    self.last_tick = Instant::now();
+                }
                 self.shared.watchdog_parked.store(false, Ordering::Relaxed);
-                self.last_tick = Instant::now();
             }
         }
         // Hand back the tasks held for the queue deadline: the runtime
