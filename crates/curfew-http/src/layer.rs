@@ -210,19 +210,23 @@ impl<S, K: Clone> Layer<S> for CurfewLayer<K> {
             inner,
             config: self.config.clone(),
             key: self.key.clone(),
-            last_route: None,
         }
     }
 }
 
 /// The service [`CurfewLayer`] wraps around an inner service.
+///
+/// Its `call` calls the inner service's `call` on the caller's task and
+/// spawns the future that returns as the curfew task: that future is where
+/// a tower service does its work (axum's handlers, extractors and
+/// `from_fn` middleware all run in it), and taking it so costs no clone of
+/// the inner service per request. Under [`serve`](crate::serve) the
+/// caller's task is the connection's, itself a curfew task under the
+/// runtime's poll budget.
 pub struct Curfew<S, K = PeerIp> {
     inner: S,
     config: Arc<Config>,
     key: K,
-    /// The key of the route this service served last: a connection's
-    /// requests often go to one route, and then they share it.
-    last_route: Option<ClientKey>,
 }
 
 impl<S: Clone, K: Clone> Clone for Curfew<S, K> {
@@ -231,20 +235,40 @@ impl<S: Clone, K: Clone> Clone for Curfew<S, K> {
             inner: self.inner.clone(),
             config: self.config.clone(),
             key: self.key.clone(),
-            last_route: self.last_route.clone(),
         }
     }
 }
 
-impl<S, K> Curfew<S, K> {
-    /// The route key of `route`, built once per run of requests to it.
-    fn route_key(&mut self, route: &str) -> &ClientKey {
-        if self.last_route.as_ref().is_none_or(|k| k.as_str() != route) {
-            self.last_route = Some(ClientKey::route(route));
-        }
-        self.last_route
-            .get_or_insert_with(|| ClientKey::route(route))
-    }
+/// Route keys in a small cache per thread: a server has few routes, and
+/// axum clones the layer's service for every request, so a cache in the
+/// service would start empty each time.
+const ROUTE_KEYS_PER_THREAD: usize = 16;
+
+thread_local! {
+    static ROUTE_KEYS: std::cell::RefCell<(Vec<ClientKey>, usize)> =
+        const { std::cell::RefCell::new((Vec::new(), 0)) };
+}
+
+/// The route key of `route`: from this thread's cache, or made and cached
+/// (in place of the oldest once the cache is full, so that a client sending
+/// many paths to a layer outside the router costs a bounded cache).
+fn route_key(route: &str) -> ClientKey {
+    ROUTE_KEYS
+        .try_with(|cell| {
+            let (keys, next) = &mut *cell.borrow_mut();
+            if let Some(k) = keys.iter().find(|k| k.as_str() == route) {
+                return k.clone();
+            }
+            let k = ClientKey::route(route);
+            if keys.len() < ROUTE_KEYS_PER_THREAD {
+                keys.push(k.clone());
+            } else {
+                keys[*next] = k.clone();
+                *next = (*next + 1) % ROUTE_KEYS_PER_THREAD;
+            }
+            k
+        })
+        .unwrap_or_else(|_| ClientKey::route(route))
 }
 
 impl<S, K: std::fmt::Debug> std::fmt::Debug for Curfew<S, K> {
@@ -274,40 +298,19 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The instance that was polled ready goes into the task; a fresh
-        // clone stays for the next request (tower's usual dance).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-
         let route = Route::of(&req);
         // The route rides on the key: the runtime counts the route's stuck
         // handlers (and its timeouts, for a route breaker) in its entry.
         let client = self
             .key
             .client_key(&req)
-            .map(|k| k.with_route_key(self.route_key(route.as_str())));
-        let handle = self
-            .config
-            .handle
-            .clone()
-            .or_else(curfew::Handle::try_current);
+            .map(|k| k.with_route_key(&route_key(route.as_str())));
 
-        // A client cooling off is answered from its headers alone: its body
-        // is never read (dropping the request drops the body unread).
-        if let (Some(h), Some(key)) = (&handle, &client) {
-            if let Some(remaining) = h.cooling_off(key) {
-                let failure = Failure {
-                    kind: FailureKind::Refused,
-                    route: route.as_str(),
-                    client: Some(key),
-                    budget: self.config.poll_budget,
-                    retry_after: retry_secs(remaining),
-                    error: None,
-                };
-                return ResponseFuture::ready(self.config.respond(&failure));
-            }
-        }
-
+        // A client cooling off (or a refused route) is refused by the spawn
+        // below, which looks the key up once in the runtime's client table
+        // and drops the future, and with it the request, unpolled: the body
+        // is never read, and the answer comes from the headers alone.
+        let fut = self.inner.call(req);
         let mut task = curfew::task::Builder::new().name(route.as_str());
         if let Some(key) = &client {
             task = task.client(key.clone());
@@ -315,20 +318,17 @@ where
         if let Some(budget) = self.config.poll_budget {
             task = task.poll_budget(budget);
         }
-        let fut = async move { inner.call(req).await };
-        let join = match &handle {
+        let join = match &self.config.handle {
             Some(h) => task.spawn_on(h, fut),
             None => task.spawn(fut),
         };
         ResponseFuture {
-            state: State::Running {
-                join,
-                info: Some(Info {
-                    route,
-                    client,
-                    config: self.config.clone(),
-                }),
-            },
+            join,
+            info: Some(Info {
+                route,
+                client,
+                config: self.config.clone(),
+            }),
         }
     }
 }
@@ -378,29 +378,8 @@ impl Config {
 #[pin_project::pin_project]
 pub struct ResponseFuture<B, E> {
     #[pin]
-    state: State<B, E>,
-}
-
-#[pin_project::pin_project(project = StateProj)]
-enum State<B, E> {
-    Running {
-        #[pin]
-        join: JoinHandle<Result<Response<B>, E>>,
-        info: Option<Info>,
-    },
-    Ready {
-        response: Option<Response<Full<Bytes>>>,
-    },
-}
-
-impl<B, E> ResponseFuture<B, E> {
-    fn ready(response: Response<Full<Bytes>>) -> Self {
-        Self {
-            state: State::Ready {
-                response: Some(response),
-            },
-        }
-    }
+    join: JoinHandle<Result<Response<B>, E>>,
+    info: Option<Info>,
 }
 
 impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
@@ -413,22 +392,18 @@ impl<B, E> Future for ResponseFuture<B, E> {
     type Output = Result<Response<CurfewBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Ready { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after it completed")
-                .map(Either::Right))),
-            StateProj::Running { join, info } => match ready!(join.poll(cx)) {
-                Ok(Ok(response)) => Poll::Ready(Ok(response.map(Either::Left))),
-                Ok(Err(e)) => Poll::Ready(Err(e)),
-                Err(error) => {
-                    let info = info
-                        .take()
-                        .expect("ResponseFuture polled after it completed");
-                    let failure = Failure::from_join(&error, &info);
-                    Poll::Ready(Ok(info.config.respond(&failure).map(Either::Right)))
-                }
-            },
+        let this = self.project();
+        match ready!(this.join.poll(cx)) {
+            Ok(Ok(response)) => Poll::Ready(Ok(response.map(Either::Left))),
+            Ok(Err(e)) => Poll::Ready(Err(e)),
+            Err(error) => {
+                let info = this
+                    .info
+                    .take()
+                    .expect("ResponseFuture polled after it completed");
+                let failure = Failure::from_join(&error, &info);
+                Poll::Ready(Ok(info.config.respond(&failure).map(Either::Right)))
+            }
         }
     }
 }
@@ -466,8 +441,9 @@ pub struct Failure<'a> {
     pub budget: Option<Duration>,
     /// When the client may try again, in whole seconds (at least 1).
     pub retry_after: u64,
-    /// The runtime's answer, if the handler was spawned (a client refused
-    /// before spawning has none).
+    /// The runtime's answer: the timeout, the panic or the refusal. The
+    /// layer always sets it; a response builder called by other code may
+    /// see `None`.
     pub error: Option<&'a JoinError>,
 }
 
