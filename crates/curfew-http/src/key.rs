@@ -48,18 +48,84 @@ pub fn ip_key(ip: IpAddr) -> ClientKey {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PeerIp;
 
-/// The peer's key, made once per connection by [`serve`](crate::serve) so
-/// that requests do not format the address again.
-#[derive(Debug, Clone)]
-pub(crate) struct PeerKey(pub(crate) ClientKey);
-
 impl KeyExtractor for PeerIp {
     fn client_key<B>(&self, req: &Request<B>) -> Option<ClientKey> {
-        match req.extensions().get::<PeerKey>() {
-            Some(PeerKey(key)) => Some(key.clone()),
-            None => peer_addr(req).map(|a| ip_key(a.ip())),
+        peer_addr(req).map(|a| cached_ip_key(a.ip()))
+    }
+}
+
+/// Peers' keys kept per thread, so that a request's key is a clone of a
+/// key made once instead of a newly formatted address.
+/// [`serve`](crate::serve) puts each connection's peer in the cache of the
+/// thread that polls the connection ([`prime_peer`]), so its requests find
+/// it however many clients the thread serves; other keys take the place of
+/// the oldest once the cache is full.
+const PEERS_PER_THREAD: usize = 16;
+
+struct PeerCache {
+    keys: Vec<(IpAddr, ClientKey)>,
+    /// Where the next new key goes once the cache is full.
+    next: usize,
+    /// The key primed last: the connection being polled.
+    primed: usize,
+}
+
+thread_local! {
+    static PEERS: std::cell::RefCell<PeerCache> = const {
+        std::cell::RefCell::new(PeerCache { keys: Vec::new(), next: 0, primed: 0 })
+    };
+}
+
+impl PeerCache {
+    fn find(&self, ip: IpAddr) -> Option<usize> {
+        match self.keys.get(self.primed) {
+            Some((p, _)) if *p == ip => Some(self.primed),
+            _ => self.keys.iter().position(|(p, _)| *p == ip),
         }
     }
+
+    fn insert(&mut self, ip: IpAddr, key: ClientKey) -> usize {
+        if self.keys.len() < PEERS_PER_THREAD {
+            self.keys.push((ip, key));
+            self.keys.len() - 1
+        } else {
+            let i = self.next;
+            self.keys[i] = (ip, key);
+            self.next = (i + 1) % PEERS_PER_THREAD;
+            i
+        }
+    }
+}
+
+/// [`ip_key`] from this thread's cache of peers' keys.
+pub(crate) fn cached_ip_key(ip: IpAddr) -> ClientKey {
+    let ip = ip.to_canonical();
+    PEERS
+        .try_with(|cell| {
+            let mut cache = cell.borrow_mut();
+            match cache.find(ip) {
+                Some(i) => cache.keys[i].1.clone(),
+                None => {
+                    let key = ClientKey::from(ip);
+                    cache.insert(ip, key.clone());
+                    key
+                }
+            }
+        })
+        .unwrap_or_else(|_| ClientKey::from(ip))
+}
+
+/// Makes sure this thread's cache holds `key`, the key of the peer at `ip`
+/// (canonical), before the connection's requests are read: one comparison
+/// when the connection was the last one primed on this thread.
+pub(crate) fn prime_peer(ip: IpAddr, key: &ClientKey) {
+    let _ = PEERS.try_with(|cell| {
+        let mut cache = cell.borrow_mut();
+        cache.primed = match cache.find(ip) {
+            Some(i) => i,
+            None => cache.insert(ip, key.clone()),
+        };
+    });
 }
 
 /// A key extractor from a closure over the request's head, for keys such as

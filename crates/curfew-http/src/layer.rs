@@ -239,36 +239,92 @@ impl<S: Clone, K: Clone> Clone for Curfew<S, K> {
     }
 }
 
-/// Route keys in a small cache per thread: a server has few routes, and
-/// axum clones the layer's service for every request, so a cache in the
-/// service would start empty each time.
-const ROUTE_KEYS_PER_THREAD: usize = 16;
+/// Routes' keys and task names in a small cache per thread: a server has
+/// few routes, and axum clones the layer's service for every request, so a
+/// cache in the service would start empty each time.
+const ROUTES_PER_THREAD: usize = 16;
+
+/// A route's key, and its name for the handler's task.
+#[derive(Clone)]
+struct RouteInfo {
+    key: ClientKey,
+    name: Arc<str>,
+}
 
 thread_local! {
-    static ROUTE_KEYS: std::cell::RefCell<(Vec<ClientKey>, usize)> =
+    static ROUTES: std::cell::RefCell<(Vec<RouteInfo>, usize)> =
         const { std::cell::RefCell::new((Vec::new(), 0)) };
 }
 
-/// The route key of `route`: from this thread's cache, or made and cached
-/// (in place of the oldest once the cache is full, so that a client sending
-/// many paths to a layer outside the router costs a bounded cache).
-fn route_key(route: &str) -> ClientKey {
-    ROUTE_KEYS
+/// The key and task name of `route`: from this thread's cache, or made and
+/// cached (in place of the oldest once the cache is full, so that a client
+/// sending many paths to a layer outside the router costs a bounded cache).
+fn route_info(route: &str) -> RouteInfo {
+    let make = || RouteInfo {
+        key: ClientKey::route(route),
+        name: Arc::from(route),
+    };
+    ROUTES
         .try_with(|cell| {
-            let (keys, next) = &mut *cell.borrow_mut();
-            if let Some(k) = keys.iter().find(|k| k.as_str() == route) {
-                return k.clone();
+            let (routes, next) = &mut *cell.borrow_mut();
+            if let Some(r) = routes.iter().find(|r| &*r.name == route) {
+                return r.clone();
             }
-            let k = ClientKey::route(route);
-            if keys.len() < ROUTE_KEYS_PER_THREAD {
-                keys.push(k.clone());
+            let r = make();
+            if routes.len() < ROUTES_PER_THREAD {
+                routes.push(r.clone());
             } else {
-                keys[*next] = k.clone();
-                *next = (*next + 1) % ROUTE_KEYS_PER_THREAD;
+                routes[*next] = r.clone();
+                *next = (*next + 1) % ROUTES_PER_THREAD;
             }
-            k
+            r
         })
-        .unwrap_or_else(|_| ClientKey::route(route))
+        .unwrap_or_else(|_| make())
+}
+
+/// Clients' keys with their routes, kept per thread like the routes: a
+/// connection's requests to one route share one key.
+const CLIENT_ROUTES_PER_THREAD: usize = 16;
+
+struct ClientRoute {
+    client: ClientKey,
+    route: Arc<str>,
+    key: ClientKey,
+}
+
+thread_local! {
+    static CLIENT_ROUTES: std::cell::RefCell<(Vec<ClientRoute>, usize)> =
+        const { std::cell::RefCell::new((Vec::new(), 0)) };
+}
+
+/// `client.with_route_key(route.key)`, from this thread's cache or made and
+/// cached. A cached entry holds the client's key, so the pointer comparison
+/// that finds it cannot match a different key at a reused address.
+fn client_on_route(client: ClientKey, route: &RouteInfo) -> ClientKey {
+    CLIENT_ROUTES
+        .try_with(|cell| {
+            let (entries, next) = &mut *cell.borrow_mut();
+            if let Some(e) = entries
+                .iter()
+                .find(|e| Arc::ptr_eq(&e.route, &route.name) && e.client == client)
+            {
+                return e.key.clone();
+            }
+            let key = client.with_route_key(&route.key);
+            let entry = ClientRoute {
+                client: client.clone(),
+                route: route.name.clone(),
+                key: key.clone(),
+            };
+            if entries.len() < CLIENT_ROUTES_PER_THREAD {
+                entries.push(entry);
+            } else {
+                entries[*next] = entry;
+                *next = (*next + 1) % CLIENT_ROUTES_PER_THREAD;
+            }
+            key
+        })
+        .unwrap_or_else(|_| client.with_route_key(&route.key))
 }
 
 impl<S, K: std::fmt::Debug> std::fmt::Debug for Curfew<S, K> {
@@ -301,17 +357,15 @@ where
         let route = Route::of(&req);
         // The route rides on the key: the runtime counts the route's stuck
         // handlers (and its timeouts, for a route breaker) in its entry.
-        let client = self
-            .key
-            .client_key(&req)
-            .map(|k| k.with_route_key(&route_key(route.as_str())));
+        let info = route_info(route.as_str());
+        let client = self.key.client_key(&req).map(|k| client_on_route(k, &info));
 
         // A client cooling off (or a refused route) is refused by the spawn
         // below, which looks the key up once in the runtime's client table
         // and drops the future, and with it the request, unpolled: the body
         // is never read, and the answer comes from the headers alone.
         let fut = self.inner.call(req);
-        let mut task = curfew::task::Builder::new().name(route.as_str());
+        let mut task = curfew::task::Builder::new().shared_name(info.name);
         if let Some(key) = &client {
             task = task.client(key.clone());
         }

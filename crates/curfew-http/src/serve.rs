@@ -59,7 +59,7 @@ use tower_service::Service;
 
 use crate::body::{Body, BodyBudget, Reservation};
 use crate::executor::Executor;
-use crate::key::{PeerKey, ip_key};
+use crate::key::{ip_key, prime_peer};
 use crate::layer::text_response;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -512,9 +512,10 @@ async fn run<S: App>(
 ) -> io::Result<()> {
     let Serve {
         listener,
-        app,
+        mut app,
         limits,
     } = serve;
+    prepare_router(&mut app);
     let handle = curfew::Handle::try_current();
     let executor = match &handle {
         Some(h) => Executor::with_handle(h.clone()),
@@ -631,6 +632,18 @@ async fn run<S: App>(
         }
     }
     Ok(())
+}
+
+/// Turns an axum `Router`'s handlers into services once, before the first
+/// connection, as `axum::serve` does for each connection
+/// (`Router::with_state`). A router that never had its state applied makes
+/// each handler into a service again on every request: a clone of the
+/// handler and three allocations per request. Other services are left as
+/// they are.
+fn prepare_router<S: 'static>(app: &mut S) {
+    if let Some(router) = (app as &mut dyn std::any::Any).downcast_mut::<axum::Router>() {
+        *router = std::mem::take(router).with_state(());
+    }
 }
 
 /// Connections the accept loop takes in one poll at most.
@@ -1058,13 +1071,16 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
     let svc = ConnService {
         app,
         peer,
-        peer_key: PeerKey(ip_key(peer.ip())),
         shared: shared.clone(),
         control: control.clone(),
     };
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     let mut conn = pin!(conn);
     let mut closing = false;
+    // The peer's key, made once: each poll puts it in the thread's cache,
+    // where `PeerIp` finds it for the requests the poll reads.
+    let peer_ip = peer.ip().to_canonical();
+    let peer_key = ip_key(peer_ip);
     // Until its first request starts, a connection gets the header-read
     // timeout as a whole: hyper times HTTP/1 headers only once it has told
     // the protocol from the first bytes, so a client that sends nothing, or
@@ -1078,6 +1094,7 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
         // Two atomics per poll: the waker is the task's own, so `register`
         // only compares it.
         control.waker.register(cx.waker());
+        prime_peer(peer_ip, &peer_key);
         if let Some(deadline) = &mut first_request {
             if control.started.load(Ordering::Relaxed) {
                 first_request = None;
@@ -1106,7 +1123,6 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
 struct ConnService<S> {
     app: S,
     peer: SocketAddr,
-    peer_key: PeerKey,
     shared: Arc<Shared>,
     control: Arc<Control>,
 }
@@ -1132,7 +1148,6 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
         let (mut parts, incoming) = req.into_parts();
         let http1 = parts.version <= http::Version::HTTP_11;
         parts.extensions.insert(ConnectInfo(self.peer));
-        parts.extensions.insert(self.peer_key.clone());
         let mut reservation = None;
         let mut count_frames = false;
         if let Some(budget) = &self.shared.budget {

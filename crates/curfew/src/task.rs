@@ -718,6 +718,24 @@ impl Builder {
         self
     }
 
+    /// As [`name`](Self::name), sharing `name` instead of copying it: for a
+    /// server that spawns a task per request and keeps its names.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let route: Arc<str> = Arc::from("/search");
+    /// let rt = curfew::Runtime::builder().event_threads(1).build().unwrap();
+    /// let h = curfew::task::Builder::new()
+    ///     .shared_name(route.clone())
+    ///     .spawn_on(&rt.handle(), async { 1 });
+    /// assert_eq!(rt.block_on(h).unwrap(), 1);
+    /// ```
+    pub fn shared_name(mut self, name: Arc<str>) -> Self {
+        self.name = Some(name);
+        self
+    }
+
     /// The client the task works for. Its poll time and timeouts are
     /// attributed to this key, and the runtime's
     /// [`ClientPolicy`](crate::policy::ClientPolicy) may refuse it.
