@@ -608,7 +608,7 @@ impl WorkerCtx {
     pub(crate) fn stamp_poll(&self, seq: u32) {
         if self.gid == GroupId::Blocking
             || self.stamp_next_poll.get()
-            || self.shared.watchdog_parked.load(Ordering::Relaxed)
+            || self.shared.watchdog_parked.is_parked()
         {
             self.stamp_poll_slow(seq);
         }

@@ -1,7 +1,7 @@
 //! The runtime: configuration, start-up, spawning and shutdown.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -683,7 +683,7 @@ impl Builder {
             io,
             shutdown: AtomicBool::new(false),
             watchdog_stop: AtomicBool::new(false),
-            watchdog_parked: CachePadded::new(AtomicBool::new(false)),
+            watchdog_parked: CachePadded::new(crate::slot::WatchdogPark::new()),
             watchdog: OnceLock::new(),
             exit_lock: Mutex::new(()),
             exit_cv: Condvar::new(),
@@ -865,7 +865,7 @@ pub(crate) struct Shared {
     /// Set while the watchdog is parked (every thread was idle): polls that
     /// begin meanwhile stamp their start (`WorkerCtx::stamp_poll`). Read on
     /// every poll, written twice per watchdog park, so on a line of its own.
-    pub(crate) watchdog_parked: CachePadded<AtomicBool>,
+    pub(crate) watchdog_parked: CachePadded<crate::slot::WatchdogPark>,
     pub(crate) watchdog: OnceLock<Thread>,
     exit_lock: Mutex<()>,
     exit_cv: Condvar,
@@ -909,20 +909,15 @@ impl Shared {
     }
 
     /// Wakes the watchdog if it is parked for want of anything to watch,
-    /// after this thread has made itself watchable (left its park, or queued
-    /// a task while it sits in the I/O driver). A watchdog between two ticks
-    /// is left alone: it looks again within an interval anyway, and waking
-    /// it on every thread's wake-up would cost a futex call and a tick each
-    /// time.
-    ///
-    /// Pairs with the watchdog's park (`Watchdog::run`): it sets
-    /// `watchdog_parked`, fences, and looks at every thread once more before
-    /// it parks; this thread published its state, fences, and reads the flag.
-    /// With a fence on each side, one of the two sees the other's store.
+    /// after this thread has made itself watchable (left its park, or
+    /// queued a task while it sits in the I/O driver). A watchdog between
+    /// two ticks is left alone: it looks again within an interval anyway,
+    /// and waking it on every thread's wake-up would cost a futex call and
+    /// a tick each time. See [`WatchdogPark`](crate::slot::WatchdogPark)
+    /// for the handshake with the watchdog's own park.
     #[inline]
     pub(crate) fn wake_parked_watchdog(&self) {
-        fence(Ordering::SeqCst);
-        if self.watchdog_parked.load(Ordering::Relaxed) {
+        if self.watchdog_parked.must_wake() {
             self.unpark_watchdog();
         }
     }

@@ -52,9 +52,9 @@
 //! poll finished" and "the watchdog fired" always has exactly one winner.
 
 #[cfg(curfew_loom)]
-use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 #[cfg(not(curfew_loom))]
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 
 /// Between polls; the thread is looking for work.
 pub(crate) const IDLE: u64 = 0;
@@ -150,6 +150,61 @@ pub(crate) enum PollEnd {
     TimedOut,
     /// The thread was replaced; it must drop the task and exit.
     Hijacked,
+}
+
+/// Whether the watchdog is parked for want of anything to watch (every
+/// thread asleep), and the handshake that keeps it from sleeping through a
+/// thread's wake-up.
+///
+/// A thread that makes itself watchable (leaves its park, or queues a task
+/// while it sits in the I/O driver) publishes that in its slot, then asks
+/// [`must_wake`](Self::must_wake); the watchdog sets the flag, then looks
+/// at every slot once more ([`try_park`](Self::try_park)) before it parks.
+/// With a fence on each side, either the watchdog sees the thread awake, or
+/// the thread sees the flag and unparks it. A watchdog between two ticks
+/// is not woken at all: it looks again within an interval.
+#[derive(Debug)]
+pub(crate) struct WatchdogPark {
+    parked: AtomicBool,
+}
+
+impl WatchdogPark {
+    pub(crate) fn new() -> Self {
+        Self {
+            parked: AtomicBool::new(false),
+        }
+    }
+
+    /// Watchdog: whether it may park, asking `anyone_awake` after setting
+    /// the flag. If it may not, the flag is cleared again.
+    pub(crate) fn try_park(&self, anyone_awake: impl FnOnce() -> bool) -> bool {
+        self.parked.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if anyone_awake() {
+            self.parked.store(false, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Watchdog: back from its park.
+    pub(crate) fn unparked(&self) {
+        self.parked.store(false, Ordering::Relaxed);
+    }
+
+    /// A thread that has just published itself watchable: whether it must
+    /// unpark the watchdog.
+    #[inline]
+    pub(crate) fn must_wake(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    /// Whether the watchdog is parked (polls then stamp their own start).
+    #[inline]
+    pub(crate) fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Relaxed)
+    }
 }
 
 /// One monitored thread's published state. `T` is the task header type.
@@ -731,6 +786,35 @@ mod loom_tests {
                 "the owner missed the mark, or saw one never made"
             );
             assert_eq!(tag(slot.load()), IDLE);
+        });
+    }
+
+    /// A thread waking from its park while the watchdog decides to park:
+    /// the watchdog never sleeps through it. If the watchdog parked without
+    /// seeing the thread awake and the thread did not unpark it, loom
+    /// reports the watchdog blocked for good.
+    #[test]
+    fn loom_watchdog_does_not_sleep_through_a_wake() {
+        loom::model(|| {
+            let park = Arc::new(WatchdogPark::new());
+            let slot = Arc::new(SlotState::<u8>::new());
+            slot.sleep(1);
+            let watchdog = {
+                let (park, slot) = (park.clone(), slot.clone());
+                loom::thread::spawn(move || {
+                    if park.try_park(|| tag(slot.load()) != SLEEPING) {
+                        loom::thread::park();
+                        park.unparked();
+                    }
+                    // It looks at the slot again after any park.
+                    assert_eq!(tag(slot.load()), IDLE);
+                })
+            };
+            slot.wake(1);
+            if park.must_wake() {
+                watchdog.thread().unpark();
+            }
+            watchdog.join().unwrap();
         });
     }
 

@@ -72,7 +72,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::executor::{self, Group, GroupId, Runnable, Slot};
@@ -228,21 +228,20 @@ impl Watchdog {
             } else {
                 // Every thread is parked. The first to wake unparks us
                 // (`Shared::wake_parked_watchdog`); until we look again,
-                // polls stamp their own start. A thread that woke after the
-                // tick above but read the flag before it was set did not
-                // unpark us, so look once more after setting it: the fences
-                // on both sides make sure that either we see that thread
-                // awake here, or it sees the flag.
-                self.shared.watchdog_parked.store(true, Ordering::Relaxed);
-                fence(Ordering::SeqCst);
+                // polls stamp their own start. `try_park` looks at every
+                // thread once more after setting the flag, so that a thread
+                // that woke after the tick above is not slept through.
+                let shared = self.shared.clone();
                 let now = Instant::now();
-                let awake = catch_unwind(AssertUnwindSafe(|| self.tick(now))).unwrap_or(true);
+                let may_park = shared
+                    .watchdog_parked
+                    .try_park(|| catch_unwind(AssertUnwindSafe(|| self.tick(now))).unwrap_or(true));
                 self.last_tick = now;
-                if !awake {
+                if may_park {
                     std::thread::park();
+                    shared.watchdog_parked.unparked();
                     self.last_tick = Instant::now();
                 }
-                self.shared.watchdog_parked.store(false, Ordering::Relaxed);
             }
         }
         // Hand back the tasks held for the queue deadline: the runtime
