@@ -17,6 +17,8 @@ use http::Request;
 use http::header::{FORWARDED, HeaderName};
 pub use ipnet::IpNet;
 
+use crate::recent::Recent;
+
 /// Finds the client behind a request.
 ///
 /// Implemented by [`PeerIp`] (the default), [`TrustedProxies`], and
@@ -62,17 +64,15 @@ impl KeyExtractor for PeerIp {
 /// the oldest once the cache is full.
 const PEERS_PER_THREAD: usize = 16;
 
+/// The cache, and the entry primed last: the connection being polled.
 struct PeerCache {
-    keys: Vec<(IpAddr, ClientKey)>,
-    /// Where the next new key goes once the cache is full.
-    next: usize,
-    /// The key primed last: the connection being polled.
+    keys: Recent<(IpAddr, ClientKey), PEERS_PER_THREAD>,
     primed: usize,
 }
 
 thread_local! {
     static PEERS: std::cell::RefCell<PeerCache> = const {
-        std::cell::RefCell::new(PeerCache { keys: Vec::new(), next: 0, primed: 0 })
+        std::cell::RefCell::new(PeerCache { keys: Recent::new(), primed: 0 })
     };
 }
 
@@ -80,19 +80,7 @@ impl PeerCache {
     fn find(&self, ip: IpAddr) -> Option<usize> {
         match self.keys.get(self.primed) {
             Some((p, _)) if *p == ip => Some(self.primed),
-            _ => self.keys.iter().position(|(p, _)| *p == ip),
-        }
-    }
-
-    fn insert(&mut self, ip: IpAddr, key: ClientKey) -> usize {
-        if self.keys.len() < PEERS_PER_THREAD {
-            self.keys.push((ip, key));
-            self.keys.len() - 1
-        } else {
-            let i = self.next;
-            self.keys[i] = (ip, key);
-            self.next = (i + 1) % PEERS_PER_THREAD;
-            i
+            _ => self.keys.position(|(p, _)| *p == ip),
         }
     }
 }
@@ -103,14 +91,12 @@ pub(crate) fn cached_ip_key(ip: IpAddr) -> ClientKey {
     PEERS
         .try_with(|cell| {
             let mut cache = cell.borrow_mut();
-            match cache.find(ip) {
-                Some(i) => cache.keys[i].1.clone(),
-                None => {
-                    let key = ClientKey::from(ip);
-                    cache.insert(ip, key.clone());
-                    key
-                }
+            if let Some((_, key)) = cache.find(ip).and_then(|i| cache.keys.get(i)) {
+                return key.clone();
             }
+            let key = ClientKey::from(ip);
+            cache.keys.insert((ip, key.clone()));
+            key
         })
         .unwrap_or_else(|_| ClientKey::from(ip))
 }
@@ -123,7 +109,7 @@ pub(crate) fn prime_peer(ip: IpAddr, key: &ClientKey) {
         let mut cache = cell.borrow_mut();
         cache.primed = match cache.find(ip) {
             Some(i) => i,
-            None => cache.insert(ip, key.clone()),
+            None => cache.keys.insert((ip, key.clone())),
         };
     });
 }
@@ -334,6 +320,29 @@ fn parse_node(s: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Past the cache's size, each peer still gets its own key, and a
+    /// primed connection's key is the one its requests get.
+    #[test]
+    fn cached_peer_keys_are_each_peers_own() {
+        let ips: Vec<IpAddr> = (0..PEERS_PER_THREAD as u8 * 2 + 3)
+            .map(|i| IpAddr::from([198, 51, 100, i]))
+            .collect();
+        for round in 0..2 {
+            for ip in &ips {
+                assert_eq!(cached_ip_key(*ip), ip_key(*ip), "round {round}, {ip}");
+            }
+        }
+        let v4 = IpAddr::from([192, 0, 2, 1]);
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(cached_ip_key(mapped), ip_key(v4), "one client over IPv4 and IPv6");
+        let primed = ip_key(v4);
+        prime_peer(v4, &primed);
+        for ip in &ips {
+            assert_ne!(cached_ip_key(*ip), primed);
+        }
+        assert_eq!(cached_ip_key(v4), primed);
+    }
 
     fn req(peer: &str, header: &str, values: &[&str]) -> Request<()> {
         let mut b = Request::builder();

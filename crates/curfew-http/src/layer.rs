@@ -57,6 +57,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::key::{KeyExtractor, PeerIp};
+use crate::recent::Recent;
 
 /// The body of a response that went through [`CurfewLayer`]: the inner
 /// service's body, or the layer's own short text.
@@ -252,13 +253,13 @@ struct RouteInfo {
 }
 
 thread_local! {
-    static ROUTES: std::cell::RefCell<(Vec<RouteInfo>, usize)> =
-        const { std::cell::RefCell::new((Vec::new(), 0)) };
+    static ROUTES: std::cell::RefCell<Recent<RouteInfo, ROUTES_PER_THREAD>> =
+        const { std::cell::RefCell::new(Recent::new()) };
 }
 
 /// The key and task name of `route`: from this thread's cache, or made and
-/// cached (in place of the oldest once the cache is full, so that a client
-/// sending many paths to a layer outside the router costs a bounded cache).
+/// cached (a client sending many paths to a layer outside the router costs
+/// misses, not memory).
 fn route_info(route: &str) -> RouteInfo {
     let make = || RouteInfo {
         key: ClientKey::route(route),
@@ -266,17 +267,15 @@ fn route_info(route: &str) -> RouteInfo {
     };
     ROUTES
         .try_with(|cell| {
-            let (routes, next) = &mut *cell.borrow_mut();
-            if let Some(r) = routes.iter().find(|r| &*r.name == route) {
+            let mut routes = cell.borrow_mut();
+            if let Some(r) = routes
+                .position(|r| &*r.name == route)
+                .and_then(|i| routes.get(i))
+            {
                 return r.clone();
             }
             let r = make();
-            if routes.len() < ROUTES_PER_THREAD {
-                routes.push(r.clone());
-            } else {
-                routes[*next] = r.clone();
-                *next = (*next + 1) % ROUTES_PER_THREAD;
-            }
+            routes.insert(r.clone());
             r
         })
         .unwrap_or_else(|_| make())
@@ -293,8 +292,8 @@ struct ClientRoute {
 }
 
 thread_local! {
-    static CLIENT_ROUTES: std::cell::RefCell<(Vec<ClientRoute>, usize)> =
-        const { std::cell::RefCell::new((Vec::new(), 0)) };
+    static CLIENT_ROUTES: std::cell::RefCell<Recent<ClientRoute, CLIENT_ROUTES_PER_THREAD>> =
+        const { std::cell::RefCell::new(Recent::new()) };
 }
 
 /// `client.with_route_key(route.key)`, from this thread's cache or made and
@@ -303,25 +302,19 @@ thread_local! {
 fn client_on_route(client: ClientKey, route: &RouteInfo) -> ClientKey {
     CLIENT_ROUTES
         .try_with(|cell| {
-            let (entries, next) = &mut *cell.borrow_mut();
-            if let Some(e) = entries
-                .iter()
-                .find(|e| Arc::ptr_eq(&e.route, &route.name) && e.client == client)
-            {
+            let mut entries = cell.borrow_mut();
+            let found = entries
+                .position(|e| Arc::ptr_eq(&e.route, &route.name) && e.client == client)
+                .and_then(|i| entries.get(i));
+            if let Some(e) = found {
                 return e.key.clone();
             }
             let key = client.with_route_key(&route.key);
-            let entry = ClientRoute {
+            entries.insert(ClientRoute {
                 client: client.clone(),
                 route: route.name.clone(),
                 key: key.clone(),
-            };
-            if entries.len() < CLIENT_ROUTES_PER_THREAD {
-                entries.push(entry);
-            } else {
-                entries[*next] = entry;
-                *next = (*next + 1) % CLIENT_ROUTES_PER_THREAD;
-            }
+            });
             key
         })
         .unwrap_or_else(|_| client.with_route_key(&route.key))

@@ -49,6 +49,7 @@ mod body;
 mod executor;
 pub mod key;
 mod layer;
+mod recent;
 mod serve;
 
 pub use body::{Body, BodyError};
