@@ -335,7 +335,11 @@ mod tests {
         }
         let v4 = IpAddr::from([192, 0, 2, 1]);
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(cached_ip_key(mapped), ip_key(v4), "one client over IPv4 and IPv6");
+        assert_eq!(
+            cached_ip_key(mapped),
+            ip_key(v4),
+            "one client over IPv4 and IPv6"
+        );
         let primed = ip_key(v4);
         prime_peer(v4, &primed);
         for ip in &ips {
