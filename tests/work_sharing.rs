@@ -3,11 +3,11 @@
 //! on, the task must not wait for it while another thread sits parked; nor
 //! when the thread is written off, or held in the I/O driver by a tokio task.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use curfew_suite::spin_until;
+use curfew_suite::{spin_until, wait_until};
 
 #[test]
 fn a_task_queued_behind_a_long_poll_is_run_by_a_parked_thread() {
@@ -47,6 +47,61 @@ fn a_task_queued_behind_a_long_poll_is_run_by_a_parked_thread() {
     );
     let runner_thread = rt.block_on(queued).unwrap();
     assert_ne!(runner_thread, spawner_thread);
+}
+
+/// The last task a poll spawns runs first once the poll returns (the
+/// thread's `next` slot); those spawned before it keep their order. And a
+/// chain of tasks each spawning the next takes the slot at most three times
+/// in a row: a task queued before the chain runs within it.
+#[test]
+fn the_last_task_a_poll_spawns_runs_next_and_a_chain_cannot_starve_the_rest() {
+    let rt = curfew::Runtime::builder().event_threads(1).build().unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let log = |order: &Arc<Mutex<Vec<u32>>>, n: u32| order.lock().unwrap().push(n);
+    let o = order.clone();
+    rt.block_on(rt.spawn(async move {
+        for n in 1..=3 {
+            let o = o.clone();
+            drop(curfew::spawn(async move { log(&o, n) }));
+        }
+    }))
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || order
+        .lock()
+        .unwrap()
+        .len()
+        == 3));
+    assert_eq!(*order.lock().unwrap(), [3, 1, 2]);
+
+    // A queued task, then a chain of eight: each link spawns the next.
+    order.lock().unwrap().clear();
+    type Link = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    fn link(o: Arc<Mutex<Vec<u32>>>, n: u32) -> Link {
+        Box::pin(async move {
+            o.lock().unwrap().push(n);
+            if n < 8 {
+                drop(curfew::spawn(link(o, n + 1)));
+            }
+        })
+    }
+    let o = order.clone();
+    rt.block_on(rt.spawn(async move {
+        let q = o.clone();
+        drop(curfew::spawn(async move { log(&q, 100) }));
+        drop(curfew::spawn(link(o, 1)));
+    }))
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || order
+        .lock()
+        .unwrap()
+        .len()
+        == 9));
+    let seen = order.lock().unwrap().clone();
+    let queued_at = seen.iter().position(|&n| n == 100).unwrap();
+    assert!(
+        queued_at <= 3,
+        "the queued task waited behind the chain: {seen:?}"
+    );
 }
 
 #[test]

@@ -4,14 +4,19 @@
 //! them, each thread publishing its polls in its own [`Slot`] for the
 //! watchdog. The groups differ only in their queues:
 //!
-//! * **Event threads** (Node's event loop) poll async tasks. Each has two
-//!   FIFO local deques that the others can steal from: one for tasks spawned
-//!   or woken on the thread, one for tasks that yielded, which run only once
-//!   the thread has looked at everything else (as tokio defers yielded
-//!   tasks), so a loop of yielding tasks cannot starve work from outside. A
-//!   shared injector takes tasks spawned or woken from other threads. A
-//!   hijacked thread's local tasks stay stealable, so they are never stuck
-//!   behind the poisoned poll.
+//! * **Event threads** (Node's event loop) poll async tasks. Each has
+//!   local queues that the others can steal from: a `next` slot for the
+//!   last task a poll on the thread spawned or woke, which runs as soon as
+//!   that poll returns (as tokio's LIFO slot: a request's handler right
+//!   after the connection that spawned it, while what they share is in the
+//!   cache; at most three such tasks in a row); a FIFO deque for the other
+//!   tasks spawned or woken on the thread; and a FIFO deque for tasks that
+//!   yielded, which run only once the thread has looked at everything else
+//!   (as tokio defers yielded tasks), so a loop of yielding tasks cannot
+//!   starve work from outside. A shared injector takes tasks spawned or
+//!   woken from other threads. A hijacked thread's local tasks stay
+//!   stealable, so they are never stuck behind the poisoned poll; the
+//!   `next` task becomes stealable once the watchdog has seen it wait.
 //! * **The worker pool** (Node's worker pool) runs blocking jobs from one
 //!   bounded injector. A job is a task that completes in its first poll.
 //!
@@ -109,25 +114,36 @@ pub(crate) struct Slot {
     pub(crate) stamp_seq: AtomicU32,
 }
 
-/// The stealing ends of an event thread's two local deques.
+/// The stealing ends of an event thread's local deques.
 #[derive(Debug)]
 pub(crate) struct Stealers {
+    next: Stealer<Runnable>,
     ready: Stealer<Runnable>,
     yielded: Stealer<Runnable>,
 }
 
 impl Stealers {
     fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.yielded.is_empty()
+        self.next.is_empty() && self.ready.is_empty() && self.yielded.is_empty()
     }
 
     fn len(&self) -> usize {
-        self.ready.len() + self.yielded.len()
+        self.next.len() + self.ready.len() + self.yielded.len()
     }
 }
 
-/// An event thread's two local deques.
+/// How many tasks in a row a thread takes from its `next` slot before it
+/// looks at its other queues (as tokio's LIFO slot): two tasks that keep
+/// waking each other cannot starve the rest.
+const NEXT_IN_A_ROW: u32 = 3;
+
+/// An event thread's local deques.
 struct Local {
+    /// At most one task: the last one a poll on this thread spawned or
+    /// woke, run next, while what it needs is still in the cache (a
+    /// request's handler right after the connection that spawned it). As
+    /// stealable as the others: a poll that overruns does not strand it.
+    next: Worker<Runnable>,
     /// Spawned or woken on this thread.
     ready: Worker<Runnable>,
     /// Yielded: run after the injector has been looked at.
@@ -137,6 +153,7 @@ struct Local {
 impl Local {
     fn new() -> Self {
         Self {
+            next: Worker::new_fifo(),
             ready: Worker::new_fifo(),
             yielded: Worker::new_fifo(),
         }
@@ -144,13 +161,17 @@ impl Local {
 
     fn stealers(&self) -> Stealers {
         Stealers {
+            next: self.next.stealer(),
             ready: self.ready.stealer(),
             yielded: self.yielded.stealer(),
         }
     }
 
     fn pop_any(&self) -> Option<Runnable> {
-        self.ready.pop().or_else(|| self.yielded.pop())
+        self.next
+            .pop()
+            .or_else(|| self.ready.pop())
+            .or_else(|| self.yielded.pop())
     }
 }
 
@@ -185,6 +206,25 @@ impl Slot {
     /// Whether tasks wait in this thread's local queues.
     pub(crate) fn has_queued(&self) -> bool {
         self.stealers.as_ref().is_some_and(|st| !st.is_empty())
+    }
+
+    /// Whether another thread may take a task from this thread's queues
+    /// now. The `next` slot counts only once the watchdog has seen it wait
+    /// through a whole poll of the owner's (`next_waited`): until then the
+    /// owner means to run it as soon as its poll returns.
+    fn has_stealable(&self) -> bool {
+        self.stealers.as_ref().is_some_and(|st| {
+            !st.ready.is_empty()
+                || !st.yielded.is_empty()
+                || (!st.next.is_empty() && self.next_waited())
+        })
+    }
+
+    /// Whether the watchdog has seen this thread's queued tasks wait while
+    /// the same poll ran on (its `queued_word` is the current state word):
+    /// then the `next` task is fair game for other threads.
+    fn next_waited(&self) -> bool {
+        self.queued_word.load(Ordering::Relaxed) == self.state.load()
     }
 
     #[inline]
@@ -438,7 +478,7 @@ impl Group {
     }
 
     fn has_work(&self) -> bool {
-        !self.injector.is_empty() || self.slots.load().iter().any(|s| s.has_queued())
+        !self.injector.is_empty() || self.slots.load().iter().any(|s| s.has_stealable())
     }
 
     /// Shutdown: closes the group's queues and drops every queued task,
@@ -474,8 +514,9 @@ impl Group {
         if from_locals {
             for slot in self.slots.load().iter() {
                 if let Some(st) = &slot.stealers {
-                    if let Some(r) =
-                        take(&|| st.ready.steal()).or_else(|| take(&|| st.yielded.steal()))
+                    if let Some(r) = take(&|| st.next.steal())
+                        .or_else(|| take(&|| st.ready.steal()))
+                        .or_else(|| take(&|| st.yielded.steal()))
                     {
                         return Some(r);
                     }
@@ -529,6 +570,7 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         local,
         seq: Cell::new(0),
         tick: Cell::new(0),
+        next_in_a_row: Cell::new(0),
         in_driver: Cell::new(false),
         stamp_next_poll: Cell::new(false),
         job_stamp: Cell::new(None),
@@ -562,6 +604,8 @@ pub(crate) struct WorkerCtx {
     local: Option<Local>,
     seq: Cell<u32>,
     tick: Cell<u32>,
+    /// Tasks taken from the `next` slot in a row.
+    next_in_a_row: Cell<u32>,
     /// Set while the thread is parked in the I/O driver.
     in_driver: Cell<bool>,
     /// Set on waking from a park: the next poll stamps its start time.
@@ -658,9 +702,9 @@ impl WorkerCtx {
                     local.yielded.push(r);
                     Ok(false)
                 } else {
-                    let alone = local.ready.is_empty();
-                    local.ready.push(r);
+                    let alone = local.ready.is_empty() && local.next.is_empty();
                     if self.in_driver.get() {
+                        local.ready.push(r);
                         // The driver woke a task on this thread: leave the
                         // driver and run it (no syscall: tokio's waker for
                         // its own thread only sets a flag). Also make sure
@@ -672,7 +716,18 @@ impl WorkerCtx {
                         }
                         return Ok(!alone);
                     }
-                    Ok(!alone || tag(self.slot.state.load()) != RUNNING)
+                    let running = tag(self.slot.state.load()) == RUNNING;
+                    if running {
+                        // From this thread's poll: run it next; what was
+                        // next waits its turn in `ready`.
+                        if let Some(prev) = local.next.pop() {
+                            local.ready.push(prev);
+                        }
+                        local.next.push(r);
+                    } else {
+                        local.ready.push(r);
+                    }
+                    Ok(!alone || !running)
                 }
             }
             _ => Err(r),
@@ -801,10 +856,19 @@ impl WorkerCtx {
                 // outside are not starved by a busy local queue.
                 let tick = self.tick.get().wrapping_add(1);
                 self.tick.set(tick);
+                let in_a_row = self.next_in_a_row.get();
+                if in_a_row < NEXT_IN_A_ROW
+                    && tick % 61 != 0
+                    && let Some(r) = local.next.pop()
+                {
+                    self.next_in_a_row.set(in_a_row + 1);
+                    return Some(r);
+                }
+                self.next_in_a_row.set(0);
                 if tick % 61 == 0 {
                     from_injector().or_else(|| local.pop_any())
                 } else {
-                    local.ready.pop().or_else(|| {
+                    local.ready.pop().or_else(|| local.next.pop()).or_else(|| {
                         // Then the injector, then our own yielded tasks,
                         // and only then other threads' queues.
                         let r = from_injector()
@@ -836,7 +900,8 @@ impl WorkerCtx {
     }
 
     /// Steals from the other event threads: their ready tasks first, then
-    /// their yielded ones.
+    /// a `next` task that has waited a whole poll (see `Slot::next_waited`),
+    /// then their yielded ones.
     fn steal(&self, group: &Group, local: &Local) -> Option<Runnable> {
         let slots = group.slots.load();
         let n = slots.len();
@@ -844,14 +909,19 @@ impl WorkerCtx {
             return None;
         }
         let start = self.slot.id % n;
-        for yielded in [false, true] {
+        for kind in 0..3 {
             for i in 0..n {
                 let other = &slots[(start + i) % n];
                 if Arc::ptr_eq(other, &self.slot) {
                     continue;
                 }
                 let Some(st) = &other.stealers else { continue };
-                let stealer = if yielded { &st.yielded } else { &st.ready };
+                let stealer = match kind {
+                    0 => &st.ready,
+                    1 if other.next_waited() => &st.next,
+                    1 => continue,
+                    _ => &st.yielded,
+                };
                 loop {
                     match stealer.steal_batch_and_pop(&local.ready) {
                         Steal::Success(r) => return Some(r),
