@@ -125,6 +125,12 @@ impl Default for Limits {
 /// [`Serve`] inside a curfew runtime; outside one, connections run on
 /// curfew's default runtime.
 ///
+/// A `Router` has its handlers made into services once, before the first
+/// connection (`Router::with_state(())`, as `axum::serve` does). A router
+/// wrapped in another service is not recognised: call `with_state(())` on
+/// it before wrapping it, or axum makes every handler into a service again
+/// on each request.
+///
 /// Await it in `Runtime::block_on`, as below, or spawn it as a task with
 /// no budget (`curfew::task::Builder::new().unlimited()`): the accept loop
 /// holds the listener, and a budgeted task is dropped when it overruns or
