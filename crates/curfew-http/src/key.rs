@@ -17,7 +17,7 @@ use http::Request;
 use http::header::{FORWARDED, HeaderName};
 pub use ipnet::IpNet;
 
-use crate::recent::Recent;
+use crate::recent::{Recent, cached};
 
 /// Finds the client behind a request.
 ///
@@ -64,54 +64,26 @@ impl KeyExtractor for PeerIp {
 /// the oldest once the cache is full.
 const PEERS_PER_THREAD: usize = 16;
 
-/// The cache, and the entry primed last: the connection being polled.
-struct PeerCache {
-    keys: Recent<(IpAddr, ClientKey), PEERS_PER_THREAD>,
-    primed: usize,
-}
-
 thread_local! {
-    static PEERS: std::cell::RefCell<PeerCache> = const {
-        std::cell::RefCell::new(PeerCache { keys: Recent::new(), primed: 0 })
-    };
-}
-
-impl PeerCache {
-    fn find(&self, ip: IpAddr) -> Option<usize> {
-        match self.keys.get(self.primed) {
-            Some((p, _)) if *p == ip => Some(self.primed),
-            _ => self.keys.position(|(p, _)| *p == ip),
-        }
-    }
+    static PEERS: std::cell::RefCell<Recent<(IpAddr, ClientKey), PEERS_PER_THREAD>> =
+        const { std::cell::RefCell::new(Recent::new()) };
 }
 
 /// [`ip_key`] from this thread's cache of peers' keys.
 pub(crate) fn cached_ip_key(ip: IpAddr) -> ClientKey {
     let ip = ip.to_canonical();
-    PEERS
-        .try_with(|cell| {
-            let mut cache = cell.borrow_mut();
-            if let Some((_, key)) = cache.find(ip).and_then(|i| cache.keys.get(i)) {
-                return key.clone();
-            }
-            let key = ClientKey::from(ip);
-            cache.keys.insert((ip, key.clone()));
-            key
-        })
-        .unwrap_or_else(|_| ClientKey::from(ip))
+    cached(
+        &PEERS,
+        |(p, _)| *p == ip,
+        || (ip, ClientKey::from(ip)),
+        |(_, key)| key.clone(),
+    )
 }
 
 /// Makes sure this thread's cache holds `key`, the key of the peer at `ip`
-/// (canonical), before the connection's requests are read: one comparison
-/// when the connection was the last one primed on this thread.
+/// (canonical), before the connection's requests are read.
 pub(crate) fn prime_peer(ip: IpAddr, key: &ClientKey) {
-    let _ = PEERS.try_with(|cell| {
-        let mut cache = cell.borrow_mut();
-        cache.primed = match cache.find(ip) {
-            Some(i) => i,
-            None => cache.keys.insert((ip, key.clone())),
-        };
-    });
+    cached(&PEERS, |(p, _)| *p == ip, || (ip, key.clone()), |_| ());
 }
 
 /// A key extractor from a closure over the request's head, for keys such as

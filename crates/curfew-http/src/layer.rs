@@ -57,7 +57,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::key::{KeyExtractor, PeerIp};
-use crate::recent::Recent;
+use crate::recent::{Recent, cached};
 
 /// The body of a response that went through [`CurfewLayer`]: the inner
 /// service's body, or the layer's own short text.
@@ -261,24 +261,15 @@ thread_local! {
 /// cached (a client sending many paths to a layer outside the router costs
 /// misses, not memory).
 fn route_info(route: &str) -> RouteInfo {
-    let make = || RouteInfo {
-        key: ClientKey::route(route),
-        name: Arc::from(route),
-    };
-    ROUTES
-        .try_with(|cell| {
-            let mut routes = cell.borrow_mut();
-            if let Some(r) = routes
-                .position(|r| &*r.name == route)
-                .and_then(|i| routes.get(i))
-            {
-                return r.clone();
-            }
-            let r = make();
-            routes.insert(r.clone());
-            r
-        })
-        .unwrap_or_else(|_| make())
+    cached(
+        &ROUTES,
+        |r| &*r.name == route,
+        || RouteInfo {
+            key: ClientKey::route(route),
+            name: Arc::from(route),
+        },
+        RouteInfo::clone,
+    )
 }
 
 /// Clients' keys with their routes, kept per thread like the routes: a
@@ -300,24 +291,16 @@ thread_local! {
 /// cached. A cached entry holds the client's key, so the pointer comparison
 /// that finds it cannot match a different key at a reused address.
 fn client_on_route(client: ClientKey, route: &RouteInfo) -> ClientKey {
-    CLIENT_ROUTES
-        .try_with(|cell| {
-            let mut entries = cell.borrow_mut();
-            let found = entries
-                .position(|e| Arc::ptr_eq(&e.route, &route.name) && e.client == client)
-                .and_then(|i| entries.get(i));
-            if let Some(e) = found {
-                return e.key.clone();
-            }
-            let key = client.with_route_key(&route.key);
-            entries.insert(ClientRoute {
-                client: client.clone(),
-                route: route.name.clone(),
-                key: key.clone(),
-            });
-            key
-        })
-        .unwrap_or_else(|_| client.with_route_key(&route.key))
+    cached(
+        &CLIENT_ROUTES,
+        |e| Arc::ptr_eq(&e.route, &route.name) && e.client == client,
+        || ClientRoute {
+            client: client.clone(),
+            route: route.name.clone(),
+            key: client.with_route_key(&route.key),
+        },
+        |e| e.key.clone(),
+    )
 }
 
 impl<S, K: std::fmt::Debug> std::fmt::Debug for Curfew<S, K> {
