@@ -229,6 +229,17 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// Starts a request that sleeps `ms` in its handler, on a thread of its
+/// own, and gives it 300 ms to reach a worker.
+fn slow_request(
+    addr: SocketAddr,
+    ms: u64,
+) -> std::thread::JoinHandle<std::io::Result<(u16, String)>> {
+    let slow = std::thread::spawn(move || get(addr, &format!("/sleep?ms={ms}")));
+    std::thread::sleep(Duration::from_millis(300));
+    slow
+}
+
 fn summary(sup: &Sup, key: &str) -> u64 {
     let out = sup.stdout();
     let line = out
@@ -417,11 +428,7 @@ fn clients_see_no_error_during_a_recycle() {
         })
     };
     // A slow benign request in flight in the worker about to be poisoned.
-    let slow = {
-        let addr = sup.addr;
-        std::thread::spawn(move || get(addr, "/sleep?ms=1500"))
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    let slow = slow_request(sup.addr, 1500);
     let before = ok.load(Ordering::Relaxed);
     let (status, _) = get(sup.addr, "/spin").unwrap();
     assert_eq!(status, 503);
@@ -458,11 +465,7 @@ fn sigterm_drains_the_workers_and_exits() {
     let mut sup = Sup::start(&[]);
     let workers = sup.workers();
     assert_eq!(workers.len(), 2, "one worker and one warm spare");
-    let slow = {
-        let addr = sup.addr;
-        std::thread::spawn(move || get(addr, "/sleep?ms=1000"))
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    let slow = slow_request(sup.addr, 1000);
     sup.signal(libc::SIGTERM);
     let (status, body) = slow
         .join()
@@ -584,11 +587,7 @@ fn a_draining_worker_is_killed_at_the_drain_deadline() {
     let mut sup = Sup::start(&["--drain-deadline-ms", "500"]);
     let first = sup.serving_pid();
     // Longer than the drain deadline: lost with the worker, and counted.
-    let slow = {
-        let addr = sup.addr;
-        std::thread::spawn(move || get(addr, "/sleep?ms=20000"))
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    let slow = slow_request(sup.addr, 20000);
     assert_eq!(get(sup.addr, "/spin").unwrap().0, 503);
     sup.wait_for(|s| (!s.workers().contains(&first)).then_some(()));
     assert!(
@@ -635,11 +634,7 @@ fn a_worker_waiting_for_the_drain_cap_is_replaced_once() {
     let ready = |s: &Sup, n: usize| (s.stderr().matches("worker ready").count() >= n).then_some(());
     let first = sup.serving_pid();
     // Keeps the first worker draining for a while once it is recycled.
-    let slow = {
-        let addr = sup.addr;
-        std::thread::spawn(move || get(addr, "/sleep?ms=3000"))
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    let slow = slow_request(sup.addr, 3000);
     assert_eq!(get(sup.addr, "/spin").unwrap().0, 503);
     let second = sup.wait_for(|s| Some(s.serving_pid()).filter(|&p| p != first));
     // A new spare is ready: the first worker, the second, and it.
