@@ -68,7 +68,17 @@ fn fifo_read_times_out_while_blocked_in_open() {
         .blocking
         .hijacked_threads
         == 1));
-    assert_eq!(rt.metrics().blocking.healthy_threads, 2);
+    // The replacement is registered in the same watchdog tick as the
+    // write-off, just after it: wait for it rather than read in between.
+    assert!(
+        wait_until(Duration::from_secs(10), || rt
+            .metrics()
+            .blocking
+            .healthy_threads
+            == 2),
+        "no replacement for the hijacked pool thread: {:?}",
+        rt.metrics().blocking
+    );
     // Give the stuck reader a writer that closes at once: its open returns,
     // the read sees end-of-file, and the abandoned thread exits.
     drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
