@@ -10,6 +10,14 @@
 //!
 //! curfew runs with its default budgets (a 100 ms poll budget), so the
 //! watchdog is timing every poll, as it does in production.
+//!
+//! Before the criterion groups, the bench runs spawn bursts with the two
+//! runtimes taking turns (`spawn_burst_alternating`): a burst's time depends
+//! on the state of the process (its heap, where its threads run), so each
+//! runtime gets every other round of the same processes, in six processes.
+//! `SCHED_BURST_PROCESSES` and `SCHED_BURST_ROUNDS` change the counts (0
+//! processes skips it); a filter that does not match `spawn_burst` skips it
+//! too.
 
 mod common;
 
@@ -18,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use tokio::sync::oneshot;
 
 const NUM_SPAWN: usize = 10_000;
@@ -123,44 +131,42 @@ fn spawn_burst_block_on(c: &mut Criterion) {
     {
         let rt = common::tokio_rt();
         g.bench_function("tokio", |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    std::thread::sleep(BURST_IDLE);
-                    let start = std::time::Instant::now();
-                    rt.block_on(async {
-                        let hs: Vec<_> = (0..NUM_SPAWN).map(|_| tokio::spawn(async {})).collect();
-                        for h in hs {
-                            h.await.unwrap();
-                        }
-                    });
-                    total += start.elapsed();
-                }
-                total
-            })
+            b.iter_custom(|iters| (0..iters).map(|_| burst(&|| tokio_burst(&rt))).sum())
         });
     }
     {
         let rt = common::curfew_rt();
         g.bench_function("curfew", |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    std::thread::sleep(BURST_IDLE);
-                    let start = std::time::Instant::now();
-                    rt.block_on(async {
-                        let hs: Vec<_> = (0..NUM_SPAWN).map(|_| curfew::spawn(async {})).collect();
-                        for h in hs {
-                            h.await.unwrap();
-                        }
-                    });
-                    total += start.elapsed();
-                }
-                total
-            })
+            b.iter_custom(|iters| (0..iters).map(|_| burst(&|| curfew_burst(&rt))).sum())
         });
     }
     g.finish();
+}
+
+fn tokio_burst(rt: &tokio::runtime::Runtime) {
+    rt.block_on(async {
+        let hs: Vec<_> = (0..NUM_SPAWN).map(|_| tokio::spawn(async {})).collect();
+        for h in hs {
+            h.await.unwrap();
+        }
+    })
+}
+
+fn curfew_burst(rt: &curfew::Runtime) {
+    rt.block_on(async {
+        let hs: Vec<_> = (0..NUM_SPAWN).map(|_| curfew::spawn(async {})).collect();
+        for h in hs {
+            h.await.unwrap();
+        }
+    })
+}
+
+/// One burst after an idle pause; returns the burst's time.
+fn burst(run: &dyn Fn()) -> Duration {
+    std::thread::sleep(BURST_IDLE);
+    let start = std::time::Instant::now();
+    run();
+    start.elapsed()
 }
 
 /// As `spawn_many_remote_idle`, while every worker is kept busy by tasks
@@ -361,4 +367,129 @@ criterion_group! {
     targets = spawn_many_local, spawn_many_remote_idle, spawn_burst_block_on,
         spawn_many_remote_busy, ping_pong, yield_many, chained_spawn
 }
-criterion_main!(scheduler);
+/// Set in the child processes of `spawn_burst_alternating`: how many
+/// rounds to run.
+const BURST_CHILD: &str = "SCHED_BURST_CHILD";
+
+/// A child of `spawn_burst_alternating`: both runtimes, alternating bursts
+/// (which goes first alternates too), one line per round on stdout:
+/// tokio's time and curfew's, in ms.
+fn burst_child(rounds: usize) {
+    let trt = common::tokio_rt();
+    let crt = common::curfew_rt();
+    let tokio = || tokio_burst(&trt);
+    let curfew = || curfew_burst(&crt);
+    for i in 0..rounds {
+        let (t, c) = if i % 2 == 0 {
+            let t = burst(&tokio);
+            (t, burst(&curfew))
+        } else {
+            let c = burst(&curfew);
+            (burst(&tokio), c)
+        };
+        println!("{:.4} {:.4}", t.as_secs_f64() * 1e3, c.as_secs_f64() * 1e3);
+    }
+}
+
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Spawn bursts from `block_on`, the two runtimes taking turns round by
+/// round, in several processes (see the module docs). Prints each process's
+/// medians, then the medians and the spread (p10 to p90) of all rounds.
+fn spawn_burst_alternating() {
+    let processes = env_count("SCHED_BURST_PROCESSES", 6);
+    let rounds = env_count("SCHED_BURST_ROUNDS", 31).max(1);
+    if processes == 0 {
+        return;
+    }
+    println!("spawn_burst_alternating: {processes} processes x {rounds} rounds, ms per burst");
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let (mut all_t, mut all_c) = (Vec::new(), Vec::new());
+    for p in 0..processes {
+        let out = std::process::Command::new(&exe)
+            .env(BURST_CHILD, rounds.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("start a burst process");
+        assert!(out.status.success(), "burst process {p}: {}", out.status);
+        let (mut t, mut c) = (Vec::new(), Vec::new());
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut f = line.split(' ').map(|x| x.parse::<f64>().expect("a time"));
+            t.extend(f.next());
+            c.extend(f.next());
+        }
+        assert_eq!(t.len(), rounds, "burst process {p}: rounds reported");
+        let (tm, cm) = (quantile(&mut t, 0.5), quantile(&mut c, 0.5));
+        println!(
+            "  process {p}: tokio {tm:.2}, curfew {cm:.2} ({:.2}x)",
+            cm / tm
+        );
+        all_t.extend(t);
+        all_c.extend(c);
+    }
+    let spread = |v: &mut [f64]| (quantile(v, 0.1), quantile(v, 0.5), quantile(v, 0.9));
+    let (t10, t50, t90) = spread(&mut all_t);
+    let (c10, c50, c90) = spread(&mut all_c);
+    println!(
+        "  tokio:  median {t50:.2}, p10-p90 {t10:.2}-{t90:.2} (width {:.2})",
+        t90 - t10
+    );
+    println!(
+        "  curfew: median {c50:.2}, p10-p90 {c10:.2}-{c90:.2} (width {:.2})",
+        c90 - c10
+    );
+    println!(
+        "  curfew/tokio: median {:.2}x, width {:.2}x",
+        c50 / t50,
+        (c90 - c10) / (t90 - t10)
+    );
+}
+
+/// Whether the command line's filter (criterion's first free argument), if
+/// any, matches `name`.
+fn filter_matches(name: &str) -> bool {
+    const TAKES_VALUE: &[&str] = &[
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+        "--output-format",
+        "--color",
+        "--plotting-backend",
+        "--profile-time",
+        "--format",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut free = args.iter().enumerate().filter(|(i, a)| {
+        !a.starts_with('-') && (*i == 0 || !TAKES_VALUE.contains(&args[i - 1].as_str()))
+    });
+    free.next().is_none_or(|(_, f)| name.contains(f.as_str()))
+}
+
+fn main() {
+    if let Ok(rounds) = std::env::var(BURST_CHILD) {
+        burst_child(rounds.parse().expect("SCHED_BURST_CHILD: a round count"));
+        return;
+    }
+    if filter_matches("spawn_burst_alternating") {
+        spawn_burst_alternating();
+    }
+    scheduler();
+    Criterion::default().configure_from_args().final_summary();
+}
