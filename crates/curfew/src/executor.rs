@@ -37,9 +37,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 
 use arc_swap::ArcSwap;
-use crossbeam_deque::{Steal, Stealer, Worker};
-
-use crate::inject::Injector;
+use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 use futures::task::AtomicWaker;
 
 use crate::context;
@@ -270,7 +268,7 @@ pub(crate) struct Group {
     pub(crate) max_hijacked: usize,
     /// Maximum queued tasks (the worker pool's bound); `usize::MAX` for none.
     pub(crate) capacity: usize,
-    pub(crate) injector: Injector,
+    pub(crate) injector: Injector<Runnable>,
     pub(crate) queued: AtomicUsize,
     /// Every live thread's slot, healthy or hijacked.
     pub(crate) slots: ArcSwap<Vec<Arc<Slot>>>,
@@ -510,7 +508,7 @@ impl Group {
                 Steal::Empty => break None,
             }
         };
-        if let Some(r) = self.injector.pop() {
+        if let Some(r) = take(&|| self.injector.steal()) {
             return Some(r);
         }
         if from_locals {
@@ -847,7 +845,13 @@ impl WorkerCtx {
     fn find_task(&self, group: &Group) -> Option<Runnable> {
         let found = match &self.local {
             Some(local) => {
-                let from_injector = || group.injector.pop_batch(&local.ready);
+                let from_injector = || loop {
+                    match group.injector.steal_batch_and_pop(&local.ready) {
+                        Steal::Success(r) => break Some(r),
+                        Steal::Retry => continue,
+                        Steal::Empty => break None,
+                    }
+                };
                 // Check the injector first now and then, so that tasks from
                 // outside are not starved by a busy local queue.
                 let tick = self.tick.get().wrapping_add(1);
@@ -878,7 +882,13 @@ impl WorkerCtx {
                     })
                 }
             }
-            None => group.injector.pop(),
+            None => loop {
+                match group.injector.steal() {
+                    Steal::Success(r) => break Some(r),
+                    Steal::Retry => continue,
+                    Steal::Empty => break None,
+                }
+            },
         };
         if found.is_some() && self.local.is_none() {
             group.queued.fetch_sub(1, Ordering::Relaxed);

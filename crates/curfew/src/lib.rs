@@ -188,7 +188,6 @@ mod executor;
 pub mod fs;
 pub mod health;
 mod host;
-mod inject;
 pub mod metrics;
 pub mod policy;
 pub mod pool;

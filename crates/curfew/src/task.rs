@@ -22,7 +22,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -78,10 +78,6 @@ pub(crate) struct Header {
     /// one the thread has entered for good (the drop-in `curfew::spawn`).
     pub(crate) tokio: Option<tokio::runtime::Handle>,
     pub(crate) span: tracing::Span,
-    /// The next task in its group's injector, while the task is queued
-    /// there (`crate::inject`); read and written only under the
-    /// injector's lock, or by the consumer that unlinked the task.
-    pub(crate) queue_next: AtomicPtr<()>,
 }
 
 impl Header {
@@ -111,7 +107,6 @@ impl Header {
             client,
             tokio,
             span,
-            queue_next: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
 
