@@ -11,13 +11,15 @@
 //! curfew runs with its default budgets (a 100 ms poll budget), so the
 //! watchdog is timing every poll, as it does in production.
 //!
-//! Before the criterion groups, the bench runs spawn bursts with the two
-//! runtimes taking turns (`spawn_burst_alternating`): a burst's time depends
-//! on the state of the process (its heap, where its threads run), so each
-//! runtime gets every other round of the same processes, in six processes.
+//! Before the criterion groups, the bench runs spawn bursts in processes of
+//! their own (`spawn_burst_processes`): a burst's time depends on the state
+//! of the process (its heap, where its threads run), which one process per
+//! runtime would leave to chance, and two runtimes in one process would
+//! share (one's bursts reuse the heap the other's left). Six processes per
+//! runtime, tokio's and curfew's taking turns, 31 bursts each.
 //! `SCHED_BURST_PROCESSES` and `SCHED_BURST_ROUNDS` change the counts (0
-//! processes skips it); a filter that does not match `spawn_burst` skips it
-//! too.
+//! processes skips it); a filter that does not match `spawn_burst_processes`
+//! skips it too.
 
 mod common;
 
@@ -367,27 +369,30 @@ criterion_group! {
     targets = spawn_many_local, spawn_many_remote_idle, spawn_burst_block_on,
         spawn_many_remote_busy, ping_pong, yield_many, chained_spawn
 }
-/// Set in the child processes of `spawn_burst_alternating`: how many
-/// rounds to run.
+/// Set in the child processes of `spawn_burst_processes`: the runtime
+/// (`tokio` or `curfew`) and the number of rounds, as `curfew:31`.
 const BURST_CHILD: &str = "SCHED_BURST_CHILD";
 
-/// A child of `spawn_burst_alternating`: both runtimes, alternating bursts
-/// (which goes first alternates too), one line per round on stdout:
-/// tokio's time and curfew's, in ms.
-fn burst_child(rounds: usize) {
-    let trt = common::tokio_rt();
-    let crt = common::curfew_rt();
-    let tokio = || tokio_burst(&trt);
-    let curfew = || curfew_burst(&crt);
-    for i in 0..rounds {
-        let (t, c) = if i % 2 == 0 {
-            let t = burst(&tokio);
-            (t, burst(&curfew))
-        } else {
-            let c = burst(&curfew);
-            (burst(&tokio), c)
-        };
-        println!("{:.4} {:.4}", t.as_secs_f64() * 1e3, c.as_secs_f64() * 1e3);
+/// A child of `spawn_burst_processes`: one runtime, `rounds` bursts, each
+/// burst's time in ms on a line of its own on stdout.
+fn burst_child(spec: &str) {
+    let (runtime, rounds) = spec
+        .split_once(':')
+        .and_then(|(r, n)| Some((r, n.parse::<usize>().ok()?)))
+        .expect("SCHED_BURST_CHILD: runtime:rounds");
+    let times: Vec<Duration> = match runtime {
+        "tokio" => {
+            let rt = common::tokio_rt();
+            (0..rounds).map(|_| burst(&|| tokio_burst(&rt))).collect()
+        }
+        "curfew" => {
+            let rt = common::curfew_rt();
+            (0..rounds).map(|_| burst(&|| curfew_burst(&rt))).collect()
+        }
+        other => panic!("SCHED_BURST_CHILD: unknown runtime {other}"),
+    };
+    for t in times {
+        println!("{:.4}", t.as_secs_f64() * 1e3);
     }
 }
 
@@ -403,35 +408,56 @@ fn env_count(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Spawn bursts from `block_on`, the two runtimes taking turns round by
-/// round, in several processes (see the module docs). Prints each process's
-/// medians, then the medians and the spread (p10 to p90) of all rounds.
-fn spawn_burst_alternating() {
+/// Runs one burst process and returns its times.
+fn burst_process(exe: &std::path::Path, runtime: &str, rounds: usize) -> Vec<f64> {
+    let out = std::process::Command::new(exe)
+        .env(BURST_CHILD, format!("{runtime}:{rounds}"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("start a burst process");
+    assert!(
+        out.status.success(),
+        "{runtime} burst process: {}",
+        out.status
+    );
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().expect("a burst time"))
+        .collect();
+    assert_eq!(
+        times.len(),
+        rounds,
+        "{runtime} burst process: rounds reported"
+    );
+    times
+}
+
+/// Spawn bursts from `block_on`, each runtime alone in its own processes,
+/// tokio's and curfew's processes taking turns (see the module docs).
+/// Prints each process's median, then the median and the spread (p10 to
+/// p90) of all rounds of each runtime.
+fn spawn_burst_processes() {
     let processes = env_count("SCHED_BURST_PROCESSES", 6);
     let rounds = env_count("SCHED_BURST_ROUNDS", 31).max(1);
     if processes == 0 {
         return;
     }
-    println!("spawn_burst_alternating: {processes} processes x {rounds} rounds, ms per burst");
+    println!(
+        "spawn_burst_processes: {processes} processes x {rounds} rounds per runtime, ms per burst"
+    );
     let exe = std::env::current_exe().expect("the bench's own path");
     let (mut all_t, mut all_c) = (Vec::new(), Vec::new());
     for p in 0..processes {
-        let out = std::process::Command::new(&exe)
-            .env(BURST_CHILD, rounds.to_string())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("start a burst process");
-        assert!(out.status.success(), "burst process {p}: {}", out.status);
-        let (mut t, mut c) = (Vec::new(), Vec::new());
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let mut f = line.split(' ').map(|x| x.parse::<f64>().expect("a time"));
-            t.extend(f.next());
-            c.extend(f.next());
-        }
-        assert_eq!(t.len(), rounds, "burst process {p}: rounds reported");
+        let (mut t, mut c) = if p % 2 == 0 {
+            let t = burst_process(&exe, "tokio", rounds);
+            (t, burst_process(&exe, "curfew", rounds))
+        } else {
+            let c = burst_process(&exe, "curfew", rounds);
+            (burst_process(&exe, "tokio", rounds), c)
+        };
         let (tm, cm) = (quantile(&mut t, 0.5), quantile(&mut c, 0.5));
         println!(
-            "  process {p}: tokio {tm:.2}, curfew {cm:.2} ({:.2}x)",
+            "  pair {p}: tokio {tm:.2}, curfew {cm:.2} ({:.2}x)",
             cm / tm
         );
         all_t.extend(t);
@@ -483,12 +509,12 @@ fn filter_matches(name: &str) -> bool {
 }
 
 fn main() {
-    if let Ok(rounds) = std::env::var(BURST_CHILD) {
-        burst_child(rounds.parse().expect("SCHED_BURST_CHILD: a round count"));
+    if let Ok(spec) = std::env::var(BURST_CHILD) {
+        burst_child(&spec);
         return;
     }
-    if filter_matches("spawn_burst_alternating") {
-        spawn_burst_alternating();
+    if filter_matches("spawn_burst_processes") {
+        spawn_burst_processes();
     }
     scheduler();
     Criterion::default().configure_from_args().final_summary();
