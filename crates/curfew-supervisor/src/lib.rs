@@ -78,7 +78,12 @@
 //! to drain ([`Worker::drain`] resolves), a new spare is started, and the
 //! poisoned worker exits as soon as its in-flight requests are done (at once
 //! if there are none), or is killed at the [drain
-//! deadline](Config::drain_deadline). With no spare ready, the poisoned
+//! deadline](Config::drain_deadline). The deadline is kept by a thread of
+//! its own, which sends the `SIGKILL` through the worker's pidfd (Linux
+//! 5.3 and later): the kill is on time even while the supervisor's loop is
+//! held up (a log line waiting on a file a frozen worker writes to, say),
+//! and a late kill can reach no process that reused the worker's id. With
+//! no spare ready, the poisoned
 //! worker keeps serving until its replacement is ready (at most the ready
 //! timeout). At most [`Config::max_draining`] workers drain at once, so
 //! there are never more than `processes + spares + max_draining` processes.
@@ -115,6 +120,7 @@
 )]
 
 mod config;
+mod deadlines;
 mod proto;
 mod supervisor;
 mod sys;

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -15,6 +16,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Error};
+use crate::deadlines::Deadlines;
 use crate::proto::{Command, Health, Report};
 use crate::sys;
 use crate::worker::{ENV_FDS, ENV_PARENT, ENV_WORKER};
@@ -150,6 +152,21 @@ struct Proc {
     /// replacement is active or the ready timeout passes.
     recycle: Option<(Poison, Instant)>,
     killed: bool,
+    /// A pidfd for the worker, opened right after its spawn: kills go
+    /// through it, so none can reach a process that reused the id. `None`
+    /// where the kernel has no pidfds (before Linux 5.3).
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl Proc {
+    /// Starts the drain: the state, and the deadline given to the thread
+    /// that kills the worker when it passes, whatever this loop is doing.
+    fn drain_until(&mut self, deadline: Instant, deadlines: &Deadlines) {
+        self.state = State::Draining { deadline };
+        if let Some(fd) = &self.pidfd {
+            deadlines.arm(self.id, fd.clone(), deadline);
+        }
+    }
 }
 
 enum Event {
@@ -169,6 +186,7 @@ struct Supervision {
     next_start: Instant,
     shutting_down: bool,
     warned_cap: bool,
+    deadlines: Deadlines,
 }
 
 impl Supervision {
@@ -185,6 +203,8 @@ impl Supervision {
             next_start: Instant::now(),
             shutting_down: false,
             warned_cap: false,
+            deadlines: Deadlines::start()
+                .map_err(|e| Error::io("start the drain-deadline thread", e))?,
         })
     }
 
@@ -249,7 +269,7 @@ impl Supervision {
         let deadline = Instant::now() + self.cfg().drain_deadline;
         for p in &mut self.procs {
             if !matches!(p.state, State::Draining { .. }) {
-                p.state = State::Draining { deadline };
+                p.drain_until(deadline, &self.deadlines);
                 send(p, Command::Drain).await;
             }
         }
@@ -300,10 +320,21 @@ impl Supervision {
                     return;
                 };
                 let p = self.procs.swap_remove(i);
+                self.deadlines.disarm(id);
                 let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                 match p.state {
                     State::Draining { .. } => {
-                        if !p.killed {
+                        if self.deadlines.take_killed(id) && !p.killed {
+                            // The deadline thread got there before a tick.
+                            self.summary.killed_while_draining += 1;
+                            tracing::warn!(
+                                target: TARGET,
+                                worker = id,
+                                pid = p.pid,
+                                killed_while_draining = self.summary.killed_while_draining,
+                                "drain deadline passed; worker killed"
+                            );
+                        } else if !p.killed {
                             tracing::info!(
                                 target: TARGET,
                                 worker = id,
@@ -344,6 +375,7 @@ impl Supervision {
     async fn tick(&mut self) {
         let now = Instant::now();
         let cfg = self.sup.config.clone();
+        let deadlines = &self.deadlines;
         for p in &mut self.procs {
             // Memory still growing while the worker drains (the request
             // that allocates is the one in flight): past twice the limit
@@ -359,7 +391,7 @@ impl Supervision {
                         limit_mib = limit >> 20,
                         "draining worker passed twice the memory limit; ending the drain now"
                     );
-                    p.state = State::Draining { deadline: now };
+                    p.drain_until(now, deadlines);
                 }
             }
             match p.state {
@@ -467,7 +499,7 @@ impl Supervision {
                 );
             }
             let p = &mut self.procs[i];
-            p.state = State::Draining { deadline };
+            p.drain_until(deadline, &self.deadlines);
             self.summary.recycled += 1;
             tracing::info!(
                 target: TARGET,
@@ -562,6 +594,14 @@ impl Supervision {
         let mut child = cmd.spawn()?;
         drop(theirs);
         let pid = child.id().unwrap_or(0);
+        // Now, before the wait below can reap it.
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => Some(Arc::new(fd)),
+            Err(e) => {
+                tracing::debug!(target: TARGET, worker = id, error = %e, "no pidfd; kills go by pid");
+                None
+            }
+        };
         ours.set_nonblocking(true)?;
         let (read, write) = UnixStream::from_std(ours)?.into_split();
         let tx = self.tx.clone();
@@ -594,6 +634,7 @@ impl Supervision {
             poisoned_since: None,
             recycle: None,
             killed: false,
+            pidfd,
         });
         self.summary.started += 1;
         tracing::info!(target: TARGET, worker = id, pid, "worker started");
@@ -618,9 +659,15 @@ fn kill(p: &mut Proc, why: &str) {
         return;
     }
     p.killed = true;
-    // The exit event has not been handled (the process is still listed),
-    // so it has not been reaped by us and the pid is still its own.
-    if let Err(e) = sys::signal(p.pid, libc::SIGKILL) {
+    // Through the pidfd where there is one. Without, by pid: the exit event
+    // has not been handled (the process is still listed), though the wait
+    // may have reaped it a moment ago; an id is reused only after the
+    // kernel's pid counter wraps.
+    let sent = match &p.pidfd {
+        Some(fd) => sys::pidfd_signal(fd, libc::SIGKILL),
+        None => sys::signal(p.pid, libc::SIGKILL),
+    };
+    if let Err(e) = sent {
         tracing::debug!(target: TARGET, worker = p.id, error = %e, "kill failed (already gone)");
     } else {
         tracing::info!(target: TARGET, worker = p.id, pid = p.pid, reason = why, "worker killed");

@@ -1,7 +1,7 @@
 //! The few operating-system calls the supervisor needs, each wrapped once.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Clears (`inherit = true`) or sets `FD_CLOEXEC` on `fd`.
@@ -89,4 +89,42 @@ fn page_size() -> u64 {
 /// the kernel keeps it in `/proc/<pid>/task/<tid>/schedstat`).
 pub(crate) fn thread_cpu(pid: u32, tid: i64) -> Option<Duration> {
     curfew::health::thread_cpu_time(pid, tid)
+}
+
+/// A descriptor for process `pid` (`pidfd_open`), through which a signal
+/// reaches that process and no other, even once the id is reaped and
+/// reused. Call it while the process is known to be unreaped (right after
+/// the spawn). Linux 5.3 and later; elsewhere an error.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; it has no memory effects.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this descriptor, and nothing else
+    // owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `signal` to the process behind `pidfd` (`pidfd_send_signal`). An
+/// error `ESRCH` means it has exited already.
+pub(crate) fn pidfd_signal(pidfd: &OwnedFd, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: the descriptor is open (borrowed from an `OwnedFd`), the
+    // `siginfo` pointer may be null, and flags are 0; no memory effects.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -1,0 +1,196 @@
+//! Drain deadlines kept by a thread of their own.
+//!
+//! The supervisor's loop kills a draining worker once its drain deadline
+//! passes, at its next health tick. Whatever holds that loop up holds the
+//! kill up with it: a log line it writes to a file a frozen worker is
+//! writing too, a slow `/proc` read, a burst of events. This thread only
+//! waits for the earliest deadline and sends `SIGKILL` through the worker's
+//! pidfd, so a drain ends on time whatever the loop is doing; the loop
+//! still handles the exit (and counts the kill) when it gets there.
+//!
+//! The pidfd is opened right after the spawn, while the worker cannot have
+//! been reaped, so a late signal reaches the worker or nothing, never a
+//! process that reused its id.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::sys;
+
+/// Workers' drain deadlines, with the thread that enforces them.
+pub(crate) struct Deadlines {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Worker id → its pidfd and drain deadline.
+    armed: HashMap<u64, (Arc<OwnedFd>, Instant)>,
+    /// Workers this thread killed (for the loop's log and tests).
+    killed: Vec<u64>,
+    stop: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics under the lock; a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Deadlines {
+    pub(crate) fn start() -> std::io::Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("curfew-deadlines".into())
+            .spawn(move || run(&s))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Kill worker `id` through `pidfd` at `deadline` unless it is
+    /// [disarmed](Self::disarm) first. Arming again moves the deadline.
+    pub(crate) fn arm(&self, id: u64, pidfd: Arc<OwnedFd>, deadline: Instant) {
+        self.shared.lock().armed.insert(id, (pidfd, deadline));
+        self.shared.changed.notify_one();
+    }
+
+    /// Forget worker `id` (it exited, or was killed already).
+    pub(crate) fn disarm(&self, id: u64) {
+        self.shared.lock().armed.remove(&id);
+    }
+
+    /// Whether this thread killed worker `id`; forgets it.
+    pub(crate) fn take_killed(&self, id: u64) -> bool {
+        let mut st = self.shared.lock();
+        let before = st.killed.len();
+        st.killed.retain(|&k| k != id);
+        st.killed.len() != before
+    }
+}
+
+impl Drop for Deadlines {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut st = shared.lock();
+    loop {
+        if st.stop {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<u64> = st
+            .armed
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            let Some((pidfd, _)) = st.armed.remove(&id) else {
+                continue;
+            };
+            // The signal first, then the bookkeeping; nothing here logs, so
+            // nothing here can wait on a file a frozen worker holds.
+            if sys::pidfd_signal(&pidfd, libc::SIGKILL).is_ok() {
+                st.killed.push(id);
+            }
+        }
+        let next = st.armed.values().map(|(_, at)| *at).min();
+        st = match next {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                shared
+                    .changed
+                    .wait_timeout(st, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => shared.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Child, Command};
+    use std::time::Duration;
+
+    fn sleeper() -> (Child, Arc<OwnedFd>) {
+        let child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let fd = sys::pidfd_open(child.id()).expect("pidfd_open (Linux 5.3+)");
+        (child, Arc::new(fd))
+    }
+
+    /// Waits up to `limit` for `child` to exit.
+    fn exited_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    #[test]
+    fn an_armed_worker_is_killed_at_its_deadline_and_a_disarmed_one_is_not() {
+        let d = Deadlines::start().expect("start the thread");
+        let (mut doomed, fd) = sleeper();
+        let (mut spared, fd2) = sleeper();
+        let armed_at = Instant::now();
+        d.arm(1, fd, armed_at + Duration::from_millis(100));
+        d.arm(2, fd2, armed_at + Duration::from_millis(100));
+        d.disarm(2);
+        let st = exited_within(&mut doomed, Duration::from_secs(10)).expect("killed");
+        assert_eq!(st.signal(), Some(libc::SIGKILL));
+        assert!(
+            armed_at.elapsed() >= Duration::from_millis(100),
+            "not before its deadline"
+        );
+        assert!(d.take_killed(1) && !d.take_killed(1), "reported once");
+        // Well past the deadline the disarmed one still runs.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(spared.try_wait().expect("try_wait").is_none());
+        assert!(!d.take_killed(2));
+        spared.kill().expect("kill");
+        spared.wait().expect("reap");
+    }
+
+    #[test]
+    fn a_late_kill_of_a_reaped_worker_reaches_nobody() {
+        let d = Deadlines::start().expect("start the thread");
+        let (mut child, fd) = sleeper();
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        // Its id may now be reused; the pidfd still names the dead worker.
+        d.arm(7, fd, Instant::now());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!d.take_killed(7), "ESRCH: nothing was signalled");
+        drop(d); // the thread stops and is joined
+    }
+}
