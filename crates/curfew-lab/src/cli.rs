@@ -51,8 +51,8 @@ pub struct ServerArgs {
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub job_budget: Duration,
     /// Curfew modes: hand off a poll that has run this long: start an
-    /// event thread in its place and demote it to the idle scheduling
-    /// class until it returns (`off`: never; see
+    /// event thread in its place and nice the long poll's thread by 10
+    /// until it returns (`off`: never; see
     /// `Builder::hand_off_long_polls`).
     #[arg(long, value_parser = parse_limit, default_value = "off")]
     pub hand_off_long_polls: Duration,
