@@ -102,6 +102,15 @@
 //! [`Summary`] counts workers started, recycled, killed while draining and
 //! restarted.
 //!
+//! A worker's stderr is a pipe of its own, whose lines a thread of the
+//! supervisor copies, whole and in order, to the supervisor's stderr (and
+//! the supervisor waits up to a second for the workers' last lines before
+//! [`Supervisor::run`] returns). Inheriting the supervisor's stderr would
+//! make it one open file for every process, and a write holds locks every
+//! other writer waits for: a worker thread stalled inside a write (demoted
+//! by the watchdog, on a busy machine) would stall the supervisor's next
+//! log line and every decision behind it. A worker's stdout is inherited.
+//!
 //! # Limits
 //!
 //! Linux only for the health readings and the death signal (`/proc`,
@@ -122,6 +131,7 @@
 mod config;
 mod deadlines;
 mod proto;
+mod relay;
 mod supervisor;
 mod sys;
 mod worker;

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, Error};
 use crate::deadlines::Deadlines;
 use crate::proto::{Command, Health, Report};
+use crate::relay::Relays;
 use crate::sys;
 use crate::worker::{ENV_FDS, ENV_PARENT, ENV_WORKER};
 
@@ -187,6 +188,7 @@ struct Supervision {
     shutting_down: bool,
     warned_cap: bool,
     deadlines: Deadlines,
+    relays: Relays,
 }
 
 impl Supervision {
@@ -205,6 +207,7 @@ impl Supervision {
             warned_cap: false,
             deadlines: Deadlines::start()
                 .map_err(|e| Error::io("start the drain-deadline thread", e))?,
+            relays: Relays::default(),
         })
     }
 
@@ -242,6 +245,11 @@ impl Supervision {
             if self.shutting_down && self.procs.is_empty() {
                 break;
             }
+        }
+        // The workers' last lines first.
+        let relaying = self.relays.finish(Duration::from_secs(1));
+        if relaying > 0 {
+            tracing::debug!(target: TARGET, relaying, "stderr of a worker's child still open; not waiting");
         }
         let s = &self.summary;
         tracing::info!(
@@ -567,6 +575,8 @@ impl Supervision {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let listen_fd = self.sup.listener.as_raw_fd();
         let control_fd = theirs.as_raw_fd();
+        // The worker's stderr: a pipe of its own, relayed (`crate::relay`).
+        let (relay_from, relay_to) = sys::pipe()?;
         let parent = std::process::id();
         let mut cmd = tokio::process::Command::new(&self.sup.exe);
         cmd.args(&self.sup.args)
@@ -574,6 +584,7 @@ impl Supervision {
             .env(ENV_FDS, format!("{listen_fd},{control_fd}"))
             .env(ENV_PARENT, parent.to_string())
             .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(relay_to))
             // Its own process group: a Ctrl-C at the terminal reaches only
             // the supervisor, which drains the workers instead of losing
             // their requests.
@@ -592,7 +603,12 @@ impl Supervision {
             });
         }
         let mut child = cmd.spawn()?;
+        // Our copy of the pipe's write end goes with `cmd`, when this
+        // returns; the relay ends once the worker's copies close.
         drop(theirs);
+        if let Err(e) = self.relays.start(id, relay_from) {
+            tracing::warn!(target: TARGET, worker = id, error = %e, "no thread to relay the worker's stderr");
+        }
         let pid = child.id().unwrap_or(0);
         // Now, before the wait below can reap it.
         let pidfd = match sys::pidfd_open(pid) {
