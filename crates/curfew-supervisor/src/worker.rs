@@ -257,6 +257,7 @@ impl Worker {
                 .unwrap_or_else(|e| e.into_inner());
         }
         if *t == Turn::Retire {
+            tracing::info!(target: "curfew_supervisor", worker = self.inner.id, "spare retired before serving; exiting");
             std::process::exit(0);
         }
         drop(t);
