@@ -102,14 +102,14 @@
 //! [`Summary`] counts workers started, recycled, killed while draining and
 //! restarted.
 //!
-//! A worker's stderr is a pipe of its own, whose lines a thread of the
-//! supervisor copies, whole and in order, to the supervisor's stderr (and
-//! the supervisor waits up to a second for the workers' last lines before
-//! [`Supervisor::run`] returns). Inheriting the supervisor's stderr would
-//! make it one open file for every process, and a write holds locks every
+//! A worker's stdout and stderr are pipes of its own, whose lines threads
+//! of the supervisor copy, whole and in order, to the supervisor's stdout
+//! and stderr (and the supervisor waits up to a second for the workers'
+//! last lines before [`Supervisor::run`] returns). Inheriting them would
+//! make each one open file for every process, and a write holds locks every
 //! other writer waits for: a worker thread stalled inside a write (demoted
 //! by the watchdog, on a busy machine) would stall the supervisor's next
-//! log line and every decision behind it. A worker's stdout is inherited.
+//! log line and every decision behind it.
 //!
 //! # Limits
 //!

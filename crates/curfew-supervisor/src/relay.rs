@@ -1,8 +1,10 @@
-//! Workers' stderr, relayed line by line to the supervisor's.
+//! Workers' stdout and stderr, relayed line by line to the supervisor's.
 //!
-//! A worker does not inherit the supervisor's stderr: it writes to a pipe of
-//! its own, and a thread here copies whole lines from it to the
-//! supervisor's stderr. Inherited, the descriptor would be one open file
+//! A worker does not inherit the supervisor's stdout or stderr: it writes
+//! to pipes of its own, and a thread per pipe copies whole lines from it to
+//! the supervisor's stream of the same name (`tracing_subscriber::fmt()`
+//! logs to stdout unless told otherwise). Inherited, a descriptor would be
+//! one open file
 //! shared by every process, and a write to a file holds locks that every
 //! other writer to it waits for (the file's position lock, the inode's
 //! lock). A worker thread that stalls inside a write (one the watchdog
@@ -19,6 +21,13 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// Which of the supervisor's streams a relay writes to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
 /// The relay threads, counted so that the supervisor can let them finish
 /// before it returns.
 #[derive(Default)]
@@ -27,15 +36,19 @@ pub(crate) struct Relays {
 }
 
 impl Relays {
-    /// Starts a thread that copies `from` to stderr until its end.
-    pub(crate) fn start(&self, worker: u64, from: OwnedFd) -> std::io::Result<()> {
+    /// Starts a thread that copies `from` to the supervisor's `to` until
+    /// its end.
+    pub(crate) fn start(&self, worker: u64, from: OwnedFd, to: Stream) -> std::io::Result<()> {
         let from = std::fs::File::from(from);
         let live = self.live.clone();
         *live.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         let spawned = std::thread::Builder::new()
             .name(format!("curfew-relay-{worker}"))
             .spawn(move || {
-                copy_lines(from, &mut std::io::stderr());
+                match to {
+                    Stream::Stdout => copy_lines(from, &mut std::io::stdout()),
+                    Stream::Stderr => copy_lines(from, &mut std::io::stderr()),
+                }
                 let (n, ended) = &*live;
                 *n.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
                 ended.notify_all();
@@ -70,7 +83,7 @@ impl Relays {
 
 /// Copies whole lines from `from` to `to` until the end of `from` (a last
 /// line without its newline included), each line in one write. Stops at a
-/// read error; a write error drops the line (the supervisor's stderr is
+/// read error; a write error drops the line (the supervisor's stream is
 /// gone) but keeps reading, so the worker never blocks on a full pipe.
 fn copy_lines(from: impl std::io::Read, to: &mut impl Write) {
     let mut from = BufReader::with_capacity(16 * 1024, from);
@@ -124,7 +137,7 @@ mod tests {
     fn finish_waits_for_the_writers_to_close_and_no_longer() {
         let relays = Relays::default();
         let (r, w) = crate::sys::pipe().expect("pipe");
-        relays.start(1, r).expect("relay thread");
+        relays.start(1, r, Stream::Stderr).expect("relay thread");
         assert_eq!(
             relays.finish(Duration::from_millis(50)),
             1,

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, Error};
 use crate::deadlines::Deadlines;
 use crate::proto::{Command, Health, Report};
-use crate::relay::Relays;
+use crate::relay::{Relays, Stream};
 use crate::sys;
 use crate::worker::{ENV_FDS, ENV_PARENT, ENV_WORKER};
 
@@ -249,7 +249,7 @@ impl Supervision {
         // The workers' last lines first.
         let relaying = self.relays.finish(Duration::from_secs(1));
         if relaying > 0 {
-            tracing::debug!(target: TARGET, relaying, "stderr of a worker's child still open; not waiting");
+            tracing::debug!(target: TARGET, relaying, "output of a worker's child still open; not waiting");
         }
         let s = &self.summary;
         tracing::info!(
@@ -575,8 +575,10 @@ impl Supervision {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let listen_fd = self.sup.listener.as_raw_fd();
         let control_fd = theirs.as_raw_fd();
-        // The worker's stderr: a pipe of its own, relayed (`crate::relay`).
-        let (relay_from, relay_to) = sys::pipe()?;
+        // The worker's stdout and stderr: pipes of its own, relayed
+        // (`crate::relay`).
+        let (out_from, out_to) = sys::pipe()?;
+        let (err_from, err_to) = sys::pipe()?;
         let parent = std::process::id();
         let mut cmd = tokio::process::Command::new(&self.sup.exe);
         cmd.args(&self.sup.args)
@@ -584,7 +586,8 @@ impl Supervision {
             .env(ENV_FDS, format!("{listen_fd},{control_fd}"))
             .env(ENV_PARENT, parent.to_string())
             .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::from(relay_to))
+            .stdout(std::process::Stdio::from(out_to))
+            .stderr(std::process::Stdio::from(err_to))
             // Its own process group: a Ctrl-C at the terminal reaches only
             // the supervisor, which drains the workers instead of losing
             // their requests.
@@ -606,8 +609,10 @@ impl Supervision {
         // Our copy of the pipe's write end goes with `cmd`, when this
         // returns; the relay ends once the worker's copies close.
         drop(theirs);
-        if let Err(e) = self.relays.start(id, relay_from) {
-            tracing::warn!(target: TARGET, worker = id, error = %e, "no thread to relay the worker's stderr");
+        for (from, to) in [(out_from, Stream::Stdout), (err_from, Stream::Stderr)] {
+            if let Err(e) = self.relays.start(id, from, to) {
+                tracing::warn!(target: TARGET, worker = id, error = %e, stream = ?to, "no thread to relay a worker's output");
+            }
         }
         let pid = child.id().unwrap_or(0);
         // Now, before the wait below can reap it.

@@ -483,24 +483,26 @@ fn sigterm_drains_the_workers_and_exits() {
 }
 
 #[test]
-fn workers_log_through_pipes_of_their_own_relayed_to_the_supervisors_stderr() {
+fn workers_write_to_pipes_of_their_own_relayed_to_the_supervisors_output() {
     let mut sup = Sup::start(&[]);
     let serving = sup.serving_pid();
     let spare = sup.wait_for(|s| s.workers().into_iter().find(|&w| w != serving));
-    let fd2 = |pid: u32| std::fs::read_link(format!("/proc/{pid}/fd/2")).expect("read fd 2");
-    let (ours, a, b) = (fd2(sup.pid()), fd2(serving), fd2(spare));
-    assert!(
-        a.to_string_lossy().starts_with("pipe:"),
-        "worker's stderr: {a:?}"
-    );
-    assert!(
-        b.to_string_lossy().starts_with("pipe:"),
-        "spare's stderr: {b:?}"
-    );
-    assert!(
-        ours != a && ours != b && a != b,
-        "shared: {ours:?} {a:?} {b:?}"
-    );
+    for fd in [1, 2] {
+        let link = |pid: u32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("read fd");
+        let (ours, a, b) = (link(sup.pid()), link(serving), link(spare));
+        assert!(
+            a.to_string_lossy().starts_with("pipe:"),
+            "worker's fd {fd}: {a:?}"
+        );
+        assert!(
+            b.to_string_lossy().starts_with("pipe:"),
+            "spare's fd {fd}: {b:?}"
+        );
+        assert!(
+            ours != a && ours != b && a != b,
+            "fd {fd} shared: {ours:?} {a:?} {b:?}"
+        );
+    }
     // A worker's own line (not the supervisor's "worker serving") arrives
     // whole, and its last line is out before the supervisor exits.
     let own = format!("curfew_supervisor: serving worker=1 pid={serving}\n");
