@@ -36,13 +36,14 @@ fn a_long_poll_is_handed_off_and_the_others_run_meanwhile() {
     // keeps the runtime serving.
     let rt = runtime(Duration::from_secs(60));
     let (h, spinning, release) = spinner(&rt, 7);
+    // Both the hand-off and its replacement's start: the replacement
+    // counts as healthy only once its thread runs.
     assert!(
-        wait_until(Duration::from_secs(10), || rt
-            .metrics()
-            .event
-            .handed_off_threads
-            == 1),
-        "handed off: {:?}",
+        wait_until(Duration::from_secs(10), || {
+            let m = rt.metrics().event;
+            m.handed_off_threads == 1 && m.healthy_threads == 1
+        }),
+        "handed off and replaced: {:?}",
         rt.metrics().event
     );
     let m = rt.metrics().event;

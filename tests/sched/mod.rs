@@ -8,12 +8,31 @@ use std::time::Duration;
 
 use curfew_suite::wait_until;
 
+/// Lets a [`spinner`] go when set, and when dropped: a test that fails
+/// while its spinner runs then ends with its panic, instead of leaving its
+/// runtime's drop waiting for the spin until the test times out.
+pub struct Release(Arc<AtomicBool>);
+
+impl std::ops::Deref for Release {
+    type Target = AtomicBool;
+    fn deref(&self) -> &AtomicBool {
+        &self.0
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Spawns a task that spins (no await, no checkpoint) until released, then
 /// returns `out`; gives back its handle, its thread and the release flag.
+/// Bind the flag after the runtime, so that it drops (and releases) first.
 pub fn spinner<T: Send + 'static>(
     rt: &curfew::Runtime,
     out: T,
-) -> (curfew::JoinHandle<T>, i32, Arc<AtomicBool>) {
+) -> (curfew::JoinHandle<T>, i32, Release) {
     let release = Arc::new(AtomicBool::new(false));
     let os_tid = Arc::new(AtomicI32::new(0));
     let (r, t) = (release.clone(), os_tid.clone());
@@ -27,7 +46,7 @@ pub fn spinner<T: Send + 'static>(
     assert!(wait_until(Duration::from_secs(10), || os_tid
         .load(Ordering::SeqCst)
         != 0));
-    (h, os_tid.load(Ordering::SeqCst), release)
+    (h, os_tid.load(Ordering::SeqCst), Release(release))
 }
 
 /// The scheduling policy of thread `tid` of this process.
