@@ -504,18 +504,25 @@ fn workers_write_to_pipes_of_their_own_relayed_to_the_supervisors_output() {
         );
     }
     // A worker's own line (not the supervisor's "worker serving") arrives
-    // whole, and its last line is out before the supervisor exits.
-    let own = format!("curfew_supervisor: serving worker=1 pid={serving}\n");
-    sup.wait_for(|s| s.stderr().contains(&own).then_some(()));
+    // whole, and its last line is out before the supervisor exits. Either
+    // worker may have been ready first and serve: its id is in its line.
+    let id = sup.wait_for(|s| {
+        s.stderr().lines().find_map(|l| {
+            let rest = l.split("curfew_supervisor: serving worker=").nth(1)?;
+            let (id, pid) = rest.split_once(" pid=")?;
+            (pid == serving.to_string()).then(|| id.parse::<u64>().unwrap())
+        })
+    });
+    let spare_id = 3 - id; // workers 1 and 2
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.wait_exit(), Some(0));
     let log = sup.stderr();
     let stopped = log.find("supervisor stopped");
     for last in [
-        "drained; exiting worker=1\n",
-        "spare retired before serving; exiting worker=2\n",
+        format!("drained; exiting worker={id}\n"),
+        format!("spare retired before serving; exiting worker={spare_id}\n"),
     ] {
-        let at = log.find(last);
+        let at = log.find(&last);
         assert!(
             at.is_some() && at < stopped,
             "{last:?} before the end:\n{log}"
