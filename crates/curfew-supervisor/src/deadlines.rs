@@ -61,20 +61,17 @@ impl Deadlines {
     }
 
     /// Kill worker `id` through `pidfd` at `deadline` unless it is
-    /// [disarmed](Self::disarm) first. Arming again moves the deadline.
+    /// [forgotten](Self::forget) first. Arming again moves the deadline.
     pub(crate) fn arm(&self, id: u64, pidfd: Arc<OwnedFd>, deadline: Instant) {
         self.shared.lock().armed.insert(id, (pidfd, deadline));
         self.shared.changed.notify_one();
     }
 
-    /// Forget worker `id` (it exited, or was killed already).
-    pub(crate) fn disarm(&self, id: u64) {
-        self.shared.lock().armed.remove(&id);
-    }
-
-    /// Whether this thread killed worker `id`; forgets it.
-    pub(crate) fn take_killed(&self, id: u64) -> bool {
+    /// Forgets worker `id` (it exited, or it no longer drains): disarms its
+    /// deadline, and returns whether this thread killed it.
+    pub(crate) fn forget(&self, id: u64) -> bool {
         let mut st = self.shared.lock();
+        st.armed.remove(&id);
         let before = st.killed.len();
         st.killed.retain(|&k| k != id);
         st.killed.len() != before
@@ -165,18 +162,18 @@ mod tests {
         let armed_at = Instant::now();
         d.arm(1, fd, armed_at + Duration::from_millis(100));
         d.arm(2, fd2, armed_at + Duration::from_millis(100));
-        d.disarm(2);
+        assert!(!d.forget(2), "not killed before its deadline");
         let st = exited_within(&mut doomed, Duration::from_secs(10)).expect("killed");
         assert_eq!(st.signal(), Some(libc::SIGKILL));
         assert!(
             armed_at.elapsed() >= Duration::from_millis(100),
             "not before its deadline"
         );
-        assert!(d.take_killed(1) && !d.take_killed(1), "reported once");
+        assert!(d.forget(1) && !d.forget(1), "reported once");
         // Well past the deadline the disarmed one still runs.
         std::thread::sleep(Duration::from_millis(300));
         assert!(spared.try_wait().expect("try_wait").is_none());
-        assert!(!d.take_killed(2));
+        assert!(!d.forget(2));
         spared.kill().expect("kill");
         spared.wait().expect("reap");
     }
@@ -190,7 +187,7 @@ mod tests {
         // Its id may now be reused; the pidfd still names the dead worker.
         d.arm(7, fd, Instant::now());
         std::thread::sleep(Duration::from_millis(100));
-        assert!(!d.take_killed(7), "ESRCH: nothing was signalled");
+        assert!(!d.forget(7), "ESRCH: nothing was signalled");
         drop(d); // the thread stops and is joined
     }
 }

@@ -328,11 +328,11 @@ impl Supervision {
                     return;
                 };
                 let p = self.procs.swap_remove(i);
-                self.deadlines.disarm(id);
+                let killed_by_deadline = self.deadlines.forget(id);
                 let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                 match p.state {
                     State::Draining { .. } => {
-                        if self.deadlines.take_killed(id) && !p.killed {
+                        if killed_by_deadline && !p.killed {
                             // The deadline thread got there before a tick.
                             self.summary.killed_while_draining += 1;
                             tracing::warn!(
