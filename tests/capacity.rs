@@ -40,8 +40,8 @@ fn hijacked_threads_are_replaced_then_drop_their_task_and_exit() {
     }
 
     // Three threads are stuck, yet the runtime has its two healthy ones
-    // (a replacement counts as healthy once its thread runs, a moment after
-    // the write-off it replaces).
+    // (each replacement takes its written-off thread's place in the count
+    // as it starts: tests/healthy_no_dip.rs).
     assert!(
         wait_until(LONG, || {
             let m = rt.metrics().event;

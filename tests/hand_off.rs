@@ -36,8 +36,9 @@ fn a_long_poll_is_handed_off_and_the_others_run_meanwhile() {
     // keeps the runtime serving.
     let rt = runtime(Duration::from_secs(60));
     let (h, spinning, release) = spinner(&rt, 7);
-    // Both the hand-off and its replacement's start: the replacement
-    // counts as healthy only once its thread runs.
+    // The hand-off comes once the watchdog sees the poll past the
+    // threshold; its replacement takes the thread's place in the count at
+    // once (tests/healthy_no_dip.rs).
     assert!(
         wait_until(Duration::from_secs(10), || {
             let m = rt.metrics().event;

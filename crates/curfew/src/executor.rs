@@ -527,11 +527,30 @@ impl Group {
     }
 }
 
-/// Starts one more thread in `group`.
+/// Starts one more thread in `group`, counted as healthy from now.
 ///
 /// The slot is registered before the thread runs, so the caller (often the
 /// watchdog) never waits for the new thread to be scheduled.
 pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()> {
+    shared.group(gid).healthy.fetch_add(1, Ordering::SeqCst);
+    start_thread(shared, gid)
+}
+
+/// Starts a thread in the place of one that has just stopped counting as
+/// healthy (written off, or handed off) but is still counted: the new
+/// thread takes over its count, so `healthy` never dips between the two,
+/// as [`RuntimeMetrics`](crate::RuntimeMetrics) readers would otherwise
+/// see. If no thread can be started, the count drops by one (the old
+/// thread leaves it with nobody in its place) and the watchdog's refill
+/// tries again.
+pub(crate) fn spawn_replacement(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()> {
+    start_thread(shared, gid)
+}
+
+/// The rest of [`spawn_thread`] and [`spawn_replacement`]: the caller has
+/// counted the thread as healthy already; on failure the count is taken
+/// back.
+fn start_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()> {
     let group = shared.group(gid);
     let id = group.next_id.fetch_add(1, Ordering::Relaxed);
     let local = (gid == GroupId::Event).then(Local::new);
@@ -561,7 +580,6 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
         queued_word: AtomicU64::new(u64::MAX),
     });
     group.alive.fetch_add(1, Ordering::SeqCst);
-    group.healthy.fetch_add(1, Ordering::SeqCst);
     group.register(slot.clone());
     let ctx = WorkerCtx {
         shared: shared.clone(),

@@ -518,7 +518,6 @@ impl Watchdog {
         }
         slot.handed_off.store(true, Ordering::Relaxed);
         group.handed_off_total.fetch_add(1, Ordering::Relaxed);
-        group.healthy.fetch_sub(1, Ordering::SeqCst);
         slot.state.release(word);
         tracing::debug!(
             target: "curfew",
@@ -529,7 +528,7 @@ impl Watchdog {
         // takes the process's address-space lock for writing, and must not
         // queue behind a read hold (a page fault) of a thread that runs
         // slowly.
-        self.refill(group);
+        self.replace(group);
         crate::sys::lower_priority(slot.os_tid.load(Ordering::Relaxed), HAND_OFF_NICE);
     }
 
@@ -649,9 +648,8 @@ impl Watchdog {
             return;
         }
         slot.deferred.store(false, Ordering::Relaxed);
-        group.healthy.fetch_sub(1, Ordering::SeqCst);
         self.hijacked(group, slot, prev + 1);
-        self.refill(group);
+        self.replace(group);
     }
 
     /// A thread was just hijacked: its priority and the record.
@@ -698,6 +696,27 @@ impl Watchdog {
                 }
             }
         }
+    }
+
+    /// Starts a thread in the place of one that was just written off or
+    /// handed off, which still counts as healthy until then: the new one
+    /// takes over its count, so that `healthy` shows no dip in between.
+    fn replace(&self, group: &Group) {
+        if self.shared.is_shutdown() {
+            group.healthy.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        // Before a stack is mapped: see `restore_demoted`.
+        self.restore_demoted();
+        if let Err(e) = executor::spawn_replacement(&self.shared, group.id) {
+            tracing::error!(
+                target: "curfew",
+                location = %group.id.location(),
+                error = %e,
+                "cannot start a replacement thread; will retry"
+            );
+        }
+        self.refill(group);
     }
 
     /// Starts threads until the group has its target of healthy ones.
