@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,7 +96,12 @@ impl Supervisor {
             .enable_all()
             .build()
             .map_err(|e| Error::io("start the supervisor's runtime", e))?;
-        rt.block_on(Supervision::new(self)?.run())
+        let summary = rt.block_on(async { Supervision::new(self)?.run().await });
+        // Every worker has been reaped when `run` ends normally; should it
+        // end early, a wait still blocked on a live worker must not hold
+        // the return up (dropping the runtime would wait for it).
+        rt.shutdown_background();
+        summary
     }
 }
 
@@ -580,7 +586,7 @@ impl Supervision {
         let (out_from, out_to) = sys::pipe()?;
         let (err_from, err_to) = sys::pipe()?;
         let parent = std::process::id();
-        let mut cmd = tokio::process::Command::new(&self.sup.exe);
+        let mut cmd = std::process::Command::new(&self.sup.exe);
         cmd.args(&self.sup.args)
             .env(ENV_WORKER, id.to_string())
             .env(ENV_FDS, format!("{listen_fd},{control_fd}"))
@@ -591,8 +597,7 @@ impl Supervision {
             // Its own process group: a Ctrl-C at the terminal reaches only
             // the supervisor, which drains the workers instead of losing
             // their requests.
-            .process_group(0)
-            .kill_on_drop(false);
+            .process_group(0);
         // SAFETY: the closure runs in the child between fork and exec and
         // calls only async-signal-safe functions (prctl, getppid, fcntl),
         // allocating nothing; the descriptors it touches are the child's
@@ -614,7 +619,7 @@ impl Supervision {
                 tracing::warn!(target: TARGET, worker = id, error = %e, stream = ?to, "no thread to relay a worker's output");
             }
         }
-        let pid = child.id().unwrap_or(0);
+        let pid = child.id();
         // Now, before the wait below can reap it.
         let pidfd = match sys::pidfd_open(pid) {
             Ok(fd) => Some(Arc::new(fd)),
@@ -635,9 +640,15 @@ impl Supervision {
             }
             let _ = tx.send(Event::ControlClosed);
         });
+        // Reaped by a blocking wait, not by tokio's child future: that one
+        // polls the child's pidfd and, when the pidfd reports an exit that
+        // `waitpid` cannot collect yet, polls again at once. A worker whose
+        // exit drags (a thread of it that the machine hardly runs must still
+        // take its kill) then held this loop's only thread in a busy loop for
+        // seconds: no recycle, no tick, and a core taken from the workers.
         let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
+        tokio::task::spawn_blocking(move || {
+            let status = child.wait();
             let _ = tx.send(Event::Exited(id, status));
         });
         let now = Instant::now();
