@@ -53,9 +53,11 @@ pub struct ServerArgs {
     /// Curfew modes: hand off a poll that has run this long: start an
     /// event thread in its place and nice the long poll's thread by 10
     /// until it returns (`off`: never; see
-    /// `Builder::hand_off_long_polls`).
-    #[arg(long, value_parser = parse_limit, default_value = "off")]
-    pub hand_off_long_polls: Duration,
+    /// `Builder::hand_off_long_polls`) [default: 10ms in worker processes
+    /// under the supervisor (`curfew-supervised`, `--processes N`), off in
+    /// one process].
+    #[arg(long, value_parser = parse_limit)]
+    pub hand_off_long_polls: Option<Duration>,
     /// Cap on hijacked event threads [default: curfew's, 4 × threads].
     #[arg(long)]
     pub max_hijacked_threads: Option<usize>,
@@ -100,8 +102,26 @@ pub struct ServerArgs {
     pub max_body_in_flight_mib: usize,
 }
 
+/// The hand-off threshold of a worker process under the supervisor when
+/// `--hand-off-long-polls` is not given. A poisoned worker is killed a few
+/// milliseconds after its poll's budget runs out; until then the hand-off
+/// keeps its event threads serving and lowers the spinning poll's
+/// priority. (In one process a handed-off poll that never returns holds a
+/// place under the cap for good, so there it stays off unless asked for.)
+pub const SUPERVISED_HAND_OFF: Duration = Duration::from_millis(10);
+
 impl ServerArgs {
-    /// The server configuration these flags describe.
+    /// The hand-off threshold: the flag's, or by default
+    /// [`SUPERVISED_HAND_OFF`] in a supervised worker and none otherwise.
+    pub fn hand_off(&self, supervised: bool) -> Option<Duration> {
+        match self.hand_off_long_polls {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => supervised.then_some(SUPERVISED_HAND_OFF),
+        }
+    }
+
+    /// The server configuration these flags describe (for one process).
     pub fn config(&self) -> ServerConfig {
         ServerConfig {
             threads: self.threads,
@@ -109,8 +129,7 @@ impl ServerArgs {
             blocking_threads: self.blocking_threads,
             poll_budget: self.poll_budget,
             job_budget: self.job_budget,
-            hand_off_long_polls: (!self.hand_off_long_polls.is_zero())
-                .then_some(self.hand_off_long_polls),
+            hand_off_long_polls: self.hand_off(false),
             max_hijacked_threads: self.max_hijacked_threads,
             max_abandoned_threads: self.max_abandoned_threads,
             strikes: self.strikes,
@@ -229,6 +248,7 @@ impl StudyArgs {
         };
         cfg.out = self.out.clone();
         cfg.server = self.server.config();
+        cfg.supervised_hand_off = self.server.hand_off(true);
         cfg.progress = !self.no_progress;
         if let Some(m) = &self.modes {
             cfg.modes = m.clone();
@@ -552,14 +572,18 @@ fn serve_worker(args: &ServeArgs, worker: &curfew_supervisor::Worker) -> ExitCod
     let turn = async move {
         let _ = turn.await;
     };
-    let (server, drained) =
-        match Server::start_on(args.mode, &args.config(), listener, turn, worker.drain()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("curfew-lab: worker {}: cannot serve: {e}", worker.id());
-                return ExitCode::FAILURE;
-            }
-        };
+    let cfg = ServerConfig {
+        hand_off_long_polls: args.server.hand_off(true),
+        ..args.config()
+    };
+    let (server, drained) = match Server::start_on(args.mode, &cfg, listener, turn, worker.drain())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("curfew-lab: worker {}: cannot serve: {e}", worker.id());
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(rt) = server.probe().runtime() {
         worker.watch(rt);
     }
@@ -632,6 +656,30 @@ mod tests {
         assert_eq!(cfg.attacks[1].label, "fancy-regex");
         assert_eq!(cfg.server.poll_budget, Duration::from_millis(50));
         assert!(list().contains("read-fifo-pool"));
+    }
+
+    #[test]
+    fn the_hand_off_is_on_under_the_supervisor_unless_the_flag_says_otherwise() {
+        let study = |extra: &[&str]| {
+            let mut argv = vec!["curfew-lab", "study", "--quick"];
+            argv.extend_from_slice(extra);
+            let Command::Study(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not a study")
+            };
+            let cfg = args.config().unwrap();
+            (cfg.server.hand_off_long_polls, cfg.supervised_hand_off)
+        };
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(study(&[]), (None, Some(SUPERVISED_HAND_OFF)));
+        assert_eq!(study(&["--hand-off-long-polls", "off"]), (None, None));
+        assert_eq!(study(&["--hand-off-long-polls", "5ms"]), (ms(5), ms(5)));
+        // The supervised child gets its threshold as a flag.
+        let flags = crate::study::server_flags(&ServerConfig {
+            hand_off_long_polls: ms(10),
+            ..ServerConfig::default()
+        });
+        let at = flags.iter().position(|f| f == "--hand-off-long-polls");
+        assert_eq!(at.map(|i| flags[i + 1].as_str()), Some("10ms"));
     }
 
     #[test]

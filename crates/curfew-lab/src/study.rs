@@ -195,6 +195,9 @@ pub struct StudyConfig {
     pub benign_timeout: Duration,
     /// The server's settings.
     pub server: ServerConfig,
+    /// `curfew-supervised` mode: the workers' hand-off threshold, in place
+    /// of `server`'s [default: `cli::SUPERVISED_HAND_OFF`].
+    pub supervised_hand_off: Option<Duration>,
     /// The longest wait for stuck handlers when a phase ends.
     pub drain: Duration,
     /// The width of a time bucket in the plot.
@@ -236,6 +239,7 @@ impl StudyConfig {
             connections: 32,
             benign_timeout: Duration::from_secs(2),
             server: ServerConfig::default(),
+            supervised_hand_off: Some(crate::cli::SUPERVISED_HAND_OFF),
             drain: Duration::from_secs(20),
             bucket: Duration::from_millis(500),
             out: PathBuf::from("lab-out"),
@@ -757,7 +761,11 @@ impl ChildServer {
         ]
         .map(String::from)
         .to_vec();
-        args.extend(server_flags(&cfg.server));
+        let server = ServerConfig {
+            hand_off_long_polls: cfg.supervised_hand_off,
+            ..cfg.server.clone()
+        };
+        args.extend(server_flags(&server));
         Self::spawn(cfg, &format!("server-{index}.log"), &args)
     }
 
