@@ -491,29 +491,43 @@ impl Drop for Server {
     }
 }
 
-/// The path of a 4 KiB file for `GET /file`, written once per process to
-/// `temp_dir()/curfew-lab/benign.txt` (always the same bytes; written under a
-/// private name and renamed, so concurrent processes never see half a file).
+/// The path of a 4 KiB file for `GET /file`: `temp_dir()/curfew-lab/benign.txt`,
+/// always the same bytes. A process that finds it in place uses it as it is;
+/// otherwise it writes the file under a private name and renames it, so
+/// concurrent processes never see half a file.
+///
+/// Rewriting it at every start cost more than it seems: each rename freed
+/// the previous file's blocks, and on a file system that discards freed
+/// blocks at once (ext4 mounted with `discard`) that is a synchronous
+/// discard. A supervised worker's main thread waited on the disk in it
+/// (uninterruptibly, so not even `SIGKILL` ended it) for hundreds of
+/// milliseconds while its spare should have been getting ready.
 fn benign_file() -> io::Result<PathBuf> {
     // Written once per process: the first caller writes and renames it while
     // every other server started in this process waits on the `OnceLock`,
     // so no two of them race on the temporary name.
     static FILE: OnceLock<Result<PathBuf, (io::ErrorKind, String)>> = OnceLock::new();
     FILE.get_or_init(|| {
-        let write = || -> io::Result<PathBuf> {
-            let dir = std::env::temp_dir().join("curfew-lab");
-            std::fs::create_dir_all(&dir)?;
-            let path = dir.join("benign.txt");
-            let tmp = dir.join(format!("benign.txt.{}", std::process::id()));
-            let text = "curfew-lab benign file\n".repeat(200);
-            std::fs::write(&tmp, &text.as_bytes()[..4096])?;
-            std::fs::rename(&tmp, &path)?;
-            Ok(path)
-        };
-        write().map_err(|e| (e.kind(), e.to_string()))
+        benign_file_in(&std::env::temp_dir().join("curfew-lab"))
+            .map_err(|e| (e.kind(), e.to_string()))
     })
     .clone()
     .map_err(|(kind, msg)| io::Error::new(kind, msg))
+}
+
+/// [`benign_file`]'s work in `dir`, without the once-per-process guard.
+fn benign_file_in(dir: &std::path::Path) -> io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("benign.txt");
+    let text = "curfew-lab benign file\n".repeat(200);
+    let bytes = &text.as_bytes()[..4096];
+    if std::fs::read(&path).is_ok_and(|b| b == bytes) {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!("benign.txt.{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
 }
 
 /// The state every request handler sees.
@@ -1014,5 +1028,26 @@ mod tests {
             let path = t.join().unwrap().expect("every server gets the file");
             assert_eq!(std::fs::read(&path).unwrap().len(), 4096);
         }
+    }
+
+    /// A file already in place with the right bytes is left alone: no
+    /// rewrite and no rename at every start (see `benign_file`), which a
+    /// changed inode would show; a file with other bytes is replaced.
+    #[test]
+    fn benign_file_in_place_is_not_rewritten() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = std::env::temp_dir().join(format!("curfew-lab-benign-{}", std::process::id()));
+        let path = benign_file_in(&dir).expect("written");
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        assert_eq!(benign_file_in(&dir).unwrap(), path);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            inode,
+            "left in place"
+        );
+        std::fs::write(&path, b"other bytes").unwrap();
+        benign_file_in(&dir).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap().len(), 4096, "replaced");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
