@@ -153,6 +153,18 @@ enum Seen {
 /// `mmap` queues behind it, and every later page fault behind that.)
 const HAND_OFF_NICE: i32 = 10;
 
+/// The log line of a thread the watchdog could not start (the next tick's
+/// refill tries again).
+#[cold]
+fn cannot_start(group: &Group, e: &std::io::Error) {
+    tracing::error!(
+        target: "curfew",
+        location = %group.id.location(),
+        error = %e,
+        "cannot start a replacement thread; will retry"
+    );
+}
+
 fn group_index(gid: GroupId) -> usize {
     match gid {
         GroupId::Event => 0,
@@ -529,7 +541,12 @@ impl Watchdog {
         // queue behind a read hold (a page fault) of a thread that runs
         // slowly.
         self.replace(group);
-        crate::sys::lower_priority(slot.os_tid.load(Ordering::Relaxed), HAND_OFF_NICE);
+        // 0 until the thread has stored its id, and to `lower_priority` 0
+        // means the calling thread: this one.
+        let tid = slot.os_tid.load(Ordering::Relaxed);
+        if tid > 0 {
+            crate::sys::lower_priority(tid, HAND_OFF_NICE);
+        }
     }
 
     /// Steps 1-3: answer the caller, mark the task, record the overrun.
@@ -709,12 +726,7 @@ impl Watchdog {
         // Before a stack is mapped: see `restore_demoted`.
         self.restore_demoted();
         if let Err(e) = executor::spawn_replacement(&self.shared, group.id) {
-            tracing::error!(
-                target: "curfew",
-                location = %group.id.location(),
-                error = %e,
-                "cannot start a replacement thread; will retry"
-            );
+            cannot_start(group, &e);
         }
         self.refill(group);
     }
@@ -730,12 +742,7 @@ impl Watchdog {
         }
         while group.healthy.load(Ordering::SeqCst) < group.target {
             if let Err(e) = executor::spawn_thread(&self.shared, group.id) {
-                tracing::error!(
-                    target: "curfew",
-                    location = %group.id.location(),
-                    error = %e,
-                    "cannot start a replacement thread; will retry"
-                );
+                cannot_start(group, &e);
                 return true;
             }
         }
