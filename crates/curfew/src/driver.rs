@@ -73,6 +73,9 @@ pub(crate) struct IoDriver {
 /// goes, from whichever thread that is (even inside an async context).
 struct OwnedRuntime(Option<tokio::runtime::Runtime>);
 
+/// See [`IoDriver::hold`].
+pub(crate) struct DriverRef(#[allow(dead_code)] std::sync::Arc<OwnedRuntime>);
+
 impl Drop for OwnedRuntime {
     fn drop(&mut self) {
         if let Some(rt) = self.0.take() {
@@ -195,9 +198,19 @@ impl IoDriver {
         }
     }
 
+    /// A reference to the driver's tokio runtime that keeps it from shutting
+    /// down, held by each runtime thread for its whole life (`None` once the
+    /// driver is closed). A thread still inside a task's poll when the
+    /// runtime shuts down (a background shutdown does not wait for it) may
+    /// touch a timer or a socket of that runtime; tokio panics if it has
+    /// shut down by then.
+    pub(crate) fn hold(&self) -> Option<DriverRef> {
+        self.rt.load_full().map(DriverRef)
+    }
+
     /// Drops the runtime's own reference; the tokio runtime shuts down (its
-    /// `tokio::spawn`ed tasks are dropped) when the last thread inside the
-    /// driver has left. The helper thread leaves and exits.
+    /// `tokio::spawn`ed tasks are dropped) when the last runtime thread has
+    /// exited ([`hold`](Self::hold)). The helper thread leaves and exits.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.helping.store(false, Ordering::Release);

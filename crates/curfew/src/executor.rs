@@ -781,6 +781,10 @@ impl WorkerCtx {
         if self.gid == GroupId::Blocking && self.shared.config.blocking_nice != 0 {
             crate::sys::lower_current_priority(self.shared.config.blocking_nice);
         }
+        // Keeps the I/O driver's tokio runtime up until this thread exits,
+        // so that a poll still running after a background shutdown finds
+        // its timers and sockets working (dropped last: declared first).
+        let _driver = self.shared.io.as_ref().and_then(|io| io.hold());
         let _tokio = self.shared.tokio.enter();
         let _runtime =
             context::enter_runtime(crate::runtime::Handle::from_shared(self.shared.clone()));

@@ -1114,6 +1114,11 @@ impl Runtime {
     /// dropped when that poll returns). Tasks woken later, for example by
     /// the I/O driver shutting down, are dropped at once. Futures dropped
     /// here run their destructors on the calling thread.
+    ///
+    /// The I/O driver (and the `tokio::spawn`ed tasks on it) shuts down when
+    /// the last of the runtime's threads has exited, so that a poll still
+    /// running on a detached thread finds its timers and sockets as they
+    /// were; a thread hijacked for good keeps it up until the process ends.
     pub fn shutdown_timeout(mut self, timeout: Duration) {
         self.close(Some(Instant::now() + timeout));
     }
