@@ -533,7 +533,7 @@ impl Group {
 /// watchdog) never waits for the new thread to be scheduled.
 pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()> {
     shared.group(gid).healthy.fetch_add(1, Ordering::SeqCst);
-    start_thread(shared, gid)
+    spawn_replacement(shared, gid)
 }
 
 /// Starts a thread in the place of one that has just stopped counting as
@@ -542,15 +542,8 @@ pub(crate) fn spawn_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()>
 /// as [`RuntimeMetrics`](crate::RuntimeMetrics) readers would otherwise
 /// see. If no thread can be started, the count drops by one (the old
 /// thread leaves it with nobody in its place) and the watchdog's refill
-/// tries again.
+/// tries again. ([`spawn_thread`] counts its thread first and ends here.)
 pub(crate) fn spawn_replacement(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()> {
-    start_thread(shared, gid)
-}
-
-/// The rest of [`spawn_thread`] and [`spawn_replacement`]: the caller has
-/// counted the thread as healthy already; on failure the count is taken
-/// back.
-fn start_thread(shared: &Arc<Shared>, gid: GroupId) -> io::Result<()> {
     let group = shared.group(gid);
     let id = group.next_id.fetch_add(1, Ordering::Relaxed);
     let local = (gid == GroupId::Event).then(Local::new);
