@@ -658,15 +658,20 @@ mod tests {
         assert!(list().contains("read-fifo-pool"));
     }
 
+    /// `curfew-lab study --quick EXTRA`, parsed into its configuration.
+    fn quick_study(extra: &[&str]) -> Result<StudyConfig, String> {
+        let mut argv = vec!["curfew-lab", "study", "--quick"];
+        argv.extend_from_slice(extra);
+        let Command::Study(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not a study")
+        };
+        args.config()
+    }
+
     #[test]
     fn the_hand_off_is_on_under_the_supervisor_unless_the_flag_says_otherwise() {
         let study = |extra: &[&str]| {
-            let mut argv = vec!["curfew-lab", "study", "--quick"];
-            argv.extend_from_slice(extra);
-            let Command::Study(args) = Cli::try_parse_from(argv).unwrap().command else {
-                panic!("not a study")
-            };
-            let cfg = args.config().unwrap();
+            let cfg = quick_study(extra).unwrap();
             (cfg.server.hand_off_long_polls, cfg.supervised_hand_off)
         };
         let ms = |n| Some(Duration::from_millis(n));
@@ -684,14 +689,7 @@ mod tests {
 
     #[test]
     fn phases_select_the_parts_of_the_study() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["curfew-lab", "study", "--quick"];
-            argv.extend_from_slice(extra);
-            let Command::Study(args) = Cli::try_parse_from(argv).unwrap().command else {
-                panic!("not a study")
-            };
-            args.config()
-        };
+        let parse = quick_study;
         let both = parse(&[]).unwrap();
         assert!(both.attack_phases && both.multi.is_some());
         let multi = parse(&["--phases", "multi-instance", "--identities", "6"]).unwrap();
