@@ -52,16 +52,80 @@ use curfew::policy::Namespace;
 use curfew::{ClientKey, JoinError, JoinHandle, Refusal};
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{BodyExt, Either, Full};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::key::{KeyExtractor, PeerIp};
 use crate::recent::{Recent, cached};
 
-/// The body of a response that went through [`CurfewLayer`]: the inner
-/// service's body, or the layer's own short text.
-pub type CurfewBody<B> = Either<B, Full<Bytes>>;
+/// A response body type that can also carry the layer's own answers.
+///
+/// A [`Curfew`] service answers with the inner service's body type, so
+/// that the inner responses pass through as they are: axum does not box
+/// them a second time, and nothing wraps every body in an enum for the
+/// rare failure. The layer's own responses (a `503` for a timeout, a `429`
+/// for a refused client, and those of [`CurfewLayer::on_failure`]) are
+/// built as [`Full<Bytes>`] and converted with [`from_full`](Self::from_full).
+///
+/// Implemented for axum's body (what every axum handler and `Router`
+/// returns), for [`Full<Bytes>`], for http-body-util's boxed bodies, and
+/// for [`Either`] with a right side that implements it. A service with
+/// another body type, such as a proxy that returns hyper's `Incoming`,
+/// can map its responses into one of these first
+/// (`tower::ServiceBuilder::map_response`), or implement the trait for a
+/// body type of its own.
+///
+/// ```
+/// use bytes::Bytes;
+/// use curfew_http::FailureBody;
+/// use http_body_util::Full;
+///
+/// /// A body type of the application's own.
+/// struct Page(Full<Bytes>);
+///
+/// impl FailureBody for Page {
+///     fn from_full(body: Full<Bytes>) -> Self {
+///         Page(body)
+///     }
+/// }
+/// ```
+pub trait FailureBody: Sized {
+    /// The body of one of the layer's own responses, as this type.
+    fn from_full(body: Full<Bytes>) -> Self;
+}
+
+impl FailureBody for axum::body::Body {
+    fn from_full(body: Full<Bytes>) -> Self {
+        axum::body::Body::new(body)
+    }
+}
+
+impl FailureBody for Full<Bytes> {
+    fn from_full(body: Full<Bytes>) -> Self {
+        body
+    }
+}
+
+impl<E: 'static> FailureBody for BoxBody<Bytes, E> {
+    fn from_full(body: Full<Bytes>) -> Self {
+        BoxBody::new(body.map_err(|never| match never {}))
+    }
+}
+
+impl<E: 'static> FailureBody for UnsyncBoxBody<Bytes, E> {
+    fn from_full(body: Full<Bytes>) -> Self {
+        UnsyncBoxBody::new(body.map_err(|never| match never {}))
+    }
+}
+
+/// The layer's answers go to the right side.
+impl<L, R: FailureBody> FailureBody for Either<L, R> {
+    fn from_full(body: Full<Bytes>) -> Self {
+        Either::Right(R::from_full(body))
+    }
+}
 
 type Responder = dyn Fn(&Failure<'_>) -> Response<Full<Bytes>> + Send + Sync;
 
@@ -317,11 +381,11 @@ where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    RB: Send + 'static,
+    RB: FailureBody + Send + 'static,
     B: Send + 'static,
     K: KeyExtractor,
 {
-    type Response = Response<CurfewBody<RB>>;
+    type Response = Response<RB>;
     type Error = S::Error;
     type Future = ResponseFuture<RB, S::Error>;
 
@@ -418,13 +482,13 @@ impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
     }
 }
 
-impl<B, E> Future for ResponseFuture<B, E> {
-    type Output = Result<Response<CurfewBody<B>>, E>;
+impl<B: FailureBody, E> Future for ResponseFuture<B, E> {
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match ready!(this.join.poll(cx)) {
-            Ok(Ok(response)) => Poll::Ready(Ok(response.map(Either::Left))),
+            Ok(Ok(response)) => Poll::Ready(Ok(response)),
             Ok(Err(e)) => Poll::Ready(Err(e)),
             Err(error) => {
                 let info = this
@@ -432,7 +496,7 @@ impl<B, E> Future for ResponseFuture<B, E> {
                     .take()
                     .expect("ResponseFuture polled after it completed");
                 let failure = Failure::from_join(&error, &info);
-                Poll::Ready(Ok(info.config.respond(&failure).map(Either::Right)))
+                Poll::Ready(Ok(info.config.respond(&failure).map(B::from_full)))
             }
         }
     }
@@ -601,4 +665,86 @@ pub(crate) fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Respo
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Instant;
+
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn runtime() -> curfew::Runtime {
+        curfew::Runtime::builder()
+            .event_threads(1)
+            .poll_budget(Duration::from_millis(20))
+            .build()
+            .expect("runtime")
+    }
+
+    /// A service of hyper's own shape: `Full` bodies, no axum.
+    async fn full_service(req: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
+        if req.uri().path() == "/spin" {
+            // Never yields; ends on its own well after the budget.
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(300) {
+                std::hint::spin_loop();
+            }
+        }
+        Ok(Response::new(Full::new(Bytes::from_static(b"inner"))))
+    }
+
+    #[test]
+    fn the_inner_body_type_passes_through_and_the_layers_answer_is_converted_into_it() {
+        let rt = runtime();
+        let svc = CurfewLayer::new().layer(tower::service_fn(full_service));
+        let (ok, timed_out) = rt.block_on(async move {
+            let get = |path: &str| Request::get(path).body(()).unwrap();
+            // The response type is the inner service's: `Full<Bytes>`.
+            let ok: Response<Full<Bytes>> = svc.clone().oneshot(get("/")).await.unwrap();
+            let timed_out: Response<Full<Bytes>> = svc.oneshot(get("/spin")).await.unwrap();
+            let text = |r: Response<Full<Bytes>>| async move {
+                let (parts, body) = r.into_parts();
+                let bytes = body.collect().await.unwrap().to_bytes();
+                (parts.status, parts.headers, bytes)
+            };
+            (text(ok).await, text(timed_out).await)
+        });
+        assert_eq!(ok.0, StatusCode::OK);
+        assert_eq!(ok.2, "inner");
+        assert_eq!(timed_out.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(timed_out.1.get(RETRY_AFTER).unwrap(), "1");
+        let body = String::from_utf8_lossy(&timed_out.2).into_owned();
+        assert!(body.contains("timed out"), "{body}");
+    }
+
+    #[test]
+    fn an_axum_router_under_the_layer_answers_with_axums_own_body() {
+        fn body_of<S, B>(_: &S)
+        where
+            S: Service<Request<B>, Response = Response<axum::body::Body>>,
+        {
+        }
+        let layered = CurfewLayer::new().layer(axum::Router::new());
+        // A compile-time check: axum's `Body`, not a wrapper that axum
+        // would box again for every response.
+        body_of::<_, axum::body::Body>(&layered);
+    }
+
+    #[test]
+    fn either_and_boxed_bodies_take_the_layers_answer() {
+        let text = || Full::new(Bytes::from_static(b"answer"));
+        let collect = |b: UnsyncBoxBody<Bytes, Infallible>| {
+            futures::executor::block_on(b.collect()).unwrap().to_bytes()
+        };
+        let e = <Either<(), Full<Bytes>>>::from_full(text());
+        assert!(matches!(e, Either::Right(_)));
+        assert_eq!(collect(UnsyncBoxBody::from_full(text())), "answer");
+        let b =
+            futures::executor::block_on(<BoxBody<Bytes, Infallible>>::from_full(text()).collect());
+        assert_eq!(b.unwrap().to_bytes(), "answer");
+    }
 }

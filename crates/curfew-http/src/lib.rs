@@ -55,5 +55,5 @@ mod serve;
 pub use body::{Body, BodyError};
 pub use executor::Executor;
 pub use key::{ForwardedHeader, KeyExtractor, KeyFn, PeerIp, RequestHead, TrustedProxies};
-pub use layer::{Curfew, CurfewBody, CurfewLayer, Failure, FailureKind, ResponseFuture};
+pub use layer::{Curfew, CurfewLayer, Failure, FailureBody, FailureKind, ResponseFuture};
 pub use serve::{App, Serve, WithGracefulShutdown, serve};
