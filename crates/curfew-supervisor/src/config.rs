@@ -158,9 +158,16 @@ impl Config {
     }
 
     /// The most workers draining at once (at least 1; default: the number
-    /// of processes). A poisoned worker waits, still serving, while the cap
-    /// is reached. The process count never exceeds
+    /// of processes, and at least 2). A poisoned worker waits, still
+    /// serving, while the cap is reached. The process count never exceeds
     /// `processes + spares + max_draining`.
+    ///
+    /// The floor of 2 is for a drain that does not end: a worker whose
+    /// last requests never finish, or that is slow to die at its deadline
+    /// (its threads must each be scheduled once to exit, and a niced
+    /// spinning thread on a busy machine waits for its turn). With a cap of
+    /// 1, the next poisoned worker would keep its spinning threads, and
+    /// serve beside them, until that drain is over.
     pub fn max_draining(mut self, n: usize) -> Self {
         self.max_draining = Some(n);
         self
@@ -251,7 +258,7 @@ impl Config {
     }
 
     pub(crate) fn draining_cap(&self) -> usize {
-        self.max_draining.unwrap_or(self.processes)
+        self.max_draining.unwrap_or(self.processes.max(2))
     }
 
     /// Checks every setting; the error names the first bad one.

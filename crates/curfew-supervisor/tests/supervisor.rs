@@ -678,7 +678,7 @@ fn bad_configuration_is_a_clear_error() {
 /// is activated for it: one worker serves, as configured.
 #[test]
 fn a_worker_waiting_for_the_drain_cap_is_replaced_once() {
-    let mut sup = Sup::start(&["--drain-deadline-ms", "20000"]);
+    let mut sup = Sup::start(&["--drain-deadline-ms", "20000", "--max-draining", "1"]);
     let ready = |s: &Sup, n: usize| (s.stderr().matches("worker ready").count() >= n).then_some(());
     let first = sup.serving_pid();
     // Keeps the first worker draining for a while once it is recycled.
@@ -711,4 +711,36 @@ fn a_worker_waiting_for_the_drain_cap_is_replaced_once() {
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.wait_exit(), Some(0));
     assert_eq!(summary(&sup, "recycled"), 2);
+}
+
+/// With one process the cap on draining workers is 2 by default, so a
+/// drain that does not end (here a request still in flight) does not hold
+/// back the next recycle: the second poisoned worker drains, and goes,
+/// while the first is still draining.
+#[test]
+fn a_drain_that_does_not_end_does_not_hold_back_the_next_recycle() {
+    let mut sup = Sup::start(&["--drain-deadline-ms", "20000"]);
+    let first = sup.serving_pid();
+    // Keeps the first worker draining through the rest of the test.
+    let slow = slow_request(sup.addr, 8000);
+    assert_eq!(get(sup.addr, "/spin").unwrap().0, 503);
+    let second = sup.wait_for(|s| Some(s.serving_pid()).filter(|&p| p != first));
+    assert_eq!(get(sup.addr, "/spin").unwrap().0, 503);
+    // Nothing in flight: the second worker goes at once.
+    sup.wait_for(|s| (!s.workers().contains(&second)).then_some(()));
+    assert!(
+        sup.workers().contains(&first) && !slow.is_finished(),
+        "the second recycle waited for the first drain to end\n{}",
+        sup.stderr()
+    );
+    assert_eq!(
+        slow.join().unwrap().unwrap().0,
+        200,
+        "the first worker's request"
+    );
+    sup.wait_for(|s| (!s.workers().contains(&first)).then_some(()));
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait_exit(), Some(0));
+    assert_eq!(summary(&sup, "recycled"), 2);
+    assert_eq!(summary(&sup, "killed_while_draining"), 0);
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! curfew-supervisor-demo [--addr 127.0.0.1:3000] [--processes 1] [--spares 1]
-//!     [--drain-deadline-ms 10000] [--rss-limit-mb N] [--poll-budget-ms 100]
+//!     [--drain-deadline-ms 10000] [--max-draining N] [--rss-limit-mb N] [--poll-budget-ms 100]
 //!     [--written-off N] [--cpu-share 0.5|off]
 //! ```
 //!
@@ -102,6 +102,7 @@ fn parse_args() -> Result<Config, String> {
             ),
             "--processes" => config.processes(num()? as usize),
             "--spares" => config.spares(num()? as usize),
+            "--max-draining" => config.max_draining(num()? as usize),
             "--written-off" => config.recycle_at_written_off(num()? as usize),
             "--drain-deadline-ms" => config.drain_deadline(Duration::from_millis(num()?)),
             "--cpu-share" if value == "off" => config.recycle_at_cpu_share(None),
