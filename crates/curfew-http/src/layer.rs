@@ -288,6 +288,10 @@ impl<S, K: Clone> Layer<S> for CurfewLayer<K> {
 /// the inner service per request. Under [`serve`](crate::serve) the
 /// caller's task is the connection's, itself a curfew task under the
 /// runtime's poll budget.
+///
+/// It answers with the inner service's response body type, which must
+/// implement [`FailureBody`] so that the layer's own answers (`503`,
+/// `429`, `500`) can take that type too.
 pub struct Curfew<S, K = PeerIp> {
     inner: S,
     config: Arc<Config>,
