@@ -11,6 +11,12 @@
 //! The pidfd is opened right after the spawn, while the worker cannot have
 //! been reaped, so a late signal reaches the worker or nothing, never a
 //! process that reused its id.
+//!
+//! Just before the kill the thread notes what the worker's threads were
+//! doing ([`sys::threads_snapshot`]), and the loop logs it with the kill,
+//! with how long the worker took to die: a drain that overran because its
+//! threads waited in the kernel is a different problem from one whose
+//! requests were still running.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -33,11 +39,20 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// Worker id → its pidfd and drain deadline.
-    armed: HashMap<u64, (Arc<OwnedFd>, Instant)>,
+    /// Worker id → its process id, pidfd and drain deadline.
+    armed: HashMap<u64, (u32, Arc<OwnedFd>, Instant)>,
     /// Workers this thread killed (for the loop's log and tests).
-    killed: Vec<u64>,
+    killed: Vec<(u64, Killed)>,
     stop: bool,
+}
+
+/// A kill at a drain deadline.
+#[derive(Debug)]
+pub(crate) struct Killed {
+    /// When the signal went.
+    pub(crate) at: Instant,
+    /// The worker's threads just before (see [`sys::threads_snapshot`]).
+    pub(crate) threads: Option<String>,
 }
 
 impl Shared {
@@ -60,21 +75,21 @@ impl Deadlines {
         })
     }
 
-    /// Kill worker `id` through `pidfd` at `deadline` unless it is
-    /// [forgotten](Self::forget) first. Arming again moves the deadline.
-    pub(crate) fn arm(&self, id: u64, pidfd: Arc<OwnedFd>, deadline: Instant) {
-        self.shared.lock().armed.insert(id, (pidfd, deadline));
+    /// Kill worker `id` (process `pid`) through `pidfd` at `deadline`
+    /// unless it is [forgotten](Self::forget) first. Arming again moves the
+    /// deadline.
+    pub(crate) fn arm(&self, id: u64, pid: u32, pidfd: Arc<OwnedFd>, deadline: Instant) {
+        self.shared.lock().armed.insert(id, (pid, pidfd, deadline));
         self.shared.changed.notify_one();
     }
 
     /// Forgets worker `id` (it exited, or it no longer drains): disarms its
-    /// deadline, and returns whether this thread killed it.
-    pub(crate) fn forget(&self, id: u64) -> bool {
+    /// deadline, and returns the kill if this thread killed it.
+    pub(crate) fn forget(&self, id: u64) -> Option<Killed> {
         let mut st = self.shared.lock();
         st.armed.remove(&id);
-        let before = st.killed.len();
-        st.killed.retain(|&k| k != id);
-        st.killed.len() != before
+        let i = st.killed.iter().position(|(k, _)| *k == id)?;
+        Some(st.killed.swap_remove(i).1)
     }
 }
 
@@ -98,20 +113,25 @@ fn run(shared: &Shared) {
         let due: Vec<u64> = st
             .armed
             .iter()
-            .filter(|(_, (_, at))| *at <= now)
+            .filter(|(_, (_, _, at))| *at <= now)
             .map(|(&id, _)| id)
             .collect();
         for id in due {
-            let Some((pidfd, _)) = st.armed.remove(&id) else {
+            let Some((pid, pidfd, _)) = st.armed.remove(&id) else {
                 continue;
             };
-            // The signal first, then the bookkeeping; nothing here logs, so
-            // nothing here can wait on a file a frozen worker holds.
+            // A few `/proc` reads, then the signal, then the bookkeeping.
+            // Nothing here logs, so nothing here can wait on a file a
+            // frozen worker holds. The snapshot is of the worker: the
+            // signal that follows succeeds only if the worker was not
+            // reaped, so its id was not reused in between.
+            let threads = sys::threads_snapshot(pid);
             if sys::pidfd_signal(&pidfd, libc::SIGKILL).is_ok() {
-                st.killed.push(id);
+                let at = Instant::now();
+                st.killed.push((id, Killed { at, threads }));
             }
         }
-        let next = st.armed.values().map(|(_, at)| *at).min();
+        let next = st.armed.values().map(|(_, _, at)| *at).min();
         st = match next {
             Some(at) => {
                 let wait = at.saturating_duration_since(Instant::now());
@@ -133,13 +153,14 @@ mod tests {
     use std::process::{Child, Command};
     use std::time::Duration;
 
-    fn sleeper() -> (Child, Arc<OwnedFd>) {
+    fn sleeper() -> (Child, Arc<OwnedFd>, u32) {
         let child = Command::new("sleep")
             .arg("30")
             .spawn()
             .expect("spawn sleep");
         let fd = sys::pidfd_open(child.id()).expect("pidfd_open (Linux 5.3+)");
-        (child, Arc::new(fd))
+        let pid = child.id();
+        (child, Arc::new(fd), pid)
     }
 
     /// Waits up to `limit` for `child` to exit.
@@ -157,23 +178,28 @@ mod tests {
     #[test]
     fn an_armed_worker_is_killed_at_its_deadline_and_a_disarmed_one_is_not() {
         let d = Deadlines::start().expect("start the thread");
-        let (mut doomed, fd) = sleeper();
-        let (mut spared, fd2) = sleeper();
+        let (mut doomed, fd, pid) = sleeper();
+        let (mut spared, fd2, pid2) = sleeper();
         let armed_at = Instant::now();
-        d.arm(1, fd, armed_at + Duration::from_millis(100));
-        d.arm(2, fd2, armed_at + Duration::from_millis(100));
-        assert!(!d.forget(2), "not killed before its deadline");
+        d.arm(1, pid, fd, armed_at + Duration::from_millis(100));
+        d.arm(2, pid2, fd2, armed_at + Duration::from_millis(100));
+        assert!(d.forget(2).is_none(), "not killed before its deadline");
         let st = exited_within(&mut doomed, Duration::from_secs(10)).expect("killed");
         assert_eq!(st.signal(), Some(libc::SIGKILL));
         assert!(
             armed_at.elapsed() >= Duration::from_millis(100),
             "not before its deadline"
         );
-        assert!(d.forget(1) && !d.forget(1), "reported once");
+        let killed = d.forget(1).expect("reported");
+        assert!(d.forget(1).is_none(), "reported once");
+        assert!(killed.at >= armed_at + Duration::from_millis(100));
+        // `sleep`, one thread, asleep in the ordinary way when killed.
+        let threads = killed.threads.expect("a snapshot of the worker");
+        assert!(threads.starts_with("1 threads (1 S)"), "{threads}");
         // Well past the deadline the disarmed one still runs.
         std::thread::sleep(Duration::from_millis(300));
         assert!(spared.try_wait().expect("try_wait").is_none());
-        assert!(!d.forget(2));
+        assert!(d.forget(2).is_none());
         spared.kill().expect("kill");
         spared.wait().expect("reap");
     }
@@ -181,13 +207,13 @@ mod tests {
     #[test]
     fn a_late_kill_of_a_reaped_worker_reaches_nobody() {
         let d = Deadlines::start().expect("start the thread");
-        let (mut child, fd) = sleeper();
+        let (mut child, fd, pid) = sleeper();
         child.kill().expect("kill");
         child.wait().expect("reap");
         // Its id may now be reused; the pidfd still names the dead worker.
-        d.arm(7, fd, Instant::now());
+        d.arm(7, pid, fd, Instant::now());
         std::thread::sleep(Duration::from_millis(100));
-        assert!(!d.forget(7), "ESRCH: nothing was signalled");
+        assert!(d.forget(7).is_none(), "ESRCH: nothing was signalled");
         drop(d); // the thread stops and is joined
     }
 }

@@ -159,6 +159,8 @@ struct Proc {
     /// replacement is active or the ready timeout passes.
     recycle: Option<(Poison, Instant)>,
     killed: bool,
+    /// When the loop killed it at its drain deadline.
+    killed_at_deadline: Option<Instant>,
     /// A pidfd for the worker, opened right after its spawn: kills go
     /// through it, so none can reach a process that reused the id. `None`
     /// where the kernel has no pidfds (before Linux 5.3).
@@ -171,7 +173,7 @@ impl Proc {
     fn drain_until(&mut self, deadline: Instant, deadlines: &Deadlines) {
         self.state = State::Draining { deadline };
         if let Some(fd) = &self.pidfd {
-            deadlines.arm(self.id, fd.clone(), deadline);
+            deadlines.arm(self.id, self.pid, fd.clone(), deadline);
         }
     }
 }
@@ -338,7 +340,7 @@ impl Supervision {
                 let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                 match p.state {
                     State::Draining { .. } => {
-                        if killed_by_deadline && !p.killed {
+                        if let (Some(k), false) = (&killed_by_deadline, p.killed) {
                             // The deadline thread got there before a tick.
                             self.summary.killed_while_draining += 1;
                             tracing::warn!(
@@ -346,7 +348,17 @@ impl Supervision {
                                 worker = id,
                                 pid = p.pid,
                                 killed_while_draining = self.summary.killed_while_draining,
+                                threads = k.threads.as_deref().unwrap_or("-"),
+                                died_after_ms = k.at.elapsed().as_millis() as u64,
                                 "drain deadline passed; worker killed"
+                            );
+                        } else if let Some(at) = p.killed_at_deadline {
+                            tracing::info!(
+                                target: TARGET,
+                                worker = id,
+                                pid = p.pid,
+                                died_after_ms = at.elapsed().as_millis() as u64,
+                                "worker killed at its drain deadline exited"
                             );
                         } else if !p.killed {
                             tracing::info!(
@@ -410,13 +422,19 @@ impl Supervision {
             }
             match p.state {
                 State::Draining { deadline } if now >= deadline && !p.killed => {
-                    kill(p, "drain deadline passed");
+                    // As the deadline thread does: the snapshot is the
+                    // worker's if the kill through its pidfd then succeeds.
+                    let threads = sys::threads_snapshot(p.pid);
+                    if kill(p, "drain deadline passed") {
+                        p.killed_at_deadline = Some(Instant::now());
+                    }
                     self.summary.killed_while_draining += 1;
                     tracing::warn!(
                         target: TARGET,
                         worker = p.id,
                         pid = p.pid,
                         killed_while_draining = self.summary.killed_while_draining,
+                        threads = p.killed_at_deadline.and(threads).as_deref().unwrap_or("-"),
                         "drain deadline passed; worker killed"
                     );
                 }
@@ -666,6 +684,7 @@ impl Supervision {
             poisoned_since: None,
             recycle: None,
             killed: false,
+            killed_at_deadline: None,
             pidfd,
         });
         self.summary.started += 1;
@@ -686,9 +705,10 @@ async fn activate(p: &mut Proc) {
     tracing::info!(target: TARGET, worker = p.id, pid = p.pid, "worker serving");
 }
 
-fn kill(p: &mut Proc, why: &str) {
+/// Kills the worker (once). Returns whether the signal reached it now.
+fn kill(p: &mut Proc, why: &str) -> bool {
     if p.killed {
-        return;
+        return false;
     }
     p.killed = true;
     // Through the pidfd where there is one. Without, by pid: the exit event
@@ -699,10 +719,15 @@ fn kill(p: &mut Proc, why: &str) {
         Some(fd) => sys::pidfd_signal(fd, libc::SIGKILL),
         None => sys::signal(p.pid, libc::SIGKILL),
     };
-    if let Err(e) = sent {
-        tracing::debug!(target: TARGET, worker = p.id, error = %e, "kill failed (already gone)");
-    } else {
-        tracing::info!(target: TARGET, worker = p.id, pid = p.pid, reason = why, "worker killed");
+    match sent {
+        Err(e) => {
+            tracing::debug!(target: TARGET, worker = p.id, error = %e, "kill failed (already gone)");
+            false
+        }
+        Ok(()) => {
+            tracing::info!(target: TARGET, worker = p.id, pid = p.pid, reason = why, "worker killed");
+            true
+        }
     }
 }
 

@@ -142,3 +142,163 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     // else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
+
+/// What a process's threads were doing, in one line, for the log of a
+/// worker killed at its drain deadline: how many threads are in each state,
+/// then each one not asleep in the ordinary way (`S`), or not on the
+/// ordinary scheduling policy, with its name, state, kernel wait channel,
+/// policy and nice value. A drain that overran with threads in `D`
+/// (uninterruptible: a page fault or an `mmap` waiting for the address-space
+/// lock, a disk wait) or on `SCHED_IDLE` is a different problem from one
+/// whose requests are still running (`R`, or `S` in a read).
+///
+/// `None` when `/proc/<pid>/task` cannot be read (the process is gone).
+/// The caller must know that `pid` is not reaped yet, or check afterwards
+/// (a signal through the pidfd that succeeds) before it trusts the result.
+pub(crate) fn threads_snapshot(pid: u32) -> Option<String> {
+    /// Threads listed one by one, at most.
+    const LISTED: usize = 12;
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut counts: Vec<(char, usize)> = Vec::new();
+    let mut listed = Vec::new();
+    let mut unlisted = 0usize;
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue; // exited meanwhile
+        };
+        let Some(t) = ThreadStat::parse(&stat) else {
+            continue;
+        };
+        match counts.iter_mut().find(|(s, _)| *s == t.state) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((t.state, 1)),
+        }
+        if t.state == 'S' && t.policy == 0 {
+            continue;
+        }
+        if listed.len() == LISTED {
+            unlisted += 1;
+            continue;
+        }
+        let wchan = std::fs::read_to_string(path.join("wchan")).unwrap_or_default();
+        let wchan = match wchan.trim() {
+            "" | "0" => "-",
+            w => w,
+        };
+        listed.push(format!(
+            "{} {} {} {} nice={}",
+            t.comm,
+            t.state,
+            wchan,
+            policy_name(t.policy),
+            t.nice
+        ));
+    }
+    counts.sort_unstable();
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    let mut s = format!("{total} threads (");
+    for (i, (state, n)) in counts.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&format!("{n} {state}"));
+    }
+    s.push(')');
+    for l in &listed {
+        s.push_str("; ");
+        s.push_str(l);
+    }
+    if unlisted > 0 {
+        s.push_str(&format!("; {unlisted} more"));
+    }
+    Some(s)
+}
+
+/// The fields of `/proc/<pid>/task/<tid>/stat` that [`threads_snapshot`]
+/// reports.
+#[derive(Debug, PartialEq)]
+struct ThreadStat {
+    comm: String,
+    state: char,
+    nice: i64,
+    policy: u32,
+}
+
+impl ThreadStat {
+    /// Parses a `stat` line. The name is in parentheses and may itself hold
+    /// spaces and parentheses, so the fields are counted from its last `)`.
+    fn parse(stat: &str) -> Option<Self> {
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let comm = stat.get(open + 1..close)?.to_owned();
+        let rest: Vec<&str> = stat.get(close + 1..)?.split_ascii_whitespace().collect();
+        // After the name: state is field 3 of proc(5), nice 19, policy 41.
+        Some(Self {
+            comm,
+            state: rest.first()?.chars().next()?,
+            nice: rest.get(16)?.parse().ok()?,
+            policy: rest.get(38)?.parse().ok()?,
+        })
+    }
+}
+
+fn policy_name(policy: u32) -> &'static str {
+    match policy {
+        0 => "other",
+        1 => "fifo",
+        2 => "rr",
+        3 => "batch",
+        5 => "idle",
+        6 => "deadline",
+        _ => "policy?",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_is_read_from_the_last_parenthesis() {
+        // A name with a space and a parenthesis, in state D, nice -5,
+        // SCHED_IDLE (5): fields as proc(5) numbers them.
+        let mut fields = vec!["0"; 52 - 2];
+        fields[0] = "D";
+        fields[16] = "-5";
+        fields[38] = "5";
+        let line = format!("4242 (odd) name) {}", fields.join(" "));
+        assert_eq!(
+            ThreadStat::parse(&line),
+            Some(ThreadStat {
+                comm: "odd) name".into(),
+                state: 'D',
+                nice: -5,
+                policy: 5,
+            })
+        );
+        assert_eq!(ThreadStat::parse("4242 (cut short) R 1"), None);
+    }
+
+    #[test]
+    fn a_snapshot_counts_this_process_threads_and_lists_the_unusual_ones() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let spinner = std::thread::Builder::new()
+            .name("snap-spinner".into())
+            .spawn(move || {
+                while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+            .unwrap();
+        let snap = threads_snapshot(std::process::id()).expect("our own /proc");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spinner.join().unwrap();
+        // This thread is running while it reads: at least one R, listed.
+        assert!(snap.contains(" threads ("), "{snap}");
+        assert!(snap.contains(" R"), "{snap}");
+        assert!(snap.contains("other nice="), "{snap}");
+        assert_eq!(threads_snapshot(u32::MAX), None);
+    }
+}

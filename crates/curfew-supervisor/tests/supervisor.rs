@@ -646,6 +646,17 @@ fn a_draining_worker_is_killed_at_the_drain_deadline() {
     assert_eq!(sup.wait_exit(), Some(0));
     assert_eq!(summary(&sup, "recycled"), 1);
     assert_eq!(summary(&sup, "killed_while_draining"), 1);
+    // The kill's log line says what the worker's threads were doing: the
+    // spinning one among them, running.
+    let log = sup.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("drain deadline passed; worker killed"))
+        .expect("the kill is logged");
+    assert!(
+        line.contains(" threads (") && line.contains(" R "),
+        "{line}"
+    );
 }
 
 fn bad_config(args: &[&str]) -> String {
