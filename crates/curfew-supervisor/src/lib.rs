@@ -61,9 +61,13 @@
 //!
 //! Every health interval (20 ms) each worker reports its written-off threads
 //! (hijacked event threads, abandoned pool threads, threads held at the cap)
-//! and their OS thread ids; the supervisor reads their CPU clocks from
-//! `/proc/<pid>/task/<tid>/schedstat` and the worker's RSS from
-//! `/proc/<pid>/statm`. A worker is recycled when, for longer than the grace
+//! with their OS thread ids and the CPU time each has used, which the worker
+//! reads from the threads' CPU clocks; the supervisor reads the worker's RSS
+//! from `/proc/<pid>/statm`. It looks nothing up under
+//! `/proc/<pid>/task/<tid>`: the dentries such a lookup leaves must be
+//! flushed by the thread as it exits, and a niced written-off thread
+//! preempted while it flushes them makes the supervisor's `waitpid` spin in
+//! the kernel until it runs again (`benches/RESULTS.md`). A worker is recycled when, for longer than the grace
 //! (default: none),
 //!
 //! * it has at least [`Config::recycle_at_written_off`] written-off threads

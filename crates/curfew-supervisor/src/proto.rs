@@ -4,12 +4,16 @@
 //!
 //! Worker to supervisor:
 //! * `ready`: the worker's runtimes are up; it waits to be told to serve;
-//! * `health <hijacked> <abandoned> <overdue> <tids>`: the written-off
-//!   threads right now, `<tids>` comma-separated or `-` for none. Sent every
-//!   health interval, so it is also the worker's heartbeat.
+//! * `health <hijacked> <abandoned> <overdue> <threads>`: the written-off
+//!   threads right now, `<threads>` comma-separated `<tid>:<cpu ns>` (the
+//!   CPU time each has used, read by the worker from the thread's CPU
+//!   clock; 0 if unknown) or `-` for none. Sent every health interval, so it
+//!   is also the worker's heartbeat.
 //!
 //! Supervisor to worker: `serve` (start accepting) and `drain` (stop
 //! accepting, finish what is in flight, exit).
+
+use std::time::Duration;
 
 /// A message from a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +31,10 @@ pub(crate) struct Health {
     pub(crate) abandoned: usize,
     /// Threads whose task timed out but which are held at the cap.
     pub(crate) overdue: usize,
-    /// Their OS thread ids.
-    pub(crate) tids: Vec<i64>,
+    /// Their OS thread ids, each with the CPU time it has used (`None`:
+    /// unknown). The worker reads these clocks itself: the supervisor looks
+    /// nothing up under `/proc/<pid>/task` (see `curfew::health`).
+    pub(crate) threads: Vec<(i64, Option<Duration>)>,
 }
 
 impl Health {
@@ -37,17 +43,17 @@ impl Health {
     }
 
     pub(crate) fn encode(&self) -> String {
-        let tids = if self.tids.is_empty() {
+        let threads = if self.threads.is_empty() {
             "-".to_string()
         } else {
-            self.tids
+            self.threads
                 .iter()
-                .map(i64::to_string)
+                .map(|(tid, cpu)| format!("{tid}:{}", cpu.map_or(0, |c| c.as_nanos())))
                 .collect::<Vec<_>>()
                 .join(",")
         };
         format!(
-            "health {} {} {} {tids}\n",
+            "health {} {} {} {threads}\n",
             self.hijacked, self.abandoned, self.overdue
         )
     }
@@ -62,19 +68,25 @@ impl Report {
                 let hijacked = parts.next()?.parse().ok()?;
                 let abandoned = parts.next()?.parse().ok()?;
                 let overdue = parts.next()?.parse().ok()?;
-                let tids = match parts.next()? {
+                let threads = match parts.next()? {
                     "-" => Vec::new(),
                     list => list
                         .split(',')
-                        .map(str::parse)
-                        .collect::<Result<Vec<i64>, _>>()
-                        .ok()?,
+                        .map(|t| {
+                            let (tid, ns) = t.split_once(':')?;
+                            let ns: u64 = ns.parse().ok()?;
+                            Some((
+                                tid.parse().ok()?,
+                                (ns > 0).then(|| Duration::from_nanos(ns)),
+                            ))
+                        })
+                        .collect::<Option<Vec<_>>>()?,
                 };
                 Some(Report::Health(Health {
                     hijacked,
                     abandoned,
                     overdue,
-                    tids,
+                    threads,
                 }))
             }
             _ => None,
@@ -118,14 +130,20 @@ mod tests {
                 hijacked: 2,
                 abandoned: 1,
                 overdue: 0,
-                tids: vec![17, 4242, 9],
+                threads: vec![
+                    (17, Some(Duration::from_nanos(1_500_000))),
+                    (4242, None),
+                    (9, Some(Duration::from_secs(3))),
+                ],
             },
         ] {
             assert_eq!(Report::parse(&h.encode()), Some(Report::Health(h)));
         }
         assert_eq!(Report::parse("ready\n"), Some(Report::Ready));
         assert_eq!(Report::parse("health 1 x 0 -"), None);
-        assert_eq!(Report::parse("health 1 0 0 1,,2"), None);
+        assert_eq!(Report::parse("health 1 0 0 1:0,,2:0"), None);
+        assert_eq!(Report::parse("health 1 0 0 17"), None, "no CPU time");
+        assert_eq!(Report::parse("health 1 0 0 17:x"), None);
         assert_eq!(Report::parse(""), None);
         assert_eq!(Command::parse("drain\n"), Some(Command::Drain));
         assert_eq!(Command::parse("serve"), Some(Command::Serve));

@@ -734,9 +734,9 @@ fn kill(p: &mut Proc, why: &str) -> bool {
 /// Updates the CPU share of a worker's written-off threads.
 fn sample(p: &mut Proc, now: Instant) {
     let mut burnt = Duration::ZERO;
-    let mut seen = HashMap::with_capacity(p.health.tids.len());
-    for &tid in &p.health.tids {
-        if let Some(cpu) = sys::thread_cpu(p.pid, tid) {
+    let mut seen = HashMap::with_capacity(p.health.threads.len());
+    for &(tid, cpu) in &p.health.threads {
+        if let Some(cpu) = cpu {
             if let Some(before) = p.cpu_seen.get(&tid) {
                 burnt += cpu.saturating_sub(*before);
             }

@@ -2,7 +2,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
 
 /// Clears (`inherit = true`) or sets `FD_CLOEXEC` on `fd`.
 ///
@@ -83,12 +82,6 @@ fn page_size() -> u64 {
     // SAFETY: sysconf has no memory effects.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if n > 0 { n as u64 } else { 4096 }
-}
-
-/// The CPU time of thread `tid` of process `pid` (its thread CPU clock, as
-/// the kernel keeps it in `/proc/<pid>/task/<tid>/schedstat`).
-pub(crate) fn thread_cpu(pid: u32, tid: i64) -> Option<Duration> {
-    curfew::health::thread_cpu_time(pid, tid)
 }
 
 /// A descriptor for process `pid` (`pidfd_open`), through which a signal

@@ -299,7 +299,7 @@ impl Worker {
                     h.abandoned += 1;
                 }
                 if t.tid > 0 {
-                    h.tids.push(t.tid);
+                    h.threads.push((t.tid, t.cpu_time()));
                 }
             }
         }

@@ -5,9 +5,16 @@
 //! poisoned poll or job, and keeps burning CPU, until that code returns:
 //! Rust cannot stop a thread. [`Handle::written_off_threads`] lists those
 //! threads with their OS thread ids, so that something outside the runtime
-//! can watch what they cost ([`WrittenOffThread::cpu_time`], or
-//! `/proc/<pid>/task/<tid>/schedstat` read from another process) and, past a
-//! limit, replace the whole process. `curfew-supervisor` does exactly that.
+//! can watch what they cost ([`WrittenOffThread::cpu_time`], which the
+//! process reports to its supervisor) and, past a limit, replace the whole
+//! process. `curfew-supervisor` does exactly that.
+//!
+//! Prefer `cpu_time` in the process to [`thread_cpu_time`] read from
+//! another one: a lookup of `/proc/<pid>/task/<tid>` leaves dentries that
+//! the thread must flush as it exits, and a written-off thread is niced or
+//! demoted; preempted while it flushes, it makes the `waitpid` that reaps
+//! its process spin in the kernel until it runs again (half a second and
+//! more was measured on a busy 2-core machine).
 //!
 //! Reading the list takes no lock on the runtime's hot path: it walks the
 //! same slot table the watchdog reads.
@@ -72,11 +79,11 @@ pub struct WrittenOffThread {
 }
 
 impl WrittenOffThread {
-    /// The CPU time the thread has used since it started, read from
-    /// `/proc/self/task/<tid>/schedstat` (nanosecond precision). `None` if
-    /// the thread has exited or the platform does not say.
+    /// The CPU time the thread has used since it started, from its thread
+    /// CPU clock (nanosecond precision; no `/proc` lookup). `None` if the
+    /// thread has exited or the platform does not say.
     pub fn cpu_time(&self) -> Option<Duration> {
-        thread_cpu_time(std::process::id(), self.tid)
+        crate::sys::thread_cpu_clock(self.tid)
     }
 }
 

@@ -282,3 +282,41 @@ mod tests {
         .unwrap();
     }
 }
+
+/// The CPU time thread `tid` of this process has used, from its thread CPU
+/// clock (the clock `pthread_getcpuclockid` names, built from the thread
+/// id as Linux defines it). Unlike `/proc/self/task/<tid>/schedstat`, this
+/// looks nothing up in `/proc`: a `/proc` lookup leaves dentries behind
+/// that the thread's exit must flush, and a dying thread with a low
+/// priority (a handed-off poll's) that is preempted while it flushes them
+/// makes whoever reaps the process spin in the kernel until it runs again
+/// (`shrink_dcache_parent`, half a second and more on a busy machine).
+/// `None` once the thread has exited, and off Linux.
+pub(crate) fn thread_cpu_clock(tid: i64) -> Option<std::time::Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let tid = libc::pid_t::try_from(tid).ok().filter(|&t| t > 0)?;
+        // MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED): the complement of the
+        // id shifted left by 3, the per-thread bit (4) and the clock (2).
+        let clock: libc::clockid_t = ((!tid) << 3) | 4 | 2;
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; for a clock id that
+        // names no thread of this process the call fails with EINVAL and
+        // writes nothing.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+            return None;
+        }
+        Some(std::time::Duration::new(
+            u64::try_from(ts.tv_sec).ok()?,
+            u32::try_from(ts.tv_nsec).ok()?,
+        ))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = tid;
+        None
+    }
+}
