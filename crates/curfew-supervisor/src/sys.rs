@@ -148,6 +148,13 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// `None` when `/proc/<pid>/task` cannot be read (the process is gone).
 /// The caller must know that `pid` is not reaped yet, or check afterwards
 /// (a signal through the pidfd that succeeds) before it trusts the result.
+///
+/// The cost: every thread looked up here gets `/proc` dentries that it
+/// must flush as it exits, and reaping the process waits (spinning in the
+/// kernel) for a niced thread preempted in that flush (see
+/// `curfew::health`). So it is taken only at a drain-deadline kill, where
+/// the diagnosis is worth a slower reap; the health sampling never looks
+/// under `/proc/<pid>/task`.
 pub(crate) fn threads_snapshot(pid: u32) -> Option<String> {
     /// Threads listed one by one, at most.
     const LISTED: usize = 12;
