@@ -11,7 +11,7 @@ use std::time::Duration;
 use curfew_suite::wait_until;
 
 mod sched;
-use sched::{nice_of, policy, spinner, tid};
+use sched::{may_restore, nice_of, policy, policy_of, spinner, tid};
 
 /// One event thread, so that every task behind a long poll needs the
 /// hand-off's replacement; a 30 ms threshold.
@@ -21,6 +21,18 @@ fn runtime(budget: Duration) -> curfew::Runtime {
         .blocking_threads(1)
         .poll_budget(budget)
         .hand_off_long_polls(Some(Duration::from_millis(30)))
+        .build()
+        .unwrap()
+}
+
+/// As [`runtime`], with handed-off polls moved to the idle class.
+fn idle_runtime(budget: Duration) -> curfew::Runtime {
+    curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(1)
+        .poll_budget(budget)
+        .hand_off_long_polls(Some(Duration::from_millis(30)))
+        .hand_off_to_idle_class(true)
         .build()
         .unwrap()
 }
@@ -195,4 +207,110 @@ fn a_zero_threshold_is_a_configuration_error() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("hand_off_long_polls"), "{err}");
+}
+
+#[test]
+fn idle_class_needs_the_hand_off() {
+    let err = curfew::Runtime::builder()
+        .hand_off_to_idle_class(true)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("hand_off_to_idle_class"), "{err}");
+}
+
+#[test]
+fn a_handed_off_poll_runs_in_the_idle_class_when_asked_and_leaves_it_when_done() {
+    let rt = idle_runtime(Duration::from_secs(60));
+    let base = rt.block_on(rt.spawn(async { nice_of(0) })).unwrap();
+    let (h, spinning, release) = spinner(&rt, 7);
+    assert!(
+        wait_until(Duration::from_secs(10), || rt
+            .metrics()
+            .event
+            .handed_off_threads
+            == 1),
+        "handed off: {:?}",
+        rt.metrics().event
+    );
+    // Niced in every case; in the idle class only where the kernel would
+    // let it out again.
+    assert_eq!(nice_of(spinning), (base + 10).min(19));
+    let expected = if may_restore() {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    assert_eq!(policy_of(spinning), expected);
+    // The replacement serves at the ordinary class.
+    let p = rt.block_on(rt.spawn(async { policy() })).unwrap();
+    assert_eq!(p, libc::SCHED_OTHER);
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(rt.block_on(h).unwrap(), 7);
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(spinning)),
+        "the handed-off thread exits"
+    );
+    assert_eq!(rt.metrics().event.timeouts, 0);
+}
+
+#[test]
+fn an_idle_class_hand_off_is_back_in_the_ordinary_class_after_its_timeout() {
+    if !may_restore() {
+        eprintln!("skipped: this process may not leave SCHED_IDLE");
+        return;
+    }
+    let rt = idle_runtime(Duration::from_millis(150));
+    let base = rt.block_on(rt.spawn(async { nice_of(0) })).unwrap();
+    let (h, spinning, release) = spinner(&rt, 7);
+    assert!(wait_until(Duration::from_secs(10), || policy_of(spinning)
+        == libc::SCHED_IDLE));
+    let err = rt.block_on(h).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // Written off at the ordinary class (a supervisor's kill must not wait
+    // for a thread that hardly runs), still niced.
+    assert!(
+        wait_until(Duration::from_secs(10), || rt
+            .metrics()
+            .event
+            .hijacked_threads
+            == 1
+            && policy_of(spinning) == libc::SCHED_OTHER),
+        "written off and restored: {:?}, policy {}",
+        rt.metrics().event,
+        policy_of(spinning)
+    );
+    assert_eq!(nice_of(spinning), (base + 10).min(19));
+    release.store(true, Ordering::SeqCst);
+    assert!(wait_until(Duration::from_secs(10), || !alive(spinning)));
+}
+
+#[test]
+fn an_idle_class_hand_off_is_restored_before_the_runtime_starts_a_thread() {
+    if !may_restore() {
+        eprintln!("skipped: this process may not leave SCHED_IDLE");
+        return;
+    }
+    let rt = idle_runtime(Duration::from_secs(60));
+    let (first, first_tid, release_first) = spinner(&rt, 1);
+    assert!(wait_until(Duration::from_secs(10), || policy_of(first_tid)
+        == libc::SCHED_IDLE));
+    // The second long poll runs on the first one's replacement; its own
+    // hand-off starts a thread, which maps a stack: the first spinner must
+    // not hold the address-space lock at idle priority meanwhile.
+    let (second, second_tid, release_second) = spinner(&rt, 2);
+    assert!(
+        wait_until(Duration::from_secs(10), || rt
+            .metrics()
+            .event
+            .handed_off_threads
+            == 2),
+        "both handed off: {:?}",
+        rt.metrics().event
+    );
+    assert_eq!(policy_of(first_tid), libc::SCHED_OTHER, "restored");
+    assert_eq!(policy_of(second_tid), libc::SCHED_IDLE, "the newest");
+    release_first.store(true, Ordering::SeqCst);
+    release_second.store(true, Ordering::SeqCst);
+    assert_eq!(rt.block_on(first).unwrap(), 1);
+    assert_eq!(rt.block_on(second).unwrap(), 2);
 }

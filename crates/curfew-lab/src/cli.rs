@@ -58,6 +58,12 @@ pub struct ServerArgs {
     /// one process].
     #[arg(long, value_parser = parse_limit)]
     pub hand_off_long_polls: Option<Duration>,
+    /// Curfew modes, with a hand-off: whether the handed-off poll's thread
+    /// also moves to the idle scheduling class until its timeout (see
+    /// `Builder::hand_off_to_idle_class`) [default: idle in worker
+    /// processes under the supervisor, nice in one process].
+    #[arg(long, value_enum)]
+    pub hand_off_class: Option<HandOffClass>,
     /// Cap on hijacked event threads [default: curfew's, 4 × threads].
     #[arg(long)]
     pub max_hijacked_threads: Option<usize>,
@@ -110,7 +116,26 @@ pub struct ServerArgs {
 /// place under the cap for good, so there it stays off unless asked for.)
 pub const SUPERVISED_HAND_OFF: Duration = Duration::from_millis(10);
 
+/// How a handed-off poll's thread runs until its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HandOffClass {
+    /// Niced by 10, in the ordinary class.
+    Nice,
+    /// Niced by 10 and in the idle class (`SCHED_IDLE`).
+    Idle,
+}
+
 impl ServerArgs {
+    /// Whether a handed-off poll moves to the idle class: the flag's
+    /// choice, or by default in a supervised worker only (a process the
+    /// supervisor replaces soon after the poll's timeout).
+    pub fn hand_off_idle(&self, supervised: bool) -> bool {
+        match self.hand_off_class {
+            Some(c) => c == HandOffClass::Idle,
+            None => supervised,
+        }
+    }
+
     /// The hand-off threshold: the flag's, or by default
     /// [`SUPERVISED_HAND_OFF`] in a supervised worker and none otherwise.
     pub fn hand_off(&self, supervised: bool) -> Option<Duration> {
@@ -130,6 +155,7 @@ impl ServerArgs {
             poll_budget: self.poll_budget,
             job_budget: self.job_budget,
             hand_off_long_polls: self.hand_off(false),
+            hand_off_idle: self.hand_off_idle(false),
             max_hijacked_threads: self.max_hijacked_threads,
             max_abandoned_threads: self.max_abandoned_threads,
             strikes: self.strikes,
@@ -177,6 +203,11 @@ pub struct StudyArgs {
     /// Benign keep-alive connections.
     #[arg(long)]
     pub connections: Option<usize>,
+    /// The width of a time bucket in `timeline.csv` and the plot, from
+    /// 1ms to 10s [default: 500ms, or 250ms with --quick]. Narrow buckets
+    /// show how throughput dips around each attack request.
+    #[arg(long, value_parser = parse_duration)]
+    pub bucket: Option<Duration>,
     /// How long a benign client waits for an answer.
     #[arg(long, value_parser = parse_duration)]
     pub benign_timeout: Option<Duration>,
@@ -249,6 +280,7 @@ impl StudyArgs {
         cfg.out = self.out.clone();
         cfg.server = self.server.config();
         cfg.supervised_hand_off = self.server.hand_off(true);
+        cfg.supervised_hand_off_idle = self.server.hand_off_idle(true);
         cfg.progress = !self.no_progress;
         if let Some(m) = &self.modes {
             cfg.modes = m.clone();
@@ -275,6 +307,12 @@ impl StudyArgs {
         cfg.window = self.window.unwrap_or(cfg.window);
         cfg.recovery = self.recovery.unwrap_or(cfg.recovery);
         cfg.connections = self.connections.unwrap_or(cfg.connections);
+        if let Some(b) = self.bucket {
+            if b < Duration::from_millis(1) || b > Duration::from_secs(10) {
+                return Err(format!("--bucket {b:?} is outside [1ms, 10s]"));
+            }
+            cfg.bucket = b;
+        }
         cfg.benign_timeout = self.benign_timeout.unwrap_or(cfg.benign_timeout);
         cfg.repeats = self.repeats.map_or(cfg.repeats, |n| n as usize);
         if let Some(phases) = &self.phases {
@@ -574,6 +612,7 @@ fn serve_worker(args: &ServeArgs, worker: &curfew_supervisor::Worker) -> ExitCod
     };
     let cfg = ServerConfig {
         hand_off_long_polls: args.server.hand_off(true),
+        hand_off_idle: args.server.hand_off_idle(true),
         ..args.config()
     };
     let (server, drained) = match Server::start_on(args.mode, &cfg, listener, turn, worker.drain())
@@ -685,6 +724,40 @@ mod tests {
         });
         let at = flags.iter().position(|f| f == "--hand-off-long-polls");
         assert_eq!(at.map(|i| flags[i + 1].as_str()), Some("10ms"));
+    }
+
+    #[test]
+    fn handed_off_polls_go_to_the_idle_class_under_the_supervisor_unless_told() {
+        let study = |extra: &[&str]| {
+            let cfg = quick_study(extra).unwrap();
+            (cfg.server.hand_off_idle, cfg.supervised_hand_off_idle)
+        };
+        assert_eq!(study(&[]), (false, true));
+        assert_eq!(study(&["--hand-off-class", "nice"]), (false, false));
+        assert_eq!(study(&["--hand-off-class", "idle"]), (true, true));
+        let bad = ["curfew-lab", "study", "--hand-off-class", "realtime"];
+        assert!(Cli::try_parse_from(bad).is_err());
+        let class = |idle| {
+            let flags = crate::study::server_flags(&ServerConfig {
+                hand_off_idle: idle,
+                ..ServerConfig::default()
+            });
+            let at = flags.iter().position(|f| f == "--hand-off-class");
+            at.map(|i| flags[i + 1].clone())
+        };
+        assert_eq!(class(true).as_deref(), Some("idle"));
+        assert_eq!(class(false).as_deref(), Some("nice"));
+    }
+
+    #[test]
+    fn the_bucket_width_is_checked() {
+        assert_eq!(quick_study(&[]).unwrap().bucket, Duration::from_millis(250));
+        let narrow = quick_study(&["--bucket", "10ms"]).unwrap();
+        assert_eq!(narrow.bucket, Duration::from_millis(10));
+        for bad in ["0ms", "0.5ms", "11s"] {
+            let err = quick_study(&["--bucket", bad]);
+            assert!(err.is_err(), "--bucket {bad} was accepted");
+        }
     }
 
     #[test]

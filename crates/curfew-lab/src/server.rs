@@ -155,6 +155,9 @@ pub struct ServerConfig {
     /// How long a poll runs before curfew hands its thread off (a thread
     /// in its place, the poll demoted; `None`: never, curfew's default).
     pub hand_off_long_polls: Option<Duration>,
+    /// Whether a handed-off poll's thread also moves to the idle class
+    /// (`Builder::hand_off_to_idle_class`; only with a hand-off).
+    pub hand_off_idle: bool,
     /// Curfew's cap on hijacked event threads (its default if `None`).
     pub max_hijacked_threads: Option<usize>,
     /// Curfew's cap on abandoned pool threads (its default if `None`).
@@ -201,6 +204,7 @@ impl Default for ServerConfig {
             poll_budget: curfew::DEFAULT_POLL_BUDGET,
             job_budget: curfew::DEFAULT_JOB_BUDGET,
             hand_off_long_polls: None,
+            hand_off_idle: false,
             max_hijacked_threads: None,
             max_abandoned_threads: None,
             strikes: 2,
@@ -355,6 +359,7 @@ impl Server {
             .poll_budget(cfg.poll_budget)
             .job_budget(cfg.job_budget)
             .hand_off_long_polls(cfg.hand_off_long_polls)
+            .hand_off_to_idle_class(cfg.hand_off_idle && cfg.hand_off_long_polls.is_some())
             .thread_name("lab-curfew");
         if let Some(n) = cfg.max_hijacked_threads {
             b = b.max_hijacked_threads(n);

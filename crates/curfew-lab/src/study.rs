@@ -198,6 +198,9 @@ pub struct StudyConfig {
     /// `curfew-supervised` mode: the workers' hand-off threshold, in place
     /// of `server`'s [default: `cli::SUPERVISED_HAND_OFF`].
     pub supervised_hand_off: Option<Duration>,
+    /// `curfew-supervised` mode: whether the workers' handed-off polls move
+    /// to the idle class [default: yes].
+    pub supervised_hand_off_idle: bool,
     /// The longest wait for stuck handlers when a phase ends.
     pub drain: Duration,
     /// The width of a time bucket in the plot.
@@ -240,6 +243,7 @@ impl StudyConfig {
             benign_timeout: Duration::from_secs(2),
             server: ServerConfig::default(),
             supervised_hand_off: Some(crate::cli::SUPERVISED_HAND_OFF),
+            supervised_hand_off_idle: true,
             drain: Duration::from_secs(20),
             bucket: Duration::from_millis(500),
             out: PathBuf::from("lab-out"),
@@ -707,6 +711,10 @@ pub fn server_flags(cfg: &ServerConfig) -> Vec<String> {
         ("--strikes", cfg.strikes.to_string()),
         ("--cool-off", ms(cfg.cool_off)),
         ("--hand-off-long-polls", limit(cfg.hand_off_long_polls)),
+        (
+            "--hand-off-class",
+            (if cfg.hand_off_idle { "idle" } else { "nice" }).to_owned(),
+        ),
         ("--header-read-timeout", limit(cfg.header_read_timeout)),
         ("--body-timeout", limit(cfg.body_timeout)),
         ("--idle-timeout", limit(cfg.idle_timeout)),
@@ -763,6 +771,7 @@ impl ChildServer {
         .to_vec();
         let server = ServerConfig {
             hand_off_long_polls: cfg.supervised_hand_off,
+            hand_off_idle: cfg.supervised_hand_off_idle,
             ..cfg.server.clone()
         };
         args.extend(server_flags(&server));

@@ -39,6 +39,7 @@ pub(crate) struct Config {
     pub(crate) demote_hijacked: bool,
     pub(crate) demote_overrunning: bool,
     pub(crate) hand_off_long_polls: Option<Duration>,
+    pub(crate) hand_off_idle: bool,
     pub(crate) blocking_nice: i32,
 }
 
@@ -102,6 +103,7 @@ pub struct Builder {
     demote_hijacked: bool,
     demote_overrunning: bool,
     hand_off_long_polls: Option<Duration>,
+    hand_off_idle: bool,
     blocking_nice: i32,
     tokio_handle: Option<tokio::runtime::Handle>,
     env_error: Option<BuildError>,
@@ -130,6 +132,7 @@ impl Default for Builder {
             demote_hijacked: false,
             demote_overrunning: true,
             hand_off_long_polls: None,
+            hand_off_idle: false,
             blocking_nice: 0,
             tokio_handle: None,
             env_error: None,
@@ -384,6 +387,51 @@ impl Builder {
         self
     }
 
+    /// Whether a poll handed off by
+    /// [`hand_off_long_polls`](Self::hand_off_long_polls) also moves to the
+    /// idle scheduling class (Linux `SCHED_IDLE`) until its timeout, on top
+    /// of the 10 nice levels. Default: false.
+    ///
+    /// A niced thread still counts as busy when the kernel places a waking
+    /// thread, so benign threads crowd onto the cores it does not run on
+    /// while it takes every gap they leave; a core whose only runnable
+    /// thread is in the idle class counts as free, and a thread woken there
+    /// preempts the spinner at once. In the lab's supervised study this
+    /// took benign throughput while a handed-off poll spun from about 72%
+    /// of its calm level to about 92% (`benches/RESULTS.md`).
+    ///
+    /// The risk is the one [`demote_hijacked_threads`](Self::demote_hijacked_threads)
+    /// documents: an idle-class thread that the kernel preempts inside a
+    /// page fault holds a lock that the rest of the process may queue
+    /// behind, on a machine too busy to run it. The runtime narrows it: the
+    /// thread is niced first, is put back on the ordinary class (still
+    /// niced) one watchdog interval after its timeout and before this
+    /// runtime starts any thread, and returns to the ordinary class by
+    /// itself when its poll returns. It is meant for workers under a
+    /// supervisor (`curfew-supervisor`) that recycles a process at its
+    /// first written-off thread, where the spinner's process is gone soon
+    /// after its timeout. Where the kernel would not let the thread leave
+    /// the idle class again (`RLIMIT_NICE`, see
+    /// [`demote_overrunning_polls`](Self::demote_overrunning_polls)), the
+    /// setting has no effect.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let rt = curfew::Runtime::builder()
+    ///     .hand_off_long_polls(Some(Duration::from_millis(10)))
+    ///     .hand_off_to_idle_class(true)
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(rt);
+    /// ```
+    pub fn hand_off_to_idle_class(mut self, enabled: bool) -> Self {
+        self.hand_off_idle = enabled;
+        self
+    }
+
     /// Whether a hijacked thread is moved to the idle scheduling class
     /// (Linux `SCHED_IDLE`), so that a poisoned poll spinning on it only gets
     /// CPU nobody else wants. Default: false.
@@ -606,6 +654,12 @@ impl Builder {
                 "must be greater than zero (None turns it off)",
             ));
         }
+        if self.hand_off_idle && self.hand_off_long_polls.is_none() {
+            return Err(BuildError::new(
+                "hand_off_to_idle_class",
+                "needs hand_off_long_polls: only handed-off polls move to the idle class",
+            ));
+        }
         if let Some(p) = &self.client_policy {
             if p.strikes == 0 {
                 return Err(BuildError::new(
@@ -643,6 +697,10 @@ impl Builder {
             // demoted poll must not run at idle priority either.
             demote_overrunning: self.demote_overrunning && crate::sys::can_restore(),
             hand_off_long_polls: self.hand_off_long_polls,
+            // As for `demote_overrunning`: a handed-off poll must not be
+            // left at idle priority for good where the kernel would refuse
+            // to give it its policy back.
+            hand_off_idle: self.hand_off_idle && crate::sys::can_restore(),
             blocking_nice: self.blocking_nice,
         })
     }

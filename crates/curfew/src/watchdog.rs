@@ -546,6 +546,12 @@ impl Watchdog {
         let tid = slot.os_tid.load(Ordering::Relaxed);
         if tid > 0 {
             crate::sys::lower_priority(tid, HAND_OFF_NICE);
+            // After the replacement's stack is mapped (see above), and
+            // marked, so that the restores before any later thread start,
+            // at the timeout and at the poll's return all apply to it.
+            if self.shared.config.hand_off_idle && !slot.demoted.swap(true, Ordering::Relaxed) {
+                crate::sys::demote(tid);
+            }
         }
     }
 
