@@ -41,7 +41,15 @@ fn main() -> Result<(), curfew_supervisor::Error> {
     let config = curfew_supervisor::Config::new(addr)
         .processes(2)
         .drain_deadline(Duration::from_secs(5))
-        .runtime(curfew::Runtime::builder().poll_budget(Duration::from_millis(100)));
+        // The default worker runtime's hand-off, kept with our own budget:
+        // a poll past 10 ms gets a thread started in its place and runs in
+        // the idle class until its timeout and its worker's recycle.
+        .runtime(
+            curfew::Runtime::builder()
+                .poll_budget(Duration::from_millis(100))
+                .hand_off_long_polls(Some(curfew_supervisor::DEFAULT_HAND_OFF))
+                .hand_off_to_idle_class(true),
+        );
 
     // The supervisor returns here after Ctrl-C; a worker never does.
     let summary = curfew_supervisor::run(config, |worker| async move {

@@ -94,6 +94,11 @@ impl Backoff {
     }
 }
 
+/// How long a poll runs before the default worker runtime hands its thread
+/// off ([`Config::new`]): far above what an async poll should take, and a
+/// tenth of curfew's default poll budget.
+pub const DEFAULT_HAND_OFF: Duration = Duration::from_millis(10);
+
 impl Config {
     /// The defaults, listening on `addr` (port 0 picks a free port).
     ///
@@ -107,7 +112,12 @@ impl Config {
     ///   a started worker must be ready within 10 s;
     /// * restarts spaced by [`Backoff::default`];
     /// * in [`Worker::run`](crate::Worker::run), 1 tokio thread for
-    ///   connections and a curfew runtime from `curfew::Builder::from_env`.
+    ///   connections and a curfew runtime from `curfew::Builder::from_env`
+    ///   that hands off a poll running past 10 ms
+    ///   (`hand_off_long_polls`) and moves it to the idle scheduling class
+    ///   until its timeout (`hand_off_to_idle_class`): until the worker is
+    ///   recycled, its spinning poll takes neither an event thread nor,
+    ///   where a benign thread wants it, a core.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
@@ -125,7 +135,10 @@ impl Config {
             backoff: Backoff::default(),
             backlog: 1024,
             io_threads: 1,
-            runtime: curfew::Runtime::builder().from_env(),
+            runtime: curfew::Runtime::builder()
+                .from_env()
+                .hand_off_long_polls(Some(DEFAULT_HAND_OFF))
+                .hand_off_to_idle_class(true),
         }
     }
 
@@ -247,6 +260,21 @@ impl Config {
 
     /// The curfew runtime that [`Worker::run`](crate::Worker::run) builds
     /// in each worker (its tokio handle is set to the connection runtime).
+    ///
+    /// It replaces the default whole: to keep the default's hand-off of
+    /// long polls, set it on `builder` too:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = curfew_supervisor::Config::new("127.0.0.1:0".parse().unwrap()).runtime(
+    ///     curfew::Runtime::builder()
+    ///         .poll_budget(Duration::from_millis(50))
+    ///         .hand_off_long_polls(Some(curfew_supervisor::DEFAULT_HAND_OFF))
+    ///         .hand_off_to_idle_class(true),
+    /// );
+    /// assert!(config.validate().is_ok());
+    /// ```
     pub fn runtime(mut self, builder: curfew::Builder) -> Self {
         self.runtime = builder;
         self
@@ -409,6 +437,18 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         base().validate().unwrap();
+    }
+
+    #[test]
+    fn the_default_worker_runtime_hands_long_polls_off_to_the_idle_class() {
+        let runtime = format!("{:?}", base().runtime);
+        assert!(
+            runtime.contains("hand_off_long_polls: Some(10ms)"),
+            "{runtime}"
+        );
+        assert!(runtime.contains("hand_off_idle: true"), "{runtime}");
+        // And it builds: the idle class comes with its hand-off.
+        base().runtime.build().unwrap();
     }
 
     #[test]

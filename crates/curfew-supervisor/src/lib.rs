@@ -143,7 +143,7 @@ mod worker;
 use std::fmt;
 use std::future::Future;
 
-pub use config::{Backoff, Config, Error};
+pub use config::{Backoff, Config, DEFAULT_HAND_OFF, Error};
 pub use supervisor::{Summary, Supervisor};
 pub use worker::Worker;
 

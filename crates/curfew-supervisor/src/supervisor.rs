@@ -628,7 +628,7 @@ impl Supervision {
                 sys::set_inheritable(control_fd, true)
             });
         }
-        let mut child = cmd.spawn()?;
+        let child = cmd.spawn()?;
         // Our copy of the pipe's write end goes with `cmd`, when this
         // returns; the relay ends once the worker's copies close.
         drop(theirs);
@@ -664,11 +664,39 @@ impl Supervision {
         // exit drags (a thread of it that the machine hardly runs must still
         // take its kill) then held this loop's only thread in a busy loop for
         // seconds: no recycle, no tick, and a core taken from the workers.
+        //
+        // And on a thread of its own at the lowest priority. Reaping a
+        // process flushes its `/proc` dentries; while its last thread (often
+        // the niced spinning one) still flushes its own, after it has woken
+        // us, `wait` spins in the kernel until that thread has run. Any
+        // reader of `/proc/<pid>/task/<tid>` (not this supervisor; `top -H`
+        // or a per-thread exporter may be) creates such dentries. At nice 0
+        // the spin took a core from the workers for up to 2 s and kept the
+        // thread it waited for off the CPU; at nice 19 it yields to both.
+        // Should no thread start, a thread of tokio's blocking pool reaps
+        // the child at its own priority: a child is never left unreaped.
+        let (hand, take) = std::sync::mpsc::channel::<std::process::Child>();
         let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let status = child.wait();
-            let _ = tx.send(Event::Exited(id, status));
-        });
+        let reaper = std::thread::Builder::new()
+            .name("supervisor-reap".into())
+            .spawn(move || {
+                let Ok(mut child) = take.recv() else { return };
+                sys::lowest_priority_for_this_thread();
+                let status = child.wait();
+                let _ = tx.send(Event::Exited(id, status));
+            });
+        let unreaped = match reaper {
+            Ok(_) => hand.send(child).err().map(|e| e.0),
+            Err(_) => Some(child),
+        };
+        if let Some(mut child) = unreaped {
+            tracing::warn!(target: TARGET, worker = id, "no reaping thread; reaping on tokio's blocking pool");
+            let tx = self.tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let status = child.wait();
+                let _ = tx.send(Event::Exited(id, status));
+            });
+        }
         let now = Instant::now();
         self.procs.push(Proc {
             id,

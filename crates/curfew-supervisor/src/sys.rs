@@ -53,6 +53,23 @@ pub(crate) fn die_with_parent(parent: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Lowers the calling thread to nice 19, the lowest ordinary priority
+/// (Linux; elsewhere it does nothing). Returns whether it worked. No
+/// privilege is needed, and none can undo it, so call it only on a thread
+/// that does nothing else.
+pub(crate) fn lowest_priority_for_this_thread() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority has no memory effects; on Linux PRIO_PROCESS
+        // with who = 0 names the calling thread only.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
 /// The parent process id.
 pub(crate) fn parent_pid() -> u32 {
     // SAFETY: getppid has no preconditions and cannot fail.

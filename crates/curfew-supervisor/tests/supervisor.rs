@@ -569,6 +569,54 @@ fn a_worker_that_dies_is_replaced_and_counted() {
     assert!(sup.stderr().contains("worker died; restarting"));
 }
 
+/// The supervisor's threads named `name`, with their nice values.
+fn threads_named(pid: u32, name: &str) -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Field 19 (nice), counted after the `)` that ends the name.
+        let nice: Option<i64> = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(16))
+            .and_then(|n| n.parse().ok());
+        if comm.trim() == name {
+            out.extend(nice);
+        }
+    }
+    out
+}
+
+#[test]
+fn workers_are_reaped_by_threads_at_the_lowest_priority() {
+    let mut sup = Sup::start(&[]);
+    // A worker and its warm spare: a reaping thread each, at nice 19 (a
+    // slow reap spins in the kernel, and must not take a core from the
+    // workers).
+    let nices = sup.wait_for(|s| {
+        let n = threads_named(s.pid(), "supervisor-reap");
+        (n.len() == 2 && n.iter().all(|&x| x == 19)).then_some(n)
+    });
+    assert_eq!(nices, [19, 19]);
+    // A dead worker's reaping thread ends with it; its replacement's starts.
+    let first = sup.serving_pid();
+    assert!(get(sup.addr, "/exit").is_err());
+    sup.wait_for(|s| {
+        get(s.addr, "/pid")
+            .ok()
+            .filter(|(st, b)| *st == 200 && b.trim() != first.to_string())
+    });
+    sup.wait_for(|s| {
+        (s.workers().len() == 2 && threads_named(s.pid(), "supervisor-reap").len() == 2)
+            .then_some(())
+    });
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait_exit(), Some(0));
+}
+
 #[test]
 fn a_worker_past_its_memory_limit_is_recycled() {
     let mut sup = Sup::start(&["--rss-limit-mb", "64"]);
