@@ -15,26 +15,39 @@ use sched::{may_restore, nice_of, policy, policy_of, spinner, tid};
 
 /// One event thread, so that every task behind a long poll needs the
 /// hand-off's replacement; a 30 ms threshold.
-fn runtime(budget: Duration) -> curfew::Runtime {
+fn builder(budget: Duration) -> curfew::Builder {
     curfew::Runtime::builder()
         .event_threads(1)
         .blocking_threads(1)
         .poll_budget(budget)
         .hand_off_long_polls(Some(Duration::from_millis(30)))
-        .build()
-        .unwrap()
+}
+
+fn runtime(budget: Duration) -> curfew::Runtime {
+    builder(budget).build().unwrap()
 }
 
 /// As [`runtime`], with handed-off polls moved to the idle class.
 fn idle_runtime(budget: Duration) -> curfew::Runtime {
-    curfew::Runtime::builder()
-        .event_threads(1)
-        .blocking_threads(1)
-        .poll_budget(budget)
-        .hand_off_long_polls(Some(Duration::from_millis(30)))
+    builder(budget)
         .hand_off_to_idle_class(true)
         .build()
         .unwrap()
+}
+
+/// Waits until `n` polls are handed off (their threads not yet gone);
+/// fails the test after 10 s.
+#[track_caller]
+fn wait_handed_off(rt: &curfew::Runtime, n: usize) {
+    assert!(
+        wait_until(Duration::from_secs(10), || rt
+            .metrics()
+            .event
+            .handed_off_threads
+            == n),
+        "{n} handed off: {:?}",
+        rt.metrics().event
+    );
 }
 
 /// Whether thread `tid` of this process is still alive.
@@ -157,11 +170,7 @@ fn at_the_cap_a_long_poll_keeps_its_thread() {
         .build()
         .unwrap();
     let (first, _, release_first) = spinner(&rt, 7);
-    assert!(wait_until(Duration::from_secs(10), || rt
-        .metrics()
-        .event
-        .handed_off_threads
-        == 1));
+    wait_handed_off(&rt, 1);
     // The replacement takes the second long poll; the cap's one place is
     // taken, so it is not handed off.
     let (second, second_tid, release_second) = spinner(&rt, 7);
@@ -174,11 +183,7 @@ fn at_the_cap_a_long_poll_keeps_its_thread() {
     release_first.store(true, Ordering::SeqCst);
     assert_eq!(rt.block_on(second).unwrap(), 7);
     assert_eq!(rt.block_on(first).unwrap(), 7);
-    assert!(wait_until(Duration::from_secs(10), || rt
-        .metrics()
-        .event
-        .handed_off_threads
-        == 0));
+    wait_handed_off(&rt, 0);
     assert_eq!(rt.metrics().event.healthy_threads, 1);
 }
 
@@ -223,15 +228,7 @@ fn a_handed_off_poll_runs_in_the_idle_class_when_asked_and_leaves_it_when_done()
     let rt = idle_runtime(Duration::from_secs(60));
     let base = rt.block_on(rt.spawn(async { nice_of(0) })).unwrap();
     let (h, spinning, release) = spinner(&rt, 7);
-    assert!(
-        wait_until(Duration::from_secs(10), || rt
-            .metrics()
-            .event
-            .handed_off_threads
-            == 1),
-        "handed off: {:?}",
-        rt.metrics().event
-    );
+    wait_handed_off(&rt, 1);
     // Niced in every case; in the idle class only where the kernel would
     // let it out again.
     assert_eq!(nice_of(spinning), (base + 10).min(19));
@@ -298,15 +295,7 @@ fn an_idle_class_hand_off_is_restored_before_the_runtime_starts_a_thread() {
     // hand-off starts a thread, which maps a stack: the first spinner must
     // not hold the address-space lock at idle priority meanwhile.
     let (second, second_tid, release_second) = spinner(&rt, 2);
-    assert!(
-        wait_until(Duration::from_secs(10), || rt
-            .metrics()
-            .event
-            .handed_off_threads
-            == 2),
-        "both handed off: {:?}",
-        rt.metrics().event
-    );
+    wait_handed_off(&rt, 2);
     assert_eq!(policy_of(first_tid), libc::SCHED_OTHER, "restored");
     assert_eq!(policy_of(second_tid), libc::SCHED_IDLE, "the newest");
     release_first.store(true, Ordering::SeqCst);

@@ -675,27 +675,28 @@ impl Supervision {
         // thread it waited for off the CPU; at nice 19 it yields to both.
         // Should no thread start, a thread of tokio's blocking pool reaps
         // the child at its own priority: a child is never left unreaped.
+        let reap = move |mut child: std::process::Child, tx: mpsc::UnboundedSender<Event>| {
+            let status = child.wait();
+            let _ = tx.send(Event::Exited(id, status));
+        };
         let (hand, take) = std::sync::mpsc::channel::<std::process::Child>();
         let tx = self.tx.clone();
         let reaper = std::thread::Builder::new()
             .name("supervisor-reap".into())
             .spawn(move || {
-                let Ok(mut child) = take.recv() else { return };
-                sys::lowest_priority_for_this_thread();
-                let status = child.wait();
-                let _ = tx.send(Event::Exited(id, status));
+                if let Ok(child) = take.recv() {
+                    sys::lowest_priority_for_this_thread();
+                    reap(child, tx);
+                }
             });
         let unreaped = match reaper {
             Ok(_) => hand.send(child).err().map(|e| e.0),
             Err(_) => Some(child),
         };
-        if let Some(mut child) = unreaped {
+        if let Some(child) = unreaped {
             tracing::warn!(target: TARGET, worker = id, "no reaping thread; reaping on tokio's blocking pool");
             let tx = self.tx.clone();
-            tokio::task::spawn_blocking(move || {
-                let status = child.wait();
-                let _ = tx.send(Event::Exited(id, status));
-            });
+            tokio::task::spawn_blocking(move || reap(child, tx));
         }
         let now = Instant::now();
         self.procs.push(Proc {

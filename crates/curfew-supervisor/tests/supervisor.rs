@@ -108,6 +108,18 @@ impl Sup {
         body.trim().parse().unwrap()
     }
 
+    /// Makes the serving worker exit in the middle of a request (which
+    /// fails), and waits until another worker answers.
+    fn exit_serving_worker(&self) {
+        let first = self.serving_pid();
+        assert!(get(self.addr, "/exit").is_err());
+        self.wait_for(|s| {
+            get(s.addr, "/pid")
+                .ok()
+                .filter(|(st, b)| *st == 200 && b.trim() != first.to_string())
+        });
+    }
+
     fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill has no memory effects; the child is ours and not
         // yet waited for.
@@ -553,14 +565,8 @@ fn killing_the_supervisor_leaves_no_worker_behind() {
 #[test]
 fn a_worker_that_dies_is_replaced_and_counted() {
     let mut sup = Sup::start(&[]);
-    let first = sup.serving_pid();
     // The worker exits in the middle of the request: that one is lost.
-    assert!(get(sup.addr, "/exit").is_err());
-    sup.wait_for(|s| {
-        get(s.addr, "/pid")
-            .ok()
-            .filter(|(st, b)| *st == 200 && b.trim() != first.to_string())
-    });
+    sup.exit_serving_worker();
     // A new spare is started after the backoff.
     sup.wait_for(|s| (s.workers().len() == 2).then_some(()));
     sup.signal(libc::SIGTERM);
@@ -602,13 +608,7 @@ fn workers_are_reaped_by_threads_at_the_lowest_priority() {
     });
     assert_eq!(nices, [19, 19]);
     // A dead worker's reaping thread ends with it; its replacement's starts.
-    let first = sup.serving_pid();
-    assert!(get(sup.addr, "/exit").is_err());
-    sup.wait_for(|s| {
-        get(s.addr, "/pid")
-            .ok()
-            .filter(|(st, b)| *st == 200 && b.trim() != first.to_string())
-    });
+    sup.exit_serving_worker();
     sup.wait_for(|s| {
         (s.workers().len() == 2 && threads_named(s.pid(), "supervisor-reap").len() == 2)
             .then_some(())
