@@ -43,7 +43,7 @@ use futures::task::AtomicWaker;
 use crate::context;
 use crate::error::Location;
 use crate::runtime::Shared;
-use crate::slot::{EXPIRED, HIJACKED, RUNNING, SlotState, tag};
+use crate::slot::{EXPIRED, HIJACKED, IDLE, RUNNING, SlotState, tag};
 use crate::task::Header;
 
 /// A task ready to be polled.
@@ -583,6 +583,7 @@ pub(crate) fn spawn_replacement(shared: &Arc<Shared>, gid: GroupId) -> io::Resul
         tick: Cell::new(0),
         next_in_a_row: Cell::new(0),
         in_driver: Cell::new(false),
+        in_run: Cell::new(false),
         stamp_next_poll: Cell::new(false),
         job_stamp: Cell::new(None),
     };
@@ -619,6 +620,10 @@ pub(crate) struct WorkerCtx {
     next_in_a_row: Cell<u32>,
     /// Set while the thread is parked in the I/O driver.
     in_driver: Cell<bool>,
+    /// Set while the thread runs a task (`Runnable::run`): its watched
+    /// poll, and the bookkeeping after it (the output stored, the
+    /// `JoinHandle` woken, a finished future dropped).
+    in_run: Cell<bool>,
     /// Set on waking from a park: the next poll stamps its start time.
     stamp_next_poll: Cell<bool>,
     /// Pool threads: when the job about to run was spawned, which its poll
@@ -688,16 +693,28 @@ impl WorkerCtx {
     /// Pushes a task woken or spawned on this thread, if it belongs to
     /// this thread's runtime and group. Gives the task back otherwise.
     ///
-    /// Returns whether another thread is worth waking for it. It is not
-    /// when the task yielded, or when it is the only task queued here and
-    /// this thread is in a poll of its own (or in the I/O driver, which it
-    /// leaves at once): this thread runs the task as soon as the poll
-    /// returns, which is sooner than a parked thread could wake (a chain of
-    /// spawns, or a task waking its peer, stays on one thread without a
-    /// futex call each time, as tokio's LIFO slot does). Should the poll run
-    /// on, the watchdog wakes a parked thread to steal the task (see
-    /// `Watchdog::inspect`). A poll that has been timed out or written off
-    /// does not count: its thread may never come back for the task.
+    /// Returns whether another thread is worth waking for it: only when a
+    /// task becomes stealable. A task queued from this thread's own poll,
+    /// or from the end of the task run it belongs to (a finished task waking
+    /// its `JoinHandle`'s owner), goes to the `next` slot, which other
+    /// threads take from only after it has waited a whole poll, and wakes
+    /// no one unless it pushes the slot's previous task out into `ready`
+    /// (as tokio's LIFO slot): this thread runs it as soon as the poll
+    /// returns, which is sooner than a parked thread could wake, so a chain
+    /// of spawns, or a request's handler and its connection waking each
+    /// other, stays on one thread without a futex call each time. (Queued
+    /// at the back of `ready` instead, a connection woken by its finished
+    /// handler waits behind every other connection the driver woke, and
+    /// with it the handler's task cell: dozens of cells alive at once
+    /// overflow the allocator's per-thread cache, and a thread woken for
+    /// each one steals connections, whose buffers are then freed across
+    /// threads. That cost the axum bench a fifth more CPU per request.) The
+    /// first task the I/O driver wakes here wakes no one either (this
+    /// thread leaves the driver at once to run it); yielded tasks never do.
+    /// Should the poll run on, the watchdog wakes a parked thread to steal
+    /// what waits here (see `Watchdog::inspect`). A poll that has been
+    /// timed out or written off does not count as this thread's own: its
+    /// thread may never come back for the task.
     #[inline]
     pub(crate) fn push_local(
         &self,
@@ -713,8 +730,8 @@ impl WorkerCtx {
                     local.yielded.push(r);
                     Ok(false)
                 } else {
-                    let alone = local.ready.is_empty() && local.next.is_empty();
                     if self.in_driver.get() {
+                        let alone = local.ready.is_empty() && local.next.is_empty();
                         local.ready.push(r);
                         // The driver woke a task on this thread: leave the
                         // driver and run it (no syscall: tokio's waker for
@@ -727,18 +744,35 @@ impl WorkerCtx {
                         }
                         return Ok(!alone);
                     }
-                    let running = tag(self.slot.state.load()) == RUNNING;
-                    if running {
+                    // Within this thread's poll, or just after it: a task
+                    // that finishes wakes its `JoinHandle`'s owner once its
+                    // watched poll has ended (the slot is idle again), and
+                    // that owner (a connection waiting for its request's
+                    // handler) is as much this thread's next task as one
+                    // woken during the poll. Not after an overrun: the slot
+                    // is expired or hijacked then.
+                    let state = tag(self.slot.state.load());
+                    if state == RUNNING || (state == IDLE && self.in_run.get()) {
                         // From this thread's poll: run it next; what was
-                        // next waits its turn in `ready`.
-                        if let Some(prev) = local.next.pop() {
-                            local.ready.push(prev);
-                        }
+                        // next waits its turn in `ready`, where it can be
+                        // stolen, so only then is another thread worth
+                        // waking. Tasks already in `ready` were announced
+                        // when they were queued; waking a thread again for
+                        // them at every spawn moves work (and its memory)
+                        // between threads for nothing.
+                        let moved = match local.next.pop() {
+                            Some(prev) => {
+                                local.ready.push(prev);
+                                true
+                            }
+                            None => false,
+                        };
                         local.next.push(r);
+                        Ok(moved)
                     } else {
                         local.ready.push(r);
+                        Ok(true)
                     }
-                    Ok(!alone || !running)
                 }
             }
             _ => Err(r),
@@ -810,7 +844,9 @@ impl WorkerCtx {
                     if self.gid == GroupId::Blocking {
                         self.check_job_deadline(group, &r);
                     }
+                    self.in_run.set(true);
                     r.run();
+                    self.in_run.set(false);
                     self.job_stamp.set(None);
                     if tag(self.slot.state.load()) == HIJACKED {
                         return Leave::Hijacked;
