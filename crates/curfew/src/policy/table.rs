@@ -79,6 +79,17 @@ struct Entry {
 }
 
 impl Entry {
+    /// Records that the entry was used at `now_ms`. Stores only when the
+    /// millisecond changed: a route's or a busy client's entry is used by
+    /// every request on every thread, and a store each time would move its
+    /// cache line between cores for nothing.
+    #[inline]
+    fn seen(&self, now_ms: u64) {
+        if self.last_seen_ms.load(Relaxed) != now_ms {
+            self.last_seen_ms.store(now_ms, Relaxed);
+        }
+    }
+
     fn reset(&self, level: Level, now_ms: u64) {
         self.level.store(level_code(level), Relaxed);
         self.parent.store(NO_CLIENT, Relaxed);
@@ -461,16 +472,16 @@ impl Clients {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
             if let Some(&i) = map.by_key.get(key) {
                 if let Some(e) = self.entry(i) {
-                    e.last_seen_ms.store(now, Relaxed);
+                    e.seen(now);
                     let linked = self.entry(e.parent.load(Relaxed));
                     if let Some(net) = linked {
-                        net.last_seen_ms.store(now, Relaxed);
+                        net.seen(now);
                     }
                     let route = match key.route_ref() {
                         None => Some(NO_CLIENT),
                         Some(r) => map.by_key.get(r).and_then(|&r| {
                             let e = self.entry(r)?;
-                            e.last_seen_ms.store(now, Relaxed);
+                            e.seen(now);
                             Some(r)
                         }),
                     };
@@ -505,7 +516,7 @@ impl Clients {
     fn insert(&self, map: &mut Map, key: ClientKey, now: u64, keep: u32) -> u32 {
         if let Some(&i) = map.by_key.get(&key) {
             if let Some(e) = self.entry(i) {
-                e.last_seen_ms.store(now, Relaxed);
+                e.seen(now);
                 return i;
             }
         }
@@ -572,13 +583,13 @@ impl Clients {
             return;
         };
         let now = self.now_ms();
-        e.last_seen_ms.store(now, Relaxed);
+        e.seen(now);
         if let Some(q) = policy.cpu_quota {
             e.charge_window(ns, now, millis(q.window()));
         }
         if let Some(net) = self.entry(e.parent.load(Relaxed)) {
             net.busy_ns.fetch_add(ns, Relaxed);
-            net.last_seen_ms.store(now, Relaxed);
+            net.seen(now);
             if self.shares_usage {
                 net.unreported_ns.fetch_add(ns, Relaxed);
             }
