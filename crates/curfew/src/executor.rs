@@ -749,10 +749,16 @@ impl WorkerCtx {
                     // watched poll has ended (the slot is idle again), and
                     // that owner (a connection waiting for its request's
                     // handler) is as much this thread's next task as one
-                    // woken during the poll. Not after an overrun: the slot
-                    // is expired or hijacked then.
+                    // woken during the poll. Not after an overrun (the slot
+                    // is expired or hijacked then), nor on a thread whose
+                    // long poll was handed off: it exits once the poll
+                    // returns, at a lowered priority, so what it queues
+                    // belongs in `ready`, where the thread that replaced it
+                    // can take it at once.
                     let state = tag(self.slot.state.load());
-                    if state == RUNNING || (state == IDLE && self.in_run.get()) {
+                    if (state == RUNNING || (state == IDLE && self.in_run.get()))
+                        && !self.slot.handed_off.load(Ordering::Relaxed)
+                    {
                         // From this thread's poll: run it next; what was
                         // next waits its turn in `ready`, where it can be
                         // stolen, so only then is another thread worth
