@@ -4,7 +4,11 @@
 //! * `tokio`: `axum::serve` on a multi-thread tokio runtime;
 //! * `curfew`: `curfew_http::serve` with `CurfewLayer` on a curfew runtime
 //!   (every connection a curfew task, every request a child task under the
-//!   poll budget).
+//!   poll budget);
+//! * `curfew-bare`: `curfew_http::serve` without the layer;
+//! * `tokio-spawn`: `axum::serve` on tokio with a layer that runs each
+//!   request's handler as a `tokio::spawn`ed task and awaits it (a panic
+//!   answered `500`), the peer for what a task per request costs.
 //!
 //! Both use the same thread count (2, or `CURFEW_BENCH_THREADS`). For each
 //! mode and round it reports wrk's requests/s and p99 latency, and the
@@ -27,9 +31,8 @@
 //! `AXUM_BENCH_ROUNDS` (default 3), `AXUM_BENCH_CONNECTIONS` (default 64),
 //! `AXUM_BENCH_DEMOTE=0` (curfew's `demote_overrunning_polls` off, for an
 //! A/B of the never-yielding handler's delivery),
-//! `AXUM_BENCH_MODES` (a comma-separated subset of `tokio`, `curfew` and
-//! `curfew-bare`, the last being `curfew_http::serve` without the layer;
-//! default `tokio,curfew`).
+//! `AXUM_BENCH_MODES` (a comma-separated subset of `tokio`, `curfew`,
+//! `curfew-bare` and `tokio-spawn`; default `tokio,curfew`).
 //! Without `--bench` (as under `cargo test --benches`) it runs each mode
 //! once for 1 s, and skips the wrk part if wrk is not installed.
 
@@ -74,10 +77,56 @@ impl Drop for Server {
     }
 }
 
-fn tokio_server() -> Server {
+/// What `tokio-spawn` puts around each route: the handler runs as a task
+/// of its own, as `CurfewLayer` runs it, but on tokio and with no budget.
+#[derive(Clone)]
+struct SpawnEach<S>(S);
+
+impl<S, B> tower::Service<axum::http::Request<B>> for SpawnEach<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::response::Response>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = axum::response::Response;
+    type Error = S::Error;
+    type Future = Spawned<Result<axum::response::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        Spawned(tokio::spawn(self.0.call(req)))
+    }
+}
+
+struct Spawned<T>(tokio::task::JoinHandle<T>);
+
+impl<E> std::future::Future for Spawned<Result<axum::response::Response, E>> {
+    type Output = Result<axum::response::Response, E>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| {
+                Ok(axum::response::IntoResponse::into_response(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                ))
+            })
+        })
+    }
+}
+
+fn tokio_server(app: Router, name: &'static str) -> Server {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(common::threads())
-        .thread_name("axtk")
+        .thread_name(name)
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -87,7 +136,7 @@ fn tokio_server() -> Server {
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     rt.spawn(
-        axum::serve(listener, router())
+        axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = rx.await;
             })
@@ -95,7 +144,7 @@ fn tokio_server() -> Server {
     );
     Server {
         addr,
-        prefix: "axtk",
+        prefix: name,
         stop: Some(stop),
         keep: Some(Box::new(rt)),
     }
@@ -226,13 +275,13 @@ fn throughput(bench_mode: bool) {
         "| round | mode | requests | errors | req/s | p99 (µs) | server CPU µs/req |\n\
          | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
     );
-    const NAMES: [&str; 3] = ["tokio", "curfew", "curfew-bare"];
+    const NAMES: [&str; 4] = ["tokio", "curfew", "curfew-bare", "tokio-spawn"];
     let wanted = std::env::var("AXUM_BENCH_MODES").unwrap_or_else(|_| "tokio,curfew".into());
     let modes: Vec<usize> = (0..NAMES.len())
         .filter(|&i| wanted.split(',').any(|w| w.trim() == NAMES[i]))
         .collect();
     // Sums of (req/s, p99, CPU/req) per mode.
-    let mut sums = [(0.0f64, 0.0f64, 0.0f64); 3];
+    let mut sums = [(0.0f64, 0.0f64, 0.0f64); NAMES.len()];
     for round in 1..=rounds {
         let mut order = modes.clone();
         if round % 2 == 0 {
@@ -240,9 +289,10 @@ fn throughput(bench_mode: bool) {
         }
         for mode in order {
             let server = match mode {
-                0 => tokio_server(),
+                0 => tokio_server(router(), "axtk"),
                 1 => curfew_server(router().layer(CurfewLayer::new()), "axcf"),
-                _ => curfew_server(router(), "axcb"),
+                2 => curfew_server(router(), "axcb"),
+                _ => tokio_server(router().layer(tower::layer::layer_fn(SpawnEach)), "axts"),
             };
             // Warm-up.
             let _ = wrk(&server, 1, connections);
