@@ -36,7 +36,8 @@
 //! ```
 //!
 //! `CURFEW_BENCH_DEMOTE=0` runs with `Builder::demote_overrunning_polls`
-//! off, for an A/B run against the default.
+//! off, for an A/B run against the default; `CURFEW_BENCH_INTERVAL_US`
+//! sets `Builder::watchdog_interval` (default 500).
 //!
 //! A trial whose overrun ran to its end (budget + 10 ms) without its caller
 //! being answered with a timeout is counted as `missed`, and ranks above
@@ -188,10 +189,15 @@ fn main() {
     // `CURFEW_BENCH_DEMOTE=0` turns off the demotion of overrunning polls
     // at the timeout, for an A/B run.
     let demote = std::env::var("CURFEW_BENCH_DEMOTE").map_or(true, |v| v != "0");
+    // `CURFEW_BENCH_INTERVAL_US`: the watchdog interval (default 500 µs).
+    let interval_us: u64 = std::env::var("CURFEW_BENCH_INTERVAL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     println!(
-        "timeout delivery latency: {} event threads, 4 pool threads, watchdog interval 500 µs, \
-         hijack grace 5 ms, overrunning polls demoted at the timeout: {demote}, {trials} trials \
-         per row",
+        "timeout delivery latency: {} event threads, 4 pool threads, watchdog interval \
+         {interval_us} µs, hijack grace 5 ms, overrunning polls demoted at the timeout: \
+         {demote}, {trials} trials per row",
         common::threads()
     );
     println!(
@@ -244,6 +250,7 @@ fn main() {
                 .thread_name("lat")
                 .blocking_threads(4)
                 .demote_overrunning_polls(demote)
+                .watchdog_interval(Duration::from_micros(interval_us))
                 .build()
                 .expect("curfew runtime");
             let stop = Arc::new(AtomicBool::new(false));
