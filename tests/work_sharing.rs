@@ -104,6 +104,36 @@ fn the_last_task_a_poll_spawns_runs_next_and_a_chain_cannot_starve_the_rest() {
     );
 }
 
+/// A task waiting on a child it spawned runs as soon as the child finishes,
+/// before the tasks queued on its thread earlier: the child's end wakes it
+/// into the thread's `next` slot, although the child's watched poll is over
+/// by then. (A connection and its request's handler stay together on one
+/// thread; queued behind every connection the driver woke, the connection
+/// would keep its handler's task alive all that while.)
+#[test]
+fn a_task_woken_by_its_finished_child_runs_before_the_tasks_queued_earlier() {
+    let rt = curfew::Runtime::builder().event_threads(1).build().unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let log = |order: &Arc<Mutex<Vec<u32>>>, n: u32| order.lock().unwrap().push(n);
+    let o = order.clone();
+    rt.block_on(rt.spawn(async move {
+        for n in 1..=3 {
+            let o = o.clone();
+            drop(curfew::spawn(async move { log(&o, n) }));
+        }
+        let c = o.clone();
+        curfew::spawn(async move { log(&c, 10) }).await.unwrap();
+        log(&o, 20);
+    }))
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || order
+        .lock()
+        .unwrap()
+        .len()
+        == 5));
+    assert_eq!(*order.lock().unwrap(), [10, 20, 1, 2, 3]);
+}
+
 #[test]
 fn a_chain_of_spawns_completes_on_a_busy_runtime() {
     // Each task spawns the next and ends; no task wakes another thread. The
