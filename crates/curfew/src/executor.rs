@@ -708,9 +708,9 @@ impl WorkerCtx {
     /// with it the handler's task cell: dozens of cells alive at once
     /// overflow the allocator's per-thread cache, and a thread woken for
     /// each one steals connections, whose buffers are then freed across
-    /// threads. That cost the axum bench a fifth more CPU per request.) The
-    /// first task the I/O driver wakes here wakes no one either (this
-    /// thread leaves the driver at once to run it); yielded tasks never do.
+    /// threads.) The first task the I/O driver wakes here wakes no one
+    /// either (this thread leaves the driver at once to run it); yielded
+    /// tasks never do.
     /// Should the poll run on, the watchdog wakes a parked thread to steal
     /// what waits here (see `Watchdog::inspect`). A poll that has been
     /// timed out or written off does not count as this thread's own: its
