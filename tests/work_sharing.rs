@@ -49,6 +49,38 @@ fn a_task_queued_behind_a_long_poll_is_run_by_a_parked_thread() {
     assert_ne!(runner_thread, spawner_thread);
 }
 
+/// The order in which a test's tasks log their numbers.
+type Order = Arc<Mutex<Vec<u32>>>;
+
+fn log(order: &Order, n: u32) {
+    order.lock().unwrap().push(n);
+}
+
+/// From a poll, spawns (and detaches) one task for each of `numbers`, each
+/// logging its number.
+fn spawn_loggers(order: &Order, numbers: std::ops::RangeInclusive<u32>) {
+    for n in numbers {
+        let o = order.clone();
+        drop(curfew::spawn(async move { log(&o, n) }));
+    }
+}
+
+/// Runs `body` as a task on `rt` and returns the order logged once it holds
+/// `count` numbers (waiting up to 10 s).
+fn logged<F>(rt: &curfew::Runtime, count: usize, body: impl FnOnce(Order) -> F) -> Vec<u32>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let order = Order::default();
+    rt.block_on(rt.spawn(body(order.clone()))).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || order
+        .lock()
+        .unwrap()
+        .len()
+        == count));
+    order.lock().unwrap().clone()
+}
+
 /// The last task a poll spawns runs first once the poll returns (the
 /// thread's `next` slot); those spawned before it keep their order. And a
 /// chain of tasks each spawning the next takes the slot at most three times
@@ -56,47 +88,23 @@ fn a_task_queued_behind_a_long_poll_is_run_by_a_parked_thread() {
 #[test]
 fn the_last_task_a_poll_spawns_runs_next_and_a_chain_cannot_starve_the_rest() {
     let rt = curfew::Runtime::builder().event_threads(1).build().unwrap();
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let log = |order: &Arc<Mutex<Vec<u32>>>, n: u32| order.lock().unwrap().push(n);
-    let o = order.clone();
-    rt.block_on(rt.spawn(async move {
-        for n in 1..=3 {
-            let o = o.clone();
-            drop(curfew::spawn(async move { log(&o, n) }));
-        }
-    }))
-    .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || order
-        .lock()
-        .unwrap()
-        .len()
-        == 3));
-    assert_eq!(*order.lock().unwrap(), [3, 1, 2]);
+    let seen = logged(&rt, 3, |o| async move { spawn_loggers(&o, 1..=3) });
+    assert_eq!(seen, [3, 1, 2]);
 
     // A queued task, then a chain of eight: each link spawns the next.
-    order.lock().unwrap().clear();
     type Link = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-    fn link(o: Arc<Mutex<Vec<u32>>>, n: u32) -> Link {
+    fn link(o: Order, n: u32) -> Link {
         Box::pin(async move {
-            o.lock().unwrap().push(n);
+            log(&o, n);
             if n < 8 {
                 drop(curfew::spawn(link(o, n + 1)));
             }
         })
     }
-    let o = order.clone();
-    rt.block_on(rt.spawn(async move {
-        let q = o.clone();
-        drop(curfew::spawn(async move { log(&q, 100) }));
+    let seen = logged(&rt, 9, |o| async move {
+        spawn_loggers(&o, 100..=100);
         drop(curfew::spawn(link(o, 1)));
-    }))
-    .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || order
-        .lock()
-        .unwrap()
-        .len()
-        == 9));
-    let seen = order.lock().unwrap().clone();
+    });
     let queued_at = seen.iter().position(|&n| n == 100).unwrap();
     assert!(
         queued_at <= 3,
@@ -113,25 +121,13 @@ fn the_last_task_a_poll_spawns_runs_next_and_a_chain_cannot_starve_the_rest() {
 #[test]
 fn a_task_woken_by_its_finished_child_runs_before_the_tasks_queued_earlier() {
     let rt = curfew::Runtime::builder().event_threads(1).build().unwrap();
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let log = |order: &Arc<Mutex<Vec<u32>>>, n: u32| order.lock().unwrap().push(n);
-    let o = order.clone();
-    rt.block_on(rt.spawn(async move {
-        for n in 1..=3 {
-            let o = o.clone();
-            drop(curfew::spawn(async move { log(&o, n) }));
-        }
+    let seen = logged(&rt, 5, |o| async move {
+        spawn_loggers(&o, 1..=3);
         let c = o.clone();
         curfew::spawn(async move { log(&c, 10) }).await.unwrap();
         log(&o, 20);
-    }))
-    .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || order
-        .lock()
-        .unwrap()
-        .len()
-        == 5));
-    assert_eq!(*order.lock().unwrap(), [10, 20, 1, 2, 3]);
+    });
+    assert_eq!(seen, [10, 20, 1, 2, 3]);
 }
 
 #[test]
