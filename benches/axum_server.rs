@@ -47,14 +47,6 @@ use axum::Router;
 use axum::routing::get;
 use curfew_http::CurfewLayer;
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
-
 fn router() -> Router {
     Router::new().route("/", get(|| async { "Hello, World!" }))
 }
@@ -260,11 +252,14 @@ fn throughput(bench_mode: bool) {
         return;
     }
     let (secs, rounds) = if bench_mode {
-        (env_or("AXUM_BENCH_SECS", 5), env_or("AXUM_BENCH_ROUNDS", 3))
+        (
+            common::env_or("AXUM_BENCH_SECS", 5),
+            common::env_or("AXUM_BENCH_ROUNDS", 3),
+        )
     } else {
         (1, 1)
     };
-    let connections = env_or("AXUM_BENCH_CONNECTIONS", 64);
+    let connections = common::env_or("AXUM_BENCH_CONNECTIONS", 64);
     println!(
         "axum hello world, {} server threads, wrk -t1 -c{connections} -d{secs}s, {rounds} round(s), \
          alternating; load average before: {}",

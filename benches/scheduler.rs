@@ -402,10 +402,7 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 }
 
 fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    common::env_u64(name).map_or(default, |n| n as usize)
 }
 
 /// Runs one burst process and returns its times.

@@ -177,11 +177,7 @@ fn ms(ns: i64) -> String {
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let trials: usize = if bench_mode {
-        std::env::var("CURFEW_BENCH_TRIALS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(50)
+        common::env_or("CURFEW_BENCH_TRIALS", 50) as usize
     } else {
         2
     };
@@ -190,10 +186,7 @@ fn main() {
     // at the timeout, for an A/B run.
     let demote = std::env::var("CURFEW_BENCH_DEMOTE").map_or(true, |v| v != "0");
     // `CURFEW_BENCH_INTERVAL_US`: the watchdog interval (default 500 µs).
-    let interval_us: u64 = std::env::var("CURFEW_BENCH_INTERVAL_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+    let interval_us = common::env_or("CURFEW_BENCH_INTERVAL_US", 500);
     println!(
         "timeout delivery latency: {} event threads, 4 pool threads, watchdog interval \
          {interval_us} µs, hijack grace 5 ms, overrunning polls demoted at the timeout: \

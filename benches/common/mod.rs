@@ -10,11 +10,19 @@ use criterion::Criterion;
 /// Two by default (one per core on the reference machine); override with
 /// `CURFEW_BENCH_THREADS`.
 pub fn threads() -> usize {
-    std::env::var("CURFEW_BENCH_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(2)
+    env_or("CURFEW_BENCH_THREADS", 2) as usize
+}
+
+/// A bench setting from the environment: `name`'s value if it is a whole
+/// number, else `None`.
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// A positive bench setting from the environment, or `default` if `name` is
+/// unset, zero or not a number.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    env_u64(name).filter(|&n| n > 0).unwrap_or(default)
 }
 
 /// A multi-threaded tokio runtime with [`threads`] workers.
