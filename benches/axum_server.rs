@@ -28,7 +28,8 @@
 //! ```
 //!
 //! Settings: `AXUM_BENCH_SECS` (window per run, default 5),
-//! `AXUM_BENCH_ROUNDS` (default 3), `AXUM_BENCH_CONNECTIONS` (default 64),
+//! `AXUM_BENCH_ROUNDS` (default 3; 0 runs the second part alone),
+//! `AXUM_BENCH_CONNECTIONS` (default 64),
 //! `AXUM_BENCH_DEMOTE=0` (curfew's `demote_overrunning_polls` off, for an
 //! A/B of the never-yielding handler's delivery),
 //! `AXUM_BENCH_MODES` (a comma-separated subset of `tokio`, `curfew`,
@@ -243,6 +244,16 @@ fn loadavg() -> String {
 }
 
 fn throughput(bench_mode: bool) {
+    // Zero rounds skips this part (for the delivery runs alone).
+    let rounds = if bench_mode {
+        common::env_u64("AXUM_BENCH_ROUNDS").unwrap_or(3)
+    } else {
+        1
+    };
+    if rounds == 0 {
+        println!("AXUM_BENCH_ROUNDS=0: skipping the throughput part");
+        return;
+    }
     let wrk_found = Command::new("wrk").arg("--version").output().is_ok();
     if !wrk_found {
         println!("wrk not found: skipping the throughput part (apt-get install wrk)");
@@ -251,13 +262,10 @@ fn throughput(bench_mode: bool) {
         }
         return;
     }
-    let (secs, rounds) = if bench_mode {
-        (
-            common::env_or("AXUM_BENCH_SECS", 5),
-            common::env_or("AXUM_BENCH_ROUNDS", 3),
-        )
+    let secs = if bench_mode {
+        common::env_or("AXUM_BENCH_SECS", 5)
     } else {
-        (1, 1)
+        1
     };
     let connections = common::env_or("AXUM_BENCH_CONNECTIONS", 64);
     println!(
