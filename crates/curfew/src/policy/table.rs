@@ -20,6 +20,7 @@
 //! [`EVICTION_SAMPLE`] entries taken round the table (as Redis approximates
 //! LRU), widened up to the whole table while it finds nothing idle.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, Ordering::Relaxed};
@@ -33,6 +34,77 @@ use super::key::{ClientKey, Namespace};
 use super::store::{PolicyStore, Usage};
 use crate::error::Refusal;
 use crate::metrics::ClientMetrics;
+
+/// Where each table's `id` comes from.
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Each thread's last few resolutions of a key to its entries, so that a
+/// spawn for a key the thread has just seen takes neither the table's lock
+/// (whose cache line every spawning thread would otherwise write) nor a
+/// hash of the key. An entry is used only if its table is the same and no
+/// key has been added to or evicted from that table since it was made.
+mod resolved {
+    use super::{ClientKey, RefCell};
+
+    struct Resolved {
+        table: u64,
+        version: u64,
+        key: ClientKey,
+        found: (u32, u32),
+    }
+
+    /// Small, so that a miss costs little: a thread spawning for many keys
+    /// at once gains nothing from the cache, and loses only the scan.
+    const SIZE: usize = 4;
+
+    thread_local! {
+        static CACHE: RefCell<([Option<Resolved>; SIZE], usize)> =
+            const { RefCell::new(([const { None }; SIZE], 0)) };
+    }
+
+    /// Same key, and same route (the key's equality leaves the route out).
+    fn same(a: &ClientKey, b: &ClientKey) -> bool {
+        a == b && a.route_ref() == b.route_ref()
+    }
+
+    pub(super) fn get(table: u64, version: u64, key: &ClientKey) -> Option<(u32, u32)> {
+        CACHE
+            .try_with(|c| {
+                let c = c.borrow();
+                c.0.iter().flatten().find_map(|r| {
+                    (r.table == table && r.version == version && same(&r.key, key))
+                        .then_some(r.found)
+                })
+            })
+            .ok()
+            .flatten()
+    }
+
+    pub(super) fn put(table: u64, version: u64, key: &ClientKey, found: (u32, u32)) {
+        let _ = CACHE.try_with(|c| {
+            let (items, next) = &mut *c.borrow_mut();
+            // Refresh this key's own place if it has one (made under an
+            // older version), else take the oldest.
+            let i = items
+                .iter()
+                .position(|r| {
+                    r.as_ref()
+                        .is_some_and(|r| r.table == table && same(&r.key, key))
+                })
+                .unwrap_or_else(|| {
+                    let i = *next;
+                    *next = (i + 1) % SIZE;
+                    i
+                });
+            items[i] = Some(Resolved {
+                table,
+                version,
+                key: key.clone(),
+                found,
+            });
+        });
+    }
+}
 
 /// The index reserved for tasks without a client.
 pub(crate) const NO_CLIENT: u32 = 0;
@@ -265,6 +337,13 @@ pub(crate) struct Clients {
     refusal_epoch: CachePadded<AtomicU64>,
     /// The most polls of one route that may be stuck past their budget.
     route_limit: u32,
+    /// Tells this table from every other in the process, for the threads'
+    /// caches of resolved keys.
+    id: u64,
+    /// Bumped (under the write lock) whenever a key gets a slot, so that a
+    /// thread's cached resolution is used only while no key has been added
+    /// or evicted since it was made.
+    version: CachePadded<AtomicU64>,
 }
 
 impl fmt::Debug for Clients {
@@ -305,6 +384,8 @@ impl Clients {
             evicted: AtomicU64::new(0),
             refusal_epoch: CachePadded::new(AtomicU64::new(0)),
             route_limit: u32::try_from(route_limit.max(1)).unwrap_or(u32::MAX),
+            id: NEXT_TABLE_ID.fetch_add(1, Relaxed),
+            version: CachePadded::new(AtomicU64::new(0)),
         });
         clients.store.attach(LocalPolicy(Arc::downgrade(&clients)));
         clients
@@ -468,26 +549,24 @@ impl Clients {
         // Only IP keys have a network; checked without building its key.
         let want_net =
             self.policy.is_some_and(|p| p.network.is_some()) && key.namespace() == Namespace::Ip;
+        // Read before the lookup: a key added or evicted after this read
+        // makes the resolution below stale, and it is never used.
+        let version = self.version.load(Ordering::Acquire);
+        if let Some((i, route)) = resolved::get(self.id, version, key) {
+            if let Some(found) = self.touch(i, route, want_net, now) {
+                return found;
+            }
+        }
         {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
             if let Some(&i) = map.by_key.get(key) {
-                if let Some(e) = self.entry(i) {
-                    e.seen(now);
-                    let linked = self.entry(e.parent.load(Relaxed));
-                    if let Some(net) = linked {
-                        net.seen(now);
-                    }
-                    let route = match key.route_ref() {
-                        None => Some(NO_CLIENT),
-                        Some(r) => map.by_key.get(r).and_then(|&r| {
-                            let e = self.entry(r)?;
-                            e.seen(now);
-                            Some(r)
-                        }),
-                    };
-                    if let (true, Some(route)) = (linked.is_some() || !want_net, route) {
-                        return (i, route);
-                    }
+                let route = match key.route_ref() {
+                    None => Some(NO_CLIENT),
+                    Some(r) => map.by_key.get(r).copied(),
+                };
+                if let Some(found) = route.and_then(|r| self.touch(i, r, want_net, now)) {
+                    resolved::put(self.id, version, key, found);
+                    return found;
                 }
             }
         }
@@ -509,6 +588,24 @@ impl Clients {
             None => NO_CLIENT,
         };
         (idx, route)
+    }
+
+    /// Marks the entries of a key found at `idx` (with its route at `route`)
+    /// as seen, and returns the pair, unless one of them has been given to
+    /// another key since, or the key's network entry is wanted but not yet
+    /// linked: the caller then resolves the key under the write lock.
+    #[inline]
+    fn touch(&self, idx: u32, route: u32, want_net: bool, now: u64) -> Option<(u32, u32)> {
+        let e = self.entry(idx)?;
+        e.seen(now);
+        let linked = self.entry(e.parent.load(Relaxed));
+        if let Some(net) = linked {
+            net.seen(now);
+        }
+        if route != NO_CLIENT {
+            self.entry(route)?.seen(now);
+        }
+        (linked.is_some() || !want_net).then_some((idx, route))
     }
 
     /// Finds or inserts `key` under the write lock, evicting if the table is
@@ -542,6 +639,9 @@ impl Clients {
         let idx = self.pack(slot, generation);
         map.keys[slot] = Some(key.clone());
         map.by_key.insert(key, idx);
+        // Every thread's cached resolutions are stale now (one of them may
+        // name the evicted key's slot).
+        self.version.fetch_add(1, Ordering::Release);
         idx
     }
 
@@ -808,5 +908,71 @@ impl LocalPolicy {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(all(test, not(curfew_loom)))]
+mod tests {
+    use super::*;
+    use crate::policy::store::MemoryStore;
+
+    fn table(capacity: usize) -> Arc<Clients> {
+        Clients::start(capacity, None, Arc::new(MemoryStore), usize::MAX)
+    }
+
+    fn holds(t: &Clients, key: &ClientKey) -> bool {
+        t.map.read().unwrap().by_key.contains_key(key)
+    }
+
+    #[test]
+    fn a_cached_resolution_follows_its_key_through_an_eviction() {
+        let t = table(1);
+        let (a, b) = (ClientKey::id("a"), ClientKey::id("b"));
+        let first = t.admit(&a).unwrap().client;
+        // Resolved again from this thread's cache.
+        assert_eq!(t.admit(&a).unwrap().client, first);
+        let taken = t.admit(&b).unwrap().client;
+        assert!(holds(&t, &b) && !holds(&t, &a));
+        // Even if `b`'s slot generation wraps round to the one `a` was
+        // cached under, `a` must not resolve to `b`'s entry.
+        let slot = (taken & ((1 << t.slot_bits) - 1)) as usize;
+        let gen_mask = u32::MAX >> t.slot_bits;
+        t.entries[slot]
+            .generation
+            .store(first >> t.slot_bits & gen_mask, Relaxed);
+        let again = t.admit(&a).unwrap().client;
+        assert!(
+            holds(&t, &a) && !holds(&t, &b),
+            "`a` resolved to `b`'s entry"
+        );
+        assert_ne!(again, first);
+    }
+
+    #[test]
+    fn keys_that_differ_only_in_route_resolve_apart() {
+        let t = table(16);
+        let a = ClientKey::id("a");
+        let (x, y) = (a.with_route("/x"), a.with_route("/y"));
+        let ax = t.admit(&x).unwrap();
+        let ay = t.admit(&y).unwrap();
+        assert_eq!(ax.client, ay.client);
+        assert_ne!(ax.route, ay.route);
+        // And again, now from the cache.
+        assert_eq!(t.admit(&x).unwrap(), ax);
+        assert_eq!(t.admit(&y).unwrap(), ay);
+        assert_eq!(t.admit(&a).unwrap().route, NO_CLIENT);
+    }
+
+    #[test]
+    fn two_tables_do_not_share_resolutions() {
+        let (t1, t2) = (table(16), table(16));
+        let (a, b) = (ClientKey::id("a"), ClientKey::id("b"));
+        // `b` takes t2's first slot, so `a` gets different slots in each.
+        t2.admit(&b).unwrap();
+        let a1 = t1.admit(&a).unwrap().client;
+        let a2 = t2.admit(&a).unwrap().client;
+        assert_ne!(a1, a2);
+        assert_eq!(t1.admit(&a).unwrap().client, a1);
+        assert_eq!(t2.admit(&a).unwrap().client, a2);
     }
 }
