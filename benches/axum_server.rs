@@ -8,7 +8,10 @@
 //! * `curfew-bare`: `curfew_http::serve` without the layer;
 //! * `tokio-spawn`: `axum::serve` on tokio with a layer that runs each
 //!   request's handler as a `tokio::spawn`ed task and awaits it (a panic
-//!   answered `500`), the peer for what a task per request costs.
+//!   answered `500`), the peer for what a task per request costs;
+//! * `curfew-spawn`: `curfew_http::serve` with the same layer, spawning
+//!   with `curfew::spawn` (what the task costs without the rest of
+//!   `CurfewLayer`'s work).
 //!
 //! Both use the same thread count (2, or `CURFEW_BENCH_THREADS`). For each
 //! mode and round it reports wrk's requests/s and p99 latency, and the
@@ -33,7 +36,7 @@
 //! `AXUM_BENCH_DEMOTE=0` (curfew's `demote_overrunning_polls` off, for an
 //! A/B of the never-yielding handler's delivery),
 //! `AXUM_BENCH_MODES` (a comma-separated subset of `tokio`, `curfew`,
-//! `curfew-bare` and `tokio-spawn`; default `tokio,curfew`).
+//! `curfew-bare`, `tokio-spawn` and `curfew-spawn`; default `tokio,curfew`).
 //! Without `--bench` (as under `cargo test --benches`) it runs each mode
 //! once for 1 s, and skips the wrk part if wrk is not installed.
 
@@ -70,20 +73,61 @@ impl Drop for Server {
     }
 }
 
-/// What `tokio-spawn` puts around each route: the handler runs as a task
-/// of its own, as `CurfewLayer` runs it, but on tokio and with no budget.
+/// What `tokio-spawn` and `curfew-spawn` put around each route: the
+/// handler runs as a task of its own, as `CurfewLayer` runs it, with
+/// nothing else of the layer's (no client key, route or admission, and no
+/// budget on tokio).
 #[derive(Clone)]
-struct SpawnEach<S>(S);
+struct SpawnEach<S, P>(S, P);
 
-impl<S, B> tower::Service<axum::http::Request<B>> for SpawnEach<S>
+/// How `SpawnEach` spawns: `tokio::spawn` or `curfew::spawn`.
+trait Spawner: Clone {
+    type Join<T: Send + 'static>: std::future::Future<Output = Result<T, ()>> + Send + Unpin;
+    fn spawn<F>(&self, f: F) -> Self::Join<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static;
+}
+
+#[derive(Clone, Copy)]
+struct OnTokio;
+#[derive(Clone, Copy)]
+struct OnCurfew;
+
+impl Spawner for OnTokio {
+    type Join<T: Send + 'static> =
+        futures::future::MapErr<tokio::task::JoinHandle<T>, fn(tokio::task::JoinError)>;
+    fn spawn<F>(&self, f: F) -> Self::Join<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        futures::TryFutureExt::map_err(tokio::spawn(f), drop as fn(_))
+    }
+}
+
+impl Spawner for OnCurfew {
+    type Join<T: Send + 'static> =
+        futures::future::MapErr<curfew::JoinHandle<T>, fn(curfew::JoinError)>;
+    fn spawn<F>(&self, f: F) -> Self::Join<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        futures::TryFutureExt::map_err(curfew::spawn(f), drop as fn(_))
+    }
+}
+
+impl<S, P, B> tower::Service<axum::http::Request<B>> for SpawnEach<S, P>
 where
     S: tower::Service<axum::http::Request<B>, Response = axum::response::Response>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    P: Spawner,
 {
     type Response = axum::response::Response;
     type Error = S::Error;
-    type Future = Spawned<Result<axum::response::Response, S::Error>>;
+    type Future = Spawned<P::Join<Result<axum::response::Response, S::Error>>>;
 
     fn poll_ready(
         &mut self,
@@ -93,13 +137,17 @@ where
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        Spawned(tokio::spawn(self.0.call(req)))
+        Spawned(self.1.spawn(self.0.call(req)))
     }
 }
 
-struct Spawned<T>(tokio::task::JoinHandle<T>);
+/// A spawned handler's response; a panic is answered `500`.
+struct Spawned<J>(J);
 
-impl<E> std::future::Future for Spawned<Result<axum::response::Response, E>> {
+impl<J, E> std::future::Future for Spawned<J>
+where
+    J: std::future::Future<Output = Result<Result<axum::response::Response, E>, ()>> + Unpin,
+{
     type Output = Result<axum::response::Response, E>;
 
     fn poll(
@@ -107,7 +155,7 @@ impl<E> std::future::Future for Spawned<Result<axum::response::Response, E>> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| {
+            r.unwrap_or_else(|()| {
                 Ok(axum::response::IntoResponse::into_response(
                     axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                 ))
@@ -278,7 +326,13 @@ fn throughput(bench_mode: bool) {
         "| round | mode | requests | errors | req/s | p99 (µs) | server CPU µs/req |\n\
          | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
     );
-    const NAMES: [&str; 4] = ["tokio", "curfew", "curfew-bare", "tokio-spawn"];
+    const NAMES: [&str; 5] = [
+        "tokio",
+        "curfew",
+        "curfew-bare",
+        "tokio-spawn",
+        "curfew-spawn",
+    ];
     let wanted = std::env::var("AXUM_BENCH_MODES").unwrap_or_else(|_| "tokio,curfew".into());
     let modes: Vec<usize> = (0..NAMES.len())
         .filter(|&i| wanted.split(',').any(|w| w.trim() == NAMES[i]))
@@ -295,7 +349,14 @@ fn throughput(bench_mode: bool) {
                 0 => tokio_server(router(), "axtk"),
                 1 => curfew_server(router().layer(CurfewLayer::new()), "axcf"),
                 2 => curfew_server(router(), "axcb"),
-                _ => tokio_server(router().layer(tower::layer::layer_fn(SpawnEach)), "axts"),
+                3 => tokio_server(
+                    router().layer(tower::layer::layer_fn(|s| SpawnEach(s, OnTokio))),
+                    "axts",
+                ),
+                _ => curfew_server(
+                    router().layer(tower::layer::layer_fn(|s| SpawnEach(s, OnCurfew))),
+                    "axcs",
+                ),
             };
             // Warm-up.
             let _ = wrk(&server, 1, connections);
