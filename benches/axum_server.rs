@@ -35,6 +35,7 @@
 //! `AXUM_BENCH_CONNECTIONS` (default 64),
 //! `AXUM_BENCH_DEMOTE=0` (curfew's `demote_overrunning_polls` off, for an
 //! A/B of the never-yielding handler's delivery),
+//! `CURFEW_BENCH_INTERVAL_US` (curfew's watchdog interval, default 500),
 //! `AXUM_BENCH_MODES` (a comma-separated subset of `tokio`, `curfew`,
 //! `curfew-bare`, `tokio-spawn` and `curfew-spawn`; default `tokio,curfew`).
 //! Without `--bench` (as under `cargo test --benches`) it runs each mode

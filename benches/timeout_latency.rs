@@ -186,7 +186,7 @@ fn main() {
     // at the timeout, for an A/B run.
     let demote = std::env::var("CURFEW_BENCH_DEMOTE").map_or(true, |v| v != "0");
     // `CURFEW_BENCH_INTERVAL_US`: the watchdog interval (default 500 µs).
-    let interval_us = common::env_or("CURFEW_BENCH_INTERVAL_US", 500);
+    let interval_us = common::watchdog_interval_us();
     println!(
         "timeout delivery latency: {} event threads, 4 pool threads, watchdog interval \
          {interval_us} µs, hijack grace 5 ms, overrunning polls demoted at the timeout: \
@@ -243,7 +243,6 @@ fn main() {
                 .thread_name("lat")
                 .blocking_threads(4)
                 .demote_overrunning_polls(demote)
-                .watchdog_interval(Duration::from_micros(interval_us))
                 .build()
                 .expect("curfew runtime");
             let stop = Arc::new(AtomicBool::new(false));

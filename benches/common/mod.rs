@@ -44,6 +44,13 @@ pub fn curfew_builder() -> curfew::Builder {
     curfew::Runtime::builder()
         .event_threads(threads())
         .thread_name("bench")
+        .watchdog_interval(Duration::from_micros(watchdog_interval_us()))
+}
+
+/// The watchdog interval the benches' curfew runtimes use:
+/// `CURFEW_BENCH_INTERVAL_US`, or the runtime's default of 500 µs.
+pub fn watchdog_interval_us() -> u64 {
+    env_or("CURFEW_BENCH_INTERVAL_US", 500)
 }
 
 /// Criterion settings: 20 samples over 3 s after a 1 s warm-up.
