@@ -47,6 +47,7 @@
 
 mod body;
 mod executor;
+mod head;
 pub mod key;
 mod layer;
 mod recent;

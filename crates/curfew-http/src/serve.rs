@@ -59,6 +59,7 @@ use tower_service::Service;
 
 use crate::body::{Body, BodyBudget, Reservation};
 use crate::executor::Executor;
+use crate::head::{HeadDeadline, HeadTimer, sweep_period};
 use crate::key::{ip_key, prime_peer};
 use crate::layer::text_response;
 
@@ -189,8 +190,10 @@ impl<S> Serve<S> {
 
     /// How long an HTTP/1 client may take to send a request's headers,
     /// from the moment the server waits for them (`None`: no limit).
-    /// Enforced by hyper; it also bounds how long an HTTP/1 connection may
-    /// sit idle between requests. It also bounds how long a new connection
+    /// Enforced by hyper, with a sweep of the connections every quarter of
+    /// the timeout instead of a timer per request: a client is cut off
+    /// between the timeout and 1.25 times it. It also bounds how long an
+    /// HTTP/1 connection may sit idle between requests. It also bounds how long a new connection
     /// of either protocol may go without starting its first request (a
     /// client that sends nothing, or only part of the HTTP/2 preface).
     /// Default: 10 s.
@@ -528,6 +531,7 @@ async fn run<S: App>(
         None => Executor::new(),
     };
     let mut builder = auto::Builder::new(executor);
+    // Each connection replaces this timer with its own `HeadTimer`.
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -564,6 +568,11 @@ async fn run<S: App>(
     let mut signal = pin!(signal);
     let idle = shared.limits.idle_timeout;
     let mut reaper = idle.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+    let mut heads = shared.limits.header_read_timeout.map(|t| {
+        let mut i = tokio::time::interval(sweep_period(t));
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
     let mut accepted_in_a_row = 0u32;
     loop {
         // A flood of waiting connections must not keep this loop in one
@@ -578,6 +587,10 @@ async fn run<S: App>(
             () = &mut signal => break,
             _ = tick(&mut reaper) => {
                 shared.reap();
+                continue;
+            }
+            _ = tick(&mut heads) => {
+                shared.sweep_heads();
                 continue;
             }
             r = listener.accept() => r,
@@ -625,6 +638,7 @@ async fn run<S: App>(
             tokio::select! {
                 () = shared.drained.notified() => {}
                 () = tokio::time::sleep_until(until) => break,
+                _ = tick(&mut heads) => shared.sweep_heads(),
             }
         }
     }
@@ -635,6 +649,7 @@ async fn run<S: App>(
         tokio::select! {
             () = shared.drained.notified() => {}
             _ = tick(&mut reaper) => shared.reap(),
+            _ = tick(&mut heads) => shared.sweep_heads(),
         }
     }
     Ok(())
@@ -686,6 +701,19 @@ impl Shared {
                     c.signal(DROP);
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Every quarter of the header-read timeout: wakes the connections whose
+    /// head has been awaited past the timeout, so that hyper closes them
+    /// (see the `head` module).
+    fn sweep_heads(&self) {
+        let now = Instant::now();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        for c in registry.values() {
+            if c.head.fire_if_passed(now) {
+                c.waker.wake();
             }
         }
     }
@@ -848,6 +876,8 @@ struct Control {
     /// `OPEN`, `LINGER` (mark responses `Connection: close`), `CLOSE`
     /// (close once idle) or `DROP` (drop it now).
     state: std::sync::atomic::AtomicU8,
+    /// The header-read deadline of the HTTP/1 head hyper is waiting for.
+    head: Arc<HeadDeadline>,
     waker: futures::task::AtomicWaker,
 }
 
@@ -861,6 +891,7 @@ impl Control {
             last_seen: AtomicU64::new(0),
             silent_ticks: std::sync::atomic::AtomicU32::new(0),
             state: std::sync::atomic::AtomicU8::new(OPEN),
+            head: Arc::default(),
             waker: futures::task::AtomicWaker::new(),
         }
     }
@@ -1080,7 +1111,13 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
         shared: shared.clone(),
         control: control.clone(),
     };
-    let conn = shared.builder.serve_connection_with_upgrades(io, svc);
+    // hyper times each HTTP/1 head with this connection's own timer, which
+    // the accept loop's sweep fires: no timer-wheel entry per request.
+    let mut builder = shared.builder.clone();
+    if shared.limits.header_read_timeout.is_some() {
+        builder.http1().timer(HeadTimer(control.head.clone()));
+    }
+    let conn = builder.serve_connection_with_upgrades(io, svc);
     let mut conn = pin!(conn);
     let mut closing = false;
     // The peer's key, made once: each poll puts it in the thread's cache,

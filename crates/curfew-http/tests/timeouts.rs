@@ -146,3 +146,72 @@ fn connections_that_never_start_a_request_are_closed_at_the_header_timeout() {
         std::thread::sleep(Duration::from_millis(150));
     }
 }
+
+/// After a first request on a keep-alive connection, the next head is
+/// timed as well, trickled or never sent; the HTTP/1 idle time between
+/// requests is the header-read timeout's.
+#[test]
+fn the_heads_after_the_first_are_timed_too() {
+    let server = TestServer::start(runtime(), app(), |s| {
+        s.header_read_timeout(Duration::from_millis(400))
+            .idle_timeout(Duration::from_secs(60))
+    });
+    let mut trickled = connect_from([127, 0, 0, 5], server.addr);
+    let mut silent = connect_from([127, 0, 0, 6], server.addr);
+    for s in [&mut trickled, &mut silent] {
+        assert_eq!(common::get(s, "/hello").unwrap().status, 200);
+    }
+    let start = Instant::now();
+    let mut cut = false;
+    for b in b"GET /hello HTTP/1.1\r\nX-Slow: "
+        .iter()
+        .chain([b'a'; 200].iter())
+    {
+        if trickled.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if start.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    assert!(
+        cut || closed_within(&mut trickled, Duration::from_secs(5)),
+        "a trickled second head is cut off"
+    );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)),
+        "a keep-alive connection idle past the header-read timeout is closed"
+    );
+    // Far sooner than the 60 s idle timeout.
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(13), "{took:?}");
+    // Others are still served.
+    assert_eq!(
+        get_from([127, 0, 0, 1], server.addr, "/hello")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+/// A connection that keeps sending requests, each head whole, is never cut
+/// off by the header-read timeout, however long it lives.
+#[test]
+fn a_busy_keep_alive_connection_outlives_the_header_timeout() {
+    let server = TestServer::start(runtime(), app(), |s| {
+        s.header_read_timeout(Duration::from_millis(500))
+            .idle_timeout(Duration::from_secs(60))
+    });
+    let mut s = connect_from([127, 0, 0, 7], server.addr);
+    let start = Instant::now();
+    let mut served = 0;
+    // Five times the timeout, with gaps of a fifth of it.
+    while start.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(common::get(&mut s, "/hello").unwrap().status, 200);
+        served += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(served >= 5, "{served}");
+}
