@@ -129,7 +129,9 @@ impl<L, R: FailureBody> FailureBody for Either<L, R> {
 
 type Responder = dyn Fn(&Failure<'_>) -> Response<Full<Bytes>> + Send + Sync;
 
-/// What the layer shares between its services.
+/// What the layer gives its services, held by value: axum clones a route's
+/// service for every request, and the defaults (`None`s) clone without
+/// touching a reference count that every thread would share.
 #[derive(Clone)]
 struct Config {
     poll_budget: Option<Duration>,
@@ -163,7 +165,7 @@ struct Config {
 /// is a curfew task as under [`serve`](crate::serve)), else on curfew's
 /// default runtime, polled with the caller's tokio runtime entered.
 pub struct CurfewLayer<K = PeerIp> {
-    config: Arc<Config>,
+    config: Config,
     key: K,
 }
 
@@ -172,11 +174,11 @@ impl CurfewLayer {
     /// key, and the default responses.
     pub fn new() -> Self {
         Self {
-            config: Arc::new(Config {
+            config: Config {
                 poll_budget: None,
                 handle: None,
                 respond: None,
-            }),
+            },
             key: PeerIp,
         }
     }
@@ -189,9 +191,8 @@ impl Default for CurfewLayer {
 }
 
 impl<K> CurfewLayer<K> {
-    /// The configuration, copied first if a clone of the layer shares it.
     fn config_mut(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.config)
+        &mut self.config
     }
 
     /// The budget for each poll of the handlers behind this layer, instead
@@ -294,7 +295,7 @@ impl<S, K: Clone> Layer<S> for CurfewLayer<K> {
 /// `429`, `500`) can take that type too.
 pub struct Curfew<S, K = PeerIp> {
     inner: S,
-    config: Arc<Config>,
+    config: Config,
     key: K,
 }
 
@@ -459,7 +460,7 @@ impl Route {
 struct Info {
     route: Route,
     client: Option<ClientKey>,
-    config: Arc<Config>,
+    config: Config,
 }
 
 impl Config {
