@@ -22,6 +22,33 @@ fn app() -> Router {
         .layer(CurfewLayer::new())
 }
 
+/// Sends one byte every 50 ms of a head that never ends, so that the
+/// connection is never idle and only the header-read timeout can end it.
+/// Stops 8 s after `start`; true if a write failed (the server closed).
+fn trickle_a_head(s: &mut std::net::TcpStream, start: Instant) -> bool {
+    for b in b"GET /hello HTTP/1.1\r\nX-Slow: "
+        .iter()
+        .chain([b'a'; 200].iter())
+    {
+        if s.write_all(&[*b]).is_err() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if start.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    false
+}
+
+/// A client from another address is answered.
+fn others_are_served(addr: std::net::SocketAddr) {
+    assert_eq!(
+        get_from([127, 0, 0, 1], addr, "/hello").unwrap().status,
+        200
+    );
+}
+
 #[test]
 fn trickling_headers_are_cut_off() {
     let server = TestServer::start(runtime(), app(), |s| {
@@ -30,37 +57,14 @@ fn trickling_headers_are_cut_off() {
     });
     let mut s = connect_from([127, 0, 0, 1], server.addr);
     let start = Instant::now();
-    let mut cut = false;
-    // One byte every 50 ms of a header that never ends: the connection
-    // is never idle, so only the header-read timeout can end it.
-    for b in b"GET /hello HTTP/1.1\r\nX-Slow: "
-        .iter()
-        .chain([b'a'; 200].iter())
-    {
-        if s.write_all(&[*b]).is_err() {
-            cut = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        if start.elapsed() > Duration::from_secs(8) {
-            break;
-        }
-    }
+    let cut = trickle_a_head(&mut s, start);
     assert!(
         cut || closed_within(&mut s, Duration::from_secs(5)),
         "a trickling header is cut off"
     );
-    assert!(
-        start.elapsed() < Duration::from_secs(8),
-        "cut off in {:?}",
-        start.elapsed()
-    );
-    assert_eq!(
-        get_from([127, 0, 0, 1], server.addr, "/hello")
-            .unwrap()
-            .status,
-        200
-    );
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(8), "cut off in {took:?}");
+    others_are_served(server.addr);
 }
 
 #[test]
@@ -162,20 +166,7 @@ fn the_heads_after_the_first_are_timed_too() {
         assert_eq!(common::get(s, "/hello").unwrap().status, 200);
     }
     let start = Instant::now();
-    let mut cut = false;
-    for b in b"GET /hello HTTP/1.1\r\nX-Slow: "
-        .iter()
-        .chain([b'a'; 200].iter())
-    {
-        if trickled.write_all(&[*b]).is_err() {
-            cut = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        if start.elapsed() > Duration::from_secs(8) {
-            break;
-        }
-    }
+    let cut = trickle_a_head(&mut trickled, start);
     assert!(
         cut || closed_within(&mut trickled, Duration::from_secs(5)),
         "a trickled second head is cut off"
@@ -187,13 +178,7 @@ fn the_heads_after_the_first_are_timed_too() {
     // Far sooner than the 60 s idle timeout.
     let took = start.elapsed();
     assert!(took < Duration::from_secs(13), "{took:?}");
-    // Others are still served.
-    assert_eq!(
-        get_from([127, 0, 0, 1], server.addr, "/hello")
-            .unwrap()
-            .status,
-        200
-    );
+    others_are_served(server.addr);
 }
 
 /// A connection that keeps sending requests, each head whole, is never cut
