@@ -193,10 +193,10 @@ impl<S> Serve<S> {
     /// Enforced by hyper, with a sweep of the connections every quarter of
     /// the timeout instead of a timer per request: a client is cut off
     /// between the timeout and 1.25 times it. It also bounds how long an
-    /// HTTP/1 connection may sit idle between requests. It also bounds how long a new connection
-    /// of either protocol may go without starting its first request (a
-    /// client that sends nothing, or only part of the HTTP/2 preface).
-    /// Default: 10 s.
+    /// HTTP/1 connection may sit idle between requests, and how long a new
+    /// connection of either protocol may go without starting its first
+    /// request (a client that sends nothing, or only part of the HTTP/2
+    /// preface; this one is timed exactly). Default: 10 s.
     pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.limits.header_read_timeout = timeout.into();
         self
