@@ -7,6 +7,10 @@
 //! - `rate_limit`: the in-memory GCRA limiter (governor), the exact Redis
 //!   limiter (one round trip, one Lua step), and a key the Redis limiter
 //!   has blocked in local memory.
+//! - `admission`: what a client key adds to a spawn. Two event threads
+//!   each spawn and await 1,000 empty tasks, without a key and with one
+//!   client's key on one route (as `CurfewLayer` spawns every handler of a
+//!   client's requests): the client table's lookup on the spawn path.
 //!
 //! ```text
 //! cargo bench --bench policy          # needs redis-server on PATH
@@ -94,5 +98,39 @@ fn rate_limit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, policy_check, rate_limit);
+fn admission(c: &mut Criterion) {
+    const PER_THREAD: usize = 1_000;
+    let rt = curfew::Runtime::builder().event_threads(2).build().unwrap();
+    let key = ClientKey::ip(std::net::Ipv4Addr::LOCALHOST.into()).with_route("/search");
+    let mut g = c.benchmark_group("admission");
+    g.throughput(criterion::Throughput::Elements(2 * PER_THREAD as u64));
+    for (name, key) in [("no_key", None), ("one_client", Some(key))] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let loops: Vec<_> = (0..2)
+                        .map(|_| {
+                            let key = key.clone();
+                            curfew::spawn(async move {
+                                for _ in 0..PER_THREAD {
+                                    let mut t = curfew::task::Builder::new();
+                                    if let Some(k) = &key {
+                                        t = t.client(k.clone());
+                                    }
+                                    t.spawn(async {}).await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for l in loops {
+                        l.await.unwrap();
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, admission, policy_check, rate_limit);
 criterion_main!(benches);
