@@ -83,6 +83,19 @@ impl Deadlines {
         self.shared.changed.notify_one();
     }
 
+    /// The loop's tick found worker `id`'s deadline passed: kills it now, as
+    /// the thread would, unless the thread already has (or the worker's
+    /// deadline is not armed here). Under the same lock as the thread, so
+    /// the worker is killed, and its threads noted, once; the exit's
+    /// handling logs it either way. True if this call sent the signal.
+    pub(crate) fn kill_now(&self, id: u64) -> bool {
+        let mut st = self.shared.lock();
+        let killed = kill_armed(&mut st, id);
+        drop(st);
+        self.shared.changed.notify_one();
+        killed
+    }
+
     /// Forgets worker `id` (it exited, or it no longer drains): disarms its
     /// deadline, and returns the kill if this thread killed it.
     pub(crate) fn forget(&self, id: u64) -> Option<Killed> {
@@ -103,6 +116,30 @@ impl Drop for Deadlines {
     }
 }
 
+/// Kills worker `id` if its deadline is armed, and disarms it. True if the
+/// signal went.
+fn kill_armed(st: &mut State, id: u64) -> bool {
+    let Some((pid, pidfd, _)) = st.armed.remove(&id) else {
+        return false;
+    };
+    // A few `/proc` reads, then the signal, then the bookkeeping. Nothing
+    // here logs, so nothing here can wait on a file a frozen worker holds.
+    // The snapshot is of the worker: the signal that follows succeeds only
+    // if the worker was not reaped, so its id was not reused in between.
+    let threads = sys::threads_snapshot(pid);
+    if sys::pidfd_signal(&pidfd, libc::SIGKILL).is_err() {
+        return false;
+    }
+    st.killed.push((
+        id,
+        Killed {
+            at: Instant::now(),
+            threads,
+        },
+    ));
+    true
+}
+
 fn run(shared: &Shared) {
     let mut st = shared.lock();
     loop {
@@ -117,19 +154,7 @@ fn run(shared: &Shared) {
             .map(|(&id, _)| id)
             .collect();
         for id in due {
-            let Some((pid, pidfd, _)) = st.armed.remove(&id) else {
-                continue;
-            };
-            // A few `/proc` reads, then the signal, then the bookkeeping.
-            // Nothing here logs, so nothing here can wait on a file a
-            // frozen worker holds. The snapshot is of the worker: the
-            // signal that follows succeeds only if the worker was not
-            // reaped, so its id was not reused in between.
-            let threads = sys::threads_snapshot(pid);
-            if sys::pidfd_signal(&pidfd, libc::SIGKILL).is_ok() {
-                let at = Instant::now();
-                st.killed.push((id, Killed { at, threads }));
-            }
+            kill_armed(&mut st, id);
         }
         let next = st.armed.values().map(|(_, _, at)| *at).min();
         st = match next {
@@ -202,6 +227,40 @@ mod tests {
         assert!(d.forget(2).is_none());
         spared.kill().expect("kill");
         spared.wait().expect("reap");
+    }
+
+    /// The loop's tick and the thread can both find a deadline passed: the
+    /// worker is killed once, and its threads noted while it still ran,
+    /// whichever goes first.
+    #[test]
+    fn a_deadline_is_enforced_once_by_the_tick_or_the_thread() {
+        let d = Deadlines::start().expect("start the thread");
+        // The tick first: the thread finds nothing left to kill.
+        let (mut first, fd, pid) = sleeper();
+        d.arm(1, pid, fd, Instant::now() + Duration::from_secs(3600));
+        assert!(d.kill_now(1), "the tick kills");
+        assert!(!d.kill_now(1), "and only once");
+        let st = exited_within(&mut first, Duration::from_secs(10)).expect("killed");
+        assert_eq!(st.signal(), Some(libc::SIGKILL));
+        let killed = d.forget(1).expect("reported, as the thread's kills are");
+        let threads = killed.threads.expect("a snapshot of the worker");
+        assert!(
+            threads.starts_with("1 threads (1 ") && !threads.contains(" Z"),
+            "taken before the kill: {threads}"
+        );
+        // The thread first: the tick that comes after kills nothing, and
+        // the snapshot stays the one taken before the kill.
+        let (mut second, fd, pid) = sleeper();
+        d.arm(2, pid, fd, Instant::now());
+        exited_within(&mut second, Duration::from_secs(10)).expect("killed by the thread");
+        assert!(!d.kill_now(2), "already killed");
+        let threads = d.forget(2).expect("reported").threads.expect("a snapshot");
+        assert!(
+            threads.starts_with("1 threads (1 ") && !threads.contains(" Z"),
+            "taken before the kill: {threads}"
+        );
+        // Not armed here (a worker without a pidfd): nothing to do.
+        assert!(!d.kill_now(3));
     }
 
     #[test]

@@ -421,9 +421,17 @@ impl Supervision {
                 }
             }
             match p.state {
+                // A deadline the thread keeps: killed through it, at most
+                // once whichever of the two gets there first, and logged
+                // with the exit.
+                State::Draining { deadline }
+                    if now >= deadline && !p.killed && p.pidfd.is_some() =>
+                {
+                    deadlines.kill_now(p.id);
+                }
                 State::Draining { deadline } if now >= deadline && !p.killed => {
-                    // As the deadline thread does: the snapshot is the
-                    // worker's if the kill through its pidfd then succeeds.
+                    // Without a pidfd: the snapshot is the worker's if the
+                    // kill by pid then succeeds.
                     let threads = sys::threads_snapshot(p.pid);
                     if kill(p, "drain deadline passed") {
                         p.killed_at_deadline = Some(Instant::now());
