@@ -6,7 +6,10 @@
 //! writing too, a slow `/proc` read, a burst of events. This thread only
 //! waits for the earliest deadline and sends `SIGKILL` through the worker's
 //! pidfd, so a drain ends on time whatever the loop is doing; the loop
-//! still handles the exit (and counts the kill) when it gets there.
+//! still handles the exit (and counts the kill) when it gets there. A tick
+//! that sees the deadline passed first kills through here too
+//! ([`Deadlines::kill_now`]), under the same lock, so a worker is killed,
+//! and its threads noted, once.
 //!
 //! The pidfd is opened right after the spawn, while the worker cannot have
 //! been reaped, so a late signal reaches the worker or nothing, never a
