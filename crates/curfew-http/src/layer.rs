@@ -191,10 +191,6 @@ impl Default for CurfewLayer {
 }
 
 impl<K> CurfewLayer<K> {
-    fn config_mut(&mut self) -> &mut Config {
-        &mut self.config
-    }
-
     /// The budget for each poll of the handlers behind this layer, instead
     /// of the runtime's. Layers on different route groups can differ.
     ///
@@ -203,7 +199,7 @@ impl<K> CurfewLayer<K> {
     /// Panics if `budget` is zero.
     pub fn poll_budget(mut self, budget: Duration) -> Self {
         assert!(!budget.is_zero(), "a poll budget must be greater than zero");
-        self.config_mut().poll_budget = Some(budget);
+        self.config.poll_budget = Some(budget);
         self
     }
 
@@ -211,7 +207,7 @@ impl<K> CurfewLayer<K> {
     /// connection: for a tokio-hosted server that hands its handlers to
     /// curfew.
     pub fn handle(mut self, handle: curfew::Handle) -> Self {
-        self.config_mut().handle = Some(handle);
+        self.config.handle = Some(handle);
         self
     }
 
@@ -244,7 +240,7 @@ impl<K> CurfewLayer<K> {
     where
         F: Fn(&Failure<'_>) -> Response<Full<Bytes>> + Send + Sync + 'static,
     {
-        self.config_mut().respond = Some(Arc::new(f));
+        self.config.respond = Some(Arc::new(f));
         self
     }
 }

@@ -531,10 +531,11 @@ async fn run<S: App>(
         None => Executor::new(),
     };
     let mut builder = auto::Builder::new(executor);
-    // Each connection replaces this timer with its own `HeadTimer`.
+    // Each connection gives hyper its own `HeadTimer` for this timeout (see
+    // `serve_connection`); hyper's HTTP/1 side uses its timer for nothing
+    // else.
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     if let Some(idle) = limits.idle_timeout {
