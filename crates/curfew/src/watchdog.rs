@@ -6,9 +6,14 @@
 //! Threads publish each poll in their [`Slot`] with a sequence number; they
 //! never read a clock. Every `watchdog_interval` the watchdog reads each slot.
 //! The first time it sees a poll it notes the time; a poll it keeps seeing has
-//! been running *at least* since that note. So a timeout never fires early,
-//! and fires at most about two intervals late. When every thread is parked,
-//! the watchdog parks too, and the first thread to wake unparks it.
+//! been running *at least* since that note. So a timeout never fires early.
+//! Once it has seen a poll, the watchdog sleeps no longer than until that
+//! poll's budget runs out (see [`Watchdog::sleep`]), so a timeout fires when
+//! it is due after that first sighting: at most about one interval late, and
+//! on time for a poll that stamped its own start (the first after a thread's
+//! wake-up, or one begun while the watchdog was parked). When every thread
+//! is parked, the watchdog parks too, and the first thread to wake unparks
+//! it.
 //!
 //! # On an overrun
 //!
@@ -68,6 +73,7 @@
 //! [`TimeoutError`]: crate::TimeoutError
 //! [`JoinError::is_queue_timeout`]: crate::JoinError::is_queue_timeout
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -98,7 +104,15 @@ pub(crate) fn start(shared: Arc<Shared>) -> io::Result<std::thread::JoinHandle<(
                 // Wake-up preemption of spinning threads, so that the
                 // watchdog runs on time while poisoned polls hold every core.
                 let short = crate::sys::request_short_slice(Duration::from_micros(100));
-                tracing::debug!(target: "curfew", short_slice = short, "watchdog started");
+                // Its sleeps end on time: an overrun is answered when it is
+                // due (see `Watchdog::sleep`), not one timer slack later.
+                let precise = crate::sys::precise_timers();
+                tracing::debug!(
+                    target: "curfew",
+                    short_slice = short,
+                    precise_timers = precise,
+                    "watchdog started"
+                );
                 Watchdog::new(shared).run()
             }
         })?;
@@ -118,6 +132,11 @@ struct Watchdog {
     held: [VecDeque<Held>; 2],
     /// When the next held task's deadline passes, per group.
     next_due: [u64; 2],
+    /// The soonest a poll this tick saw running within its budget runs out
+    /// of it (ns since the epoch), or `u64::MAX`: the watchdog sleeps no
+    /// longer than that, so an overrun is answered when it happens rather
+    /// than at the next regular tick.
+    poll_due: Cell<u64>,
 }
 
 /// When a task queued at `since_ns` has waited its budget.
@@ -182,6 +201,7 @@ impl Watchdog {
             first_tick: 1,
             held: [VecDeque::new(), VecDeque::new()],
             next_due: [0; 2],
+            poll_due: Cell::new(u64::MAX),
         }
     }
 
@@ -236,7 +256,10 @@ impl Watchdog {
             };
             self.last_tick = now;
             if awake {
-                std::thread::park_timeout(interval);
+                let sleep = self.sleep(interval);
+                if !sleep.is_zero() {
+                    std::thread::park_timeout(sleep);
+                }
             } else {
                 // Every thread is parked. The first to wake unparks us
                 // (`Shared::wake_parked_watchdog`); until we look again,
@@ -266,8 +289,29 @@ impl Watchdog {
         }
     }
 
+    /// How long to sleep before the next tick: an interval, or less if a
+    /// poll seen running runs out of its budget sooner, or a held task's
+    /// queue deadline passes sooner. Without this, an overrun would wait
+    /// for the first regular tick after it, on average half an interval.
+    fn sleep(&self, interval: Duration) -> Duration {
+        let held_due = |gi: usize| {
+            if self.held[gi].is_empty() {
+                u64::MAX
+            } else {
+                self.next_due[gi]
+            }
+        };
+        let due = self.poll_due.get().min(held_due(0)).min(held_due(1));
+        if due == u64::MAX {
+            return interval;
+        }
+        let now_ns = self.now_ns(Instant::now());
+        Duration::from_nanos(due.saturating_sub(now_ns)).min(interval)
+    }
+
     /// One look at every thread. Returns whether any is awake.
     fn tick(&mut self, now: Instant) -> bool {
+        self.poll_due.set(u64::MAX);
         let mut awake = false;
         let mut event_free = true;
         for gid in [GroupId::Event, GroupId::Blocking] {
@@ -317,7 +361,10 @@ impl Watchdog {
             self.next_due[gi] = u64::MAX;
             return false;
         }
-        let now_ns = self.now_ns(now);
+        // Read after the slots were inspected: the tick's own `now` can be
+        // older than a task queued since, which must not count as queued
+        // before it was.
+        let now_ns = self.now_ns(now.max(Instant::now()));
         // Starved: take in whatever is queued.
         while let Some(r) = group.take_queued(true) {
             let since_ns = match group.id {
@@ -414,14 +461,19 @@ impl Watchdog {
     /// polls, or in a poll still within its budget).
     fn inspect(&self, group: &Group, slot: &Slot, now: Instant) -> (Seen, bool) {
         let word = slot.state.load();
-        let now_ns = self.now_ns(now);
+        let mut now_ns = self.now_ns(now);
         let seen = slot.seen_word.load(Ordering::Relaxed);
         if seen != word {
             // A poll (or state) we have not seen before. Count its age from
             // now, so that elapsed times are lower bounds and timeouts never
             // fire early; but if the poll stamped its own start (the first
             // poll after a wake-up, or one begun while we were parked),
-            // count from that.
+            // count from that. "Now" is read again here, after the word: the
+            // tick's own reading can be older than this poll (a tick that
+            // was preempted part-way), and counting from it would answer
+            // the poll early by as much, now that the watchdog wakes when a
+            // poll is due rather than at a later regular tick.
+            now_ns = now_ns.max(self.now_ns(Instant::now()));
             let mut since_ns = now_ns;
             if slot::tag(word) == RUNNING
                 && slot.stamp_seq.load(Ordering::Relaxed) == slot::seq(word)
@@ -445,7 +497,8 @@ impl Watchdog {
                 slot.deferred.store(false, Ordering::Relaxed);
             }
         }
-        let since = Duration::from_nanos(now_ns - slot.seen_at_ns.load(Ordering::Relaxed));
+        let since =
+            Duration::from_nanos(now_ns.saturating_sub(slot.seen_at_ns.load(Ordering::Relaxed)));
         // A thread does not wake another for the one task it queued itself
         // (it means to run it next). If its tasks are still waiting a whole
         // interval later, and the thread has not moved on to another poll
@@ -477,6 +530,11 @@ impl Watchdog {
                     self.overrun(group, slot, word, since, now_ns);
                     (Seen::Awake, group.can_replace())
                 } else {
+                    if budget != UNLIMITED {
+                        let left = slot::budget_duration(budget) - since;
+                        let due = now_ns.saturating_add(left.as_nanos() as u64);
+                        self.poll_due.set(self.poll_due.get().min(due));
+                    }
                     if let Some(after) = self.shared.config.hand_off_long_polls
                         && since >= after
                         && group.id == GroupId::Event
