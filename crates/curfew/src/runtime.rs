@@ -232,8 +232,11 @@ impl Builder {
     }
 
     /// How often the watchdog samples the threads while any is awake.
-    /// Timeouts land between the budget and the budget plus about two
-    /// intervals. Default: 500 µs; allowed: 100 µs to 100 ms.
+    /// A poll is first seen at most about one interval after it starts
+    /// (at once if it is the first on its thread after a wake-up), and
+    /// answered when its budget runs out after that, so timeouts land
+    /// between the budget and the budget plus about one interval.
+    /// Default: 500 µs; allowed: 100 µs to 100 ms.
     pub fn watchdog_interval(mut self, interval: Duration) -> Self {
         self.watchdog_interval = interval;
         self
