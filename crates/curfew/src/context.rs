@@ -223,7 +223,7 @@ pub(crate) fn poll_under_watchdog<R>(header: &Header, poll: impl FnOnce() -> R) 
             let seq = w.next_seq();
             w.stamp_poll(seq);
             let slot = &w.slot.state;
-            slot.begin(seq, header.budget_code, header.client_idx, header);
+            slot.begin(seq, header.budget_code, header.admitted.client, header);
             let r = poll();
             let end = slot.end(seq, header.budget_code);
             w.slot.count_poll();

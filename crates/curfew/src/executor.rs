@@ -883,7 +883,7 @@ impl WorkerCtx {
         if header.is_resolved_early() {
             return;
         }
-        let spawned = header.queued_ns.load(Ordering::Relaxed);
+        let spawned = header.queued.load(Ordering::Relaxed);
         if let Some(budget) = header.budget {
             let now = self.shared.epoch.elapsed().as_nanos() as u64;
             let waited = now.saturating_sub(spawned);

@@ -134,7 +134,7 @@ pub(crate) fn check_budget(shared: &Shared, header: &Header, elapsed: Duration) 
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cool_off = shared
             .clients
-            .strike(header.client_idx, header.client.as_ref());
+            .strike(header.admitted.client, header.client.as_ref());
         header.wake_join();
         tracing::warn!(
             target: "curfew",

@@ -106,7 +106,7 @@ impl Handle {
         };
         // The job's budget counts from now, queueing included.
         let spawned = shared.epoch.elapsed().as_nanos() as u64;
-        header.queued_ns.store(spawned, Ordering::Relaxed);
+        header.queued.store(spawned, Ordering::Relaxed);
         let sched = shared.clone();
         let schedule = move |r| sched.schedule_blocking(r);
         group.spawned.fetch_add(1, Ordering::Relaxed);

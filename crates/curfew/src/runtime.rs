@@ -1021,7 +1021,7 @@ impl Shared {
     fn schedule_event(&self, r: Runnable, info: ScheduleInfo) {
         // For the queue deadline: the tick in which the task was queued.
         r.metadata()
-            .queued_tick
+            .queued
             .store(self.tick.load(Ordering::Relaxed), Ordering::Relaxed);
         let r = match context::with_worker(|w| match w {
             Some(w) => w.push_local(self, r, info.woken_while_running),

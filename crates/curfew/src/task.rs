@@ -54,17 +54,15 @@ pub(crate) struct Header {
     outcome: Verdict,
     /// Woken when the watchdog or an abort resolves the task.
     join_waker: AtomicWaker,
-    /// The watchdog tick current when the task was last queued (async
-    /// tasks; see `Shared::schedule_event`).
-    pub(crate) queued_tick: AtomicU64,
-    /// When a blocking job was spawned, in ns since the runtime's epoch: its
-    /// budget counts from here.
-    pub(crate) queued_ns: AtomicU64,
+    /// When the task was queued, for the queue deadline. An async task: the
+    /// watchdog tick current when it was last queued (see
+    /// `Shared::schedule_event`). A blocking job: when it was spawned, in ns
+    /// since the runtime's epoch, where its budget counts from.
+    pub(crate) queued: AtomicU64,
     /// The task's entry in its runtime's [`Registry`], or `NO_KEY`.
     registry_key: AtomicUsize,
     pub(crate) budget: Option<Duration>,
     pub(crate) budget_code: u32,
-    pub(crate) client_idx: u32,
     /// What admission found: the client's and the route's entries, and the
     /// refusal epoch, which the first poll looks at again.
     pub(crate) admitted: Admitted,
@@ -77,7 +75,9 @@ pub(crate) struct Header {
     /// A tokio runtime to enter while polling, when it differs from the
     /// one the thread has entered for good (the drop-in `curfew::spawn`).
     pub(crate) tokio: Option<tokio::runtime::Handle>,
-    pub(crate) span: tracing::Span,
+    /// The task's span, when curfew's debug-level spans are enabled: boxed,
+    /// so that a task without one carries a pointer, not a disabled `Span`.
+    pub(crate) span: Option<Box<tracing::Span>>,
 }
 
 impl Header {
@@ -94,19 +94,17 @@ impl Header {
         Self {
             outcome: Verdict::new(),
             join_waker: AtomicWaker::new(),
-            queued_tick: AtomicU64::new(0),
-            queued_ns: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             registry_key: AtomicUsize::new(NO_KEY),
             budget,
             budget_code: crate::slot::budget_code(budget),
-            client_idx: admitted.client,
             admitted,
             overdue: AtomicBool::new(false),
             location,
             name,
             client,
             tokio,
-            span,
+            span: (!span.is_disabled()).then(|| Box::new(span)),
         }
     }
 
@@ -258,7 +256,7 @@ impl<F: Future> Future for Guarded<'_, F> {
 
         let (res, end) = context::poll_under_watchdog(header, || {
             catch_unwind(AssertUnwindSafe(|| {
-                let _span = header.span.enter();
+                let _span = header.span.as_deref().map(tracing::Span::enter);
                 let _tokio = header.tokio.as_ref().map(|h| h.enter());
                 fut.poll(cx)
             }))
@@ -333,7 +331,7 @@ fn drop_timed<F>(header: &Header, slot: Pin<&mut Option<F>>) {
             let seq = w.next_seq();
             w.stamp_poll(seq);
             let state = &w.slot.state;
-            state.begin(seq, header.budget_code, header.client_idx, header);
+            state.begin(seq, header.budget_code, header.admitted.client, header);
             drop_quietly(slot);
             // A written-off thread sees its slot hijacked after the runnable
             // returns, and exits (`WorkerCtx::run`).

@@ -369,9 +369,9 @@ impl Watchdog {
         while let Some(r) = group.take_queued(true) {
             let since_ns = match group.id {
                 GroupId::Event => {
-                    self.queued_by(r.metadata().queued_tick.load(Ordering::Relaxed), now_ns)
+                    self.queued_by(r.metadata().queued.load(Ordering::Relaxed), now_ns)
                 }
-                GroupId::Blocking => r.metadata().queued_ns.load(Ordering::Relaxed),
+                GroupId::Blocking => r.metadata().queued.load(Ordering::Relaxed),
             };
             let due = deadline(&r, since_ns);
             self.next_due[gi] = self.next_due[gi].min(due);
@@ -650,7 +650,7 @@ impl Watchdog {
                 cool_off = self
                     .shared
                     .clients
-                    .strike(header.client_idx, header.client.as_ref());
+                    .strike(header.admitted.client, header.client.as_ref());
             }));
             // Wake the caller even if the policy panicked.
             contained = contained.and(catch_unwind(AssertUnwindSafe(|| header.wake_join())));
