@@ -23,10 +23,13 @@ impl Visit for Fields {
     }
 }
 
+/// A span an event was inside: its target, name and fields.
+type SpanSeen = (String, String, Fields);
+
 /// For each event with the message "inside", the spans it was inside,
-/// innermost first: (target, name, fields).
+/// innermost first.
 #[derive(Default, Clone)]
-struct Scopes(Arc<Mutex<Vec<Vec<(String, String, Fields)>>>>);
+struct Scopes(Arc<Mutex<Vec<Vec<SpanSeen>>>>);
 
 impl<S> tracing_subscriber::Layer<S> for Scopes
 where
