@@ -813,3 +813,78 @@ impl Watchdog {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A watchdog of its own over a built runtime's state (the runtime's
+    /// own watchdog runs beside it; only `sleep` is called here).
+    fn watchdog() -> (crate::Runtime, Watchdog) {
+        let rt = crate::Runtime::builder().event_threads(1).build().unwrap();
+        let w = Watchdog::new(rt.handle().shared.clone());
+        (rt, w)
+    }
+
+    #[test]
+    fn with_nothing_due_it_sleeps_an_interval() {
+        let (_rt, w) = watchdog();
+        let interval = Duration::from_millis(7);
+        assert_eq!(w.sleep(interval), interval);
+    }
+
+    #[test]
+    fn it_sleeps_until_a_seen_poll_is_due_and_no_longer_than_an_interval() {
+        let (_rt, w) = watchdog();
+        // Generous margins: a loaded machine may preempt the test between
+        // its reading of the clock and the watchdog's.
+        let interval = Duration::from_secs(1);
+        let now = w.now_ns(Instant::now());
+        w.poll_due.set(now + 200_000_000);
+        let s = w.sleep(interval);
+        assert!(
+            s <= Duration::from_millis(200) && s > Duration::from_millis(100),
+            "{s:?}"
+        );
+        w.poll_due.set(now + 5_000_000_000);
+        assert_eq!(w.sleep(interval), interval);
+        // Already due: no sleep at all, so the next tick answers it now.
+        w.poll_due.set(now.saturating_sub(1));
+        assert_eq!(w.sleep(interval), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_queue_deadline_counts_only_while_tasks_are_held() {
+        let (_rt, mut w) = watchdog();
+        let interval = Duration::from_secs(1);
+        // `next_due` starts at 0 and is only kept while tasks are held:
+        // counted without any, it would make the watchdog spin.
+        assert_eq!(w.next_due, [0, 0]);
+        assert_eq!(w.sleep(interval), interval);
+        let header = crate::task::Header::new(
+            Some(Duration::from_millis(20)),
+            crate::policy::Admitted::NONE,
+            crate::error::Location::WorkerPool,
+            None,
+            None,
+            None,
+            tracing::Span::none(),
+        );
+        let (runnable, task) = async_task::Builder::new()
+            .metadata(header)
+            .spawn(|_: &crate::task::Header| async {}, |_| {});
+        task.detach();
+        let now = w.now_ns(Instant::now());
+        w.held[1].push_back(Held {
+            runnable,
+            since_ns: now,
+            answered: false,
+        });
+        w.next_due[1] = now + 200_000_000;
+        let s = w.sleep(interval);
+        assert!(
+            s <= Duration::from_millis(200) && s > Duration::from_millis(100),
+            "{s:?}"
+        );
+    }
+}
