@@ -331,7 +331,7 @@ impl Watchdog {
                     .load()
                     .iter()
                     .any(|s| matches!(slot::tag(s.state.load()), IDLE | SLEEPING));
-            awake |= self.queue_deadline(group, free, now);
+            awake |= self.queue_deadline(group, free);
             if gid == GroupId::Event {
                 event_free = free;
             }
@@ -348,7 +348,7 @@ impl Watchdog {
     /// Applies the queue deadline to a group (see the module docs). `free`
     /// says whether one of its threads is free for queued work. Returns
     /// whether the watchdog holds tasks of the group.
-    fn queue_deadline(&mut self, group: &Group, free: bool, now: Instant) -> bool {
+    fn queue_deadline(&mut self, group: &Group, free: bool) -> bool {
         let gi = group_index(group.id);
         if free || self.shared.is_shutdown() {
             if !self.held[gi].is_empty() {
@@ -361,10 +361,10 @@ impl Watchdog {
             self.next_due[gi] = u64::MAX;
             return false;
         }
-        // Read after the slots were inspected: the tick's own `now` can be
-        // older than a task queued since, which must not count as queued
-        // before it was.
-        let now_ns = self.now_ns(now.max(Instant::now()));
+        // Read here, after the slots were inspected: the tick's own `now`
+        // can be older than a task queued since, which must not count as
+        // queued before it was.
+        let now_ns = self.now_ns(Instant::now());
         // Starved: take in whatever is queued.
         while let Some(r) = group.take_queued(true) {
             let since_ns = match group.id {
@@ -473,7 +473,7 @@ impl Watchdog {
             // was preempted part-way), and counting from it would answer
             // the poll early by as much, now that the watchdog wakes when a
             // poll is due rather than at a later regular tick.
-            now_ns = now_ns.max(self.now_ns(Instant::now()));
+            now_ns = self.now_ns(Instant::now());
             let mut since_ns = now_ns;
             if slot::tag(word) == RUNNING
                 && slot.stamp_seq.load(Ordering::Relaxed) == slot::seq(word)
