@@ -95,7 +95,11 @@ impl Deadlines {
         let mut st = self.shared.lock();
         let killed = kill_armed(&mut st, id);
         drop(st);
-        self.shared.changed.notify_one();
+        // The tick calls this until the worker is reaped: only a deadline
+        // actually taken away changes what the thread waits for.
+        if killed {
+            self.shared.changed.notify_one();
+        }
         killed
     }
 
