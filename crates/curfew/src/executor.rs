@@ -37,17 +37,43 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 
 use arc_swap::ArcSwap;
-use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+use crossbeam_deque::{Steal, Stealer, Worker};
 use futures::task::AtomicWaker;
 
 use crate::context;
 use crate::error::Location;
+use crate::inject::{Inject, Link, Linked, Take};
 use crate::runtime::Shared;
 use crate::slot::{EXPIRED, HIJACKED, IDLE, RUNNING, SlotState, tag};
 use crate::task::Header;
 
 /// A task ready to be polled.
 pub(crate) type Runnable = async_task::Runnable<Header>;
+
+/// Most tasks an event thread moves from the injector to its own queue at
+/// once.
+const INJECT_BATCH: usize = 32;
+
+// SAFETY: the link is in the task's header, inside the task's allocation,
+// which the `Runnable` given up by `into_raw` keeps alive (and unused by
+// anyone else, since a task has one `Runnable` at a time) until `from_raw`
+// takes it back from the pointer the link recorded.
+unsafe impl Linked for Runnable {
+    fn into_link(self) -> std::ptr::NonNull<Link> {
+        let link = std::ptr::NonNull::from(&self.metadata().link);
+        let raw = self.into_raw();
+        // SAFETY: `link` points into the allocation `raw` keeps alive.
+        unsafe { link.as_ref() }.set_item(raw);
+        link
+    }
+
+    unsafe fn from_link(link: std::ptr::NonNull<Link>) -> Self {
+        // SAFETY: the caller passes a link from `into_link` whose task has
+        // not been taken back, so the allocation is alive and `item` is the
+        // pointer `into_raw` returned.
+        unsafe { Runnable::from_raw(link.as_ref().item()) }
+    }
+}
 
 /// Which group a thread belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +294,7 @@ pub(crate) struct Group {
     pub(crate) max_hijacked: usize,
     /// Maximum queued tasks (the worker pool's bound); `usize::MAX` for none.
     pub(crate) capacity: usize,
-    pub(crate) injector: Injector<Runnable>,
+    pub(crate) injector: Inject<Runnable>,
     pub(crate) queued: AtomicUsize,
     /// Every live thread's slot, healthy or hijacked.
     pub(crate) slots: ArcSwap<Vec<Arc<Slot>>>,
@@ -306,7 +332,7 @@ impl Group {
             target,
             max_hijacked,
             capacity,
-            injector: Injector::new(),
+            injector: Inject::new(),
             queued: AtomicUsize::new(0),
             slots: ArcSwap::from_pointee(Vec::new()),
             slots_lock: Mutex::new(()),
@@ -508,7 +534,7 @@ impl Group {
                 Steal::Empty => break None,
             }
         };
-        if let Some(r) = take(&|| self.injector.steal()) {
+        if let Take::Item(r) = self.injector.pop() {
             return Some(r);
         }
         if from_locals {
@@ -902,11 +928,13 @@ impl WorkerCtx {
     fn find_task(&self, group: &Group) -> Option<Runnable> {
         let found = match &self.local {
             Some(local) => {
-                let from_injector = || loop {
-                    match group.injector.steal_batch_and_pop(&local.ready) {
-                        Steal::Success(r) => break Some(r),
-                        Steal::Retry => continue,
-                        Steal::Empty => break None,
+                let from_injector = || {
+                    // A share of what is queued, as tokio takes: enough to
+                    // save trips here, not so much that other threads idle.
+                    let max = (group.injector.len() / group.target.max(1) + 1).min(INJECT_BATCH);
+                    match group.injector.take_batch(max, |r| local.ready.push(r)) {
+                        Take::Item(r) => Some(r),
+                        Take::Empty | Take::Busy => None,
                     }
                 };
                 // Check the injector first now and then, so that tasks from
@@ -939,12 +967,9 @@ impl WorkerCtx {
                     })
                 }
             }
-            None => loop {
-                match group.injector.steal() {
-                    Steal::Success(r) => break Some(r),
-                    Steal::Retry => continue,
-                    Steal::Empty => break None,
-                }
+            None => match group.injector.pop() {
+                Take::Item(r) => Some(r),
+                Take::Empty | Take::Busy => None,
             },
         };
         if found.is_some() && self.local.is_none() {

@@ -188,6 +188,7 @@ mod executor;
 pub mod fs;
 pub mod health;
 mod host;
+mod inject;
 pub mod metrics;
 pub mod policy;
 pub mod pool;

@@ -34,6 +34,7 @@ use futures::task::AtomicWaker;
 
 use crate::context;
 use crate::error::{JoinError, Location, Refusal, TimeoutError};
+use crate::inject::Link;
 use crate::policy::{Admitted, ClientKey};
 use crate::runtime::Handle;
 use crate::slot::{ABORTED, IDLE, PollEnd, TIMED_OUT, Verdict, tag};
@@ -78,6 +79,8 @@ pub(crate) struct Header {
     /// The task's span, when curfew's debug-level spans are enabled: boxed,
     /// so that a task without one carries a pointer, not a disabled `Span`.
     pub(crate) span: Option<Box<tracing::Span>>,
+    /// Links the task into its group's injector while it is queued there.
+    pub(crate) link: Link,
 }
 
 impl Header {
@@ -105,6 +108,7 @@ impl Header {
             client,
             tokio,
             span: (!span.is_disabled()).then(|| Box::new(span)),
+            link: Link::new(),
         }
     }
 
