@@ -54,24 +54,48 @@ pub(crate) type Runnable = async_task::Runnable<Header>;
 /// once.
 const INJECT_BATCH: usize = 32;
 
+/// Where `async_task` keeps a task's metadata (its [`Header`]), in bytes
+/// from the start of the task's allocation: the same for every task, since
+/// it depends on the metadata's type alone. Learned from the first task
+/// linked into an injector, so that a link (8 bytes in every header) need
+/// not also record its task's pointer.
+static HEADER_OFFSET: AtomicUsize = AtomicUsize::new(usize::MAX);
+
 // SAFETY: the link is in the task's header, inside the task's allocation,
 // which the `Runnable` given up by `into_raw` keeps alive (and unused by
 // anyone else, since a task has one `Runnable` at a time) until `from_raw`
-// takes it back from the pointer the link recorded.
+// takes it back. Both directions go through the allocation's own pointer
+// (`into_raw`'s), never through a reference to the header, so the pointers
+// keep the whole allocation's provenance.
 unsafe impl Linked for Runnable {
     fn into_link(self) -> std::ptr::NonNull<Link> {
-        let link = std::ptr::NonNull::from(&self.metadata().link);
+        let header = std::ptr::from_ref::<Header>(self.metadata()) as usize;
         let raw = self.into_raw();
-        // SAFETY: `link` points into the allocation `raw` keeps alive.
-        unsafe { link.as_ref() }.set_item(raw);
-        link
+        let offset = header - raw.as_ptr() as usize;
+        if HEADER_OFFSET.load(Ordering::Relaxed) != offset {
+            HEADER_OFFSET.store(offset, Ordering::Relaxed);
+        }
+        // SAFETY: the link is inside the live allocation `raw` points to.
+        unsafe {
+            raw.byte_add(offset + std::mem::offset_of!(Header, link))
+                .cast::<Link>()
+        }
     }
 
     unsafe fn from_link(link: std::ptr::NonNull<Link>) -> Self {
-        // SAFETY: the caller passes a link from `into_link` whose task has
-        // not been taken back, so the allocation is alive and `item` is the
-        // pointer `into_raw` returned.
-        unsafe { Runnable::from_raw(link.as_ref().item()) }
+        // The push that queued `link` (after the store above) happens
+        // before this take, so the offset is set.
+        let offset = HEADER_OFFSET.load(Ordering::Relaxed);
+        debug_assert_ne!(offset, usize::MAX);
+        // SAFETY: `link` came from `into_link`, which added these very
+        // offsets to the pointer `into_raw` returned; its task has not been
+        // taken back, so the allocation is alive.
+        unsafe {
+            let raw = link
+                .byte_sub(offset + std::mem::offset_of!(Header, link))
+                .cast::<()>();
+            Runnable::from_raw(raw)
+        }
     }
 }
 
@@ -910,7 +934,7 @@ impl WorkerCtx {
             return;
         }
         let spawned = header.queued.load(Ordering::Relaxed);
-        if let Some(budget) = header.budget {
+        if let Some(budget) = header.budget() {
             let now = self.shared.epoch.elapsed().as_nanos() as u64;
             let waited = now.saturating_sub(spawned);
             if u128::from(waited) >= budget.as_nanos() {

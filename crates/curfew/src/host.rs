@@ -120,7 +120,7 @@ where
 /// answers its handle with the timeout if the budget is spent, and records
 /// it as the watchdog records an overrun. Returns whether it is timed out.
 pub(crate) fn check_budget(shared: &Shared, header: &Header, elapsed: Duration) -> bool {
-    match header.budget {
+    match header.budget() {
         Some(budget) if elapsed >= budget => {}
         _ => return header.is_timed_out(),
     }
@@ -140,7 +140,7 @@ pub(crate) fn check_budget(shared: &Shared, header: &Header, elapsed: Duration) 
             target: "curfew",
             task = header.name.as_deref().unwrap_or(""),
             client = header.client.as_ref().map(|c| c.as_str()).unwrap_or(""),
-            budget_ms = header.budget.map_or(f64::INFINITY, |b| b.as_secs_f64() * 1e3),
+            budget_ms = header.budget().map_or(f64::INFINITY, |b| b.as_secs_f64() * 1e3),
             elapsed_ms = elapsed.as_secs_f64() * 1e3,
             location = %header.location,
             hosted = true,

@@ -43,28 +43,13 @@ use crossbeam_utils::CachePadded;
 #[derive(Debug)]
 pub(crate) struct Link {
     next: AtomicPtr<Link>,
-    /// The item's own pointer, for items whose link is not at their start
-    /// (a task's link is in its header, inside `async_task`'s allocation).
-    item: AtomicPtr<()>,
 }
 
 impl Link {
     pub(crate) fn new() -> Self {
         Self {
             next: AtomicPtr::new(ptr::null_mut()),
-            item: AtomicPtr::new(ptr::null_mut()),
         }
-    }
-
-    /// Records the item's pointer. Called by [`Linked::into_link`], before
-    /// the push that publishes it.
-    pub(crate) fn set_item(&self, item: NonNull<()>) {
-        self.item.store(item.as_ptr(), Ordering::Relaxed);
-    }
-
-    /// The pointer [`Self::set_item`] recorded.
-    pub(crate) fn item(&self) -> NonNull<()> {
-        NonNull::new(self.item.load(Ordering::Relaxed)).expect("a queued link records its item")
     }
 }
 

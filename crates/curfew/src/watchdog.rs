@@ -141,7 +141,7 @@ struct Watchdog {
 
 /// When a task queued at `since_ns` has waited its budget.
 fn deadline(r: &Runnable, since_ns: u64) -> u64 {
-    match r.metadata().budget {
+    match r.metadata().budget() {
         Some(b) => since_ns.saturating_add(u64::try_from(b.as_nanos()).unwrap_or(u64::MAX)),
         None => u64::MAX,
     }
@@ -659,7 +659,7 @@ impl Watchdog {
             (
                 header.name.clone(),
                 header.client.clone(),
-                header.budget,
+                header.budget(),
                 cool_off,
             )
         });
