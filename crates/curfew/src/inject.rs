@@ -313,37 +313,45 @@ fn spin_wait() {
     loom::thread::yield_now();
 }
 
-#[cfg(all(test, not(curfew_loom)))]
-mod tests {
+/// An item for the tests: a boxed value with its link in front.
+#[cfg(test)]
+mod test_node {
     use super::*;
 
     #[repr(C)]
-    struct Node {
+    pub(super) struct Node<V> {
         link: Link,
-        val: usize,
+        pub(super) val: V,
     }
 
     // SAFETY: the link is the first field of a `repr(C)` box, so the box's
     // pointer and the link's are the same; `from_link` rebuilds that box.
-    unsafe impl Linked for Box<Node> {
+    unsafe impl<V> Linked for Box<Node<V>> {
         fn into_link(self) -> NonNull<Link> {
             NonNull::from(Box::leak(self)).cast()
         }
 
         unsafe fn from_link(link: NonNull<Link>) -> Self {
             // SAFETY: see the impl.
-            unsafe { Box::from_raw(link.cast::<Node>().as_ptr()) }
+            unsafe { Box::from_raw(link.cast::<Node<V>>().as_ptr()) }
         }
     }
 
-    fn node(val: usize) -> Box<Node> {
+    pub(super) fn node<V>(val: V) -> Box<Node<V>> {
         Box::new(Node {
             link: Link::new(),
             val,
         })
     }
+}
 
-    fn val(t: Take<Box<Node>>) -> Option<usize> {
+#[cfg(all(test, not(curfew_loom)))]
+mod tests {
+    use super::*;
+
+    use super::test_node::{Node, node};
+
+    fn val(t: Take<Box<Node<usize>>>) -> Option<usize> {
         match t {
             Take::Item(n) => Some(n.val),
             Take::Empty => None,
@@ -414,28 +422,10 @@ mod tests {
 
     #[test]
     fn dropping_the_queue_drops_what_is_queued() {
-        #[repr(C)]
-        struct CNode {
-            link: Link,
-            _counted: std::sync::Arc<()>,
-        }
-        // SAFETY: as for `Node`.
-        unsafe impl Linked for Box<CNode> {
-            fn into_link(self) -> NonNull<Link> {
-                NonNull::from(Box::leak(self)).cast()
-            }
-            unsafe fn from_link(link: NonNull<Link>) -> Self {
-                // SAFETY: as for `Node`.
-                unsafe { Box::from_raw(link.cast::<CNode>().as_ptr()) }
-            }
-        }
         let rc = std::sync::Arc::new(());
         let q = Inject::new();
         for _ in 0..3 {
-            q.push(Box::new(CNode {
-                link: Link::new(),
-                _counted: rc.clone(),
-            }));
+            q.push(node(rc.clone()));
         }
         assert_eq!(std::sync::Arc::strong_count(&rc), 4);
         drop(q);
@@ -446,7 +436,7 @@ mod tests {
     fn many_pushers_and_takers_lose_nothing_and_keep_each_pushers_order() {
         const PUSHERS: usize = 4;
         const EACH: usize = if cfg!(miri) { 200 } else { 20_000 };
-        let q = std::sync::Arc::new(Inject::<Box<Node>>::new());
+        let q = std::sync::Arc::new(Inject::<Box<Node<usize>>>::new());
         let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let done = std::sync::Arc::new(AtomicBool::new(false));
         let takers: Vec<_> = (0..2)
@@ -510,32 +500,10 @@ mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;
 
-    #[repr(C)]
-    struct Node {
-        link: Link,
-        val: usize,
-    }
-
-    // SAFETY: the link is the first field of a `repr(C)` box.
-    unsafe impl Linked for Box<Node> {
-        fn into_link(self) -> NonNull<Link> {
-            NonNull::from(Box::leak(self)).cast()
-        }
-        unsafe fn from_link(link: NonNull<Link>) -> Self {
-            // SAFETY: see the impl.
-            unsafe { Box::from_raw(link.cast::<Node>().as_ptr()) }
-        }
-    }
-
-    fn node(val: usize) -> Box<Node> {
-        Box::new(Node {
-            link: Link::new(),
-            val,
-        })
-    }
+    use super::test_node::{Node, node};
 
     /// Takes until `n` items are out, looking again while busy.
-    fn take_all(q: &Inject<Box<Node>>, n: usize) -> Vec<usize> {
+    fn take_all(q: &Inject<Box<Node<usize>>>, n: usize) -> Vec<usize> {
         let mut got = Vec::new();
         while got.len() < n {
             match q.pop() {
