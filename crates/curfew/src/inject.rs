@@ -16,9 +16,9 @@
 //! belongs to one thread at a time, the holder of `taking`, a small spin
 //! lock held for one batch. Event threads wait a few hundred nanoseconds
 //! for it and then turn to other work; every other caller (the pool's
-//! threads, the watchdog, shutdown) waits until it is free. A taker works through a private list, oldest
-//! first; when that runs out, it swaps the whole stack out of `pushed` in
-//! one step and reverses it onto the list. So items come out in the order
+//! threads, the watchdog, shutdown) waits until it is free. A taker works
+//! through a private list, oldest first; when that runs out, it swaps the
+//! whole stack out of `pushed` in one step and reverses it onto the list. So items come out in the order
 //! they were pushed, and a push touches a line that takers write once per
 //! grab, not once per item: when takers keep up with a pusher, as event
 //! threads do with a burst of spawns, the pusher does not wait on a cache
@@ -50,12 +50,6 @@ impl Link {
         Self {
             next: AtomicPtr::new(ptr::null_mut()),
         }
-    }
-}
-
-impl Default for Link {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -124,12 +118,6 @@ unsafe impl<T: Linked + Send> Sync for Inject<T> {}
 impl<T: Linked> std::fmt::Debug for Inject<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inject").field("len", &self.len()).finish()
-    }
-}
-
-impl<T: Linked> Default for Inject<T> {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -258,8 +246,10 @@ impl<T: Linked> Inject<T> {
                 return Take::Empty;
             }
             // Grab every pushed item; the acquire pairs with each push's
-            // release, so their links are complete.
+            // release, so their links are complete. Not empty: only a taker
+            // empties the stack, and we are the taker.
             let mut top = self.pushed.swap(ptr::null_mut(), Ordering::Acquire);
+            debug_assert!(!top.is_null());
             let mut n = 0;
             while !top.is_null() {
                 // SAFETY: grabbed links are ours alone until handed out.
@@ -269,9 +259,6 @@ impl<T: Linked> Inject<T> {
                 front = top;
                 top = below;
                 n += 1;
-            }
-            if front.is_null() {
-                return Take::Empty;
             }
             self.take.grabbed.store(n, Ordering::Relaxed);
         }
@@ -288,9 +275,7 @@ impl<T: Linked> Inject<T> {
 
 impl<T: Linked> Drop for Inject<T> {
     fn drop(&mut self) {
-        while let Take::Item(t) = self.pop() {
-            drop(t);
-        }
+        while let Take::Item(_) = self.pop() {}
     }
 }
 
