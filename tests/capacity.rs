@@ -41,11 +41,13 @@ fn hijacked_threads_are_replaced_then_drop_their_task_and_exit() {
 
     // Three threads are stuck, yet the runtime has its two healthy ones
     // (each replacement takes its written-off thread's place in the count
-    // as it starts: tests/healthy_no_dip.rs).
+    // as it starts: tests/healthy_no_dip.rs). The watchdog counts a thread
+    // in `hijacked_threads` (its place under the cap) a moment before it
+    // counts the hijack in `hijacked_total`, so wait for both.
     assert!(
         wait_until(LONG, || {
             let m = rt.metrics().event;
-            m.hijacked_threads == 3 && m.healthy_threads == 2
+            m.hijacked_threads == 3 && m.healthy_threads == 2 && m.hijacked_total == 3
         }),
         "{:?}",
         rt.metrics().event
