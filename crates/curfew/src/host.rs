@@ -86,7 +86,7 @@ where
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Not registered: the caller's tokio runtime owns the task and drops it
     // when it shuts down, as it drops its own.
-    task::spawn_raw(header, future, schedule, None)
+    task::spawn_raw(header, future, schedule, None, Runnable::schedule)
 }
 
 /// Runs a blocking job of `shared`'s runtime on `tokio`'s blocking pool.
@@ -113,7 +113,13 @@ where
         .blocking
         .spawned
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    task::spawn_raw(header, async move { f() }, schedule, None)
+    task::spawn_raw(
+        header,
+        async move { f() },
+        schedule,
+        None,
+        Runnable::schedule,
+    )
 }
 
 /// A hosted poll or job has run `elapsed` (real time) against its budget:

@@ -111,6 +111,6 @@ impl Handle {
         let schedule = move |r| sched.schedule_blocking(r);
         group.spawned.fetch_add(1, Ordering::Relaxed);
         let job = async move { f() };
-        task::spawn_raw(header, job, schedule, None)
+        task::spawn_raw(header, job, schedule, None, |r| shared.schedule_blocking(r))
     }
 }

@@ -15,7 +15,7 @@ use crate::error::{BuildError, Refusal};
 use crate::executor::{self, Group, GroupId, Runnable};
 use crate::metrics::RuntimeMetrics;
 use crate::policy::{Admitted, ClientKey, ClientPolicy, Clients, MemoryStore, PolicyStore};
-use crate::task::{self, Header, JoinHandle, Registry};
+use crate::task::{self, Budget, Header, JoinHandle, Registry};
 use crate::watchdog;
 
 /// Validated settings of a runtime.
@@ -739,6 +739,8 @@ impl Builder {
                 self.policy_store.clone(),
                 config.max_overdue_per_route,
             ),
+            event_budget: Budget::new(config.poll_budget),
+            blocking_budget: Budget::new(config.job_budget),
             config,
             tokio,
             io,
@@ -931,6 +933,9 @@ pub(crate) struct Shared {
     exit_lock: Mutex<()>,
     exit_cv: Condvar,
     is_default: bool,
+    /// `config.poll_budget` and `config.job_budget`, worked out once.
+    event_budget: Budget,
+    blocking_budget: Budget,
     pub(crate) epoch: Instant,
     pub(crate) refused: AtomicU64,
     /// Every live task, for shutdown.
@@ -1018,13 +1023,13 @@ impl Shared {
     }
 
     /// The schedule function of async tasks.
-    fn schedule_event(&self, r: Runnable, info: ScheduleInfo) {
+    fn schedule_event(&self, r: Runnable, woken_while_running: bool) {
         // For the queue deadline: the tick in which the task was queued.
         r.metadata()
             .queued
             .store(self.tick.load(Ordering::Relaxed), Ordering::Relaxed);
         let r = match context::with_worker(|w| match w {
-            Some(w) => w.push_local(self, r, info.woken_while_running),
+            Some(w) => w.push_local(self, r, woken_while_running),
             None => Err(r),
         }) {
             Ok(wake_another) => {
@@ -1059,8 +1064,8 @@ impl Shared {
             None => Admitted::NONE,
         };
         let budget = match gid {
-            GroupId::Event => opts.poll_budget.unwrap_or(self.config.poll_budget),
-            GroupId::Blocking => opts.job_budget.unwrap_or(self.config.job_budget),
+            GroupId::Event => opts.poll_budget.map_or(self.event_budget, Budget::new),
+            GroupId::Blocking => opts.job_budget.map_or(self.blocking_budget, Budget::new),
         };
         // On the default runtime, a task runs with its spawner's tokio
         // runtime entered, so that the spawner's sockets and timers work.
@@ -1375,9 +1380,13 @@ impl Handle {
             Err(r) => return shared.refuse(r),
         };
         let sched = shared.clone();
-        let schedule = WithInfo(move |r, info| sched.schedule_event(r, info));
+        let schedule = WithInfo(move |r, info: ScheduleInfo| {
+            sched.schedule_event(r, info.woken_while_running)
+        });
         shared.event.spawned.fetch_add(1, Ordering::Relaxed);
-        task::spawn_raw(header, future, schedule, Some(&shared.registry))
+        task::spawn_raw(header, future, schedule, Some(&shared.registry), |r| {
+            shared.schedule_event(r, false)
+        })
     }
 }
 

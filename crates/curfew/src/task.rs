@@ -46,6 +46,26 @@ fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// A poll or job budget in the two forms a task's header keeps: the
+/// nanoseconds, and the slot's compact code. Both take 128-bit arithmetic to
+/// work out, so a runtime works out its default budgets once, when it is
+/// built, and a spawn pays for it only when it sets a budget of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// `NO_BUDGET` for none.
+    ns: u64,
+    code: u32,
+}
+
+impl Budget {
+    pub(crate) fn new(budget: Option<Duration>) -> Self {
+        Self {
+            ns: budget.map_or(NO_BUDGET, |b| duration_ns(b).min(NO_BUDGET - 1)),
+            code: crate::slot::budget_code(budget),
+        }
+    }
+}
+
 /// The metadata every task carries, inline in its `async_task` allocation.
 ///
 /// It outlives every poll of the task (a running `Runnable` keeps the
@@ -91,7 +111,7 @@ pub(crate) struct Header {
 impl Header {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        budget: Option<Duration>,
+        budget: Budget,
         admitted: Admitted,
         location: Location,
         name: Option<Arc<str>>,
@@ -104,8 +124,8 @@ impl Header {
             join_waker: AtomicWaker::new(),
             queued: AtomicU64::new(0),
             registry_key: AtomicUsize::new(NO_KEY),
-            budget_ns: budget.map_or(NO_BUDGET, |b| duration_ns(b).min(NO_BUDGET - 1)),
-            budget_code: crate::slot::budget_code(budget),
+            budget_ns: budget.ns,
+            budget_code: budget.code,
             admitted,
             overdue: AtomicBool::new(false),
             location,
@@ -490,13 +510,21 @@ impl Registry {
 }
 
 /// Creates the task for `future`, with `header` as its metadata, and
-/// schedules it. The task enters `registry` (if given) when it first goes
-/// idle.
+/// queues its first run with `first`. The task enters `registry` (if
+/// given) when it first goes idle.
+///
+/// `first` does what `schedule` does, called directly rather than through
+/// `Runnable::schedule`. That one clones a waker before calling `schedule`
+/// and drops it after, so that what `schedule` captured stays alive while
+/// it runs. The spawner keeps its own runtime alive, so the first run needs
+/// no such guard, and a guard dropped after the push would be a write to the
+/// task's state while the thread that took the task is already running it.
 pub(crate) fn spawn_raw<F, S>(
     header: Header,
     future: F,
     schedule: S,
     registry: Option<&Registry>,
+    first: impl FnOnce(async_task::Runnable<Header>),
 ) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
@@ -518,7 +546,7 @@ where
             .metadata(header)
             .spawn_unchecked(move |h: &Header| Guarded::new(h, future, reg), schedule)
     };
-    runnable.schedule();
+    first(runnable);
     JoinHandle::new(task)
 }
 
@@ -894,7 +922,7 @@ mod tests {
 
     fn header() -> Header {
         Header::new(
-            Some(Duration::from_millis(10)),
+            Budget::new(Some(Duration::from_millis(10))),
             Admitted::NONE,
             Location::EventThread,
             Some("t".into()),
@@ -910,7 +938,13 @@ mod tests {
         F::Output: Send + 'static,
     {
         let q2 = q.clone();
-        spawn_raw(header(), fut, move |r| q2.lock().unwrap().push(r), None)
+        spawn_raw(
+            header(),
+            fut,
+            move |r| q2.lock().unwrap().push(r),
+            None,
+            async_task::Runnable::schedule,
+        )
     }
 
     fn run_all(q: &Queue) {

@@ -862,7 +862,7 @@ mod tests {
         assert_eq!(w.next_due, [0, 0]);
         assert_eq!(w.sleep(interval), interval);
         let header = crate::task::Header::new(
-            Some(Duration::from_millis(20)),
+            crate::task::Budget::new(Some(Duration::from_millis(20))),
             crate::policy::Admitted::NONE,
             crate::error::Location::WorkerPool,
             None,
