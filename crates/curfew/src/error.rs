@@ -71,7 +71,10 @@ pub struct TimeoutError {
 }
 
 impl TimeoutError {
-    /// The budget the task ran under.
+    /// The budget the task ran under, as the watchdog held it to: rounded
+    /// up to a whole microsecond (to a millisecond past 134 s, a second past
+    /// 37 hours), so a budget given in whole microseconds or coarser comes
+    /// back as given.
     pub fn budget(&self) -> Duration {
         self.budget
     }

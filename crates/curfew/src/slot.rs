@@ -52,9 +52,9 @@
 //! poll finished" and "the watchdog fired" always has exactly one winner.
 
 #[cfg(curfew_loom)]
-use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
+use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering, fence};
 #[cfg(not(curfew_loom))]
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering, fence};
 
 /// Between polls; the thread is looking for work.
 pub(crate) const IDLE: u64 = 0;
@@ -370,86 +370,86 @@ pub(crate) const ABORTED: u8 = 3;
 /// threads: the first of completion, timeout and abort wins, and a timeout
 /// carries its numbers.
 ///
-/// The numbers are stored before the resolving compare-exchange (Release)
-/// and read after an Acquire load that saw it, so a reader that sees the
+/// One word holds the outcome (the low two bits), whether a timeout came
+/// while the task was still queued (bit 2) and the elapsed nanoseconds of a
+/// timeout (the rest, 61 bits, 73 years). Every outcome is a
+/// compare-exchange from the pending word, which is 0, so the numbers are
+/// written in the same step that resolves the task: whoever sees the
 /// timeout, however it first noticed (`checkpoint` looks with one relaxed
-/// load), reads the numbers of that timeout and never zero. The loom model
+/// load), reads that timeout's numbers from the word it saw. The loom model
 /// `loom_checkpoint_sees_the_numbers` checks this.
+///
+/// Eight bytes, where three fields took sixteen: it is in every task's
+/// header, and a task's size decides how many pages a burst of spawns
+/// touches.
 #[derive(Debug)]
 pub(crate) struct Verdict {
-    state: AtomicU8,
-    elapsed_ns: AtomicU64,
-    queued: AtomicBool,
+    word: AtomicU64,
 }
+
+const OUTCOME_MASK: u64 = 0b11;
+const QUEUED_BIT: u64 = 0b100;
+const ELAPSED_SHIFT: u32 = 3;
 
 impl Verdict {
     pub(crate) fn new() -> Self {
         Self {
-            state: AtomicU8::new(PENDING),
-            elapsed_ns: AtomicU64::new(0),
-            queued: AtomicBool::new(false),
+            word: AtomicU64::new(PENDING as u64),
         }
+    }
+
+    /// Moves from pending to `to`. False if something else won.
+    fn resolve(&self, to: u64) -> bool {
+        // A relaxed look first: the watchdog may time a resolved task's
+        // destructor, and a failed compare-exchange would take the line.
+        self.word.load(Ordering::Relaxed) == PENDING as u64
+            && self
+                .word
+                .compare_exchange(PENDING as u64, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// The task finished. False if a timeout or an abort won.
     pub(crate) fn complete(&self) -> bool {
-        self.state
-            .compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.resolve(DONE as u64)
     }
 
     /// The task was aborted. False if something else won.
     pub(crate) fn abort(&self) -> bool {
-        self.state
-            .compare_exchange(PENDING, ABORTED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.resolve(ABORTED as u64)
     }
 
-    /// Resolves with a timeout of `elapsed_ns`. One party at a time may call
-    /// this for a task: the watchdog (for a poll it has claimed or a task it
-    /// holds) or the pool thread that holds a job it has not started. False
+    /// Resolves with a timeout of `elapsed_ns` (capped at 2^61 - 1). False
     /// if the task was resolved already; the numbers of an earlier timeout
-    /// are then left alone (the watchdog may time a resolved task's
-    /// destructor).
+    /// are then left alone.
     pub(crate) fn resolve_timeout(&self, elapsed_ns: u64, queued: bool) -> bool {
-        if self.state.load(Ordering::Acquire) != PENDING {
-            return false;
-        }
-        self.elapsed_ns.store(elapsed_ns, Ordering::Relaxed);
-        self.queued.store(queued, Ordering::Relaxed);
-        // Release: publishes the two stores above to whoever acquires the
-        // state (`timeout_numbers`).
-        self.state
-            .compare_exchange(PENDING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        let elapsed = elapsed_ns.min(u64::MAX >> ELAPSED_SHIFT) << ELAPSED_SHIFT;
+        let queued = if queued { QUEUED_BIT } else { 0 };
+        self.resolve(elapsed | queued | TIMED_OUT as u64)
     }
 
     /// The outcome so far (Acquire).
     pub(crate) fn load(&self) -> u8 {
-        self.state.load(Ordering::Acquire)
+        (self.word.load(Ordering::Acquire) & OUTCOME_MASK) as u8
     }
 
     /// One relaxed load: the hot path of `checkpoint`.
     #[inline]
     pub(crate) fn is_timed_out_relaxed(&self) -> bool {
-        self.state.load(Ordering::Relaxed) == TIMED_OUT
+        self.word.load(Ordering::Relaxed) & OUTCOME_MASK == TIMED_OUT as u64
     }
 
     /// Whether a timeout or an abort won.
     pub(crate) fn is_resolved_early(&self) -> bool {
-        self.state.load(Ordering::Acquire) >= TIMED_OUT
+        self.load() >= TIMED_OUT
     }
 
     /// The elapsed time (ns) and the queue flag of the timeout. Call only
     /// after seeing the outcome timed out.
     pub(crate) fn timeout_numbers(&self) -> (u64, bool) {
-        // Acquire: pairs with the Release of `resolve_timeout`.
-        let state = self.state.load(Ordering::Acquire);
-        debug_assert_eq!(state, TIMED_OUT);
-        (
-            self.elapsed_ns.load(Ordering::Relaxed),
-            self.queued.load(Ordering::Relaxed),
-        )
+        let word = self.word.load(Ordering::Acquire);
+        debug_assert_eq!((word & OUTCOME_MASK) as u8, TIMED_OUT);
+        (word >> ELAPSED_SHIFT, word & QUEUED_BIT != 0)
     }
 }
 
@@ -477,6 +477,40 @@ mod tests {
         assert_eq!(budget(w), UNLIMITED);
         let w = pack(SLEEPING, 7, 1234);
         assert_eq!((tag(w), seq(w), budget(w)), (SLEEPING, 7, 1234));
+    }
+
+    #[test]
+    fn a_verdict_keeps_the_first_outcome_and_its_numbers() {
+        let v = Verdict::new();
+        assert_eq!(v.load(), PENDING);
+        assert!(!v.is_resolved_early());
+        assert!(v.resolve_timeout(20_000_123, true));
+        assert!(v.is_timed_out_relaxed() && v.is_resolved_early());
+        assert_eq!(v.timeout_numbers(), (20_000_123, true));
+        // Later outcomes lose, and leave the numbers alone.
+        assert!(!v.complete());
+        assert!(!v.abort());
+        assert!(!v.resolve_timeout(1, false));
+        assert_eq!(v.timeout_numbers(), (20_000_123, true));
+
+        let v = Verdict::new();
+        assert!(v.resolve_timeout(u64::MAX, false));
+        assert_eq!(
+            v.timeout_numbers(),
+            (u64::MAX >> 3, false),
+            "capped, not wrapped"
+        );
+
+        let v = Verdict::new();
+        assert!(v.complete());
+        assert_eq!(v.load(), DONE);
+        assert!(!v.is_resolved_early());
+        assert!(!v.resolve_timeout(5, false));
+
+        let v = Verdict::new();
+        assert!(v.abort());
+        assert_eq!(v.load(), ABORTED);
+        assert!(v.is_resolved_early() && !v.is_timed_out_relaxed());
     }
 
     #[test]
@@ -710,11 +744,9 @@ mod loom_tests {
     }
 
     /// `checkpoint` notices a timeout with one relaxed load, then reads its
-    /// numbers: it must never read an elapsed time of 0. This checks the
-    /// publication order (numbers stored before the resolving
-    /// compare-exchange); loom does not produce the weak-memory reordering a
-    /// relaxed reader would allow, so the reader's Acquire in
-    /// `timeout_numbers` rests on the memory model, not on this model.
+    /// numbers: it must never read an elapsed time of 0. The numbers share
+    /// the outcome's word, so any load that sees the timeout sees them; this
+    /// model keeps that true should the word ever be split again.
     #[test]
     fn loom_checkpoint_sees_the_numbers() {
         loom::model(|| {

@@ -39,28 +39,23 @@ use crate::policy::{Admitted, ClientKey};
 use crate::runtime::Handle;
 use crate::slot::{ABORTED, IDLE, PollEnd, TIMED_OUT, Verdict, tag};
 
-/// `Header::budget_ns` of a task without a budget.
-const NO_BUDGET: u64 = u64::MAX;
-
 fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// A poll or job budget in the two forms a task's header keeps: the
-/// nanoseconds, and the slot's compact code. Both take 128-bit arithmetic to
-/// work out, so a runtime works out its default budgets once, when it is
+/// A poll or job budget as a task's header keeps it: the slot's compact
+/// code (see [`budget_code`](crate::slot::budget_code)), the budget rounded
+/// up to the unit the watchdog counts in. Working it out takes 128-bit
+/// arithmetic, so a runtime works out its default budgets once, when it is
 /// built, and a spawn pays for it only when it sets a budget of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Budget {
-    /// `NO_BUDGET` for none.
-    ns: u64,
     code: u32,
 }
 
 impl Budget {
     pub(crate) fn new(budget: Option<Duration>) -> Self {
         Self {
-            ns: budget.map_or(NO_BUDGET, |b| duration_ns(b).min(NO_BUDGET - 1)),
             code: crate::slot::budget_code(budget),
         }
     }
@@ -85,9 +80,8 @@ pub(crate) struct Header {
     pub(crate) queued: AtomicU64,
     /// The task's entry in its runtime's [`Registry`], or `NO_KEY`.
     registry_key: AtomicUsize,
-    /// The poll budget in ns, `NO_BUDGET` for none (a `u64`, not an
-    /// `Option<Duration>`: half the size, in a header every task carries).
-    budget_ns: u64,
+    /// The budget, encoded for the slot's word (`UNLIMITED` for none); the
+    /// header keeps no other form of it (see [`Header::budget`]).
     pub(crate) budget_code: u32,
     /// What admission found: the client's and the route's entries, and the
     /// refusal epoch, which the first poll looks at again.
@@ -124,7 +118,6 @@ impl Header {
             join_waker: AtomicWaker::new(),
             queued: AtomicU64::new(0),
             registry_key: AtomicUsize::new(NO_KEY),
-            budget_ns: budget.ns,
             budget_code: budget.code,
             admitted,
             overdue: AtomicBool::new(false),
@@ -178,9 +171,12 @@ impl Header {
         self.outcome.is_timed_out_relaxed()
     }
 
-    /// The task's poll budget, if it has one.
+    /// The task's poll (or job) budget, if it has one, as the watchdog
+    /// holds it to: rounded up to a whole microsecond (millisecond past
+    /// 134 s, second past 37 hours) and capped at `MAX_BUDGET`.
     pub(crate) fn budget(&self) -> Option<Duration> {
-        (self.budget_ns != NO_BUDGET).then(|| Duration::from_nanos(self.budget_ns))
+        (self.budget_code != crate::slot::UNLIMITED)
+            .then(|| crate::slot::budget_duration(self.budget_code))
     }
 
     pub(crate) fn is_resolved_early(&self) -> bool {
@@ -971,12 +967,13 @@ mod tests {
 
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn a_header_is_no_more_than_144_bytes() {
-        // Every task carries one; 16 bytes more (the injector's link, before
-        // the budget was packed into a `u64`) cost the axum layer about 5% of
-        // its requests a second.
+    fn a_header_is_no_more_than_128_bytes() {
+        // Every task carries one. 16 bytes more (the injector's link, before
+        // the budget was packed) cost the axum layer about 5% of its requests
+        // a second, and a task's size decides how many pages a burst of
+        // spawns faults in (`benches/RESULTS.md`).
         assert!(
-            std::mem::size_of::<Header>() <= 144,
+            std::mem::size_of::<Header>() <= 128,
             "{} bytes",
             std::mem::size_of::<Header>()
         );
