@@ -248,63 +248,67 @@ pub(crate) enum Repr {
 ///
 /// This is the error of a [`JoinHandle`](crate::JoinHandle), as in tokio.
 pub struct JoinError {
-    pub(crate) repr: Repr,
+    /// Boxed: one pointer, not 64 bytes. A task's output is a `Result<T,
+    /// JoinError>`, stored inside the task, so an inline error would make
+    /// every task with a small output 64 bytes larger for a case that is
+    /// rare.
+    pub(crate) repr: Box<Repr>,
 }
 
 impl JoinError {
     pub(crate) fn timed_out(e: TimeoutError) -> Self {
         Self {
-            repr: Repr::Timeout(e),
+            repr: Box::new(Repr::Timeout(e)),
         }
     }
     pub(crate) fn panic(p: Box<dyn Any + Send + 'static>) -> Self {
         Self {
-            repr: Repr::Panic(p),
+            repr: Box::new(Repr::Panic(p)),
         }
     }
     pub(crate) fn cancelled() -> Self {
         Self {
-            repr: Repr::Cancelled,
+            repr: Box::new(Repr::Cancelled),
         }
     }
     pub(crate) fn refused(r: Refusal) -> Self {
         Self {
-            repr: Repr::Refused(r),
+            repr: Box::new(Repr::Refused(r)),
         }
     }
 
     /// The task ran past its budget and the watchdog answered for it. Also
     /// true for a [queue timeout](Self::is_queue_timeout).
     pub fn is_timeout(&self) -> bool {
-        matches!(self.repr, Repr::Timeout(_))
+        matches!(*self.repr, Repr::Timeout(_))
     }
 
     /// The task timed out without starting: it waited in a queue longer than
     /// its budget while no thread was free to run it (see
     /// [`TimeoutError::is_queue_timeout`]).
     pub fn is_queue_timeout(&self) -> bool {
-        matches!(&self.repr, Repr::Timeout(t) if t.queued)
+        matches!(&*self.repr, Repr::Timeout(t) if t.queued)
     }
 
     /// The task panicked.
     pub fn is_panic(&self) -> bool {
-        matches!(self.repr, Repr::Panic(_))
+        matches!(*self.repr, Repr::Panic(_))
     }
 
     /// The task was aborted, or dropped unfinished by a runtime shutting down.
     pub fn is_cancelled(&self) -> bool {
-        matches!(self.repr, Repr::Cancelled)
+        matches!(*self.repr, Repr::Cancelled)
     }
 
     /// The task was never run: the queue was full, the runtime was shut
     /// down, or the client is cooling off.
     pub fn is_refused(&self) -> bool {
-        matches!(self.repr, Repr::Refused(_))
+        matches!(*self.repr, Repr::Refused(_))
     }
 
     /// The timeout details, if the task timed out.
     pub fn timeout(&self) -> Option<&TimeoutError> {
-        match &self.repr {
+        match &*self.repr {
             Repr::Timeout(t) => Some(t),
             _ => None,
         }
@@ -312,7 +316,7 @@ impl JoinError {
 
     /// Why the task was refused, if it was.
     pub fn refusal(&self) -> Option<&Refusal> {
-        match &self.repr {
+        match &*self.repr {
             Repr::Refused(r) => Some(r),
             _ => None,
         }
@@ -331,17 +335,23 @@ impl JoinError {
 
     /// The panic payload, or the error itself if it is not a panic.
     pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, JoinError> {
-        match self.repr {
+        if !self.is_panic() {
+            return Err(self);
+        }
+        match *self.repr {
             Repr::Panic(p) => Ok(p),
-            repr => Err(JoinError { repr }),
+            _ => unreachable!("checked above"),
         }
     }
 
     /// Turns the error into the `TimeoutError` it carries, if any.
     pub fn into_timeout(self) -> Result<TimeoutError, JoinError> {
-        match self.repr {
+        if !self.is_timeout() {
+            return Err(self);
+        }
+        match *self.repr {
             Repr::Timeout(t) => Ok(t),
-            repr => Err(JoinError { repr }),
+            _ => unreachable!("checked above"),
         }
     }
 }
@@ -354,7 +364,7 @@ fn panic_message(p: &(dyn Any + Send)) -> Option<&str> {
 
 impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.repr {
+        match &*self.repr {
             Repr::Timeout(t) => t.fmt(f),
             Repr::Panic(p) => match panic_message(p.as_ref()) {
                 Some(msg) => write!(f, "task panicked with message {msg:?}"),
@@ -368,7 +378,7 @@ impl fmt::Display for JoinError {
 
 impl fmt::Debug for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.repr {
+        match &*self.repr {
             Repr::Timeout(t) => f.debug_tuple("JoinError::Timeout").field(t).finish(),
             Repr::Panic(p) => f
                 .debug_tuple("JoinError::Panic")
@@ -382,7 +392,7 @@ impl fmt::Debug for JoinError {
 
 impl std::error::Error for JoinError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.repr {
+        match &*self.repr {
             Repr::Timeout(t) => Some(t),
             _ => None,
         }
@@ -394,10 +404,12 @@ impl std::error::Error for JoinError {
 /// one of kind `WouldBlock`; anything else, `Other`.
 impl From<JoinError> for std::io::Error {
     fn from(e: JoinError) -> Self {
-        match e.repr {
-            Repr::Timeout(t) => t.into(),
-            Repr::Refused(_) => std::io::Error::new(std::io::ErrorKind::WouldBlock, e.to_string()),
-            _ => std::io::Error::other(e.to_string()),
+        if e.is_refused() {
+            return std::io::Error::new(std::io::ErrorKind::WouldBlock, e.to_string());
+        }
+        match e.into_timeout() {
+            Ok(t) => t.into(),
+            Err(e) => std::io::Error::other(e.to_string()),
         }
     }
 }
