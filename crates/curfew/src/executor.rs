@@ -955,8 +955,8 @@ impl WorkerCtx {
                 let from_injector = || {
                     // A share of what is queued, as tokio takes: enough to
                     // save trips here, not so much that other threads idle.
-                    let max = (group.injector.len() / group.target.max(1) + 1).min(INJECT_BATCH);
-                    match group.injector.take_batch(max, |r| local.ready.push(r)) {
+                    let share = |len: usize| (len / group.target.max(1) + 1).min(INJECT_BATCH);
+                    match group.injector.take_batch(share, |r| local.ready.push(r)) {
                         Take::Item(r) => Some(r),
                         Take::Empty | Take::Busy => None,
                     }

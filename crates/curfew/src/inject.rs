@@ -181,9 +181,16 @@ impl<T: Linked> Inject<T> {
         t
     }
 
-    /// Takes the oldest item and moves up to `max - 1` more into `sink`, in
-    /// order, if no other thread is taking.
-    pub(crate) fn take_batch(&self, max: usize, mut sink: impl FnMut(T)) -> Take<T> {
+    /// Takes the oldest item and moves up to `max(len) - 1` more into
+    /// `sink`, in order, if no other thread is taking. `max` sizes the batch
+    /// from the queue's length, read only once the queue is known not to be
+    /// empty: a thread looking for work in an empty queue reads nothing the
+    /// pushers write.
+    pub(crate) fn take_batch(
+        &self,
+        max: impl FnOnce(usize) -> usize,
+        mut sink: impl FnMut(T),
+    ) -> Take<T> {
         // Loads only, while empty: a thread looking for work comes here
         // between polls, and must not write lines others use.
         if self.is_empty() {
@@ -205,6 +212,7 @@ impl<T: Linked> Inject<T> {
         };
         let first = self.pop_locked();
         if matches!(first, Take::Item(_)) {
+            let max = max(self.len());
             let mut n = 1;
             while n < max {
                 match self.pop_locked() {
@@ -371,14 +379,21 @@ mod tests {
             q.push(node(i));
         }
         let mut rest = Vec::new();
-        assert_eq!(val(q.take_batch(4, |n| rest.push(n.val))), Some(0));
+        // The batch is sized from the queue's length.
+        let sized = |len: usize| {
+            assert_eq!(len, 10);
+            4
+        };
+        assert_eq!(val(q.take_batch(sized, |n| rest.push(n.val))), Some(0));
         assert_eq!(rest, [1, 2, 3]);
         assert_eq!(q.len(), 6);
         rest.clear();
-        assert_eq!(val(q.take_batch(100, |n| rest.push(n.val))), Some(4));
+        assert_eq!(val(q.take_batch(|_| 100, |n| rest.push(n.val))), Some(4));
         assert_eq!(rest, [5, 6, 7, 8, 9]);
         assert!(q.is_empty());
-        assert_eq!(val(q.take_batch(4, |_| unreachable!())), None);
+        // An empty queue does not even ask for a size.
+        let unasked = |_: usize| -> usize { unreachable!("sized an empty queue") };
+        assert_eq!(val(q.take_batch(unasked, |_| unreachable!())), None);
     }
 
     #[test]
@@ -386,9 +401,9 @@ mod tests {
         let q = Inject::new();
         q.push(node(1));
         let g = q.try_lock().unwrap();
-        assert!(matches!(q.take_batch(4, |_| {}), Take::Busy));
+        assert!(matches!(q.take_batch(|_| 4, |_| {}), Take::Busy));
         drop(g);
-        assert_eq!(val(q.take_batch(4, |_| {})), Some(1));
+        assert_eq!(val(q.take_batch(|_| 4, |_| {})), Some(1));
     }
 
     #[test]
@@ -431,7 +446,7 @@ mod tests {
                     let mut mine = Vec::new();
                     loop {
                         let mut batch = Vec::new();
-                        match q.take_batch(8, |n| batch.push(n.val)) {
+                        match q.take_batch(|_| 8, |n| batch.push(n.val)) {
                             Take::Item(n) => {
                                 mine.push(n.val);
                                 mine.append(&mut batch);
@@ -554,7 +569,7 @@ mod loom_tests {
                 thread::spawn(move || {
                     // Takes one item, if it can, and pushes it straight
                     // back (a task woken while it runs).
-                    if let Take::Item(n) = q.take_batch(1, |_| unreachable!()) {
+                    if let Take::Item(n) = q.take_batch(|_| 1, |_| unreachable!()) {
                         q.push(n);
                     }
                 })
