@@ -395,10 +395,9 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let route = Route::of(&req);
         // The route rides on the key: the runtime counts the route's stuck
         // handlers (and its timeouts, for a route breaker) in its entry.
-        let info = route_info(route.as_str());
+        let info = route_info(route_of(&req));
         let client = self.key.client_key(&req).map(|k| client_on_route(k, &info));
 
         // A client cooling off (or a refused route) is refused by the spawn
@@ -406,6 +405,10 @@ where
         // and drops the future, and with it the request, unpolled: the body
         // is never read, and the answer comes from the headers alone.
         let fut = self.inner.call(req);
+        // The name is this thread's copy (`route_info`), so that taking it
+        // twice writes no count that another thread writes too, as cloning
+        // axum's `MatchedPath` would.
+        let route = info.name.clone();
         let mut task = curfew::task::Builder::new().shared_name(info.name);
         if let Some(key) = &client {
             task = task.client(key.clone());
@@ -430,31 +433,17 @@ where
 
 /// The route a request is for: axum's matched path when the layer sits
 /// inside the router (`route_layer`), the URI's path otherwise.
-enum Route {
-    Matched(MatchedPath),
-    Uri(http::Uri),
-}
-
-impl Route {
-    fn of<B>(req: &Request<B>) -> Route {
-        match req.extensions().get::<MatchedPath>() {
-            Some(m) => Route::Matched(m.clone()),
-            None => Route::Uri(req.uri().clone()),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            Route::Matched(m) => m.as_str(),
-            Route::Uri(u) => u.path(),
-        }
+fn route_of<B>(req: &Request<B>) -> &str {
+    match req.extensions().get::<MatchedPath>() {
+        Some(m) => m.as_str(),
+        None => req.uri().path(),
     }
 }
 
 /// What the layer remembers about a request while its handler runs, to
 /// describe a failure.
 struct Info {
-    route: Route,
+    route: Arc<str>,
     client: Option<ClientKey>,
     config: Config,
 }
@@ -568,7 +557,7 @@ impl<'a> Failure<'a> {
         };
         Failure {
             kind,
-            route: info.route.as_str(),
+            route: &info.route,
             client: info.client.as_ref(),
             budget: error
                 .timeout()
