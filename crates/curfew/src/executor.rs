@@ -558,7 +558,7 @@ impl Group {
                 Steal::Empty => break None,
             }
         };
-        if let Take::Item(r) = self.injector.pop() {
+        if let Some(r) = self.injector.pop() {
             return Some(r);
         }
         if from_locals {
@@ -991,10 +991,7 @@ impl WorkerCtx {
                     })
                 }
             }
-            None => match group.injector.pop() {
-                Take::Item(r) => Some(r),
-                Take::Empty | Take::Busy => None,
-            },
+            None => group.injector.pop(),
         };
         if found.is_some() && self.local.is_none() {
             group.queued.fetch_sub(1, Ordering::Relaxed);

@@ -18,11 +18,11 @@
 //! for it and then turn to other work; every other caller (the pool's
 //! threads, the watchdog, shutdown) waits until it is free. A taker works
 //! through a private list, oldest first; when that runs out, it swaps the
-//! whole stack out of `pushed` in one step and reverses it onto the list. So items come out in the order
-//! they were pushed, and a push touches a line that takers write once per
-//! grab, not once per item: when takers keep up with a pusher, as event
-//! threads do with a burst of spawns, the pusher does not wait on a cache
-//! miss for each item it queues.
+//! whole stack out of `pushed` in one step and reverses it onto the list.
+//! So items come out in the order they were pushed, and a push touches a
+//! line that takers write once per grab, not once per item: when takers
+//! keep up with a pusher, as event threads do with a burst of spawns, the
+//! pusher does not wait on a cache miss for each item it queues.
 //!
 //! An item leaves the stack only in a grab, whole, so the stack has no ABA
 //! problem; once handed out, an item is in neither list, and its owner may
@@ -73,7 +73,7 @@ pub(crate) unsafe trait Linked: Sized {
 /// under loom, where every spin is a branch of the search.)
 const BUSY_SPINS: u32 = if cfg!(curfew_loom) { 2 } else { 256 };
 
-/// What a take found.
+/// What [`Inject::take_batch`] found.
 #[derive(Debug)]
 pub(crate) enum Take<T> {
     Item(T),
@@ -169,13 +169,14 @@ impl<T: Linked> Inject<T> {
         }
     }
 
-    /// Takes the oldest item, waiting while another thread is taking.
-    /// (It takes the lock even when the queue looks empty: a taker may be
-    /// half-way through a grab, and shutdown's drain must not miss that.)
-    pub(crate) fn pop(&self) -> Take<T> {
+    /// Takes the oldest item, waiting while another thread is taking, so
+    /// `None` means nothing is queued. (It takes the lock even when the
+    /// queue looks empty: a taker may be half-way through a grab, and
+    /// shutdown's drain must not miss that.)
+    pub(crate) fn pop(&self) -> Option<T> {
         let _g = self.lock();
         let t = self.pop_locked();
-        if matches!(t, Take::Item(_)) {
+        if t.is_some() {
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
         t
@@ -210,20 +211,18 @@ impl<T: Linked> Inject<T> {
         }) else {
             return Take::Busy;
         };
-        let first = self.pop_locked();
-        if matches!(first, Take::Item(_)) {
-            let max = max(self.len());
-            let mut n = 1;
-            while n < max {
-                match self.pop_locked() {
-                    Take::Item(t) => sink(t),
-                    _ => break,
-                }
-                n += 1;
-            }
-            self.len.fetch_sub(n, Ordering::Relaxed);
+        let Some(first) = self.pop_locked() else {
+            return Take::Empty;
+        };
+        let max = max(self.len());
+        let mut n = 1;
+        while n < max {
+            let Some(t) = self.pop_locked() else { break };
+            sink(t);
+            n += 1;
         }
-        first
+        self.len.fetch_sub(n, Ordering::Relaxed);
+        Take::Item(first)
     }
 
     fn lock(&self) -> TakeGuard<'_> {
@@ -247,11 +246,11 @@ impl<T: Linked> Inject<T> {
     }
 
     /// One take; the caller holds `taking`, and lowers `len` for it.
-    fn pop_locked(&self) -> Take<T> {
+    fn pop_locked(&self) -> Option<T> {
         let mut front = self.take.front.load(Ordering::Relaxed);
         if front.is_null() {
             if self.pushed.load(Ordering::Relaxed).is_null() {
-                return Take::Empty;
+                return None;
             }
             // Grab every pushed item; the acquire pairs with each push's
             // release, so their links are complete. Not empty: only a taker
@@ -277,13 +276,13 @@ impl<T: Linked> Inject<T> {
         let left = self.take.grabbed.load(Ordering::Relaxed) - 1;
         self.take.grabbed.store(left, Ordering::Relaxed);
         // SAFETY: `front` came from `into_link` and is in neither list now.
-        Take::Item(unsafe { T::from_link(NonNull::new_unchecked(front)) })
+        Some(unsafe { T::from_link(NonNull::new_unchecked(front)) })
     }
 }
 
 impl<T: Linked> Drop for Inject<T> {
     fn drop(&mut self) {
-        while let Take::Item(_) = self.pop() {}
+        while self.pop().is_some() {}
     }
 }
 
@@ -352,24 +351,28 @@ mod tests {
         }
     }
 
+    fn popped(n: Option<Box<Node<usize>>>) -> Option<usize> {
+        n.map(|n| n.val)
+    }
+
     #[test]
     fn items_come_out_in_order_and_the_length_follows() {
         let q = Inject::new();
         assert!(q.is_empty());
-        assert_eq!(val(q.pop()), None);
+        assert_eq!(popped(q.pop()), None);
         for i in 0..5 {
             q.push(node(i));
         }
         assert_eq!(q.len(), 5);
-        assert_eq!(val(q.pop()), Some(0));
+        assert_eq!(popped(q.pop()), Some(0));
         q.push(node(5));
-        let got: Vec<_> = std::iter::from_fn(|| val(q.pop())).collect();
+        let got: Vec<_> = std::iter::from_fn(|| popped(q.pop())).collect();
         assert_eq!(got, [1, 2, 3, 4, 5]);
         assert!(q.is_empty());
         // Empty again, after a grab: it still works.
         q.push(node(6));
-        assert_eq!(val(q.pop()), Some(6));
-        assert_eq!(val(q.pop()), None);
+        assert_eq!(popped(q.pop()), Some(6));
+        assert_eq!(popped(q.pop()), None);
     }
 
     #[test]
@@ -410,14 +413,11 @@ mod tests {
     fn a_taken_item_can_be_pushed_again_at_once() {
         let q = Inject::new();
         q.push(node(1));
-        let n = match q.pop() {
-            Take::Item(n) => n,
-            _ => panic!(),
-        };
+        let n = q.pop().expect("an item was pushed");
         q.push(n);
         q.push(node(2));
-        assert_eq!(val(q.pop()), Some(1));
-        assert_eq!(val(q.pop()), Some(2));
+        assert_eq!(popped(q.pop()), Some(1));
+        assert_eq!(popped(q.pop()), Some(2));
     }
 
     #[test]
@@ -507,8 +507,8 @@ mod loom_tests {
         let mut got = Vec::new();
         while got.len() < n {
             match q.pop() {
-                Take::Item(b) => got.push(b.val),
-                Take::Empty | Take::Busy => thread::yield_now(),
+                Some(b) => got.push(b.val),
+                None => thread::yield_now(),
             }
         }
         got
@@ -536,7 +536,7 @@ mod loom_tests {
             got.sort_unstable();
             assert_eq!(got, [0, 1]);
             assert!(q.is_empty());
-            assert!(matches!(q.pop(), Take::Empty));
+            assert!(q.pop().is_none());
         });
     }
 
@@ -554,7 +554,7 @@ mod loom_tests {
             let got = take_all(&q, 2);
             p.join().unwrap();
             assert_eq!(got, [0, 1]);
-            assert!(matches!(q.pop(), Take::Empty));
+            assert!(q.pop().is_none());
         });
     }
 
@@ -580,7 +580,7 @@ mod loom_tests {
             got.extend(take_all(&q, 1));
             got.sort_unstable();
             assert_eq!(got, [0, 1]);
-            assert!(matches!(q.pop(), Take::Empty));
+            assert!(q.pop().is_none());
         });
     }
 }
