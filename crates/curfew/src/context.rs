@@ -225,7 +225,9 @@ pub(crate) fn poll_under_watchdog<R>(header: &Header, poll: impl FnOnce() -> R) 
             let slot = &w.slot.state;
             slot.begin(seq, header.budget_code, header.admitted.client, header);
             let r = poll();
-            let end = slot.end(seq, header.budget_code);
+            // A watched scope inside the poll (`poll_scoped`) hands the slot
+            // back under a new number.
+            let end = slot.end(w.seq(), header.budget_code);
             w.slot.count_poll();
             if end != PollEnd::InTime {
                 w.overdue_returned(header);
@@ -235,6 +237,104 @@ pub(crate) fn poll_under_watchdog<R>(header: &Header, poll: impl FnOnce() -> R) 
         c.task.set(prev_task);
         out
     })
+}
+
+/// Polls `poll` as a watched scope of the poll running on this thread
+/// (see [`task::Inline`]): the slot is switched to `header`, with its
+/// budget and client, for the length of `poll`, then handed back to the
+/// enclosing poll under a new sequence number, so the watchdog times each
+/// part on its own. `header` is current for `checkpoint()` meanwhile.
+///
+/// Returns `None`, without calling `poll`, when the enclosing poll has been
+/// answered with a timeout or its thread written off: its task is about to
+/// be dropped. Outside a task's poll on a curfew thread, `poll` is watched
+/// as a poll of its own (timed on the clock when hosted, not at all
+/// elsewhere), as [`poll_under_watchdog`] does.
+pub(crate) fn poll_scoped<R>(header: &Header, poll: impl FnOnce() -> R) -> Option<(R, PollEnd)> {
+    let mut poll = Some(poll);
+    let nested = CONTEXT.with(|c| {
+        let w = c.worker.get();
+        let outer = c.task.get();
+        if w.is_null() || outer.is_null() {
+            return None;
+        }
+        // SAFETY: see `with_worker`.
+        let w = unsafe { &*w };
+        let slot = &w.slot.state;
+        // SAFETY: `poll_under_watchdog` (or an enclosing scope) set the
+        // pointer for the poll running now, whose header the running task
+        // keeps alive.
+        let outer_budget = unsafe { &*outer }.budget_code;
+        let outer_client = slot.client();
+        // What this thread published for the poll (it may have been claimed,
+        // expired or written off since: `switch` sorts that out).
+        let running = crate::slot::pack(crate::slot::RUNNING, w.seq(), outer_budget);
+        let seq = w.next_seq();
+        w.stamp_poll(seq);
+        let entered = slot.switch(
+            running,
+            seq,
+            header.budget_code,
+            header.admitted.client,
+            header,
+            false,
+        );
+        if entered != PollEnd::InTime {
+            // The enclosing poll's end finds the word as the watchdog left
+            // it, whatever the number.
+            return Some(None);
+        }
+        c.task.set(header);
+        let r = (poll.take().expect("called once"))();
+        c.task.set(outer);
+        // A scope nested in this one handed the slot back under a number
+        // of its own.
+        let scoped = crate::slot::pack(crate::slot::RUNNING, w.seq(), header.budget_code);
+        let back = w.next_seq();
+        w.stamp_poll(back);
+        let end = slot.switch(scoped, back, outer_budget, outer_client, outer, true);
+        if end != PollEnd::InTime {
+            w.overdue_returned(header);
+        }
+        Some(Some((r, end)))
+    });
+    match nested {
+        Some(r) => r,
+        None => Some(poll_under_watchdog(
+            header,
+            poll.take().expect("not called yet"),
+        )),
+    }
+}
+
+/// The header of an inline scope ([`task::Builder::inline`]): admitted
+/// by, and given the budgets of, this thread's runtime, else the current
+/// one; outside every curfew runtime, admitted without a client table.
+pub(crate) fn inline_header(opts: task::Builder) -> Result<Header, crate::Refusal> {
+    let mut opts = Some(opts);
+    let on_worker = with_worker(|w| {
+        w.map(|w| {
+            let opts = opts.take().expect("taken once");
+            w.shared().header(opts, crate::executor::GroupId::Event)
+        })
+    });
+    if let Some(h) = on_worker {
+        return h;
+    }
+    let opts = opts.take().expect("taken once");
+    if let Some(h) = try_current() {
+        return h.shared.header(opts, crate::executor::GroupId::Event);
+    }
+    let budget = opts.poll_budget.unwrap_or(Some(crate::DEFAULT_POLL_BUDGET));
+    Ok(Header::new(
+        task::Budget::new(budget),
+        crate::policy::Admitted::NONE,
+        crate::executor::GroupId::Event.location(),
+        opts.name,
+        opts.client,
+        None,
+        tracing::Span::none(),
+    ))
 }
 
 /// A task's first poll, on a curfew thread: whether to refuse it after all

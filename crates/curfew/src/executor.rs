@@ -696,6 +696,12 @@ const fn spin_rounds(gid: GroupId) -> u32 {
 }
 
 impl WorkerCtx {
+    /// The runtime this thread belongs to.
+    #[inline]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     #[inline]
     pub(crate) fn next_seq(&self) -> u32 {
         let s = self.seq.get().wrapping_add(1);
@@ -736,6 +742,10 @@ impl WorkerCtx {
         self.slot.stamp_seq.store(seq, Ordering::Relaxed);
     }
 
+    /// The sequence number of the poll this thread published last: the
+    /// running poll's, or, after a watched scope inside it, the number the
+    /// scope's end gave it back under.
+    #[inline]
     pub(crate) fn seq(&self) -> u32 {
         self.seq.get()
     }

@@ -283,6 +283,76 @@ impl<T> SlotState<T> {
         }
     }
 
+    /// Owner: inside one running poll, moves the slot from the poll
+    /// published as `from` (a `RUNNING` word of this thread's) to a new one:
+    /// `to_seq`, `to_budget`, `client` and `task`. This is how a watched
+    /// scope inside a task's poll ([`Inline`](crate::task::Inline)) begins,
+    /// and how it ends, handing the slot back to the enclosing poll.
+    ///
+    /// The owner holds the word `CLAIMED` while it changes `current` and
+    /// `client`, so the watchdog can neither claim the old word and read the
+    /// new task, nor the new word and read the old one: a claim and a hold
+    /// both compare-exchange from `RUNNING`. The word is then published with
+    /// a release store, as in [`begin`](Self::begin).
+    ///
+    /// Returns how the `from` poll ended. `InTime`: the slot is switched.
+    /// `TimedOut`: the watchdog answered it; with `through_expired` the
+    /// slot is switched all the same (the scope returned within the grace,
+    /// and its thread stays healthy), without it the word is left `EXPIRED`
+    /// for the enclosing poll's own end to find. `Hijacked`: the thread was
+    /// written off, and the word is left `HIJACKED`.
+    pub(crate) fn switch(
+        &self,
+        from: u64,
+        to_seq: u32,
+        to_budget: u32,
+        client: u32,
+        task: *const T,
+        through_expired: bool,
+    ) -> PollEnd {
+        debug_assert_eq!(tag(from), RUNNING);
+        let mut expected = from;
+        let mut end = PollEnd::InTime;
+        loop {
+            match self.word.compare_exchange(
+                expected,
+                (expected & !TAG_MASK) | CLAIMED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(word) => match tag(word) {
+                    // The watchdog is resolving the task (it has claimed the
+                    // poll) or marking a hand-off (it holds the poll, and
+                    // puts back `from`): wait it out.
+                    CLAIMED => {
+                        spin_wait();
+                        expected = from;
+                    }
+                    RUNNING => {
+                        // Only the owner publishes a running word, and a
+                        // hold puts back the one it took.
+                        debug_assert_eq!(word, from, "a scope switched from a stale word");
+                        expected = from;
+                    }
+                    EXPIRED if through_expired => {
+                        expected = word;
+                        end = PollEnd::TimedOut;
+                    }
+                    EXPIRED => return PollEnd::TimedOut,
+                    HIJACKED => return PollEnd::Hijacked,
+                    other => unreachable!("slot in state {other} inside a poll"),
+                },
+            }
+        }
+        // Ours, as `CLAIMED`: the watchdog looks but cannot act.
+        self.current.store(task as *mut T, Ordering::Relaxed);
+        self.client.store(client, Ordering::Relaxed);
+        self.word
+            .store(pack(RUNNING, to_seq, to_budget), Ordering::Release);
+        end
+    }
+
     /// Owner: about to park.
     pub(crate) fn sleep(&self, seq: u32) {
         self.word.store(pack(SLEEPING, seq, 0), Ordering::SeqCst);
@@ -878,5 +948,152 @@ mod loom_tests {
             let (first, second) = owner.join().unwrap();
             assert!(first != PollEnd::Hijacked && second != PollEnd::Hijacked);
         });
+    }
+
+    /// What the watchdog does to the one word it looks at in the scope
+    /// models.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Act {
+        Claim,
+        ClaimAndHijack,
+        Hold,
+    }
+
+    /// A watched scope inside a poll (`Inline`): the owner switches the slot
+    /// to the scope's header and back while the watchdog acts on whatever
+    /// word it saw. A claim always reads the header of the poll whose word
+    /// it claimed, never one freed, and each side learns the same outcome.
+    fn run_scope_model(act: Act) {
+        loom::model(move || {
+            let slot = Arc::new(SlotState::<FakeHeader>::new());
+            let outer = Arc::new(FakeHeader {
+                alive: UnsafeCell::new(true),
+                timed_out: AtomicBool::new(false),
+            });
+            let scope = Arc::new(FakeHeader {
+                alive: UnsafeCell::new(true),
+                timed_out: AtomicBool::new(false),
+            });
+            slot.begin(1, 100, 0, &*outer);
+            let owner = {
+                let (slot, outer, scope) = (slot.clone(), outer.clone(), scope.clone());
+                loom::thread::spawn(move || {
+                    let from = pack(RUNNING, 1, 100);
+                    let entered = slot.switch(from, 2, 50, 7, &*scope, false);
+                    if entered != PollEnd::InTime {
+                        // The enclosing poll was answered: no scope.
+                        return (entered, None, slot.end(1, 100));
+                    }
+                    let left = slot.switch(pack(RUNNING, 2, 50), 3, 100, 0, &*outer, true);
+                    // The scope's header goes with the scope.
+                    scope.alive.with_mut(|a| unsafe { *a = false });
+                    if left == PollEnd::Hijacked {
+                        return (entered, Some(left), PollEnd::Hijacked);
+                    }
+                    (entered, Some(left), slot.end(3, 100))
+                })
+            };
+
+            let word = slot.load();
+            let mut acted_on = None;
+            let mut hijacked = false;
+            if tag(word) == RUNNING {
+                match act {
+                    Act::Hold => {
+                        if slot.hold(word) {
+                            slot.release(word);
+                        }
+                    }
+                    Act::Claim | Act::ClaimAndHijack => {
+                        if let Some(p) = slot.claim(word) {
+                            let expected: *const FakeHeader =
+                                if seq(word) == 2 { &*scope } else { &*outer };
+                            assert_eq!(p, expected, "claim read another poll's header");
+                            assert_eq!(slot.client() == 7, seq(word) == 2);
+                            // SAFETY (of the model): the claim keeps the
+                            // owner inside the claimed poll.
+                            let h = unsafe { &*p };
+                            h.alive
+                                .with(|a| assert!(unsafe { *a }, "header used after free"));
+                            h.timed_out.store(true, Ordering::SeqCst);
+                            acted_on = Some(seq(word));
+                            let expired = slot.expire();
+                            if act == Act::ClaimAndHijack {
+                                hijacked = slot.hijack(expired);
+                            }
+                        }
+                    }
+                }
+            }
+
+            let (entered, left, end) = owner.join().unwrap();
+            match acted_on {
+                None => {
+                    assert_eq!(
+                        (entered, left, end),
+                        (PollEnd::InTime, Some(PollEnd::InTime), PollEnd::InTime)
+                    );
+                }
+                // The enclosing poll, before the scope began: the scope
+                // never begins, and the poll's own end sees the timeout.
+                Some(1) => {
+                    // It may see the timeout before the hijack: the
+                    // poll's own end is what counts.
+                    assert!(
+                        entered == PollEnd::TimedOut || (hijacked && entered == PollEnd::Hijacked)
+                    );
+                    assert_eq!(left, None);
+                    assert_eq!(
+                        end,
+                        if hijacked {
+                            PollEnd::Hijacked
+                        } else {
+                            PollEnd::TimedOut
+                        }
+                    );
+                }
+                // The scope: its end sees the timeout, and the enclosing
+                // poll goes on in time unless the thread was written off.
+                Some(2) => {
+                    assert_eq!(entered, PollEnd::InTime);
+                    if hijacked {
+                        assert_eq!((left, end), (Some(PollEnd::Hijacked), PollEnd::Hijacked));
+                    } else {
+                        assert_eq!((left, end), (Some(PollEnd::TimedOut), PollEnd::InTime));
+                    }
+                    assert!(!outer.timed_out.load(Ordering::SeqCst));
+                }
+                // The enclosing poll again, after the scope.
+                Some(_) => {
+                    assert_eq!((entered, left), (PollEnd::InTime, Some(PollEnd::InTime)));
+                    assert_eq!(
+                        end,
+                        if hijacked {
+                            PollEnd::Hijacked
+                        } else {
+                            PollEnd::TimedOut
+                        }
+                    );
+                    assert!(!scope.timed_out.load(Ordering::SeqCst));
+                }
+            }
+            let last = tag(slot.load());
+            assert_eq!(last, if hijacked { HIJACKED } else { IDLE });
+        });
+    }
+
+    #[test]
+    fn loom_scope_races_timeout() {
+        run_scope_model(Act::Claim);
+    }
+
+    #[test]
+    fn loom_scope_races_hijack() {
+        run_scope_model(Act::ClaimAndHijack);
+    }
+
+    #[test]
+    fn loom_scope_waits_out_a_hold() {
+        run_scope_model(Act::Hold);
     }
 }

@@ -879,6 +879,242 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// Runs `future` in place, inside the current task's polls, as a watched
+    /// scope of its own: each of its polls is held to this builder's poll
+    /// budget (else the runtime's) and charged to its client, and a poll
+    /// that overruns is answered while it still runs, as a spawned task's
+    /// would be, with `on_timeout` called on the watchdog's thread.
+    ///
+    /// This is a spawn without the task: no allocation, no queue, no second
+    /// poll of the caller to collect the output. The price is that the
+    /// caller's own task cannot go on while the future's poll runs, so a
+    /// poll that never returns takes the caller with it. Use it where the
+    /// caller has nothing else to do meanwhile and `on_timeout` can answer
+    /// for it: an HTTP/1 connection serving one request at a time, whose
+    /// `on_timeout` writes the `503` to the socket
+    /// (`curfew_http::CurfewLayer` does this under `curfew_http::serve`).
+    /// Otherwise spawn and await the [`JoinHandle`].
+    ///
+    /// Admission happens here, as for a spawn: a client cooling off (or a
+    /// refused route) gets its refusal from the first poll, and `future` is
+    /// dropped unpolled.
+    ///
+    /// Where it is watched: inside a task's poll on a curfew thread, the
+    /// usual case. Polled anywhere else it is watched as a spawned task
+    /// would be there: a poll of a hosted task is timed on the clock when
+    /// it returns, and elsewhere (a thread of a tokio runtime, `block_on`)
+    /// nothing times it. Outside every curfew runtime no client table is
+    /// consulted.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use curfew::task::{Builder, OnTimeout};
+    /// use curfew::TimeoutError;
+    ///
+    /// struct Log;
+    /// impl OnTimeout for Log {
+    ///     fn on_timeout(&self, error: &TimeoutError) {
+    ///         eprintln!("answered for: {error}");
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rt = curfew::Runtime::builder().event_threads(1).build()?;
+    /// let out = rt.block_on(rt.spawn(async {
+    ///     Builder::new()
+    ///         .name("lookup")
+    ///         .poll_budget(Duration::from_millis(50))
+    ///         .inline(async { 6 * 7 }, Log)
+    ///         .await
+    /// }))?;
+    /// assert_eq!(out?, 42);
+    /// # Ok(()) }
+    /// ```
+    pub fn inline<F, H>(self, future: F, on_timeout: H) -> Inline<F, H>
+    where
+        F: Future,
+        H: OnTimeout,
+    {
+        let (header, refusal) = match context::inline_header(self) {
+            Ok(h) => (Some(h), None),
+            Err(r) => (None, Some(r)),
+        };
+        Inline {
+            cell: InlineCell {
+                header,
+                hook: on_timeout,
+                _pin: std::marker::PhantomPinned,
+            },
+            future: Some(future),
+            refusal,
+            registered: false,
+        }
+    }
+}
+
+/// What an [`Inline`] future does when the watchdog answers one of its
+/// polls with a timeout.
+pub trait OnTimeout: Send + Sync + 'static {
+    /// Called once, on the watchdog's thread, while the overrunning poll is
+    /// still running and its caller cannot go on: answer for it here (write
+    /// the error response, wake whoever waits). The poll may also return in
+    /// the meantime; it then waits for this call to finish, and the
+    /// [`Inline`] future resolves to the same timeout. Keep it short and
+    /// non-blocking: the watchdog watches no other thread while it runs. A
+    /// panic is caught and logged.
+    fn on_timeout(&self, error: &TimeoutError);
+}
+
+/// The parts of an [`Inline`] the watchdog reaches: the header, whose
+/// address it reads from the slot, and the hook, through the waker kept in
+/// the header. Never moved once the `Inline` is pinned, and only ever
+/// reached through shared references (`!Unpin`, so the `&mut` a projection
+/// makes of it asserts nothing).
+struct InlineCell<H> {
+    header: Option<Header>,
+    hook: H,
+    _pin: std::marker::PhantomPinned,
+}
+
+/// A future run in place under a budget of its own: see
+/// [`Builder::inline`]. Resolves as a [`JoinHandle`] would.
+#[pin_project::pin_project]
+pub struct Inline<F, H> {
+    cell: InlineCell<H>,
+    #[pin]
+    future: Option<F>,
+    refusal: Option<Refusal>,
+    /// The header's waker (the hook) is in place.
+    registered: bool,
+}
+
+impl<F, H> Inline<F, H> {
+    /// The `on_timeout` hook given to [`Builder::inline`].
+    pub fn hook(&self) -> &H {
+        &self.cell.hook
+    }
+}
+
+impl<F, H> std::fmt::Debug for Inline<F, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inline")
+            .field(
+                "name",
+                &self.cell.header.as_ref().and_then(|h| h.name.as_deref()),
+            )
+            .field("refused", &self.refusal.is_some())
+            .field("done", &self.future.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The waker kept in an inline header's join slot: waking it is the
+/// watchdog answering the scope, and calls the hook.
+struct HookWaker<H>(std::marker::PhantomData<H>);
+
+impl<H: OnTimeout> HookWaker<H> {
+    const VTABLE: std::task::RawWakerVTable =
+        std::task::RawWakerVTable::new(Self::clone, Self::wake, Self::wake, Self::drop);
+
+    /// # Safety
+    ///
+    /// `cell` must stay in place, alive, until the waker and every clone of
+    /// it are dropped, and may be woken only while it is. The waker is only
+    /// ever stored in `cell`'s own header, which drops it with the cell,
+    /// and only the watchdog wakes it, while it holds the scope's poll
+    /// claimed, which keeps the `Inline` inside its poll.
+    unsafe fn waker(cell: *const InlineCell<H>) -> Waker {
+        // SAFETY: the vtable's functions uphold the `RawWaker` contract for
+        // this pointer under the conditions above.
+        unsafe { Waker::from_raw(std::task::RawWaker::new(cell.cast(), &Self::VTABLE)) }
+    }
+
+    unsafe fn clone(p: *const ()) -> std::task::RawWaker {
+        std::task::RawWaker::new(p, &Self::VTABLE)
+    }
+
+    unsafe fn wake(p: *const ()) {
+        // SAFETY: see `waker`: the cell is alive while the waker is woken.
+        let cell = unsafe { &*p.cast::<InlineCell<H>>() };
+        if let Some(header) = &cell.header {
+            cell.hook.on_timeout(&header.timeout_error());
+        }
+    }
+
+    unsafe fn drop(_: *const ()) {}
+}
+
+impl<F: Future, H: OnTimeout> Future for Inline<F, H> {
+    type Output = Result<F::Output, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let cell: &InlineCell<H> = this.cell;
+        let Some(header) = &cell.header else {
+            // Refused at admission: the future goes unpolled.
+            this.future.set(None);
+            let refusal = this
+                .refusal
+                .take()
+                .expect("`Inline` polled after it completed");
+            return Poll::Ready(Err(JoinError::refused(refusal)));
+        };
+        let Some(fut) = this.future.as_mut().as_pin_mut() else {
+            panic!("`Inline` polled after it completed");
+        };
+        if !*this.registered {
+            // SAFETY: the cell is pinned inside `self` (`Inline` is
+            // `!Unpin` through it) and owns the header that keeps the
+            // waker; only the watchdog's claim of this scope's poll wakes
+            // it (an inline header is never queued, registered or aborted).
+            header
+                .join_waker
+                .register(&unsafe { HookWaker::<H>::waker(cell) });
+            *this.registered = true;
+        }
+        let scoped = context::poll_scoped(header, || {
+            catch_unwind(AssertUnwindSafe(|| {
+                let _span = header.span.as_deref().map(tracing::Span::enter);
+                fut.poll(cx)
+            }))
+        });
+        let Some((res, end)) = scoped else {
+            // The caller's own poll was answered: its task is dropped when
+            // the poll returns, and this with it.
+            return Poll::Pending;
+        };
+        match end {
+            PollEnd::InTime => match res {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(out)) => {
+                    drop_quietly(this.future);
+                    header.complete();
+                    Poll::Ready(Ok(out))
+                }
+                Err(panic) => {
+                    drop_quietly(this.future);
+                    header.complete();
+                    Poll::Ready(Err(JoinError::panic(panic)))
+                }
+            },
+            PollEnd::TimedOut => {
+                // Answered already (the hook ran): what the poll produced
+                // goes, and the future with it, inside the caller's poll.
+                drop(res);
+                drop_quietly(this.future);
+                Poll::Ready(Err(JoinError::timed_out(header.timeout_error())))
+            }
+            PollEnd::Hijacked => {
+                // The thread is written off; its task is dropped when the
+                // poll returns, and this with it.
+                drop(res);
+                Poll::Pending
+            }
+        }
+    }
+}
+
 /// Yields once to the scheduler, like `tokio::task::yield_now`.
 pub async fn yield_now() {
     let mut yielded = false;
