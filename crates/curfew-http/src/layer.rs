@@ -1,11 +1,28 @@
-//! [`CurfewLayer`]: every request's handler as a curfew task.
+//! [`CurfewLayer`]: every request's handler watched under its own budget.
 //!
-//! The layer spawns the inner service's future as a curfew task named after
-//! the route, for the request's client, under the layer's poll budget, and
-//! awaits its [`JoinHandle`](curfew::JoinHandle). A handler that never
-//! yields cannot hold the response back: the watchdog answers the handle
-//! when the budget runs out, and the layer turns that answer into a
-//! response.
+//! The layer runs the inner service's future named after the route, for
+//! the request's client, under the layer's poll budget. A handler that
+//! never yields cannot hold the response back: the watchdog answers it when
+//! the budget runs out, and the layer turns that answer into a response.
+//!
+//! How it runs the handler depends on the connection:
+//!
+//! * **An HTTP/1 request under [`serve`](crate::serve)** runs in place, in
+//!   the connection's own task, as a watched scope
+//!   ([`curfew::task::Builder::inline`]): HTTP/1 answers one request at a
+//!   time, so the connection has nothing else to do meanwhile, and a
+//!   request costs no task, no queueing and no second poll of the
+//!   connection. A handler that overruns holds the connection's task, so
+//!   the watchdog writes the `503` (with `Connection: close`) to the socket
+//!   itself and shuts the socket down; the connection ends there. If
+//!   hyper's earlier output on the connection is not all flushed (a
+//!   pipelining client that does not read), the connection is reset
+//!   instead of answered, so that no response is cut into another.
+//! * **Anything else** (HTTP/2, whose streams share a connection; another
+//!   server; a layer given a [`handle`](CurfewLayer::handle)) spawns the
+//!   future as a curfew task and awaits its
+//!   [`JoinHandle`](curfew::JoinHandle); the connection stays open after a
+//!   `503`.
 //!
 //! | outcome | default response |
 //! | --- | --- |
@@ -161,9 +178,10 @@ struct Config {
 ///
 /// Where the handler runs: on the runtime given to
 /// [`handle`](Self::handle), else on the curfew runtime the request is
-/// served on (a local spawn on the same event thread, when the connection
-/// is a curfew task as under [`serve`](crate::serve)), else on curfew's
-/// default runtime, polled with the caller's tokio runtime entered.
+/// served on (in place in the connection's task for HTTP/1 under
+/// [`serve`](crate::serve), a local spawn on the same event thread for
+/// HTTP/2 there; see the [module docs](self)), else on curfew's default
+/// runtime, polled with the caller's tokio runtime entered.
 pub struct CurfewLayer<K = PeerIp> {
     config: Config,
     key: K,
@@ -223,6 +241,12 @@ impl<K> CurfewLayer<K> {
     /// Builds the responses to timeouts, refusals and panics. `f` may call
     /// [`Failure::default_response`] for the kinds it does not change.
     ///
+    /// For a handler run in place (HTTP/1 under [`serve`](crate::serve)),
+    /// `f` builds the timeout's response on the watchdog's thread, while
+    /// the handler still runs: keep it short and non-blocking. The response
+    /// is written to the socket as it is, with its body (which must be
+    /// ready at once, as `Full` is), its length and `Connection: close`.
+    ///
     /// ```
     /// use curfew_http::{CurfewLayer, FailureKind};
     /// use http::StatusCode;
@@ -279,7 +303,8 @@ impl<S, K: Clone> Layer<S> for CurfewLayer<K> {
 /// The service [`CurfewLayer`] wraps around an inner service.
 ///
 /// Its `call` calls the inner service's `call` on the caller's task and
-/// spawns the future that returns as the curfew task: that future is where
+/// runs the future that returns under the watchdog (in place, or as a
+/// curfew task: see the [module docs](self)): that future is where
 /// a tower service does its work (axum's handlers, extractors and
 /// `from_fn` middleware all run in it), and taking it so costs no clone of
 /// the inner service per request. Under [`serve`](crate::serve) the
@@ -388,7 +413,7 @@ where
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = ResponseFuture<RB, S::Error>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -400,6 +425,14 @@ where
         let info = route_info(route_of(&req));
         let client = self.key.client_key(&req).map(|k| client_on_route(k, &info));
 
+        // An HTTP/1 request on a connection `serve` runs as a curfew task is
+        // run in place, in the connection's task (see `crate::line`): the
+        // connection has nothing else to do until it is answered.
+        let line = if self.config.handle.is_none() && req.version() <= http::Version::HTTP_11 {
+            crate::line::current()
+        } else {
+            None
+        };
         // A client cooling off (or a refused route) is refused by the spawn
         // below, which looks the key up once in the runtime's client table
         // and drops the future, and with it the request, unpolled: the body
@@ -416,17 +449,50 @@ where
         if let Some(budget) = self.config.poll_budget {
             task = task.poll_budget(budget);
         }
+        let info = Info {
+            route,
+            client,
+            config: self.config.clone(),
+        };
+        if let Some(line) = line {
+            return ResponseFuture {
+                kind: Kind::Inline {
+                    inline: task.inline(fut, Answer { line, info }),
+                },
+            };
+        }
         let join = match &self.config.handle {
             Some(h) => task.spawn_on(h, fut),
             None => task.spawn(fut),
         };
         ResponseFuture {
-            join,
-            info: Some(Info {
-                route,
-                client,
-                config: self.config.clone(),
-            }),
+            kind: Kind::Spawned {
+                join,
+                info: Some(info),
+            },
+        }
+    }
+}
+
+/// The watchdog's hook for a handler run in place: answers the request on
+/// the socket, since the connection's task is held by the handler.
+struct Answer {
+    line: Arc<crate::line::Line>,
+    info: Info,
+}
+
+impl curfew::task::OnTimeout for Answer {
+    fn on_timeout(&self, error: &curfew::TimeoutError) {
+        let error = JoinError::from(error.clone());
+        let failure = Failure::from_join(&error, &self.info);
+        let response = self.info.config.respond(&failure);
+        let answered = self.line.answer(response);
+        if answered != crate::line::Answered::Written {
+            tracing::debug!(
+                route = &*self.info.route,
+                ?answered,
+                "a timed-out handler's connection could not be answered; shut down"
+            );
         }
     }
 }
@@ -458,36 +524,70 @@ impl Config {
     }
 }
 
-/// The future of a [`Curfew`] service's response.
+/// The future of a [`Curfew`] service's response: the handler's task, or
+/// the handler itself, run in place under its own budget (an HTTP/1
+/// request under [`serve`](crate::serve)).
 #[pin_project::pin_project]
-pub struct ResponseFuture<B, E> {
+pub struct ResponseFuture<F: Future> {
     #[pin]
-    join: JoinHandle<Result<Response<B>, E>>,
-    info: Option<Info>,
+    kind: Kind<F>,
 }
 
-impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
+#[pin_project::pin_project(project = KindProj)]
+enum Kind<F: Future> {
+    Spawned {
+        #[pin]
+        join: JoinHandle<F::Output>,
+        info: Option<Info>,
+    },
+    Inline {
+        #[pin]
+        inline: curfew::task::Inline<F, Answer>,
+    },
+}
+
+impl<F: Future> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ResponseFuture")
     }
 }
 
-impl<B: FailureBody, E> Future for ResponseFuture<B, E> {
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: FailureBody,
+{
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match ready!(this.join.poll(cx)) {
-            Ok(Ok(response)) => Poll::Ready(Ok(response)),
-            Ok(Err(e)) => Poll::Ready(Err(e)),
-            Err(error) => {
-                let info = this
-                    .info
-                    .take()
-                    .expect("ResponseFuture polled after it completed");
-                let failure = Failure::from_join(&error, &info);
-                Poll::Ready(Ok(info.config.respond(&failure).map(B::from_full)))
-            }
+        match self.project().kind.project() {
+            KindProj::Spawned { join, info } => match ready!(join.poll(cx)) {
+                Ok(out) => Poll::Ready(out),
+                Err(error) => {
+                    let info = info
+                        .take()
+                        .expect("ResponseFuture polled after it completed");
+                    let failure = Failure::from_join(&error, &info);
+                    Poll::Ready(Ok(info.config.respond(&failure).map(B::from_full)))
+                }
+            },
+            KindProj::Inline { mut inline } => match ready!(inline.as_mut().poll(cx)) {
+                Ok(out) => Poll::Ready(out),
+                Err(error) if error.is_timeout() => {
+                    // The hook answered on the socket and shut it down
+                    // (`Answer`); hyper's write of this one fails, and the
+                    // connection ends.
+                    let mut r = text_response(StatusCode::SERVICE_UNAVAILABLE, "");
+                    r.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    Poll::Ready(Ok(r.map(B::from_full)))
+                }
+                Err(error) => {
+                    let info = &inline.hook().info;
+                    let failure = Failure::from_join(&error, info);
+                    Poll::Ready(Ok(info.config.respond(&failure).map(B::from_full)))
+                }
+            },
         }
     }
 }

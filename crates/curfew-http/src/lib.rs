@@ -1,6 +1,6 @@
 //! axum, tower and hyper on curfew: one layer and one `serve` call.
 //!
-//! [`CurfewLayer`] runs each request's handler as a curfew task, so that a
+//! [`CurfewLayer`] runs each request's handler under the watchdog, so that a
 //! handler stuck in a poll that never returns (a backtracking regex, a
 //! quadratic parse, a blocking read) is answered `503` within its budget
 //! while every other request goes on. `tower::timeout` and tower-http's
@@ -9,8 +9,8 @@
 //! before its body is read.
 //!
 //! [`serve`] is `axum::serve` on curfew: every connection is a curfew task
-//! driven by the runtime's own I/O driver, so the layer's spawn is a local
-//! one, and it comes with the timeouts and caps a server facing hostile
+//! driven by the runtime's own I/O driver, where the layer runs an HTTP/1
+//! request's handler in place, in the connection's task, and it comes with the timeouts and caps a server facing hostile
 //! clients needs (header-read, body-progress and idle timeouts, connection
 //! caps in total and per IP, shedding near the descriptor limit, a budget
 //! of request body bytes in flight).
@@ -50,6 +50,7 @@ mod executor;
 mod head;
 pub mod key;
 mod layer;
+mod line;
 mod recent;
 mod serve;
 

@@ -62,6 +62,7 @@ use crate::executor::Executor;
 use crate::head::{HeadDeadline, HeadTimer, sweep_period};
 use crate::key::{ip_key, prime_peer};
 use crate::layer::text_response;
+use crate::line::{self, Line};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -905,12 +906,22 @@ impl Control {
 
 /// The socket, counting its reads and writes for the idle watcher, and
 /// closing with a lingering close (see [`Serve::lingering_close_time`]).
-#[pin_project::pin_project]
+#[pin_project::pin_project(PinnedDrop)]
 struct Tracked {
     #[pin]
     stream: TcpStream,
     control: Arc<Control>,
+    /// The socket as the layer's timeout answers reach it.
+    line: Arc<Line>,
     linger: Linger,
+}
+
+#[pin_project::pinned_drop]
+impl PinnedDrop for Tracked {
+    fn drop(self: Pin<&mut Self>) {
+        // Before the stream's own drop closes the descriptor.
+        self.line.close();
+    }
 }
 
 /// Where a [`Tracked`] socket is in its lingering close.
@@ -1026,6 +1037,7 @@ impl AsyncWrite for Tracked {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
+        this.line.wrote();
         let r = this.stream.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             this.control.progress.fetch_add(1, Ordering::Relaxed);
@@ -1039,6 +1051,7 @@ impl AsyncWrite for Tracked {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
+        this.line.wrote();
         let r = this.stream.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             this.control.progress.fetch_add(1, Ordering::Relaxed);
@@ -1051,7 +1064,13 @@ impl AsyncWrite for Tracked {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().stream.poll_flush(cx)
+        let this = self.project();
+        let r = this.stream.poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            // hyper flushes its own buffer into the socket first.
+            this.line.flushed();
+        }
+        r
     }
 
     /// Hyper calls this when it closes a connection (HTTP/1 once its last
@@ -1101,9 +1120,11 @@ impl AsyncWrite for Tracked {
 async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, guard: ConnGuard) {
     let shared = guard.shared.clone();
     let control = guard.control.clone();
+    let line = Arc::new(Line::new(std::os::fd::AsRawFd::as_raw_fd(&stream)));
     let io = TokioIo::new(Tracked {
         stream,
         control: control.clone(),
+        line: line.clone(),
         linger: Linger::new(shared.limits.linger),
     });
     let svc = ConnService {
@@ -1155,6 +1176,8 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
             }
             _ => {}
         }
+        // The layer finds the socket here, for a handler it runs in place.
+        let _line = line::enter(&line);
         conn.as_mut().poll(cx).map(drop)
     })
     .await;

@@ -48,3 +48,59 @@ fn never_yielding_handler_gets_503_while_hello_answers() {
     assert!(took < Duration::from_millis(2500), "503 took {took:?}");
     drop(server);
 }
+
+/// Under `serve`, an HTTP/1 request's handler runs in the connection's own
+/// task: a keep-alive connection's requests spawn no task each, and a
+/// handler that never yields is answered on the socket, with
+/// `Connection: close`, while it still spins.
+#[test]
+fn an_http1_handler_runs_in_place_and_its_timeout_closes_the_connection() {
+    use std::io::{Read, Write};
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = TestServer::start(runtime(), app(stop.clone()), |s| s);
+    let addr = server.addr;
+
+    let mut s = common::connect_from([127, 0, 0, 1], addr);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = common::get(&mut s, "/hello").expect("first /hello");
+    assert_eq!(r.status, 200);
+    let before = server.handle.metrics().event.spawned;
+    for _ in 0..20 {
+        let r = common::get(&mut s, "/hello").expect("/hello on the same connection");
+        assert_eq!((r.status, r.body.as_str()), (200, "hello"));
+    }
+    let spawned = server.handle.metrics().event.spawned - before;
+    assert!(
+        spawned < 5,
+        "{spawned} tasks spawned for 20 requests on one connection"
+    );
+
+    // A pipelined pair: `/hello`'s response is flushed before `/spin`
+    // starts, so the 503 follows it whole.
+    s.write_all(b"GET /hello HTTP/1.1\r\nhost: t\r\n\r\nGET /spin HTTP/1.1\r\nhost: t\r\n\r\n")
+        .unwrap();
+    let first = common::read_reply(&mut s).expect("/hello's reply");
+    assert_eq!(first.status, 200);
+    let t = Instant::now();
+    let second = common::read_reply(&mut s).expect("/spin's reply");
+    assert_eq!(second.status, 503, "{second:?}");
+    assert_eq!(second.header("retry-after"), Some("1"));
+    assert_eq!(second.header("connection"), Some("close"));
+    assert!(second.body.contains("budget"), "{}", second.body);
+    // Then the end of the stream, while the handler still spins.
+    let mut rest = Vec::new();
+    let n = s.read_to_end(&mut rest).unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "bytes after the 503: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        t.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(server);
+}

@@ -414,6 +414,14 @@ impl From<JoinError> for std::io::Error {
     }
 }
 
+/// The error a task's handle gives for this timeout: for code that answers
+/// for a task itself, as an [`OnTimeout`](crate::task::OnTimeout) hook does.
+impl From<TimeoutError> for JoinError {
+    fn from(e: TimeoutError) -> Self {
+        JoinError::timed_out(e)
+    }
+}
+
 impl From<TimeoutError> for std::io::Error {
     fn from(e: TimeoutError) -> Self {
         std::io::Error::new(std::io::ErrorKind::TimedOut, e)
