@@ -104,3 +104,70 @@ fn an_http1_handler_runs_in_place_and_its_timeout_closes_the_connection() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     drop(server);
 }
+
+/// A pipelining client that does not read: when `/spin` times out, hyper
+/// may still hold part of `/big`'s response unwritten, and a `503` written
+/// to the socket then would land inside it. The connection is shut down
+/// instead, so the client reads a whole `/big` followed by a whole `503`,
+/// or a cut-short `/big` and the end of the stream: never one response
+/// cut into another. (hyper, as it stands, reads the next request only
+/// once the last response is flushed, so this ends with the whole `503`;
+/// the reset is a safety net, tested in `line`'s unit tests.)
+#[test]
+fn a_timeout_never_cuts_into_an_unflushed_response() {
+    use std::io::{Read, Write};
+    const BIG: usize = 16 << 20;
+    let stop = Arc::new(AtomicBool::new(false));
+    let app = Router::new()
+        .route("/big", get(|| async { vec![b'x'; BIG] }))
+        .route(
+            "/spin",
+            common::spinning(stop.clone(), Duration::from_secs(3)),
+        )
+        .layer(CurfewLayer::new().poll_budget(Duration::from_millis(50)));
+    let server = TestServer::start(runtime(), app, |s| s);
+    let mut s = common::connect_from([127, 0, 0, 1], server.addr);
+    s.write_all(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\nGET /spin HTTP/1.1\r\nhost: t\r\n\r\n")
+        .unwrap();
+    // Not reading while `/spin` runs and times out.
+    std::thread::sleep(Duration::from_millis(500));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = Instant::now();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).expect("the connection ends");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    let head_end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("/big's head")
+        + 4;
+    let head = String::from_utf8_lossy(&all[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {BIG}")), "{head}");
+    let body = &all[head_end..];
+    let (big, rest) = body.split_at(body.len().min(BIG));
+    assert!(big.iter().all(|&b| b == b'x'), "/big's body was cut into");
+    if big.len() < BIG {
+        assert!(rest.is_empty());
+        eprintln!("cut short after {} of {BIG} bytes: reset", big.len());
+    } else if !rest.is_empty() {
+        let text = String::from_utf8_lossy(rest);
+        assert!(text.starts_with("HTTP/1.1 503 "), "after /big: {text}");
+        let (h, b) = text.split_once("\r\n\r\n").expect("a whole 503 head");
+        assert!(
+            h.to_lowercase()
+                .contains(&format!("content-length: {}", b.len())),
+            "{text}"
+        );
+        eprintln!("/big whole, then the 503");
+    } else {
+        eprintln!("/big whole, then the end of the stream");
+    }
+    drop(server);
+}

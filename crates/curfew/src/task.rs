@@ -938,7 +938,7 @@ impl Builder {
     {
         let (header, refusal) = match context::inline_header(self) {
             Ok(h) => (Some(h), None),
-            Err(r) => (None, Some(r)),
+            Err(r) => (None, Some(Box::new(r))),
         };
         Inline {
             cell: InlineCell {
@@ -984,7 +984,8 @@ pub struct Inline<F, H> {
     cell: InlineCell<H>,
     #[pin]
     future: Option<F>,
-    refusal: Option<Refusal>,
+    /// Boxed: rare, and the future moves with the caller's.
+    refusal: Option<Box<Refusal>>,
     /// The header's waker (the hook) is in place.
     registered: bool,
 }
@@ -1058,7 +1059,7 @@ impl<F: Future, H: OnTimeout> Future for Inline<F, H> {
                 .refusal
                 .take()
                 .expect("`Inline` polled after it completed");
-            return Poll::Ready(Err(JoinError::refused(refusal)));
+            return Poll::Ready(Err(JoinError::refused(*refusal)));
         };
         let Some(fut) = this.future.as_mut().as_pin_mut() else {
             panic!("`Inline` polled after it completed");
