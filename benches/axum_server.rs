@@ -363,8 +363,8 @@ fn throughput(bench_mode: bool) {
     let modes: Vec<usize> = (0..NAMES.len())
         .filter(|&i| wanted.split(',').any(|w| w.trim() == NAMES[i]))
         .collect();
-    // Sums of (req/s, p99, CPU/req) per mode.
-    let mut sums = [(0.0f64, 0.0f64, 0.0f64); NAMES.len()];
+    // Each run's (round, mode, req/s, p99, CPU/req, steal).
+    let mut runs: Vec<(u64, usize, f64, f64, f64, f64)> = Vec::new();
     for round in 1..=rounds {
         let mut order = modes.clone();
         if round % 2 == 0 {
@@ -399,21 +399,51 @@ fn throughput(bench_mode: bool) {
                 "| {round} | {name} | {} | {} | {:.0} | {:.0} | {:.2} | {steal:.0} |",
                 r.requests, r.errors, r.rps, r.p99_us, r.cpu_us_per_req
             );
-            sums[mode].0 += r.rps;
-            sums[mode].1 += r.p99_us;
-            sums[mode].2 += r.cpu_us_per_req;
+            runs.push((round, mode, r.rps, r.p99_us, r.cpu_us_per_req, steal));
         }
     }
-    let t = sums[0];
-    for &mode in modes.iter().filter(|&&m| m != 0 && modes.contains(&0)) {
-        let c = sums[mode];
-        println!(
-            "\n{} / tokio over {rounds} round(s): req/s {:.3}x, p99 {:.3}x, CPU per request {:.3}x",
-            NAMES[mode],
-            c.0 / t.0,
-            c.1 / t.1,
-            c.2 / t.2,
-        );
+    // The ratios of the sums over all rounds, then over the quiet rounds
+    // alone: those in which no mode's run lost more than
+    // `AXUM_BENCH_QUIET_STEAL_MS` (default 1% of the cores' time) to the
+    // hypervisor.
+    let quiet_ms =
+        common::env_u64("AXUM_BENCH_QUIET_STEAL_MS").map_or(secs as f64 * 2.0 * 10.0, |v| v as f64);
+    let quiet = |round: u64| {
+        runs.iter()
+            .filter(|r| r.0 == round)
+            .all(|r| r.5 <= quiet_ms)
+    };
+    for (label, pick) in [
+        ("all", &(|_: u64| true) as &dyn Fn(u64) -> bool),
+        ("quiet", &quiet as &dyn Fn(u64) -> bool),
+    ] {
+        let rounds_in: Vec<u64> = (1..=rounds).filter(|&r| pick(r)).collect();
+        let mut sums = [(0.0f64, 0.0f64, 0.0f64); NAMES.len()];
+        for r in runs.iter().filter(|r| rounds_in.contains(&r.0)) {
+            sums[r.1].0 += r.2;
+            sums[r.1].1 += r.3;
+            sums[r.1].2 += r.4;
+        }
+        if label == "quiet" {
+            println!(
+                "\nquiet rounds (no run with more than {quiet_ms:.0} ms of steal): {rounds_in:?}"
+            );
+            if rounds_in.is_empty() {
+                continue;
+            }
+        }
+        let t = sums[0];
+        for &mode in modes.iter().filter(|&&m| m != 0 && modes.contains(&0)) {
+            let c = sums[mode];
+            println!(
+                "{} / tokio over {} {label} round(s): req/s {:.3}x, p99 {:.3}x, CPU per request {:.3}x",
+                NAMES[mode],
+                rounds_in.len(),
+                c.0 / t.0,
+                c.1 / t.1,
+                c.2 / t.2,
+            );
+        }
     }
     println!("load average after: {}", loadavg());
 }
