@@ -11,7 +11,10 @@
 //!   answered `500`), the peer for what a task per request costs;
 //! * `curfew-spawn`: `curfew_http::serve` with the same layer, spawning
 //!   with `curfew::spawn` (what the task costs without the rest of
-//!   `CurfewLayer`'s work).
+//!   `CurfewLayer`'s work);
+//! * `curfew-outer`: `curfew_http::serve` with `CurfewLayer` around the
+//!   whole router instead of inside it (`CurfewLayer::new().layer(app)`):
+//!   no route box of axum's per request, and the URI's path as the route.
 //!
 //! Both use the same thread count (2, or `CURFEW_BENCH_THREADS`). For each
 //! mode and round it reports wrk's requests/s and p99 latency, and the
@@ -41,13 +44,15 @@
 //! Settings: `AXUM_BENCH_SECS` (window per run, default 5),
 //! `AXUM_BENCH_ROUNDS` (default 3; 0 runs the second part alone),
 //! `AXUM_BENCH_CONNECTIONS` (default 64),
+//! `AXUM_BENCH_WARMUP=0` (no 1 s wrk run before each measured one),
 //! `AXUM_BENCH_SPIN_REQUESTS` (requests to the never-yielding handler,
 //! default 200), `AXUM_BENCH_VERBOSE=1` (print every delivery time),
 //! `AXUM_BENCH_DEMOTE=0` (curfew's `demote_overrunning_polls` off, for an
 //! A/B of the never-yielding handler's delivery),
 //! `CURFEW_BENCH_INTERVAL_US` (curfew's watchdog interval, default 500),
 //! `AXUM_BENCH_MODES` (a comma-separated subset of `tokio`, `curfew`,
-//! `curfew-bare`, `tokio-spawn` and `curfew-spawn`; default `tokio,curfew`).
+//! `curfew-bare`, `tokio-spawn`, `curfew-spawn` and `curfew-outer`; default
+//! `tokio,curfew`).
 //! Without `--bench` (as under `cargo test --benches`) it runs each mode
 //! once for 1 s, and skips the wrk part if wrk is not installed.
 
@@ -202,7 +207,7 @@ fn tokio_server(app: Router, name: &'static str) -> Server {
     }
 }
 
-fn curfew_server(app: Router, name: &'static str) -> Server {
+fn curfew_server<S: curfew_http::App>(app: S, name: &'static str) -> Server {
     let rt = common::curfew_builder()
         .thread_name(name)
         .demote_overrunning_polls(std::env::var("AXUM_BENCH_DEMOTE").map_or(true, |v| v != "0"))
@@ -352,12 +357,13 @@ fn throughput(bench_mode: bool) {
         "| round | mode | requests | errors | req/s | p99 (µs) | server CPU µs/req | steal (ms) |\n\
          | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    const NAMES: [&str; 5] = [
+    const NAMES: [&str; 6] = [
         "tokio",
         "curfew",
         "curfew-bare",
         "tokio-spawn",
         "curfew-spawn",
+        "curfew-outer",
     ];
     let wanted = std::env::var("AXUM_BENCH_MODES").unwrap_or_else(|_| "tokio,curfew".into());
     let modes: Vec<usize> = (0..NAMES.len())
@@ -379,13 +385,17 @@ fn throughput(bench_mode: bool) {
                     router().layer(tower::layer::layer_fn(|s| SpawnEach(s, OnTokio))),
                     "axts",
                 ),
-                _ => curfew_server(
+                4 => curfew_server(
                     router().layer(tower::layer::layer_fn(|s| SpawnEach(s, OnCurfew))),
                     "axcs",
                 ),
+                _ => curfew_server(tower::Layer::layer(&CurfewLayer::new(), router()), "axco"),
             };
-            // Warm-up.
-            let _ = wrk(&server, 1, connections);
+            // Warm-up (`AXUM_BENCH_WARMUP=0` skips it, so that a whole
+            // process's counts, under valgrind say, divide by the requests).
+            if std::env::var("AXUM_BENCH_WARMUP").map_or(true, |v| v != "0") {
+                let _ = wrk(&server, 1, connections);
+            }
             let steal = steal_ms();
             let r = wrk(&server, secs, connections);
             let steal = steal_ms() - steal;
