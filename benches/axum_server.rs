@@ -44,6 +44,8 @@
 //! Settings: `AXUM_BENCH_SECS` (window per run, default 5),
 //! `AXUM_BENCH_ROUNDS` (default 3; 0 runs the second part alone),
 //! `AXUM_BENCH_CONNECTIONS` (default 64),
+//! `AXUM_BENCH_NO_HEAD_TIMEOUT=1` (`serve` without its header-read
+//! timeout, for an A/B of what hyper's head timer costs a request),
 //! `AXUM_BENCH_WARMUP=0` (no 1 s wrk run before each measured one),
 //! `AXUM_BENCH_SPIN_REQUESTS` (requests to the never-yielding handler,
 //! default 200), `AXUM_BENCH_VERBOSE=1` (print every delivery time),
@@ -222,6 +224,11 @@ fn curfew_server<S: curfew_http::App>(app: S, name: &'static str) -> Server {
     drop(
         rt.spawn(
             curfew_http::serve(listener, app)
+                .header_read_timeout(
+                    std::env::var_os("AXUM_BENCH_NO_HEAD_TIMEOUT")
+                        .is_none()
+                        .then_some(Duration::from_secs(10)),
+                )
                 .with_graceful_shutdown(async move {
                     let _ = rx.await;
                 })
