@@ -1,58 +1,83 @@
-//! The HTTP/1 header-read timeout, without a timer per request.
+//! The HTTP/1 header-read timeout, timed by `serve` itself.
 //!
-//! hyper arms its timer each time it starts reading a request's head and
-//! drops it once the head is parsed. With a tokio timer, every request on
-//! a keep-alive connection pays for a boxed `Sleep`, an insertion into
-//! tokio's timer wheel and a removal from it, each under the wheel's lock,
-//! which all the runtime's threads share.
+//! hyper can time heads with a [`Timer`](hyper::rt::Timer), but then every
+//! request on a keep-alive connection pays for it: when a response is done,
+//! hyper goes round its dispatch loop once more to start the next head's
+//! timer at once, reads the socket again (to find nothing), asks the timer
+//! for the time and boxes a sleep. Under `valgrind --tool=callgrind` that is
+//! about 1,000 instructions a request, 7% of a hello-world request's
+//! (`benches/RESULTS.md`).
 //!
-//! Here, hyper gets a [`HeadTimer`] for each connection. The sleep it makes
-//! only writes its deadline into the connection's [`HeadDeadline`] when
-//! hyper first waits on it (one relaxed store), and clears it when dropped.
-//! [`serve`](crate::serve) sweeps its connections every quarter of the
-//! timeout. A connection whose deadline has passed is marked as timed out
-//! and its task is woken; hyper then finds its sleep expired and closes the
-//! connection. A client that has not sent its whole head is cut off between
-//! `T` and `T + T/4` after hyper began to wait for it.
+//! So hyper gets no timer for HTTP/1, and `serve` times heads itself, with
+//! no clock read and no allocation per request:
+//!
+//! * a connection's [`HeadDeadline`] is armed when one of its polls ends
+//!   with the HTTP/1 connection idle: no request in flight and no response
+//!   body being written. hyper is then waiting for the next head; the
+//!   deadline holds the number of sweeps (below) done so far;
+//! * a head that completes (hyper calls the service) disarms it;
+//! * `serve` sweeps its connections every [`sweep_period`] (a quarter of the
+//!   timeout), counting the sweeps. A deadline armed after sweep `a` fires
+//!   at sweep `a + 1 + m`, where `m` periods cover the timeout: the
+//!   connection is marked and its task woken, and the task closes it.
+//!
+//! The sweeps run on an interval that delays rather than bursts after a
+//! stall, so `m` sweeps never come sooner than `m` periods: a client that
+//! has not sent its whole head is cut off between `T` and `T + T/4` after
+//! the connection went idle, as with hyper's timer. The first head of a
+//! connection is timed separately (`serve_connection`), because until then
+//! the protocol is not known.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// No deadline armed.
 const IDLE: u64 = 0;
 /// The armed deadline passed, and the sweep said so.
 const FIRED: u64 = u64::MAX;
 
-/// Where the deadlines count from.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// `t` in nanoseconds since [`epoch`], kept clear of `IDLE` and `FIRED`.
-fn stamp(t: Instant) -> u64 {
-    let ns = t.saturating_duration_since(epoch()).as_nanos();
-    u64::try_from(ns).unwrap_or(u64::MAX).clamp(1, FIRED - 1)
-}
-
-/// One connection's header-read deadline: idle, armed with a time, or
-/// fired.
+/// One connection's header-read deadline: idle, armed (with the sweep
+/// count at arming, plus one), or fired. Only the connection's own task
+/// arms and disarms it; the sweep only moves an armed deadline to fired,
+/// with a compare-exchange, so a deadline disarmed or re-armed meanwhile is
+/// left alone.
 #[derive(Debug, Default)]
 pub(crate) struct HeadDeadline(AtomicU64);
 
 impl HeadDeadline {
-    /// Sweep: marks an armed deadline that has passed by `now` as fired.
-    /// True if it did; the caller then wakes the connection's task. A
-    /// deadline armed again meanwhile (a new head) is left alone.
-    pub(crate) fn fire_if_passed(&self, now: Instant) -> bool {
+    /// The connection went idle after `sweeps` sweeps: starts the clock on
+    /// the next head, unless it is running (or has run out) already.
+    #[inline]
+    pub(crate) fn arm(&self, sweeps: u64) {
+        if self.0.load(Relaxed) == IDLE {
+            self.0
+                .store(sweeps.saturating_add(1).min(FIRED - 1), Relaxed);
+        }
+    }
+
+    /// A head arrived whole: nothing to time until the connection is idle
+    /// again. Also clears a deadline that fired just as the head came in.
+    #[inline]
+    pub(crate) fn disarm(&self) {
+        if self.0.load(Relaxed) != IDLE {
+            self.0.store(IDLE, Relaxed);
+        }
+    }
+
+    /// Whether the sweep found the deadline passed.
+    #[inline]
+    pub(crate) fn fired(&self) -> bool {
+        self.0.load(Relaxed) == FIRED
+    }
+
+    /// Sweep number `sweep`: marks a deadline armed at least `periods`
+    /// sweeps before this one as fired. True if it did; the caller then
+    /// wakes the connection's task.
+    pub(crate) fn fire_if_due(&self, sweep: u64, periods: u64) -> bool {
         let armed = self.0.load(Relaxed);
         armed != IDLE
             && armed != FIRED
-            && stamp(now) >= armed
+            && sweep >= armed.saturating_add(periods)
             && self
                 .0
                 .compare_exchange(armed, FIRED, Relaxed, Relaxed)
@@ -66,136 +91,89 @@ pub(crate) fn sweep_period(timeout: Duration) -> Duration {
     (timeout / 4).max(Duration::from_millis(1))
 }
 
-/// hyper's HTTP/1 timer for one connection. hyper's HTTP/1 connections
-/// use their timer for the header-read timeout only.
-#[derive(Debug, Clone)]
-pub(crate) struct HeadTimer(pub(crate) Arc<HeadDeadline>);
-
-impl hyper::rt::Timer for HeadTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        // A deadline too far to represent never comes.
-        let deadline = Instant::now()
-            .checked_add(duration)
-            .unwrap_or_else(|| epoch() + Duration::from_nanos(FIRED - 1));
-        self.sleep_until(deadline)
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HeadSleep {
-            head: self.0.clone(),
-            deadline: stamp(deadline),
-            armed: false,
-        })
-    }
+/// How many sweep periods cover `timeout` (at least one).
+pub(crate) fn periods(timeout: Duration) -> u64 {
+    let p = sweep_period(timeout).as_nanos();
+    u64::try_from(timeout.as_nanos().div_ceil(p))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
-
-/// The sleep of one head. It is woken through the connection's own waker
-/// (see `serve`'s `Control`), which the connection registers on every poll.
-struct HeadSleep {
-    head: Arc<HeadDeadline>,
-    deadline: u64,
-    armed: bool,
-}
-
-impl Future for HeadSleep {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        if !self.armed {
-            self.armed = true;
-            self.head.0.store(self.deadline, Relaxed);
-            return Poll::Pending;
-        }
-        if self.head.0.load(Relaxed) == FIRED {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-impl Drop for HeadSleep {
-    fn drop(&mut self) {
-        // A connection has one head sleep at a time: hyper drops the last
-        // one before it arms the next.
-        if self.armed {
-            self.head.0.store(IDLE, Relaxed);
-        }
-    }
-}
-
-impl hyper::rt::Sleep for HeadSleep {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::rt::Timer as _;
 
-    fn poll(s: &mut Pin<Box<dyn hyper::rt::Sleep>>) -> Poll<()> {
-        s.as_mut()
-            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    /// Runs sweeps `from..=to` over `head`; the first one that fires.
+    fn sweep(head: &HeadDeadline, from: u64, to: u64, periods: u64) -> Option<u64> {
+        (from..=to).find(|&s| head.fire_if_due(s, periods))
     }
 
     #[test]
-    fn a_sleep_fires_only_after_its_deadline_passed_and_the_sweep_saw_it() {
-        let head = Arc::new(HeadDeadline::default());
-        let timer = HeadTimer(head.clone());
-        let start = Instant::now();
-        let mut s = timer.sleep_until(start + Duration::from_millis(100));
-        // Not armed until hyper waits on it: the sweep ignores it.
-        assert!(!head.fire_if_passed(start + Duration::from_secs(1)));
-        assert_eq!(poll(&mut s), Poll::Pending);
-        assert!(!head.fire_if_passed(start + Duration::from_millis(99)));
-        assert_eq!(poll(&mut s), Poll::Pending);
-        assert!(head.fire_if_passed(start + Duration::from_millis(100)));
-        assert_eq!(poll(&mut s), Poll::Ready(()));
+    fn a_deadline_fires_only_after_the_periods_that_cover_the_timeout() {
+        let head = HeadDeadline::default();
+        // Idle after 7 sweeps; the timeout is 4 periods.
+        head.arm(7);
+        assert!(!head.fired());
+        // Sweep 8 is the first after arming: less than one period may have
+        // passed by then, so it takes four more.
+        assert_eq!(sweep(&head, 8, 20, 4), Some(12));
+        assert!(head.fired());
         // Fired once.
-        assert!(!head.fire_if_passed(start + Duration::from_secs(1)));
+        assert_eq!(sweep(&head, 12, 20, 4), None);
     }
 
     #[test]
-    fn a_dropped_sleep_leaves_nothing_to_fire_and_the_next_one_starts_afresh() {
-        let head = Arc::new(HeadDeadline::default());
-        let timer = HeadTimer(head.clone());
-        let start = Instant::now();
-        let mut first = timer.sleep_until(start + Duration::from_millis(10));
-        assert_eq!(poll(&mut first), Poll::Pending);
-        drop(first);
-        assert!(!head.fire_if_passed(start + Duration::from_secs(1)));
-        let mut next = timer.sleep_until(start + Duration::from_secs(2));
-        assert_eq!(poll(&mut next), Poll::Pending);
-        assert!(!head.fire_if_passed(start + Duration::from_secs(1)));
-        assert_eq!(poll(&mut next), Poll::Pending);
-        assert!(head.fire_if_passed(start + Duration::from_secs(2)));
-        assert_eq!(poll(&mut next), Poll::Ready(()));
+    fn an_unarmed_deadline_never_fires() {
+        let head = HeadDeadline::default();
+        assert_eq!(sweep(&head, 0, 1000, 4), None);
+        assert!(!head.fired());
     }
 
     #[test]
-    fn a_sweep_that_read_an_old_deadline_does_not_fire_the_new_one() {
-        let head = Arc::new(HeadDeadline::default());
-        let timer = HeadTimer(head.clone());
-        let start = Instant::now();
-        let mut old = timer.sleep_until(start + Duration::from_millis(10));
-        assert_eq!(poll(&mut old), Poll::Pending);
+    fn a_head_that_arrives_disarms_and_the_next_idle_starts_afresh() {
+        let head = HeadDeadline::default();
+        head.arm(0);
+        assert_eq!(sweep(&head, 1, 4, 4), None);
+        head.disarm();
+        assert_eq!(sweep(&head, 5, 100, 4), None);
+        // Idle again after sweep 100: the clock starts there.
+        head.arm(100);
+        assert_eq!(sweep(&head, 101, 200, 4), Some(105));
+    }
+
+    #[test]
+    fn arming_again_while_armed_keeps_the_first_start() {
+        // hyper waits for the rest of a trickled head over several polls,
+        // each of which ends idle: the clock runs from the first.
+        let head = HeadDeadline::default();
+        head.arm(3);
+        head.arm(9);
+        assert_eq!(sweep(&head, 4, 20, 4), Some(8));
+    }
+
+    #[test]
+    fn a_sweep_that_read_an_old_arming_does_not_fire_the_new_one() {
+        let head = HeadDeadline::default();
+        head.arm(0);
         let seen = head.0.load(Relaxed);
-        drop(old);
-        let mut new = timer.sleep_until(start + Duration::from_secs(60));
-        assert_eq!(poll(&mut new), Poll::Pending);
-        // The sweep's compare-exchange on the deadline it read fails.
+        head.disarm();
+        head.arm(50);
+        // The sweep's compare-exchange on the value it read fails.
         assert!(
             head.0
                 .compare_exchange(seen, FIRED, Relaxed, Relaxed)
                 .is_err()
         );
-        assert_eq!(poll(&mut new), Poll::Pending);
+        assert!(!head.fired());
     }
 
     #[test]
-    fn a_duration_too_long_to_represent_never_fires() {
-        let head = Arc::new(HeadDeadline::default());
-        let mut s = HeadTimer(head.clone()).sleep(Duration::MAX);
-        assert_eq!(poll(&mut s), Poll::Pending);
-        assert!(!head.fire_if_passed(Instant::now() + Duration::from_secs(3600 * 24 * 365)));
+    fn a_head_completing_as_the_deadline_fires_clears_it() {
+        let head = HeadDeadline::default();
+        head.arm(0);
+        assert!(head.fire_if_due(10, 4));
+        head.disarm();
+        assert!(!head.fired());
     }
 
     #[test]
@@ -205,5 +183,10 @@ mod tests {
             Duration::from_millis(2500)
         );
         assert_eq!(sweep_period(Duration::ZERO), Duration::from_millis(1));
+        assert_eq!(periods(Duration::from_secs(10)), 4);
+        assert_eq!(periods(Duration::from_millis(400)), 4);
+        assert_eq!(periods(Duration::from_millis(2)), 2);
+        assert_eq!(periods(Duration::from_micros(2500)), 3);
+        assert_eq!(periods(Duration::ZERO), 1);
     }
 }

@@ -59,7 +59,7 @@ use tower_service::Service;
 
 use crate::body::{Body, BodyBudget, Reservation};
 use crate::executor::Executor;
-use crate::head::{HeadDeadline, HeadTimer, sweep_period};
+use crate::head::{HeadDeadline, periods, sweep_period};
 use crate::key::{ip_key, prime_peer};
 use crate::layer::text_response;
 use crate::line::{self, Line};
@@ -190,10 +190,11 @@ impl<S> Serve<S> {
     }
 
     /// How long an HTTP/1 client may take to send a request's headers,
-    /// from the moment the server waits for them (`None`: no limit).
-    /// Enforced by hyper, with a sweep of the connections every quarter of
-    /// the timeout instead of a timer per request: a client is cut off
-    /// between the timeout and 1.25 times it. It also bounds how long an
+    /// from the moment the server waits for them: when the connection is
+    /// idle, its last response body written (`None`: no limit). Enforced by
+    /// a sweep of the connections every quarter of the timeout, with no
+    /// timer and no clock read per request: a client is cut off, without
+    /// an answer, between the timeout and 1.25 times it. It also bounds how long an
     /// HTTP/1 connection may sit idle between requests, and how long a new
     /// connection of either protocol may go without starting its first
     /// request (a client that sends nothing, or only part of the HTTP/2
@@ -450,6 +451,10 @@ struct Shared {
     builder: auto::Builder<Executor>,
     handle: Option<curfew::Handle>,
     budget: Option<Arc<BodyBudget>>,
+    /// Sweeps for passed header-read deadlines done so far, and how many
+    /// sweep periods cover the timeout (see the `head` module).
+    head_sweeps: AtomicU64,
+    head_periods: u64,
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Every open connection's control block, for the reaper and for
@@ -532,12 +537,9 @@ async fn run<S: App>(
         None => Executor::new(),
     };
     let mut builder = auto::Builder::new(executor);
-    // Each connection gives hyper its own `HeadTimer` for this timeout (see
-    // `serve_connection`); hyper's HTTP/1 side uses its timer for nothing
-    // else.
-    builder
-        .http1()
-        .header_read_timeout(limits.header_read_timeout);
+    // `serve` times HTTP/1 heads itself (the `head` module): hyper's own
+    // timer would cost every keep-alive request a turn of its loop.
+    builder.http1().header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     if let Some(idle) = limits.idle_timeout {
         builder.http2().keep_alive_interval(idle);
@@ -553,9 +555,11 @@ async fn run<S: App>(
         budget: limits
             .max_body_bytes_in_flight
             .map(|b| Arc::new(BodyBudget::new(b))),
+        head_periods: limits.header_read_timeout.map_or(1, periods),
         limits,
         builder,
         handle,
+        head_sweeps: AtomicU64::new(0),
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
         registry: Mutex::new(HashMap::new()),
@@ -708,13 +712,13 @@ impl Shared {
     }
 
     /// Every quarter of the header-read timeout: wakes the connections whose
-    /// head has been awaited past the timeout, so that hyper closes them
-    /// (see the `head` module).
+    /// head has been awaited past the timeout, so that they close (see the
+    /// `head` module).
     fn sweep_heads(&self) {
-        let now = Instant::now();
+        let sweep = self.head_sweeps.fetch_add(1, Ordering::Relaxed) + 1;
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         for c in registry.values() {
-            if c.head.fire_if_passed(now) {
+            if c.head.fire_if_due(sweep, self.head_periods) {
                 c.waker.wake();
             }
         }
@@ -867,10 +871,13 @@ struct Control {
     peer: SocketAddr,
     /// Bumped on every read or write that moved bytes.
     progress: AtomicU64,
-    /// Requests whose responses are not complete yet.
+    /// Requests whose responses are not complete yet: counted from the
+    /// head until the response's body is written (or dropped).
     in_flight: AtomicUsize,
     /// Whether a request has started on this connection.
     started: std::sync::atomic::AtomicBool,
+    /// Whether its requests are HTTP/1 (known from the first).
+    http1: std::sync::atomic::AtomicBool,
     /// `progress` at the reaper's last tick.
     last_seen: AtomicU64,
     /// Ticks without progress since the connection was asked to close.
@@ -879,7 +886,7 @@ struct Control {
     /// (close once idle) or `DROP` (drop it now).
     state: std::sync::atomic::AtomicU8,
     /// The header-read deadline of the HTTP/1 head hyper is waiting for.
-    head: Arc<HeadDeadline>,
+    head: HeadDeadline,
     waker: futures::task::AtomicWaker,
 }
 
@@ -890,10 +897,11 @@ impl Control {
             progress: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             started: std::sync::atomic::AtomicBool::new(false),
+            http1: std::sync::atomic::AtomicBool::new(false),
             last_seen: AtomicU64::new(0),
             silent_ticks: std::sync::atomic::AtomicU32::new(0),
             state: std::sync::atomic::AtomicU8::new(OPEN),
-            head: Arc::default(),
+            head: HeadDeadline::default(),
             waker: futures::task::AtomicWaker::new(),
         }
     }
@@ -1133,13 +1141,9 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
         shared: shared.clone(),
         control: control.clone(),
     };
-    // hyper times each HTTP/1 head with this connection's own timer, which
-    // the accept loop's sweep fires: no timer-wheel entry per request.
-    let mut builder = shared.builder.clone();
-    if shared.limits.header_read_timeout.is_some() {
-        builder.http1().timer(HeadTimer(control.head.clone()));
-    }
-    let conn = builder.serve_connection_with_upgrades(io, svc);
+    let conn = shared.builder.serve_connection_with_upgrades(io, svc);
+    // The heads after the first are timed here (the `head` module).
+    let time_heads = shared.limits.header_read_timeout.is_some();
     let mut conn = pin!(conn);
     let mut closing = false;
     // The peer's key, made once: each poll puts it in the thread's cache,
@@ -1176,9 +1180,25 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
             }
             _ => {}
         }
+        if time_heads && control.head.fired() {
+            tracing::debug!(peer = %control.peer, "no whole head within the header-read timeout: closed");
+            return Poll::Ready(());
+        }
         // The layer finds the socket here, for a handler it runs in place.
-        let _line = line::enter(&line);
-        conn.as_mut().poll(cx).map(drop)
+        let line_entered = line::enter(&line);
+        let polled = conn.as_mut().poll(cx).map(drop);
+        drop(line_entered);
+        // Idle between HTTP/1 requests: hyper waits for the next head.
+        if polled.is_pending()
+            && time_heads
+            && control.http1.load(Ordering::Relaxed)
+            && control.in_flight.load(Ordering::Relaxed) == 0
+        {
+            control
+                .head
+                .arm(shared.head_sweeps.load(Ordering::Relaxed));
+        }
+        polled
     })
     .await;
     drop(guard);
@@ -1194,7 +1214,8 @@ struct ConnService<S> {
     control: Arc<Control>,
 }
 
-/// Counts a request in flight until its response future is gone.
+/// Counts a request in flight until its response's body is written, or
+/// its response future or body is dropped.
 struct InFlight(Arc<Control>);
 
 impl Drop for InFlight {
@@ -1204,16 +1225,21 @@ impl Drop for InFlight {
 }
 
 impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
-    type Response = Response<Either<S::ResBody, Full<Bytes>>>;
+    type Response = Response<Counted<Either<S::ResBody, Full<Bytes>>>>;
     type Error = S::Error;
     type Future = ConnFuture<S>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.control.in_flight.fetch_add(1, Ordering::Relaxed);
         self.control.started.store(true, Ordering::Relaxed);
+        // A head arrived whole.
+        self.control.head.disarm();
         let in_flight = InFlight(self.control.clone());
         let (mut parts, incoming) = req.into_parts();
         let http1 = parts.version <= http::Version::HTTP_11;
+        if http1 && !self.control.http1.load(Ordering::Relaxed) {
+            self.control.http1.store(true, Ordering::Relaxed);
+        }
         parts.extensions.insert(ConnectInfo(self.peer));
         let mut reservation = None;
         let mut count_frames = false;
@@ -1238,7 +1264,7 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
                             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
                         return ConnFuture {
                             state: ConnState::Ready(Some(r)),
-                            in_flight,
+                            in_flight: Some(in_flight),
                             http1,
                             _reservation: None,
                         };
@@ -1256,10 +1282,43 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
         let req = Request::from_parts(parts, body);
         ConnFuture {
             state: ConnState::Calling(self.app.clone().oneshot(req)),
-            in_flight,
+            in_flight: Some(in_flight),
             http1,
             _reservation: reservation,
         }
+    }
+}
+
+/// A response's body, holding its request in flight until it is written
+/// (hyper drops it then) or dropped with the connection: the connection is
+/// not idle, for the header-read timeout, while a body is still going out.
+#[pin_project::pin_project]
+pub(crate) struct Counted<B> {
+    #[pin]
+    body: B,
+    _in_flight: Option<InFlight>,
+}
+
+impl<B: http_body::Body> http_body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -1268,7 +1327,8 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
 struct ConnFuture<S: App> {
     #[pin]
     state: ConnState<S>,
-    in_flight: InFlight,
+    /// Handed on to the response's body.
+    in_flight: Option<InFlight>,
     /// An HTTP/1 request, whose response may say `Connection: close`.
     http1: bool,
     _reservation: Option<Arc<Reservation>>,
@@ -1281,7 +1341,7 @@ enum ConnState<S: App> {
 }
 
 impl<S: App> Future for ConnFuture<S> {
-    type Output = Result<Response<Either<S::ResBody, Full<Bytes>>>, S::Error>;
+    type Output = Result<Response<Counted<Either<S::ResBody, Full<Bytes>>>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -1292,13 +1352,19 @@ impl<S: App> Future for ConnFuture<S> {
                 .expect("polled after completion")
                 .map(Either::Right)),
         };
+        let in_flight = this.in_flight.take();
         // A draining server tells HTTP/1 clients to leave after this answer.
-        if *this.http1 && this.in_flight.0.state.load(Ordering::Acquire) >= LINGER {
-            if let Ok(r) = &mut res {
+        if let (true, Some(f), Ok(r)) = (*this.http1, &in_flight, &mut res) {
+            if f.0.state.load(Ordering::Acquire) >= LINGER {
                 r.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
         }
-        Poll::Ready(res)
+        Poll::Ready(res.map(|r| {
+            r.map(|body| Counted {
+                body,
+                _in_flight: in_flight,
+            })
+        }))
     }
 }

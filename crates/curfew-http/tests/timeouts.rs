@@ -199,3 +199,53 @@ fn a_busy_keep_alive_connection_outlives_the_header_timeout() {
     }
     assert!(served >= 5, "{served}");
 }
+
+/// A response whose body goes out for longer than the header-read timeout
+/// is not cut off by it: the connection waits for no head until the body
+/// is written, and the clock on the next head starts only then.
+#[test]
+fn a_slow_response_body_is_not_cut_off_by_the_header_timeout() {
+    const CHUNKS: usize = 8;
+    const CHUNK: &[u8] = b"0123456789";
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route(
+            "/slow",
+            get(|| async {
+                // Eight chunks 150 ms apart: 1.2 s, four times the timeout.
+                let chunks = futures::stream::unfold(0, |i| async move {
+                    if i == CHUNKS {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    Some((Ok::<_, std::io::Error>(Bytes::from_static(CHUNK)), i + 1))
+                });
+                (
+                    [(
+                        http::header::CONTENT_LENGTH,
+                        (CHUNKS * CHUNK.len()).to_string(),
+                    )],
+                    axum::body::Body::from_stream(chunks),
+                )
+            }),
+        )
+        .layer(CurfewLayer::new());
+    let server = TestServer::start(runtime(), app, |s| {
+        s.header_read_timeout(Duration::from_millis(300))
+            .idle_timeout(Duration::from_secs(30))
+    });
+    let mut s = connect_from([127, 0, 0, 8], server.addr);
+    let start = Instant::now();
+    let reply = common::get(&mut s, "/slow").expect("the whole slow body");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "0123456789".repeat(CHUNKS));
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "the body took its time: {:?}",
+        start.elapsed()
+    );
+    // The connection is still open for the next request.
+    assert_eq!(common::get(&mut s, "/hello").unwrap().status, 200);
+    // And idle after it, it is closed at the header-read timeout.
+    assert!(closed_within(&mut s, Duration::from_secs(5)));
+}
