@@ -52,6 +52,9 @@
 //! `AXUM_BENCH_DEMOTE=0` (curfew's `demote_overrunning_polls` off, for an
 //! A/B of the never-yielding handler's delivery),
 //! `CURFEW_BENCH_INTERVAL_US` (curfew's watchdog interval, default 500),
+//! the `CURFEW_*` settings of `curfew::Builder::from_env` for the curfew
+//! runtimes (`CURFEW_POLL_BUDGET_MS=60000` under valgrind, where every poll
+//! takes some 50 times as long),
 //! `AXUM_BENCH_MODES` (a comma-separated subset of `tokio`, `curfew`,
 //! `curfew-bare`, `tokio-spawn`, `curfew-spawn` and `curfew-outer`; default
 //! `tokio,curfew`).

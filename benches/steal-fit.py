@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Reads the per-round tables that `benches/axum_server.rs` prints and fits
-each mode's req/s, p99 and server CPU per request against the hypervisor's
+each mode's req/s and server CPU per request against the hypervisor's
 steal time in its run (least squares over every run of the mode). Prints
 the fitted value at zero steal and its ratio against tokio's.
 
@@ -18,8 +18,8 @@ Each OUTPUT is a saved run of the bench, e.g.
 
 Only runs with at most MS ms of steal (default 1000, a tenth of the two
 cores' time over a 5 s run) enter the fit: past that the cost stops
-growing in a line, and a few such runs would pull the fit about. The p99
-fit is rough: latency tails do not grow linearly with steal.
+growing in a line, and a few such runs would pull the fit about. Latency
+tails do not grow in a line with steal at all, so p99 is not fitted.
 """
 import re
 import statistics as st
@@ -58,20 +58,20 @@ def main():
             continue
         fit[mode] = [
             st.linear_regression(steal, [r[i] for r in runs]).intercept
-            for i in (1, 2, 3)
+            for i in (1, 3)
         ]
         corr = st.correlation(steal, [r[3] for r in runs])
         print(
             f"{mode}: {len(runs)} runs, {min(steal):.0f}-{max(steal):.0f} ms of steal; "
-            f"at zero steal {fit[mode][0]:.0f} req/s, p99 {fit[mode][1]:.0f} µs, "
-            f"{fit[mode][2]:.2f} µs CPU/req (correlation of CPU/req with steal {corr:.2f})"
+            f"at zero steal {fit[mode][0]:.0f} req/s, "
+            f"{fit[mode][1]:.2f} µs CPU/req (correlation of CPU/req with steal {corr:.2f})"
         )
     base = fit.get("tokio")
     for mode, v in fit.items():
         if mode != "tokio" and base:
             print(
                 f"{mode} / tokio at zero steal: req/s {v[0] / base[0]:.3f}x, "
-                f"p99 {v[1] / base[1]:.3f}x, CPU/req {v[2] / base[2]:.3f}x"
+                f"CPU/req {v[1] / base[1]:.3f}x"
             )
 
 
