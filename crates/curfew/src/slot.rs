@@ -739,13 +739,19 @@ mod loom_tests {
         timed_out: AtomicBool,
     }
 
+    impl FakeHeader {
+        fn new() -> Arc<Self> {
+            Arc::new(FakeHeader {
+                alive: UnsafeCell::new(true),
+                timed_out: AtomicBool::new(false),
+            })
+        }
+    }
+
     fn run_model(hijack_too: bool) {
         loom::model(move || {
             let slot = Arc::new(SlotState::<FakeHeader>::new());
-            let header = Arc::new(FakeHeader {
-                alive: UnsafeCell::new(true),
-                timed_out: AtomicBool::new(false),
-            });
+            let header = FakeHeader::new();
 
             let owner = {
                 let slot = slot.clone();
@@ -966,14 +972,8 @@ mod loom_tests {
     fn run_scope_model(act: Act) {
         loom::model(move || {
             let slot = Arc::new(SlotState::<FakeHeader>::new());
-            let outer = Arc::new(FakeHeader {
-                alive: UnsafeCell::new(true),
-                timed_out: AtomicBool::new(false),
-            });
-            let scope = Arc::new(FakeHeader {
-                alive: UnsafeCell::new(true),
-                timed_out: AtomicBool::new(false),
-            });
+            let outer = FakeHeader::new();
+            let scope = FakeHeader::new();
             slot.begin(1, 100, 0, &*outer);
             let owner = {
                 let (slot, outer, scope) = (slot.clone(), outer.clone(), scope.clone());
