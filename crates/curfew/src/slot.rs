@@ -761,6 +761,8 @@ mod loom_tests {
                     let end = slot.end(1, 100);
                     // The task is dropped after the poll, as async-task does
                     // when a future completes.
+                    // SAFETY: loom's cell lends the pointer for this write alone,
+                    // and loom checks the write against every other access.
                     header.alive.with_mut(|a| unsafe { *a = false });
                     end
                 })
@@ -771,10 +773,12 @@ mod loom_tests {
             let mut hijacked = false;
             if tag(word) == RUNNING {
                 if let Some(p) = slot.claim(word) {
-                    // SAFETY (of the model): the claim keeps the owner inside
+                    // SAFETY: in the model, the claim keeps the owner inside
                     // its poll, so the header is alive.
                     let h = unsafe { &*p };
                     h.alive
+                        // SAFETY: loom's cell lends the pointer for this read alone,
+                        // and loom checks the read against every write.
                         .with(|a| assert!(unsafe { *a }, "header used after free"));
                     h.timed_out.store(true, Ordering::SeqCst);
                     fired = true;
@@ -986,6 +990,8 @@ mod loom_tests {
                     }
                     let left = slot.switch(pack(RUNNING, 2, 50), 3, 100, 0, &*outer, true);
                     // The scope's header goes with the scope.
+                    // SAFETY: loom's cell lends the pointer for this write alone,
+                    // and loom checks the write against every other access.
                     scope.alive.with_mut(|a| unsafe { *a = false });
                     if left == PollEnd::Hijacked {
                         return (entered, Some(left), PollEnd::Hijacked);
@@ -1010,10 +1016,12 @@ mod loom_tests {
                                 if seq(word) == 2 { &*scope } else { &*outer };
                             assert_eq!(p, expected, "claim read another poll's header");
                             assert_eq!(slot.client() == 7, seq(word) == 2);
-                            // SAFETY (of the model): the claim keeps the
+                            // SAFETY: in the model, the claim keeps the
                             // owner inside the claimed poll.
                             let h = unsafe { &*p };
                             h.alive
+                                // SAFETY: loom's cell lends the pointer for this read alone,
+                                // and loom checks the read against every write.
                                 .with(|a| assert!(unsafe { *a }, "header used after free"));
                             h.timed_out.store(true, Ordering::SeqCst);
                             acted_on = Some(seq(word));
