@@ -63,3 +63,43 @@ async fn http2_requests_are_served_and_timed() {
         t.elapsed()
     );
 }
+
+/// The header-read timeout times HTTP/1 heads only: an HTTP/2 connection
+/// that sits idle between its streams for longer is left open (the idle
+/// timeout is what closes it).
+#[tokio::test]
+async fn an_idle_http2_connection_outlives_the_header_timeout() {
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .layer(CurfewLayer::new());
+    let server = TestServer::start(runtime(), app, |s| {
+        s.header_read_timeout(Duration::from_millis(200))
+            .idle_timeout(Duration::from_secs(30))
+    });
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = http::Request::get(format!("http://{}/hello", server.addr))
+            .body(Body::empty())
+            .unwrap();
+        let r = send
+            .send_request(req)
+            .await
+            .expect("the same connection answers");
+        assert_eq!(r.status(), 200);
+        // Idle for three times the header-read timeout, and more than its
+        // sweep's margin.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert!(!conn.is_finished(), "the connection is still open");
+    drop(send);
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .unwrap();
+}
