@@ -1035,6 +1035,12 @@ mod loom_tests {
             }
 
             let (entered, left, end) = owner.join().unwrap();
+            // How the enclosing poll ends once the watchdog answered it.
+            let answered_end = if hijacked {
+                PollEnd::Hijacked
+            } else {
+                PollEnd::TimedOut
+            };
             match acted_on {
                 None => {
                     assert_eq!(
@@ -1051,14 +1057,7 @@ mod loom_tests {
                         entered == PollEnd::TimedOut || (hijacked && entered == PollEnd::Hijacked)
                     );
                     assert_eq!(left, None);
-                    assert_eq!(
-                        end,
-                        if hijacked {
-                            PollEnd::Hijacked
-                        } else {
-                            PollEnd::TimedOut
-                        }
-                    );
+                    assert_eq!(end, answered_end);
                 }
                 // The scope: its end sees the timeout, and the enclosing
                 // poll goes on in time unless the thread was written off.
@@ -1074,14 +1073,7 @@ mod loom_tests {
                 // The enclosing poll again, after the scope.
                 Some(_) => {
                     assert_eq!((entered, left), (PollEnd::InTime, Some(PollEnd::InTime)));
-                    assert_eq!(
-                        end,
-                        if hijacked {
-                            PollEnd::Hijacked
-                        } else {
-                            PollEnd::TimedOut
-                        }
-                    );
+                    assert_eq!(end, answered_end);
                     assert!(!scope.timed_out.load(Ordering::SeqCst));
                 }
             }
