@@ -47,6 +47,8 @@
 //! `AXUM_BENCH_NO_HEAD_TIMEOUT=1` (`serve` without its header-read
 //! timeout, for an A/B of what hyper's head timer costs a request),
 //! `AXUM_BENCH_WARMUP=0` (no 1 s wrk run before each measured one),
+//! `AXUM_BENCH_QUIET_STEAL_MS` (the most steal a run of a round counted as
+//! quiet may have, default 1% of the two cores' time),
 //! `AXUM_BENCH_SPIN_REQUESTS` (requests to the never-yielding handler,
 //! default 200), `AXUM_BENCH_VERBOSE=1` (print every delivery time),
 //! `AXUM_BENCH_DEMOTE=0` (curfew's `demote_overrunning_polls` off, for an
@@ -428,29 +430,12 @@ fn throughput(bench_mode: bool) {
     // hypervisor.
     let quiet_ms =
         common::env_u64("AXUM_BENCH_QUIET_STEAL_MS").map_or(secs as f64 * 2.0 * 10.0, |v| v as f64);
-    let quiet = |round: u64| {
-        runs.iter()
-            .filter(|r| r.0 == round)
-            .all(|r| r.5 <= quiet_ms)
-    };
-    for (label, pick) in [
-        ("all", &(|_: u64| true) as &dyn Fn(u64) -> bool),
-        ("quiet", &quiet as &dyn Fn(u64) -> bool),
-    ] {
-        let rounds_in: Vec<u64> = (1..=rounds).filter(|&r| pick(r)).collect();
+    let ratios = |label: &str, rounds_in: &[u64]| {
         let mut sums = [(0.0f64, 0.0f64, 0.0f64); NAMES.len()];
         for r in runs.iter().filter(|r| rounds_in.contains(&r.0)) {
             sums[r.1].0 += r.2;
             sums[r.1].1 += r.3;
             sums[r.1].2 += r.4;
-        }
-        if label == "quiet" {
-            println!(
-                "\nquiet rounds (no run with more than {quiet_ms:.0} ms of steal): {rounds_in:?}"
-            );
-            if rounds_in.is_empty() {
-                continue;
-            }
         }
         let t = sums[0];
         for &mode in modes.iter().filter(|&&m| m != 0 && modes.contains(&0)) {
@@ -464,6 +449,20 @@ fn throughput(bench_mode: bool) {
                 c.2 / t.2,
             );
         }
+    };
+    let all: Vec<u64> = (1..=rounds).collect();
+    ratios("all", &all);
+    let quiet: Vec<u64> = all
+        .into_iter()
+        .filter(|&round| {
+            runs.iter()
+                .filter(|r| r.0 == round)
+                .all(|r| r.5 <= quiet_ms)
+        })
+        .collect();
+    println!("\nquiet rounds (no run with more than {quiet_ms:.0} ms of steal): {quiet:?}");
+    if !quiet.is_empty() {
+        ratios("quiet", &quiet);
     }
     println!("load average after: {}", loadavg());
 }
@@ -480,11 +479,7 @@ fn timeout_delivery(bench_mode: bool) {
     let claims = std::sync::Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     let claims_in_layer = claims.clone();
     let requests = if bench_mode {
-        std::env::var("AXUM_BENCH_SPIN_REQUESTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(200)
-            .max(1)
+        common::env_or("AXUM_BENCH_SPIN_REQUESTS", 200) as usize
     } else {
         5
     };
@@ -576,10 +571,8 @@ fn timeout_delivery(bench_mode: bool) {
         loadavg()
     );
     let mut summary = Vec::new();
-    for (name, mut v) in [
-        ("curfew (never yields)", over_us[0].clone()),
-        ("tokio + TimeoutLayer (waits)", over_us[1].clone()),
-    ] {
+    let names = ["curfew (never yields)", "tokio + TimeoutLayer (waits)"];
+    for (name, mut v) in names.into_iter().zip(over_us) {
         v.sort_by(f64::total_cmp);
         let late = v.iter().filter(|&&us| us > 2000.0).count();
         let (p50, p99) = (pct(&v, 50.0), pct(&v, 99.0));
