@@ -57,7 +57,9 @@
 //! level (`.route(LevelPolicy::new(..))`) adds a breaker by count: a
 //! route that has timed out that many times is refused for a cool-off.
 
+use std::any::TypeId;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -74,7 +76,7 @@ use http_body_util::{BodyExt, Either, Full};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::key::{KeyExtractor, PeerIp};
+use crate::key::{KeyExtractor, PeerIp, peer_addr};
 use crate::recent::{Recent, cached};
 
 /// A response body type that can also carry the layer's own answers.
@@ -363,12 +365,15 @@ fn route_info(route: &str) -> RouteInfo {
 }
 
 /// Clients' keys with their routes, kept per thread like the routes: a
-/// connection's requests to one route share one key.
+/// connection's requests to one route share one key, found with one look
+/// at the cache.
 const CLIENT_ROUTES_PER_THREAD: usize = 16;
 
 struct ClientRoute {
-    client: ClientKey,
     route: Arc<str>,
+    client: ClientKey,
+    /// The peer's address (canonical), for an entry [`PeerIp`]'s key made.
+    peer: Option<IpAddr>,
     key: ClientKey,
 }
 
@@ -377,20 +382,46 @@ thread_local! {
         const { std::cell::RefCell::new(Recent::new()) };
 }
 
-/// `client.with_route_key(route.key)`, from this thread's cache or made and
-/// cached. A cached entry holds the client's key, so the pointer comparison
-/// that finds it cannot match a different key at a reused address.
-fn client_on_route(client: ClientKey, route: &RouteInfo) -> ClientKey {
+/// The task name of `route` and `client`'s key on it
+/// (`client.with_route_key` of the route's key), from this thread's cache
+/// or made (with the route's own cache) and cached. Without a client, the
+/// route's name alone.
+fn keys_on_route(route: &str, client: Option<ClientKey>) -> (Arc<str>, Option<ClientKey>) {
+    let Some(client) = client else {
+        return (route_info(route).name, None);
+    };
     cached(
         &CLIENT_ROUTES,
-        |e| Arc::ptr_eq(&e.route, &route.name) && e.client == client,
-        || ClientRoute {
-            client: client.clone(),
-            route: route.name.clone(),
-            key: client.with_route_key(&route.key),
-        },
-        |e| e.key.clone(),
+        |e| *e.route == *route && e.client == client,
+        || client_route(route, client.clone(), None),
+        |e| (e.route.clone(), Some(e.key.clone())),
     )
+}
+
+/// As [`keys_on_route`] for the key [`PeerIp`] takes from `peer`, found by
+/// the address: the key is not made, nor looked up in the cache of peers'
+/// keys, when the thread has the pair already.
+fn peer_keys_on_route(route: &str, peer: Option<IpAddr>) -> (Arc<str>, Option<ClientKey>) {
+    let Some(peer) = peer else {
+        return (route_info(route).name, None);
+    };
+    let peer = peer.to_canonical();
+    cached(
+        &CLIENT_ROUTES,
+        |e| e.peer == Some(peer) && *e.route == *route,
+        || client_route(route, crate::key::cached_ip_key(peer), Some(peer)),
+        |e| (e.route.clone(), Some(e.key.clone())),
+    )
+}
+
+fn client_route(route: &str, client: ClientKey, peer: Option<IpAddr>) -> ClientRoute {
+    let info = route_info(route);
+    ClientRoute {
+        key: client.with_route_key(&info.key),
+        client,
+        peer,
+        route: info.name,
+    }
 }
 
 impl<S, K: std::fmt::Debug> std::fmt::Debug for Curfew<S, K> {
@@ -422,8 +453,11 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // The route rides on the key: the runtime counts the route's stuck
         // handlers (and its timeouts, for a route breaker) in its entry.
-        let info = route_info(route_of(&req));
-        let client = self.key.client_key(&req).map(|k| client_on_route(k, &info));
+        let (name, client) = if TypeId::of::<K>() == TypeId::of::<PeerIp>() {
+            peer_keys_on_route(route_of(&req), peer_addr(&req).map(|a| a.ip()))
+        } else {
+            keys_on_route(route_of(&req), self.key.client_key(&req))
+        };
 
         // An HTTP/1 request on a connection `serve` runs as a curfew task is
         // run in place, in the connection's task (see `crate::line`): the
@@ -438,11 +472,11 @@ where
         // and drops the future, and with it the request, unpolled: the body
         // is never read, and the answer comes from the headers alone.
         let fut = self.inner.call(req);
-        // The name is this thread's copy (`route_info`), so that taking it
-        // twice writes no count that another thread writes too, as cloning
-        // axum's `MatchedPath` would.
-        let route = info.name.clone();
-        let mut task = curfew::task::Builder::new().shared_name(info.name);
+        // The name is this thread's copy (`keys_on_route`), so that taking
+        // it twice writes no count that another thread writes too, as
+        // cloning axum's `MatchedPath` would.
+        let route = name.clone();
+        let mut task = curfew::task::Builder::new().shared_name(name);
         if let Some(key) = &client {
             task = task.client(key.clone());
         }
@@ -773,6 +807,49 @@ mod tests {
             .poll_budget(Duration::from_millis(20))
             .build()
             .expect("runtime")
+    }
+
+    #[test]
+    fn a_peers_key_on_a_route_is_peer_ips_key_with_the_route() {
+        use axum::extract::ConnectInfo;
+        let mut seen = Vec::new();
+        for ip in ["192.0.2.1", "::ffff:192.0.2.1", "2001:db8::1", "192.0.2.2"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut req = Request::new(());
+            req.extensions_mut()
+                .insert(ConnectInfo(std::net::SocketAddr::new(ip, 1)));
+            for route in ["/a", "/b"] {
+                let want = PeerIp
+                    .client_key(&req)
+                    .unwrap()
+                    .with_route_key(&ClientKey::route(route));
+                // A miss, then a hit.
+                for _ in 0..2 {
+                    let (name, key) = peer_keys_on_route(route, Some(ip));
+                    assert_eq!(&*name, route);
+                    let key = key.expect("a peer's key");
+                    // (Keys compare by client; the route rides along.)
+                    assert_eq!(key, want, "{ip} on {route}");
+                    assert_eq!(key.route_key(), Some(ClientKey::route(route)));
+                    let (name2, key2) = keys_on_route(route, PeerIp.client_key(&req));
+                    let key2 = key2.expect("a peer's key");
+                    assert_eq!(&*name2, route);
+                    assert_eq!(key2, key);
+                    assert_eq!(key2.route_key(), key.route_key());
+                }
+                seen.push((want.as_str().to_owned(), route));
+            }
+        }
+        // The mapped IPv4 address is its IPv4 client; the rest differ.
+        assert_eq!(seen[0], seen[2]);
+        assert_eq!(seen[1], seen[3]);
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 6, "{seen:?}");
+        assert_eq!(
+            peer_keys_on_route("/a", None),
+            (route_info("/a").name, None)
+        );
     }
 
     /// A service of hyper's own shape: `Full` bodies, no axum.

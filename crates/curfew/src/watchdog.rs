@@ -137,6 +137,9 @@ struct Watchdog {
     /// longer than that, so an overrun is answered when it happens rather
     /// than at the next regular tick.
     poll_due: Cell<u64>,
+    /// Ticks often enough for admission to judge by their readings of the
+    /// clock (`Clients::publish_now`).
+    publish_clock: bool,
 }
 
 /// When a task queued at `since_ns` has waited its budget.
@@ -194,7 +197,6 @@ fn group_index(gid: GroupId) -> usize {
 impl Watchdog {
     fn new(shared: Arc<Shared>) -> Self {
         Self {
-            shared,
             last_tick: Instant::now(),
             tick: 0,
             tick_ns: VecDeque::new(),
@@ -202,6 +204,9 @@ impl Watchdog {
             held: [VecDeque::new(), VecDeque::new()],
             next_due: [0; 2],
             poll_due: Cell::new(u64::MAX),
+            publish_clock: shared.config.watchdog_interval
+                <= crate::policy::COARSE_CLOCK_MAX_INTERVAL,
+            shared,
         }
     }
 
@@ -212,6 +217,9 @@ impl Watchdog {
         self.tick += 1;
         self.shared.tick.store(self.tick, Ordering::Relaxed);
         let now = Instant::now();
+        if self.publish_clock {
+            self.shared.clients.publish_now(now);
+        }
         self.tick_ns.push_back(self.now_ns(now));
         if self.tick_ns.len() > TICK_HISTORY {
             self.tick_ns.pop_front();
@@ -267,6 +275,7 @@ impl Watchdog {
                 // thread once more after setting the flag, so that a thread
                 // that woke after the tick above is not slept through.
                 let shared = self.shared.clone();
+                shared.clients.withdraw_now();
                 let now = Instant::now();
                 let may_park = shared
                     .watchdog_parked
@@ -279,6 +288,7 @@ impl Watchdog {
                 }
             }
         }
+        self.shared.clients.withdraw_now();
         // Hand back the tasks held for the queue deadline: the runtime
         // shutting down drains the queues next.
         for gid in [GroupId::Event, GroupId::Blocking] {

@@ -344,7 +344,19 @@ pub(crate) struct Clients {
     /// thread's cached resolution is used only while no key has been added
     /// or evicted since it was made.
     version: CachePadded<AtomicU64>,
+    /// [`Clients::now_ms`] as the watchdog read it at its last tick, or
+    /// [`CLOCK_UNKNOWN`] while it is parked or stopped (or ticks too seldom
+    /// for its reading to serve): admission reads this instead of the
+    /// clock. See [`Clients::admission_now_ms`].
+    coarse_ms: CachePadded<AtomicU64>,
 }
+
+/// [`Clients::coarse_ms`] when admission must read the clock itself.
+const CLOCK_UNKNOWN: u64 = u64::MAX;
+
+/// The longest watchdog interval whose ticks' readings admission uses:
+/// a refusal may then end up to about this much late.
+pub(crate) const COARSE_CLOCK_MAX_INTERVAL: Duration = Duration::from_millis(5);
 
 impl fmt::Debug for Clients {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -386,6 +398,7 @@ impl Clients {
             route_limit: u32::try_from(route_limit.max(1)).unwrap_or(u32::MAX),
             id: NEXT_TABLE_ID.fetch_add(1, Relaxed),
             version: CachePadded::new(AtomicU64::new(0)),
+            coarse_ms: CachePadded::new(AtomicU64::new(CLOCK_UNKNOWN)),
         });
         clients.store.attach(LocalPolicy(Arc::downgrade(&clients)));
         clients
@@ -393,6 +406,33 @@ impl Clients {
 
     fn now_ms(&self) -> u64 {
         millis(self.epoch.elapsed()).saturating_add(1)
+    }
+
+    /// Watchdog, at each tick: publishes `now` (its reading of the clock at
+    /// the tick) for admission to use until the next tick.
+    pub(crate) fn publish_now(&self, now: Instant) {
+        let ms = millis(now.saturating_duration_since(self.epoch)).saturating_add(1);
+        self.coarse_ms.store(ms, Relaxed);
+    }
+
+    /// Watchdog, before it parks or stops: no tick will publish the time
+    /// until it is back, so admission reads the clock meanwhile.
+    pub(crate) fn withdraw_now(&self) {
+        self.coarse_ms.store(CLOCK_UNKNOWN, Relaxed);
+    }
+
+    /// The time admission judges by: the watchdog's reading at its last
+    /// tick while it ticks (at most one interval old, more only while the
+    /// watchdog's thread is kept off its core), else the clock's. Never
+    /// ahead of the clock, so an old reading only keeps a refusal a little
+    /// longer; it never ends one early, and it saves a clock read on every
+    /// spawn with a client.
+    #[inline]
+    fn admission_now_ms(&self) -> u64 {
+        match self.coarse_ms.load(Relaxed) {
+            CLOCK_UNKNOWN => self.now_ms(),
+            ms => ms,
+        }
     }
 
     fn pack(&self, slot: usize, generation: u32) -> u32 {
@@ -425,7 +465,7 @@ impl Clients {
             Some(_) => self.refusal_epoch.load(Ordering::Acquire) + 1,
             None => 0,
         };
-        let now = self.now_ms();
+        let now = self.admission_now_ms();
         let (client, route) = self.resolve(key, now);
         if let Some(r) = self.check(client, route, key, now, true) {
             return Err(r);
@@ -946,6 +986,33 @@ mod tests {
             "`a` resolved to `b`'s entry"
         );
         assert_ne!(again, first);
+    }
+
+    #[test]
+    fn admission_judges_by_the_published_tick_and_ends_no_refusal_early() {
+        let policy = ClientPolicy::new(1, Duration::from_millis(50));
+        let t = Clients::start(16, Some(policy), Arc::new(MemoryStore), usize::MAX);
+        let a = ClientKey::id("a");
+        let idx = t.admit(&a).unwrap().client;
+        // The watchdog's last reading comes before the cool-off began.
+        t.publish_now(Instant::now());
+        assert_eq!(t.strike(idx, Some(&a)), Some(Duration::from_millis(50)));
+        assert!(t.admit(&a).is_err(), "refused while cooling off");
+        std::thread::sleep(Duration::from_millis(80));
+        // Over by the clock, not by the reading admission judges by: the
+        // old reading keeps the refusal, it does not end it early.
+        assert!(t.admit(&a).is_err(), "admission read the clock");
+        assert!(t.peek(&a).is_none(), "a query reads the clock");
+        // The watchdog parks: admission reads the clock.
+        t.withdraw_now();
+        assert!(t.admit(&a).is_ok(), "refused after the cool-off");
+        // And ticks again.
+        let idx = t.admit(&a).unwrap().client;
+        t.publish_now(Instant::now());
+        t.strike(idx, Some(&a));
+        assert!(t.admit(&a).is_err());
+        t.publish_now(Instant::now() + Duration::from_millis(60));
+        assert!(t.admit(&a).is_ok(), "a reading past the cool-off admits");
     }
 
     #[test]
