@@ -249,3 +249,45 @@ fn a_slow_response_body_is_not_cut_off_by_the_header_timeout() {
     // And idle after it, it is closed at the header-read timeout.
     assert!(closed_within(&mut s, Duration::from_secs(5)));
 }
+
+/// A handler that answers without reading its request's body does not keep
+/// the connection waiting for the rest of it: hyper drains only what has
+/// arrived, so a body still on its way ends the connection after the
+/// answer, long before any timeout, and a body that arrived whole leaves
+/// the connection open for the next request.
+#[test]
+fn an_ignored_request_body_still_arriving_ends_the_connection_after_the_answer() {
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route("/ignore", post(|| async { "ignored" }))
+        .layer(CurfewLayer::new());
+    let server = TestServer::start(runtime(), app, |s| {
+        s.header_read_timeout(Duration::from_secs(60))
+            .body_timeout(Duration::from_secs(60))
+            .idle_timeout(Duration::from_secs(60))
+    });
+    // Whole: drained, and the connection goes on.
+    let mut s = connect_from([127, 0, 0, 9], server.addr);
+    write!(
+        s,
+        "POST /ignore HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    .unwrap();
+    let reply = read_reply(&mut s).unwrap();
+    assert_eq!((reply.status, &*reply.body), (200, "ignored"));
+    assert_eq!(common::get(&mut s, "/hello").unwrap().status, 200);
+
+    // On its way (10 of 100,000 bytes): answered, then closed.
+    let mut s = connect_from([127, 0, 0, 9], server.addr);
+    write!(
+        s,
+        "POST /ignore HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n0123456789"
+    )
+    .unwrap();
+    let reply = read_reply(&mut s).unwrap();
+    assert_eq!((reply.status, &*reply.body), (200, "ignored"));
+    assert!(
+        closed_within(&mut s, Duration::from_secs(20)),
+        "the connection waited for the rest of an ignored body"
+    );
+}
