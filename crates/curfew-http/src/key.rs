@@ -58,10 +58,11 @@ impl KeyExtractor for PeerIp {
 
 /// Peers' keys kept per thread, so that a request's key is a clone of a
 /// key made once instead of a newly formatted address.
-/// [`serve`](crate::serve) puts each connection's peer in the cache of the
-/// thread that polls the connection ([`prime_peer`]), so its requests find
-/// it however many clients the thread serves; other keys take the place of
-/// the oldest once the cache is full.
+/// [`serve`](crate::serve) puts an HTTP/2 connection's peer in the cache of
+/// the thread that polls the connection ([`prime_peer`]), so its requests
+/// find it however many clients the thread serves (an HTTP/1 connection's
+/// requests take the key the connection made, `line::Conn`); other keys
+/// take the place of the oldest once the cache is full.
 const PEERS_PER_THREAD: usize = 16;
 
 thread_local! {

@@ -453,20 +453,36 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // The route rides on the key: the runtime counts the route's stuck
         // handlers (and its timeouts, for a route breaker) in its entry.
-        let (name, client) = if TypeId::of::<K>() == TypeId::of::<PeerIp>() {
-            peer_keys_on_route(route_of(&req), peer_addr(&req).map(|a| a.ip()))
-        } else {
-            keys_on_route(route_of(&req), self.key.client_key(&req))
+        let route = route_of(&req);
+        let peer_ip = TypeId::of::<K>() == TypeId::of::<PeerIp>();
+        // An HTTP/1 request on a connection `serve` polls on this thread is
+        // run in place, in the connection's task (see `crate::line`): the
+        // connection has nothing else to do until it is answered. The
+        // connection has the peer's keys too, made once, for a request whose
+        // address is still the connection's.
+        let in_line = self.config.handle.is_none() && req.version() <= http::Version::HTTP_11;
+        let (line, keys) = in_line
+            .then(|| {
+                crate::line::with_current(|conn| {
+                    let keys = (peer_ip
+                        && peer_addr(&req).is_some_and(|a| a.ip().to_canonical() == conn.peer_ip))
+                    .then(|| {
+                        conn.keys_on_route(route, |peer| {
+                            let info = route_info(route);
+                            (info.name, peer.with_route_key(&info.key))
+                        })
+                    });
+                    (conn.line.clone(), keys)
+                })
+            })
+            .flatten()
+            .map_or((None, None), |(line, keys)| (Some(line), keys));
+        let (name, client) = match keys {
+            Some((name, key)) => (name, Some(key)),
+            None if peer_ip => peer_keys_on_route(route, peer_addr(&req).map(|a| a.ip())),
+            None => keys_on_route(route, self.key.client_key(&req)),
         };
 
-        // An HTTP/1 request on a connection `serve` runs as a curfew task is
-        // run in place, in the connection's task (see `crate::line`): the
-        // connection has nothing else to do until it is answered.
-        let line = if self.config.handle.is_none() && req.version() <= http::Version::HTTP_11 {
-            crate::line::current()
-        } else {
-            None
-        };
         // A client cooling off (or a refused route) is refused by the spawn
         // below, which looks the key up once in the runtime's client table
         // and drops the future, and with it the request, unpolled: the body

@@ -19,7 +19,8 @@
 //! under a lock that its closing takes too ([`Line::close`]), so an answer
 //! never reaches a reused descriptor.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,10 @@ use bytes::Bytes;
 use http::Response;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http_body_util::{BodyExt, Full};
+
+use curfew::ClientKey;
+
+use crate::recent::Recent;
 
 /// One connection's socket, shared by its task and the watchdog's hook.
 #[derive(Debug)]
@@ -52,14 +57,58 @@ pub(crate) enum Answered {
     Closed,
 }
 
+/// What a handler's layer finds of the connection [`serve`](crate::serve)
+/// is polling on its thread: the socket, the peer's key, made once for the
+/// connection, and the peer's keys on the routes of the connection's recent
+/// requests.
+pub(crate) struct Conn {
+    pub(crate) line: Arc<Line>,
+    /// The peer's address, canonical (`IpAddr::to_canonical`).
+    pub(crate) peer_ip: IpAddr,
+    /// [`crate::key::ip_key`] of `peer_ip`.
+    pub(crate) peer_key: ClientKey,
+    /// Task names and the peer's keys on them, by route: bounded (the
+    /// oldest goes), and reached only from the connection's own polls.
+    routes: RefCell<Recent<(Arc<str>, ClientKey), ROUTES_PER_CONNECTION>>,
+}
+
+/// A connection's requests go to a few routes at a time.
+const ROUTES_PER_CONNECTION: usize = 4;
+
+impl Conn {
+    pub(crate) fn new(line: Arc<Line>, peer_ip: IpAddr) -> Self {
+        let peer_ip = peer_ip.to_canonical();
+        Self {
+            line,
+            peer_ip,
+            peer_key: crate::key::ip_key(peer_ip),
+            routes: RefCell::new(Recent::new()),
+        }
+    }
+
+    /// The task name of `route`, and the peer's key on it (its key with
+    /// the route's, `ClientKey::with_route_key`), made with `make` the first
+    /// time the connection's requests go there.
+    pub(crate) fn keys_on_route(
+        &self,
+        route: &str,
+        make: impl Fn(&ClientKey) -> (Arc<str>, ClientKey),
+    ) -> (Arc<str>, ClientKey) {
+        let mut routes = self.routes.borrow_mut();
+        let (name, key) =
+            routes.get_or_insert_with(|(name, _)| **name == *route, || make(&self.peer_key));
+        (name.clone(), key.clone())
+    }
+}
+
 thread_local! {
     /// The connection whose task is being polled on this thread, while
     /// [`serve`](crate::serve) polls it.
-    static CURRENT: Cell<*const Line> = const { Cell::new(std::ptr::null()) };
+    static CURRENT: Cell<*const Conn> = const { Cell::new(std::ptr::null()) };
 }
 
 /// Puts the previous connection back when a poll ends.
-pub(crate) struct Entered(*const Line);
+pub(crate) struct Entered(*const Conn);
 
 impl Drop for Entered {
     fn drop(&mut self) {
@@ -67,25 +116,24 @@ impl Drop for Entered {
     }
 }
 
-/// Makes `line` the current connection on this thread until the guard drops.
-pub(crate) fn enter(line: &Arc<Line>) -> Entered {
-    Entered(CURRENT.with(|c| c.replace(Arc::as_ptr(line))))
+/// Makes `conn` the current connection on this thread until the guard
+/// drops. The caller keeps `conn` in place and alive meanwhile.
+pub(crate) fn enter(conn: &Conn) -> Entered {
+    Entered(CURRENT.with(|c| c.replace(conn)))
 }
 
-/// The connection being polled on this thread, if [`serve`](crate::serve)
-/// is polling one.
-pub(crate) fn current() -> Option<Arc<Line>> {
+/// `f` of the connection being polled on this thread, if
+/// [`serve`](crate::serve) is polling one.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Conn) -> R) -> Option<R> {
     let p = CURRENT.with(Cell::get);
     if p.is_null() {
         return None;
     }
-    // SAFETY: `enter` stored the pointer from an `Arc` that the connection's
-    // future holds for the whole poll, during which the guard keeps it
-    // here, and only this thread reads it: the count is at least one.
-    unsafe {
-        Arc::increment_strong_count(p);
-        Some(Arc::from_raw(p))
-    }
+    // SAFETY: `enter` stored a pointer to a `Conn` that the connection's
+    // future keeps in place and alive for the whole poll, during which the
+    // guard keeps it here; only this thread reads it, and `f` borrows it no
+    // longer than this call, which is inside that poll.
+    Some(f(unsafe { &*p }))
 }
 
 impl Line {
@@ -206,6 +254,38 @@ mod tests {
     use super::*;
     use http::StatusCode;
     use http::header::RETRY_AFTER;
+
+    #[test]
+    fn a_connection_makes_its_peers_keys_once_per_route_and_keeps_a_few() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let line = Arc::new(Line::new(std::os::fd::AsRawFd::as_raw_fd(&a)));
+        let conn = Conn::new(line, "::ffff:192.0.2.1".parse().unwrap());
+        assert_eq!(conn.peer_ip, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(conn.peer_key, crate::key::ip_key(conn.peer_ip));
+        let made = Cell::new(0);
+        let keys = |route: &str| {
+            conn.keys_on_route(route, |peer| {
+                made.set(made.get() + 1);
+                let key = peer.with_route_key(&ClientKey::route(route));
+                (Arc::from(route), key)
+            })
+        };
+        let (name, key) = keys("/a");
+        assert_eq!((&*name, &key), ("/a", &conn.peer_key));
+        assert_eq!(key.route_key(), Some(ClientKey::route("/a")));
+        keys("/a");
+        assert_eq!(made.get(), 1, "made again while kept");
+        for r in ["/b", "/c", "/d"] {
+            assert_eq!(&*keys(r).0, r);
+        }
+        keys("/a");
+        assert_eq!(made.get(), 4, "four routes are kept");
+        // A fifth takes the oldest's place: bounded whatever the client asks.
+        keys("/e");
+        keys("/a");
+        assert_eq!(made.get(), 6);
+        assert_eq!(conn.routes.borrow().len(), ROUTES_PER_CONNECTION);
+    }
 
     #[test]
     fn an_answer_is_encoded_with_its_length_and_a_close() {

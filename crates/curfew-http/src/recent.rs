@@ -21,9 +21,18 @@ impl<T, const N: usize> Recent<T, N> {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
     /// The first value that `matches`, or `make()`, kept in place of the
     /// oldest value once the cache is full.
-    fn get_or_insert_with(&mut self, matches: impl Fn(&T) -> bool, make: impl Fn() -> T) -> &T {
+    pub(crate) fn get_or_insert_with(
+        &mut self,
+        matches: impl Fn(&T) -> bool,
+        make: impl Fn() -> T,
+    ) -> &T {
         let i = match self.items.iter().position(matches) {
             Some(i) => i,
             None if self.items.len() < N => {

@@ -60,7 +60,7 @@ use tower_service::Service;
 use crate::body::{Body, BodyBudget, Reservation};
 use crate::executor::Executor;
 use crate::head::{HeadDeadline, periods, sweep_period};
-use crate::key::{ip_key, prime_peer};
+use crate::key::prime_peer;
 use crate::layer::text_response;
 use crate::line::{self, Line};
 
@@ -1146,10 +1146,12 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
     let time_heads = shared.limits.header_read_timeout.is_some();
     let mut conn = pin!(conn);
     let mut closing = false;
-    // The peer's key, made once: each poll puts it in the thread's cache,
-    // where `PeerIp` finds it for the requests the poll reads.
-    let peer_ip = peer.ip().to_canonical();
-    let peer_key = ip_key(peer_ip);
+    // What the layer finds of the connection (its socket, and the peer's
+    // key, made once) while it is polled. An HTTP/2 connection's requests
+    // run as tasks of their own, which find the peer's key in the cache of
+    // the thread that polls the connection (where each poll puts it), if
+    // they run there.
+    let conn_state = line::Conn::new(line.clone(), peer.ip());
     // Until its first request starts, a connection gets the header-read
     // timeout as a whole: hyper times HTTP/1 headers only once it has told
     // the protocol from the first bytes, so a client that sends nothing, or
@@ -1159,11 +1161,16 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
         .limits
         .header_read_timeout
         .map(|t| Box::pin(tokio::time::sleep(t)));
-    std::future::poll_fn(|cx| {
+    // The closure owns `conn_state`, so the future holds no reference to it
+    // across polls (`Conn` is not `Sync`); it keeps it in place meanwhile.
+    let shared = &shared;
+    std::future::poll_fn(move |cx| {
         // Two atomics per poll: the waker is the task's own, so `register`
         // only compares it.
         control.waker.register(cx.waker());
-        prime_peer(peer_ip, &peer_key);
+        if !control.http1.load(Ordering::Relaxed) {
+            prime_peer(conn_state.peer_ip, &conn_state.peer_key);
+        }
         if let Some(deadline) = &mut first_request {
             if control.started.load(Ordering::Relaxed) {
                 first_request = None;
@@ -1185,7 +1192,7 @@ async fn serve_connection<S: App>(stream: TcpStream, peer: SocketAddr, app: S, g
             return Poll::Ready(());
         }
         // The layer finds the socket here, for a handler it runs in place.
-        let line_entered = line::enter(&line);
+        let line_entered = line::enter(&conn_state);
         let polled = conn.as_mut().poll(cx).map(drop);
         drop(line_entered);
         // Idle between HTTP/1 requests: hyper waits for the next head.

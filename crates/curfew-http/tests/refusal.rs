@@ -48,3 +48,50 @@ fn cooling_off_client_is_refused_before_its_body_is_read() {
     let r = get_from([127, 0, 0, 4], addr, "/hello").unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// Under `serve`, the layer takes an HTTP/1 peer's key from its connection,
+/// made once; a request whose address a layer before it changed is keyed by
+/// the changed address, and strikes that client, not the connection's.
+#[test]
+fn a_strike_lands_on_the_address_an_earlier_layer_gave_the_request() {
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let app = axum::Router::new()
+        .route("/hello", axum::routing::get(|| async { "hello" }))
+        .route(
+            "/spin",
+            common::spinning(stop.clone(), Duration::from_secs(3)),
+        )
+        .route(
+            "/who",
+            axum::routing::get(|ConnectInfo(a): ConnectInfo<SocketAddr>| async move {
+                a.ip().to_string()
+            }),
+        )
+        .layer(curfew_http::CurfewLayer::new())
+        // Outside the layer, so it runs first: `/spin` comes from elsewhere.
+        .layer(axum::middleware::map_request(
+            |mut req: axum::extract::Request| async move {
+                if req.uri().path() == "/spin" {
+                    req.extensions_mut()
+                        .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 1))));
+                }
+                req
+            },
+        ));
+    let rt = runtime().client_policy(ClientPolicy::new(1, Duration::from_secs(60)));
+    let server = TestServer::start(rt, app, |s| s);
+    let me = [127, 0, 0, 11];
+    let mut s = connect_from(me, server.addr);
+    // The connection's own key first, so that it has made it.
+    assert_eq!(common::get(&mut s, "/who").unwrap().body, "127.0.0.11");
+    assert_eq!(common::get(&mut s, "/spin").unwrap().status, 503);
+    stop.store(true, Ordering::SeqCst);
+    let elsewhere = curfew::ClientKey::ip("192.0.2.7".parse().unwrap());
+    let mine = curfew::ClientKey::ip("127.0.0.11".parse().unwrap());
+    assert!(server.handle.cooling_off(&elsewhere).is_some());
+    assert!(server.handle.cooling_off(&mine).is_none());
+    assert_eq!(get_from(me, server.addr, "/hello").unwrap().status, 200);
+}
