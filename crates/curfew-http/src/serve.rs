@@ -1287,8 +1287,19 @@ impl<S: App> hyper::service::Service<Request<Incoming>> for ConnService<S> {
             count_frames,
         );
         let req = Request::from_parts(parts, body);
+        // Called at once when the app is ready at once, as a router always
+        // is: no `Oneshot` to carry the request to its first poll.
+        let mut app = self.app.clone();
+        let state = match app.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(())) => ConnState::Called(app.call(req)),
+            // Its first poll asks again, with the connection's waker.
+            Poll::Pending => ConnState::Waiting(Box::pin(app.oneshot(req))),
+            // Asked again of a fresh clone, whose error the response takes
+            // (this one is dropped: it need not be `Send`).
+            Poll::Ready(Err(_)) => ConnState::Waiting(Box::pin(self.app.clone().oneshot(req))),
+        };
         ConnFuture {
-            state: ConnState::Calling(self.app.clone().oneshot(req)),
+            state,
             in_flight: Some(in_flight),
             http1,
             _reservation: reservation,
@@ -1343,7 +1354,10 @@ struct ConnFuture<S: App> {
 
 #[pin_project::pin_project(project = ConnStateProj)]
 enum ConnState<S: App> {
-    Calling(#[pin] tower::util::Oneshot<S, Request<Body>>),
+    Called(#[pin] S::Future),
+    /// The app was not ready when the request came (rare): boxed, so that
+    /// the common case's future does not carry the request's room.
+    Waiting(Pin<Box<tower::util::Oneshot<S, Request<Body>>>>),
     Ready(Option<Response<Full<Bytes>>>),
 }
 
@@ -1353,7 +1367,8 @@ impl<S: App> Future for ConnFuture<S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = match this.state.project() {
-            ConnStateProj::Calling(f) => ready!(f.poll(cx)).map(|r| r.map(Either::Left)),
+            ConnStateProj::Called(f) => ready!(f.poll(cx)).map(|r| r.map(Either::Left)),
+            ConnStateProj::Waiting(f) => ready!(f.as_mut().poll(cx)).map(|r| r.map(Either::Left)),
             ConnStateProj::Ready(r) => Ok(r
                 .take()
                 .expect("polled after completion")
