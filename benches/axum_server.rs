@@ -50,7 +50,8 @@
 //! `AXUM_BENCH_QUIET_STEAL_MS` (the most steal a run of a round counted as
 //! quiet may have, default 1% of the two cores' time),
 //! `AXUM_BENCH_SPIN_REQUESTS` (requests to the never-yielding handler,
-//! default 200), `AXUM_BENCH_VERBOSE=1` (print every delivery time),
+//! default 200), `AXUM_BENCH_SKIP_SPIN=1` (the first part alone),
+//! `AXUM_BENCH_VERBOSE=1` (print every delivery time),
 //! `AXUM_BENCH_DEMOTE=0` (curfew's `demote_overrunning_polls` off, for an
 //! A/B of the never-yielding handler's delivery),
 //! `CURFEW_BENCH_INTERVAL_US` (curfew's watchdog interval, default 500),
