@@ -107,3 +107,35 @@ fn clients_beyond_the_tracking_capacity_evict_idle_ones() {
     // The two most recent stay.
     assert!(m.client("c").is_some() && m.client("d").is_some(), "{m:?}");
 }
+
+/// Admission judges by the time of the watchdog's last tick while it ticks,
+/// and by the clock while it is parked: a cool-off that has run out while
+/// the runtime sat idle (its watchdog parked) admits the client again, and
+/// the first spawn after the idle spell does not judge by a stale tick.
+#[test]
+fn a_cool_off_that_ran_out_while_the_runtime_was_idle_admits_again() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .poll_budget(Duration::from_millis(10))
+        .client_policy(ClientPolicy::new(1, Duration::from_millis(200)))
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let spin = curfew::task::Builder::new()
+        .client("mallory")
+        .spawn_on(&h, async {
+            curfew_suite::spin_until_timed_out(Duration::from_secs(20))
+        });
+    assert!(rt.block_on(spin).unwrap_err().is_timeout());
+    let refused = curfew::task::Builder::new()
+        .client("mallory")
+        .spawn_on(&h, async {});
+    assert!(rt.block_on(refused).unwrap_err().is_refused());
+    // Idle, from this thread's side: nothing runs, and the watchdog parks.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(h.cooling_off(&curfew::ClientKey::id("mallory")).is_none());
+    let again = curfew::task::Builder::new()
+        .client("mallory")
+        .spawn_on(&h, async { 7 });
+    assert_eq!(rt.block_on(again).expect("admitted after the cool-off"), 7);
+}

@@ -194,6 +194,16 @@ fn group_index(gid: GroupId) -> usize {
     }
 }
 
+/// Withdraws the watchdog's reading of the clock from admission when
+/// dropped (`Clients::withdraw_now`).
+struct WithdrawClock(Arc<Shared>);
+
+impl Drop for WithdrawClock {
+    fn drop(&mut self) {
+        self.0.clients.withdraw_now();
+    }
+}
+
 impl Watchdog {
     fn new(shared: Arc<Shared>) -> Self {
         Self {
@@ -248,6 +258,9 @@ impl Watchdog {
 
     fn run(mut self) {
         let interval = self.shared.config.watchdog_interval;
+        // However the loop ends, unwinding included, admission goes back to
+        // the clock: a reading no tick renews would keep refusals for good.
+        let _clock = WithdrawClock(self.shared.clone());
         while !self.shared.watchdog_stop.load(Ordering::SeqCst) {
             let now = self.publish_tick();
             // A panic in a tick (from a tracing subscriber, say) must not
@@ -288,7 +301,6 @@ impl Watchdog {
                 }
             }
         }
-        self.shared.clients.withdraw_now();
         // Hand back the tasks held for the queue deadline: the runtime
         // shutting down drains the queues next.
         for gid in [GroupId::Event, GroupId::Blocking] {

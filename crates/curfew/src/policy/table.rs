@@ -423,7 +423,8 @@ impl Clients {
 
     /// The time admission judges by: the watchdog's reading at its last
     /// tick while it ticks (at most one interval old, more only while the
-    /// watchdog's thread is kept off its core), else the clock's. Never
+    /// watchdog's thread is kept off its core or busy in a long tick, as
+    /// in a slow `OnTimeout` hook), else the clock's. Never
     /// ahead of the clock, so an old reading only keeps a refusal a little
     /// longer; it never ends one early, and it saves a clock read on every
     /// spawn with a client.
