@@ -483,11 +483,6 @@ where
             None => keys_on_route(route, self.key.client_key(&req)),
         };
 
-        // A client cooling off (or a refused route) is refused by the spawn
-        // below, which looks the key up once in the runtime's client table
-        // and drops the future, and with it the request, unpolled: the body
-        // is never read, and the answer comes from the headers alone.
-        let fut = self.inner.call(req);
         // The name is this thread's copy (`keys_on_route`), so that taking
         // it twice writes no count that another thread writes too, as
         // cloning axum's `MatchedPath` would.
@@ -504,13 +499,21 @@ where
             client,
             config: self.config.clone(),
         };
+        // A client cooling off (or a refused route) is refused by the scope
+        // or the spawn below, which look the key up once in the runtime's
+        // client table. The scope then never calls the inner service; the
+        // spawn drops its future, and with it the request, unpolled. Either
+        // way the body is never read, and the answer comes from the headers
+        // alone.
         if let Some(line) = line {
+            let inner = &mut self.inner;
             return ResponseFuture {
                 kind: Kind::Inline {
-                    inline: task.inline(fut, Answer { line, info }),
+                    inline: task.inline_with(|| inner.call(req), Answer { line, info }),
                 },
             };
         }
+        let fut = self.inner.call(req);
         let join = match &self.config.handle {
             Some(h) => task.spawn_on(h, fut),
             None => task.spawn(fut),

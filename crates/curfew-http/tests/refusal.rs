@@ -95,3 +95,75 @@ fn a_strike_lands_on_the_address_an_earlier_layer_gave_the_request() {
     assert!(server.handle.cooling_off(&mine).is_none());
     assert_eq!(get_from(me, server.addr, "/hello").unwrap().status, 200);
 }
+
+/// A client cooling off is refused before the layer calls the service
+/// inside it: a refused HTTP/1 request under `serve` costs no call of the
+/// handler's service, not only no read of its body.
+#[test]
+fn a_refused_request_never_reaches_the_service_inside_the_layer() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let inner_calls = Arc::new(AtomicUsize::new(0));
+    let spin_stop = stop.clone();
+    let handler = tower::service_fn(move |req: http::Request<curfew_http::Body>| {
+        let stop = spin_stop.clone();
+        async move {
+            if req.uri().path() == "/spin" {
+                common::spin(&stop, Duration::from_secs(3));
+            }
+            Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::from("hello")))
+        }
+    });
+    let app = tower::ServiceBuilder::new()
+        .layer(curfew_http::CurfewLayer::new())
+        .service(CountCalls(handler, inner_calls.clone()));
+    let rt = runtime().client_policy(ClientPolicy::new(1, Duration::from_secs(60)));
+    let server = TestServer::start(rt, app, |s| s);
+    let mallory = [127, 0, 0, 12];
+    assert_eq!(get_from(mallory, server.addr, "/spin").unwrap().status, 503);
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(inner_calls.load(Ordering::SeqCst), 1, "the spin was called");
+    for _ in 0..3 {
+        assert_eq!(
+            get_from(mallory, server.addr, "/hello").unwrap().status,
+            429
+        );
+    }
+    assert_eq!(
+        inner_calls.load(Ordering::SeqCst),
+        1,
+        "a refused request was called"
+    );
+    assert_eq!(
+        get_from([127, 0, 0, 13], server.addr, "/hello")
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(inner_calls.load(Ordering::SeqCst), 2);
+}
+
+/// Counts the calls of the service it wraps, as they are made (not when
+/// their futures are polled).
+#[derive(Clone)]
+struct CountCalls<S>(S, Arc<AtomicUsize>);
+
+impl<S, R> tower::Service<R> for CountCalls<S>
+where
+    S: tower::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.call(req)
+    }
+}

@@ -936,17 +936,48 @@ impl Builder {
         F: Future,
         H: OnTimeout,
     {
+        self.inline_with(|| future, on_timeout)
+    }
+
+    /// As [`inline`](Self::inline), with the future made by `make` once the
+    /// scope is admitted: a refused scope never makes it (a server's
+    /// handler is not even called for a client cooling off), and an
+    /// admitted one makes it where it stays until the `Inline` is moved,
+    /// rather than moving it in.
+    ///
+    /// ```
+    /// use curfew::task::{Builder, OnTimeout};
+    /// use curfew::TimeoutError;
+    ///
+    /// struct Quiet;
+    /// impl OnTimeout for Quiet {
+    ///     fn on_timeout(&self, _: &TimeoutError) {}
+    /// }
+    ///
+    /// let rt = curfew::Runtime::builder().event_threads(1).build().unwrap();
+    /// let out = rt.block_on(rt.spawn(async {
+    ///     Builder::new().inline_with(|| async { 6 * 7 }, Quiet).await
+    /// }));
+    /// assert_eq!(out.unwrap().unwrap(), 42);
+    /// ```
+    #[inline]
+    pub fn inline_with<F, H>(self, make: impl FnOnce() -> F, on_timeout: H) -> Inline<F, H>
+    where
+        F: Future,
+        H: OnTimeout,
+    {
         let (header, refusal) = match context::inline_header(self) {
             Ok(h) => (Some(h), None),
             Err(r) => (None, Some(Box::new(r))),
         };
+        let future = header.is_some().then(make);
         Inline {
             cell: InlineCell {
                 header,
                 hook: on_timeout,
                 _pin: std::marker::PhantomPinned,
             },
-            future: Some(future),
+            future,
             refusal,
             registered: false,
         }
@@ -1053,8 +1084,8 @@ impl<F: Future, H: OnTimeout> Future for Inline<F, H> {
         let mut this = self.project();
         let cell: &InlineCell<H> = this.cell;
         let Some(header) = &cell.header else {
-            // Refused at admission: the future goes unpolled.
-            this.future.set(None);
+            // Refused at admission: the future was never made (or, given
+            // to `inline`, was dropped unpolled).
             let refusal = this
                 .refusal
                 .take()

@@ -173,6 +173,43 @@ fn a_client_cooling_off_is_refused_before_its_future_is_polled() {
 }
 
 #[test]
+fn inline_with_makes_its_future_only_once_admitted() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .client_policy(ClientPolicy::new(1, Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let made = Arc::new(AtomicUsize::new(0));
+    let m = made.clone();
+    let (first, second, third) = rt
+        .block_on(rt.spawn(async move {
+            let make = || {
+                m.fetch_add(1, Ordering::SeqCst);
+                async { spin_until_answered() }
+            };
+            let first = Builder::new()
+                .client("198.51.100.8")
+                .poll_budget(Duration::from_millis(20))
+                .inline_with(make, Count::default())
+                .await;
+            let second = Builder::new()
+                .client("198.51.100.8")
+                .inline_with(make, Count::default())
+                .await;
+            let third = Builder::new()
+                .client("198.51.100.9")
+                .inline_with(|| async { 3 }, Count::default())
+                .await;
+            (first, second, third)
+        }))
+        .unwrap();
+    assert!(first.unwrap_err().is_timeout());
+    assert!(second.unwrap_err().is_refused());
+    assert_eq!(made.load(Ordering::SeqCst), 1, "made for a refused scope");
+    assert_eq!(third.unwrap(), 3);
+}
+
+#[test]
 fn a_panic_inside_a_scope_is_caught() {
     // Generous budgets: the panic hook may capture a backtrace.
     let rt = curfew::Runtime::builder()
