@@ -51,6 +51,11 @@
 //! quiet may have, default 1% of the two cores' time),
 //! `AXUM_BENCH_SPIN_REQUESTS` (requests to the never-yielding handler,
 //! default 200), `AXUM_BENCH_SKIP_SPIN=1` (the first part alone),
+//! `AXUM_BENCH_SOURCES=N` (an in-process load generator instead of wrk,
+//! its connections spread over N client addresses 127.0.1.1, 127.0.1.2,
+//! ...: the server sees N clients where wrk is one; it shares the cores
+//! with the servers as wrk does, and its latencies include its own
+//! scheduling),
 //! `AXUM_BENCH_VERBOSE=1` (print every delivery time),
 //! `AXUM_BENCH_DEMOTE=0` (curfew's `demote_overrunning_polls` off, for an
 //! A/B of the never-yielding handler's delivery),
@@ -315,6 +320,129 @@ fn wrk(server: &Server, secs: u64, connections: u64) -> Option<WrkRun> {
     Some(run)
 }
 
+/// The in-process load generator (`AXUM_BENCH_SOURCES=N`): as wrk's run,
+/// with `connections` keep-alive connections spread over `sources` client
+/// addresses (127.0.1.1, 127.0.1.2, ...), so that the server sees that many
+/// clients where wrk is one. Runs on a thread of its own (`load_client`).
+fn spread_load(server: &Server, secs: u64, connections: u64, sources: u64) -> Option<WrkRun> {
+    let addr = server.addr;
+    let cpu0 = common::total_cpu_ns(server.prefix);
+    let start = Instant::now();
+    let (mut latencies_us, errors) = std::thread::Builder::new()
+        .name("loadgen".into())
+        .spawn(move || load_client(addr, Duration::from_secs(secs), connections, sources))
+        .ok()?
+        .join()
+        .ok()?;
+    let elapsed = start.elapsed();
+    let cpu_ns = common::total_cpu_ns(server.prefix).saturating_sub(cpu0);
+    let requests = latencies_us.len() as u64;
+    latencies_us.sort_unstable();
+    let p99_us = latencies_us
+        .get((latencies_us.len() * 99 / 100).min(latencies_us.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0);
+    Some(WrkRun {
+        requests,
+        rps: requests as f64 / elapsed.as_secs_f64(),
+        p99_us: p99_us as f64,
+        errors,
+        cpu_us_per_req: cpu_ns as f64 / 1e3 / requests.max(1) as f64,
+    })
+}
+
+/// The load generator's thread: each connection a task on one
+/// current-thread tokio runtime, sending `GET /` and reading the answer
+/// until `window` has passed. Returns every request's latency (µs) and the
+/// connections that failed. Not inlined, so that a profile can leave it
+/// out (its inclusive cost).
+#[inline(never)]
+fn load_client(
+    addr: SocketAddr,
+    window: Duration,
+    connections: u64,
+    sources: u64,
+) -> (Vec<u32>, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("load generator runtime");
+    rt.block_on(async move {
+        let deadline = tokio::time::Instant::now() + window;
+        let tasks: Vec<_> = (0..connections)
+            .map(|i| {
+                let k = i % sources.max(1);
+                let source =
+                    std::net::Ipv4Addr::new(127, 0, 1 + (k / 250) as u8, 1 + (k % 250) as u8);
+                tokio::spawn(one_connection(addr, source, deadline))
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(l)) => latencies.extend(l),
+                Ok(Err(l)) => {
+                    errors += 1;
+                    latencies.extend(l);
+                }
+                Err(_) => errors += 1,
+            }
+        }
+        (latencies, errors)
+    })
+}
+
+/// One keep-alive connection from `source`, one request at a time until
+/// `deadline`: the latencies, in `Err` if the connection failed.
+async fn one_connection(
+    addr: SocketAddr,
+    source: std::net::Ipv4Addr,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<u32>, Vec<u32>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut latencies = Vec::new();
+    let connect = async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        socket.connect(addr).await
+    };
+    let Ok(mut stream) = connect.await else {
+        return Err(latencies);
+    };
+    let _ = stream.set_nodelay(true);
+    let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    while tokio::time::Instant::now() < deadline {
+        let sent = Instant::now();
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            return Err(latencies);
+        }
+        // One response: its head, then Content-Length bytes of body.
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    buf.drain(..end + 4 + len);
+                    break;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Err(latencies),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+    }
+    Ok(latencies)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -346,8 +474,11 @@ fn throughput(bench_mode: bool) {
         println!("AXUM_BENCH_ROUNDS=0: skipping the throughput part");
         return;
     }
+    // `AXUM_BENCH_SOURCES=N`: the in-process generator from N addresses
+    // instead of wrk.
+    let sources = common::env_u64("AXUM_BENCH_SOURCES").unwrap_or(0);
     let wrk_found = Command::new("wrk").arg("--version").output().is_ok();
-    if !wrk_found {
+    if sources == 0 && !wrk_found {
         println!("wrk not found: skipping the throughput part (apt-get install wrk)");
         if bench_mode {
             std::process::exit(1);
@@ -360,12 +491,26 @@ fn throughput(bench_mode: bool) {
         1
     };
     let connections = common::env_or("AXUM_BENCH_CONNECTIONS", 64);
+    let generator = if sources > 0 {
+        format!(
+            "the in-process generator from {sources} addresses, {connections} connections, {secs} s"
+        )
+    } else {
+        format!("wrk -t1 -c{connections} -d{secs}s")
+    };
     println!(
-        "axum hello world, {} server threads, wrk -t1 -c{connections} -d{secs}s, {rounds} round(s), \
+        "axum hello world, {} server threads, {generator}, {rounds} round(s), \
          alternating; load average before: {}",
         common::threads(),
         loadavg()
     );
+    let load = |server: &Server, secs: u64| {
+        if sources > 0 {
+            spread_load(server, secs, connections, sources)
+        } else {
+            wrk(server, secs, connections)
+        }
+    };
     println!(
         "| round | mode | requests | errors | req/s | p99 (µs) | server CPU µs/req | steal (ms) |\n\
          | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -407,13 +552,13 @@ fn throughput(bench_mode: bool) {
             // Warm-up (`AXUM_BENCH_WARMUP=0` skips it, so that a whole
             // process's counts, under valgrind say, divide by the requests).
             if std::env::var("AXUM_BENCH_WARMUP").map_or(true, |v| v != "0") {
-                let _ = wrk(&server, 1, connections);
+                let _ = load(&server, 1);
             }
             let steal = steal_ms();
-            let r = wrk(&server, secs, connections);
+            let r = load(&server, secs);
             let steal = steal_ms() - steal;
             let Some(r) = r else {
-                println!("wrk failed");
+                println!("the load generator failed");
                 return;
             };
             drop(server);

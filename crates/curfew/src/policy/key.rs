@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The namespace of a [`ClientKey`]. Keys in different namespaces never
 /// compare equal, whatever their text: an id header that reads `127.0.0.1`
@@ -93,6 +93,20 @@ struct Inner {
     ip: Option<IpAddr>,
     /// The route the task serves, as a route key.
     route: Option<ClientKey>,
+    /// This key's (and its clones') last resolution in a client table: a
+    /// server that keeps a connection's key finds its entries without the
+    /// table's map, however many clients it serves (see
+    /// [`ClientKey::resolution`]).
+    resolved: Mutex<Option<Resolution>>,
+}
+
+/// Where a client table found a key: its entries, under the table's
+/// version then.
+#[derive(Clone, Copy)]
+struct Resolution {
+    table: u64,
+    version: u64,
+    found: (u32, u32),
 }
 
 impl PartialEq for ClientKey {
@@ -129,6 +143,7 @@ impl ClientKey {
             text,
             ip,
             route: None,
+            resolved: Mutex::new(None),
         }))
     }
 
@@ -192,7 +207,31 @@ impl ClientKey {
             text: self.0.text.clone(),
             ip: self.0.ip,
             route: Some(route),
+            resolved: Mutex::new(None),
         }))
+    }
+
+    /// The entries the client table `table` found for this key (or a clone
+    /// of it) while its version was `version`, if that was the last table
+    /// and version it was found under. Two uncontended atomics; a key in
+    /// use on another thread at this moment just misses.
+    #[inline]
+    pub(crate) fn resolution(&self, table: u64, version: u64) -> Option<(u32, u32)> {
+        let r = *self.0.resolved.try_lock().ok()?;
+        r.filter(|r| r.table == table && r.version == version)
+            .map(|r| r.found)
+    }
+
+    /// Remembers where `table` found this key under `version`.
+    #[inline]
+    pub(crate) fn remember_resolution(&self, table: u64, version: u64, found: (u32, u32)) {
+        if let Ok(mut r) = self.0.resolved.try_lock() {
+            *r = Some(Resolution {
+                table,
+                version,
+                found,
+            });
+        }
     }
 
     /// The network prefix of an IP key: /24 for IPv4, /64 for IPv6. `None`

@@ -593,7 +593,14 @@ impl Clients {
         // Read before the lookup: a key added or evicted after this read
         // makes the resolution below stale, and it is never used.
         let version = self.version.load(Ordering::Acquire);
-        if let Some((i, route)) = resolved::get(self.id, version, key) {
+        // The key's own memory first (a server's long-lived keys), then
+        // this thread's few recent keys (keys made anew for each spawn).
+        let cached = key.resolution(self.id, version).or_else(|| {
+            let found = resolved::get(self.id, version, key)?;
+            key.remember_resolution(self.id, version, found);
+            Some(found)
+        });
+        if let Some((i, route)) = cached {
             if let Some(found) = self.touch(i, route, want_net, now) {
                 return found;
             }
@@ -607,6 +614,7 @@ impl Clients {
                 };
                 if let Some(found) = route.and_then(|r| self.touch(i, r, want_net, now)) {
                     resolved::put(self.id, version, key, found);
+                    key.remember_resolution(self.id, version, found);
                     return found;
                 }
             }
@@ -1014,6 +1022,40 @@ mod tests {
         assert!(t.admit(&a).is_err());
         t.publish_now(Instant::now() + Duration::from_millis(60));
         assert!(t.admit(&a).is_ok(), "a reading past the cool-off admits");
+    }
+
+    #[test]
+    fn a_key_remembers_where_it_was_found_for_every_thread_until_the_table_changes() {
+        let t = table(8);
+        let a = ClientKey::id("a").with_route("/x");
+        let first = t.admit(&a).unwrap();
+        // Found again through the map, which remembers it in the key.
+        let again = t.admit(&a).unwrap();
+        assert_eq!((again.client, again.route), (first.client, first.route));
+        let version = t.version.load(Ordering::Acquire);
+        assert_eq!(
+            a.resolution(t.id, version),
+            Some((first.client, first.route))
+        );
+        // Another thread (its own cache empty) takes the key's memory, and
+        // a clone of the key shares it.
+        let (t2, a2) = (t.clone(), a.clone());
+        let other = std::thread::spawn(move || t2.admit(&a2).unwrap())
+            .join()
+            .unwrap();
+        assert_eq!((other.client, other.route), (first.client, first.route));
+        // Another table, or the same table after a key came in, does not.
+        assert_eq!(a.resolution(t.id + 1, version), None);
+        t.admit(&ClientKey::id("b")).unwrap();
+        assert_eq!(a.resolution(t.id, t.version.load(Ordering::Acquire)), None);
+        let after = t.admit(&a).unwrap();
+        assert_eq!((after.client, after.route), (first.client, first.route));
+        // Equal keys made apart have memories of their own.
+        let fresh = ClientKey::id("a").with_route("/x");
+        assert_eq!(
+            fresh.resolution(t.id, t.version.load(Ordering::Acquire)),
+            None
+        );
     }
 
     #[test]
