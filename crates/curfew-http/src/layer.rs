@@ -415,13 +415,19 @@ fn peer_keys_on_route(route: &str, peer: Option<IpAddr>) -> (Arc<str>, Option<Cl
 }
 
 fn client_route(route: &str, client: ClientKey, peer: Option<IpAddr>) -> ClientRoute {
-    let info = route_info(route);
+    let (route, key) = named_key_on_route(route, &client);
     ClientRoute {
-        key: client.with_route_key(&info.key),
+        key,
         client,
         peer,
-        route: info.name,
+        route,
     }
+}
+
+/// The task name of `route` (this thread's copy) and `client`'s key on it.
+fn named_key_on_route(route: &str, client: &ClientKey) -> (Arc<str>, ClientKey) {
+    let info = route_info(route);
+    (info.name, client.with_route_key(&info.key))
 }
 
 impl<S, K: std::fmt::Debug> std::fmt::Debug for Curfew<S, K> {
@@ -454,7 +460,13 @@ where
         // The route rides on the key: the runtime counts the route's stuck
         // handlers (and its timeouts, for a route breaker) in its entry.
         let route = route_of(&req);
-        let peer_ip = TypeId::of::<K>() == TypeId::of::<PeerIp>();
+        // The default extractor's key comes from the peer's address, looked
+        // up once here.
+        let peer = if TypeId::of::<K>() == TypeId::of::<PeerIp>() {
+            Some(peer_addr(&req).map(|a| a.ip().to_canonical()))
+        } else {
+            None
+        };
         // An HTTP/1 request on a connection `serve` polls on this thread is
         // run in place, in the connection's task (see `crate::line`): the
         // connection has nothing else to do until it is answered. The
@@ -464,14 +476,8 @@ where
         let (line, keys) = in_line
             .then(|| {
                 crate::line::with_current(|conn| {
-                    let keys = (peer_ip
-                        && peer_addr(&req).is_some_and(|a| a.ip().to_canonical() == conn.peer_ip))
-                    .then(|| {
-                        conn.keys_on_route(route, |peer| {
-                            let info = route_info(route);
-                            (info.name, peer.with_route_key(&info.key))
-                        })
-                    });
+                    let keys = (peer == Some(Some(conn.peer_ip)))
+                        .then(|| conn.keys_on_route(route, |key| named_key_on_route(route, key)));
                     (conn.line.clone(), keys)
                 })
             })
@@ -479,8 +485,10 @@ where
             .map_or((None, None), |(line, keys)| (Some(line), keys));
         let (name, client) = match keys {
             Some((name, key)) => (name, Some(key)),
-            None if peer_ip => peer_keys_on_route(route, peer_addr(&req).map(|a| a.ip())),
-            None => keys_on_route(route, self.key.client_key(&req)),
+            None => match peer {
+                Some(peer) => peer_keys_on_route(route, peer),
+                None => keys_on_route(route, self.key.client_key(&req)),
+            },
         };
 
         // The name is this thread's copy (`keys_on_route`), so that taking
