@@ -354,8 +354,10 @@ pub(crate) struct Clients {
 /// [`Clients::coarse_ms`] when admission must read the clock itself.
 const CLOCK_UNKNOWN: u64 = u64::MAX;
 
-/// The longest watchdog interval whose ticks' readings admission uses:
-/// a refusal may then end up to about this much late.
+/// The longest watchdog interval whose ticks' readings admission uses.
+/// An older reading would still be right (admission confirms a refusal by
+/// the clock), but would send more refusals that have just ended to the
+/// clock for that confirmation.
 pub(crate) const COARSE_CLOCK_MAX_INTERVAL: Duration = Duration::from_millis(5);
 
 impl fmt::Debug for Clients {
@@ -424,10 +426,10 @@ impl Clients {
     /// The time admission judges by: the watchdog's reading at its last
     /// tick while it ticks (at most one interval old, more only while the
     /// watchdog's thread is kept off its core or busy in a long tick, as
-    /// in a slow `OnTimeout` hook), else the clock's. Never
-    /// ahead of the clock, so an old reading only keeps a refusal a little
-    /// longer; it never ends one early, and it saves a clock read on every
-    /// spawn with a client.
+    /// in a slow `OnTimeout` hook), else the clock's. Never ahead of the
+    /// clock, so it admits only what the clock admits; [`Clients::admit`]
+    /// reads the clock to confirm a refusal. It saves a clock read on
+    /// every admitted spawn with a client.
     #[inline]
     fn admission_now_ms(&self) -> u64 {
         match self.coarse_ms.load(Relaxed) {
@@ -468,8 +470,16 @@ impl Clients {
         };
         let now = self.admission_now_ms();
         let (client, route) = self.resolve(key, now);
-        if let Some(r) = self.check(client, route, key, now, true) {
-            return Err(r);
+        // Every refusal holds while some time is still ahead (a cool-off's
+        // or a spent quota's end), so a reading behind the clock admits
+        // only what the clock admits. It may refuse what the clock no
+        // longer does: a refusal is confirmed, and its time left measured,
+        // by the clock's own reading, so none ends late or says it lasts
+        // longer than it does.
+        if self.check(client, route, key, now, false).is_some() {
+            if let Some(r) = self.check(client, route, key, self.now_ms(), true) {
+                return Err(r);
+            }
         }
         Ok(Admitted {
             client,
@@ -998,28 +1008,32 @@ mod tests {
     }
 
     #[test]
-    fn admission_judges_by_the_published_tick_and_ends_no_refusal_early() {
+    fn admission_judges_by_the_published_tick_and_the_clock_confirms_a_refusal() {
         let policy = ClientPolicy::new(1, Duration::from_millis(50));
         let t = Clients::start(16, Some(policy), Arc::new(MemoryStore), usize::MAX);
         let a = ClientKey::id("a");
         let idx = t.admit(&a).unwrap().client;
-        // The watchdog's last reading comes before the cool-off began.
+        // The watchdog's last reading comes well before the cool-off began.
         t.publish_now(Instant::now());
+        std::thread::sleep(Duration::from_millis(20));
         assert_eq!(t.strike(idx, Some(&a)), Some(Duration::from_millis(50)));
-        assert!(t.admit(&a).is_err(), "refused while cooling off");
+        match t.admit(&a) {
+            Err(Refusal::ClientCoolingOff { remaining, .. }) => assert!(
+                remaining <= Duration::from_millis(50),
+                "time left {remaining:?} measured from the old reading"
+            ),
+            other => panic!("refused while cooling off, got {other:?}"),
+        }
         std::thread::sleep(Duration::from_millis(80));
-        // Over by the clock, not by the reading admission judges by: the
-        // old reading keeps the refusal, it does not end it early.
-        assert!(t.admit(&a).is_err(), "admission read the clock");
+        // Over by the clock, not by the old reading: the clock's word holds.
+        assert!(t.admit(&a).is_ok(), "the old reading kept the refusal");
         assert!(t.peek(&a).is_none(), "a query reads the clock");
         // The watchdog parks: admission reads the clock.
         t.withdraw_now();
-        assert!(t.admit(&a).is_ok(), "refused after the cool-off");
-        // And ticks again.
         let idx = t.admit(&a).unwrap().client;
-        t.publish_now(Instant::now());
         t.strike(idx, Some(&a));
-        assert!(t.admit(&a).is_err());
+        assert!(t.admit(&a).is_err(), "refused while cooling off");
+        // A reading is trusted when it admits.
         t.publish_now(Instant::now() + Duration::from_millis(60));
         assert!(t.admit(&a).is_ok(), "a reading past the cool-off admits");
     }
