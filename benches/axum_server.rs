@@ -14,7 +14,14 @@
 //!   `CurfewLayer`'s work);
 //! * `curfew-outer`: `curfew_http::serve` with `CurfewLayer` around the
 //!   whole router instead of inside it (`CurfewLayer::new().layer(app)`):
-//!   no route box of axum's per request, and the URI's path as the route.
+//!   no route box of axum's per request, and the URI's path as the route;
+//! * `tokio-timeout`: `axum::serve` on tokio with tower-http's
+//!   `TimeoutLayer` in the router (`Router::layer`), the stack that
+//!   `CurfewLayer` replaces, and what any layer in the router costs on
+//!   tokio (one more boxed `Route` per route, run per request);
+//! * `tokio-identity`: `axum::serve` on tokio with a layer that adds
+//!   nothing (`layer_fn(|s| s)`) in the router: what `Router::layer` alone
+//!   costs a request.
 //!
 //! Both use the same thread count (2, or `CURFEW_BENCH_THREADS`). For each
 //! mode and round it reports wrk's requests/s and p99 latency, and the
@@ -64,7 +71,8 @@
 //! runtimes (`CURFEW_POLL_BUDGET_MS=60000` under valgrind, where every poll
 //! takes some 50 times as long),
 //! `AXUM_BENCH_MODES` (a comma-separated subset of `tokio`, `curfew`,
-//! `curfew-bare`, `tokio-spawn`, `curfew-spawn` and `curfew-outer`; default
+//! `curfew-bare`, `tokio-spawn`, `curfew-spawn`, `curfew-outer`,
+//! `tokio-timeout` and `tokio-identity`; default
 //! `tokio,curfew`).
 //! Without `--bench` (as under `cargo test --benches`) it runs each mode
 //! once for 1 s, and skips the wrk part if wrk is not installed.
@@ -515,13 +523,15 @@ fn throughput(bench_mode: bool) {
         "| round | mode | requests | errors | req/s | p99 (µs) | server CPU µs/req | steal (ms) |\n\
          | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    const NAMES: [&str; 6] = [
+    const NAMES: [&str; 8] = [
         "tokio",
         "curfew",
         "curfew-bare",
         "tokio-spawn",
         "curfew-spawn",
         "curfew-outer",
+        "tokio-timeout",
+        "tokio-identity",
     ];
     let wanted = std::env::var("AXUM_BENCH_MODES").unwrap_or_else(|_| "tokio,curfew".into());
     let modes: Vec<usize> = (0..NAMES.len())
@@ -547,7 +557,15 @@ fn throughput(bench_mode: bool) {
                     router().layer(tower::layer::layer_fn(|s| SpawnEach(s, OnCurfew))),
                     "axcs",
                 ),
-                _ => curfew_server(tower::Layer::layer(&CurfewLayer::new(), router()), "axco"),
+                5 => curfew_server(tower::Layer::layer(&CurfewLayer::new(), router()), "axco"),
+                6 => tokio_server(
+                    router().layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        Duration::from_secs(30),
+                    )),
+                    "axtt",
+                ),
+                _ => tokio_server(router().layer(tower::layer::layer_fn(|s| s)), "axti"),
             };
             // Warm-up (`AXUM_BENCH_WARMUP=0` skips it, so that a whole
             // process's counts, under valgrind say, divide by the requests).
