@@ -11,11 +11,16 @@
 //!   each spawn and await 1,000 empty tasks, without a key and with one
 //!   client's key on one route (as `CurfewLayer` spawns every handler of a
 //!   client's requests): the client table's lookup on the spawn path.
+//!   `one_client_among_new_ones` is that client's key again, in a full
+//!   table (64 entries) into which every 8th spawn brings a client never
+//!   seen before, which evicts another: a server that has seen more
+//!   clients than it tracks, and keeps meeting new ones.
 //!
 //! ```text
 //! cargo bench --bench policy          # needs redis-server on PATH
 //! ```
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -100,21 +105,37 @@ fn rate_limit(c: &mut Criterion) {
 
 fn admission(c: &mut Criterion) {
     const PER_THREAD: usize = 1_000;
-    let rt = curfew::Runtime::builder().event_threads(2).build().unwrap();
     let key = ClientKey::ip(std::net::Ipv4Addr::LOCALHOST.into()).with_route("/search");
     let mut g = c.benchmark_group("admission");
     g.throughput(criterion::Throughput::Elements(2 * PER_THREAD as u64));
-    for (name, key) in [("no_key", None), ("one_client", Some(key))] {
+    // Addresses of new clients, never repeated within a run.
+    let next_new = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0x0b00_0000));
+    for (name, key, new_every) in [
+        ("no_key", None, 0),
+        ("one_client", Some(key.clone()), 0),
+        ("one_client_among_new_ones", Some(key), 8),
+    ] {
+        let rt = curfew::Runtime::builder()
+            .event_threads(2)
+            .max_tracked_clients(64)
+            .build()
+            .unwrap();
         g.bench_function(name, |b| {
             b.iter(|| {
                 rt.block_on(async {
                     let loops: Vec<_> = (0..2)
                         .map(|_| {
                             let key = key.clone();
+                            let next_new = next_new.clone();
                             curfew::spawn(async move {
-                                for _ in 0..PER_THREAD {
+                                for i in 0..PER_THREAD {
                                     let mut t = curfew::task::Builder::new();
-                                    if let Some(k) = &key {
+                                    if new_every > 0 && i % new_every == new_every - 1 {
+                                        let ip = next_new.fetch_add(1, Relaxed);
+                                        let new =
+                                            ClientKey::ip(std::net::Ipv4Addr::from(ip).into());
+                                        t = t.client(new.with_route("/search"));
+                                    } else if let Some(k) = &key {
                                         t = t.client(k.clone());
                                     }
                                     t.spawn(async {}).await.unwrap();

@@ -1,8 +1,10 @@
 //! Client keys: who a task works for, in namespaces that cannot collide.
 
 use std::fmt;
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The namespace of a [`ClientKey`]. Keys in different namespaces never
 /// compare equal, whatever their text: an id header that reads `127.0.0.1`
@@ -98,14 +100,14 @@ struct Inner {
     /// table's map, however many clients it serves (see
     /// [`ClientKey::resolution`]).
     resolved: Mutex<Option<Resolution>>,
+    /// [`ClientKey::fingerprint`], once worked out; 0 before.
+    fingerprint: AtomicU64,
 }
 
-/// Where a client table found a key: its entries, under the table's
-/// version then.
+/// Where a client table found a key: its entries.
 #[derive(Clone, Copy)]
 struct Resolution {
     table: u64,
-    version: u64,
     found: (u32, u32),
 }
 
@@ -144,6 +146,7 @@ impl ClientKey {
             ip,
             route: None,
             resolved: Mutex::new(None),
+            fingerprint: AtomicU64::new(0),
         }))
     }
 
@@ -208,30 +211,66 @@ impl ClientKey {
             ip: self.0.ip,
             route: Some(route),
             resolved: Mutex::new(None),
+            fingerprint: AtomicU64::new(self.0.fingerprint.load(Relaxed)),
         }))
     }
 
-    /// The entries the client table `table` found for this key (or a clone
-    /// of it) while its version was `version`, if that was the last table
-    /// and version it was found under. Two uncontended atomics; a key in
-    /// use on another thread at this moment just misses.
+    /// The entries the client table `table` last found for this key (or a
+    /// clone of it), if it was the last table to find it. The table checks
+    /// that the entries are still this key's before it uses them. Two
+    /// uncontended atomics; a key in use on another thread at this moment
+    /// just misses.
     #[inline]
-    pub(crate) fn resolution(&self, table: u64, version: u64) -> Option<(u32, u32)> {
+    pub(crate) fn resolution(&self, table: u64) -> Option<(u32, u32)> {
         let r = *self.0.resolved.try_lock().ok()?;
-        r.filter(|r| r.table == table && r.version == version)
-            .map(|r| r.found)
+        r.filter(|r| r.table == table).map(|r| r.found)
     }
 
-    /// Remembers where `table` found this key under `version`.
+    /// Remembers where `table` found this key.
     #[inline]
-    pub(crate) fn remember_resolution(&self, table: u64, version: u64, found: (u32, u32)) {
+    pub(crate) fn remember_resolution(&self, table: u64, found: (u32, u32)) {
         if let Ok(mut r) = self.0.resolved.try_lock() {
-            *r = Some(Resolution {
-                table,
-                version,
-                found,
-            });
+            *r = Some(Resolution { table, found });
         }
+    }
+
+    /// A 64-bit hash of the key's namespace and text (the client's
+    /// identity, without its route) under a key chosen at random for the
+    /// process, never 0: a client table's entry keeps its key's, so that
+    /// an index cached with a key can be checked to still name that key's
+    /// entry without the table's map. Worked out once per key and clone.
+    #[inline]
+    pub(crate) fn fingerprint(&self) -> u64 {
+        match self.0.fingerprint.load(Relaxed) {
+            0 => self.work_out_fingerprint(),
+            f => f,
+        }
+    }
+
+    /// Takes `equal`'s fingerprint, if this key has not worked out its own:
+    /// a key made anew for each spawn, found in a thread's cache under an
+    /// equal key made before, hashes nothing. `equal` must be the same
+    /// identity (and route, if any); the caller has compared them.
+    #[inline]
+    pub(crate) fn adopt_fingerprint(&self, equal: &ClientKey) {
+        debug_assert!(self == equal);
+        if self.0.fingerprint.load(Relaxed) == 0 {
+            self.0.fingerprint.store(equal.fingerprint(), Relaxed);
+        }
+        if let (Some(mine), Some(theirs)) = (&self.0.route, &equal.0.route) {
+            mine.adopt_fingerprint(theirs);
+        }
+    }
+
+    #[cold]
+    fn work_out_fingerprint(&self) -> u64 {
+        static HASHER: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        let f = HASHER
+            .get_or_init(Default::default)
+            .hash_one((self.0.ns, &*self.0.text))
+            | 1;
+        self.0.fingerprint.store(f, Relaxed);
+        f
     }
 
     /// The network prefix of an IP key: /24 for IPv4, /64 for IPv6. `None`
@@ -265,7 +304,11 @@ impl ClientKey {
         if self.0.route.is_none() {
             self.clone()
         } else {
-            Self::new(self.0.ns, self.0.text.clone(), self.0.ip)
+            let key = Self::new(self.0.ns, self.0.text.clone(), self.0.ip);
+            // The same identity: the same fingerprint.
+            let f = self.0.fingerprint.load(Relaxed);
+            key.0.fingerprint.store(f, Relaxed);
+            key
         }
     }
 
@@ -363,5 +406,38 @@ impl From<SocketAddr> for ClientKey {
 impl From<u64> for ClientKey {
     fn from(id: u64) -> Self {
         ClientKey::new(Namespace::Id, id.to_string().into(), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_names_the_identity_whatever_the_route_or_the_making() {
+        let a = ClientKey::id("10.0.0.1");
+        let on_route = a.with_route("/x");
+        let made_apart = ClientKey::id("10.0.0.1").with_route("/y");
+        assert_eq!(a.fingerprint(), on_route.fingerprint());
+        assert_eq!(a.fingerprint(), made_apart.fingerprint());
+        assert_eq!(a.fingerprint(), on_route.without_route().fingerprint());
+        // Another namespace with the same text, another text: others.
+        let ip = ClientKey::ip("10.0.0.1".parse().unwrap());
+        assert_ne!(a.fingerprint(), ip.fingerprint());
+        assert_ne!(a.fingerprint(), ClientKey::id("10.0.0.2").fingerprint());
+        assert_ne!(a.fingerprint(), 0);
+        // Adopted from an equal key (and its route from the equal route),
+        // as worked out.
+        let (x, y) = (
+            ClientKey::id("b").with_route("/r"),
+            ClientKey::id("b").with_route("/r"),
+        );
+        y.adopt_fingerprint(&x);
+        assert_eq!(y.0.fingerprint.load(Relaxed), x.fingerprint());
+        let route = y.route_ref().unwrap();
+        assert_eq!(
+            route.0.fingerprint.load(Relaxed),
+            ClientKey::route("/r").fingerprint()
+        );
     }
 }

@@ -41,14 +41,13 @@ static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(0);
 /// Each thread's last few resolutions of a key to its entries, so that a
 /// spawn for a key the thread has just seen takes neither the table's lock
 /// (whose cache line every spawning thread would otherwise write) nor a
-/// hash of the key. An entry is used only if its table is the same and no
-/// key has been added to or evicted from that table since it was made.
+/// hash of the key. A resolution is used only while its entries are still
+/// its key's (see [`Clients::owned`]).
 mod resolved {
     use super::{ClientKey, RefCell};
 
     struct Resolved {
         table: u64,
-        version: u64,
         key: ClientKey,
         found: (u32, u32),
     }
@@ -67,24 +66,26 @@ mod resolved {
         a == b && a.route_ref() == b.route_ref()
     }
 
-    pub(super) fn get(table: u64, version: u64, key: &ClientKey) -> Option<(u32, u32)> {
+    pub(super) fn get(table: u64, key: &ClientKey) -> Option<(u32, u32)> {
         CACHE
             .try_with(|c| {
                 let c = c.borrow();
-                c.0.iter().flatten().find_map(|r| {
-                    (r.table == table && r.version == version && same(&r.key, key))
-                        .then_some(r.found)
-                })
+                let r =
+                    c.0.iter()
+                        .flatten()
+                        .find(|r| r.table == table && same(&r.key, key))?;
+                key.adopt_fingerprint(&r.key);
+                Some(r.found)
             })
             .ok()
             .flatten()
     }
 
-    pub(super) fn put(table: u64, version: u64, key: &ClientKey, found: (u32, u32)) {
+    pub(super) fn put(table: u64, key: &ClientKey, found: (u32, u32)) {
         let _ = CACHE.try_with(|c| {
             let (items, next) = &mut *c.borrow_mut();
-            // Refresh this key's own place if it has one (made under an
-            // older version), else take the oldest.
+            // Refresh this key's own place if it has one (its entries gone
+            // to other keys since), else take the oldest.
             let i = items
                 .iter()
                 .position(|r| {
@@ -98,7 +99,6 @@ mod resolved {
                 });
             items[i] = Some(Resolved {
                 table,
-                version,
                 key: key.clone(),
                 found,
             });
@@ -127,6 +127,10 @@ fn nanos(d: Duration) -> u64 {
 struct Entry {
     /// The generation of the key now in this slot.
     generation: AtomicU32,
+    /// The [fingerprint](ClientKey::fingerprint) of the key now in this
+    /// slot: a resolution cached with a key is used only while it matches,
+    /// however many times the slot's generation has wrapped round since.
+    owner: AtomicU64,
     /// The entry's [`Level`], as `level_code`.
     level: AtomicU8,
     /// Packed index of the client's network entry, or `NO_CLIENT`.
@@ -340,10 +344,6 @@ pub(crate) struct Clients {
     /// Tells this table from every other in the process, for the threads'
     /// caches of resolved keys.
     id: u64,
-    /// Bumped (under the write lock) whenever a key gets a slot, so that a
-    /// thread's cached resolution is used only while no key has been added
-    /// or evicted since it was made.
-    version: CachePadded<AtomicU64>,
     /// [`Clients::now_ms`] as the watchdog read it at its last tick, or
     /// [`CLOCK_UNKNOWN`] while it is parked or stopped (or ticks too seldom
     /// for its reading to serve): admission reads this instead of the
@@ -399,7 +399,6 @@ impl Clients {
             refusal_epoch: CachePadded::new(AtomicU64::new(0)),
             route_limit: u32::try_from(route_limit.max(1)).unwrap_or(u32::MAX),
             id: NEXT_TABLE_ID.fetch_add(1, Relaxed),
-            version: CachePadded::new(AtomicU64::new(0)),
             coarse_ms: CachePadded::new(AtomicU64::new(CLOCK_UNKNOWN)),
         });
         clients.store.attach(LocalPolicy(Arc::downgrade(&clients)));
@@ -600,16 +599,17 @@ impl Clients {
         // Only IP keys have a network; checked without building its key.
         let want_net =
             self.policy.is_some_and(|p| p.network.is_some()) && key.namespace() == Namespace::Ip;
-        // Read before the lookup: a key added or evicted after this read
-        // makes the resolution below stale, and it is never used.
-        let version = self.version.load(Ordering::Acquire);
         // The key's own memory first (a server's long-lived keys), then
-        // this thread's few recent keys (keys made anew for each spawn).
-        let cached = key.resolution(self.id, version).or_else(|| {
-            let found = resolved::get(self.id, version, key)?;
-            key.remember_resolution(self.id, version, found);
-            Some(found)
-        });
+        // this thread's few recent keys (keys made anew for each spawn);
+        // either only while its entries are still the key's.
+        let cached = key
+            .resolution(self.id)
+            .filter(|&found| self.owned(found, key))
+            .or_else(|| {
+                let found = resolved::get(self.id, key).filter(|&found| self.owned(found, key))?;
+                key.remember_resolution(self.id, found);
+                Some(found)
+            });
         if let Some((i, route)) = cached {
             if let Some(found) = self.touch(i, route, want_net, now) {
                 return found;
@@ -623,8 +623,8 @@ impl Clients {
                     Some(r) => map.by_key.get(r).copied(),
                 };
                 if let Some(found) = route.and_then(|r| self.touch(i, r, want_net, now)) {
-                    resolved::put(self.id, version, key, found);
-                    key.remember_resolution(self.id, version, found);
+                    resolved::put(self.id, key, found);
+                    key.remember_resolution(self.id, found);
                     return found;
                 }
             }
@@ -647,6 +647,25 @@ impl Clients {
             None => NO_CLIENT,
         };
         (idx, route)
+    }
+
+    /// Whether the entries at `found` (a key's and its route's, as a cache
+    /// remembers them) are still `key`'s: each slot's generation as the
+    /// index has it, and the fingerprint of the key in it `key`'s. A slot
+    /// given to another key since fails the first, unless its generation
+    /// has wrapped round; the second holds only for that other key with a
+    /// 64-bit hash equal to `key`'s under the process's random hash key.
+    #[inline]
+    fn owned(&self, (idx, route): (u32, u32), key: &ClientKey) -> bool {
+        let holds = |idx: u32, key: &ClientKey| {
+            self.entry(idx)
+                .is_some_and(|e| e.owner.load(Ordering::Acquire) == key.fingerprint())
+        };
+        holds(idx, key)
+            && match key.route_ref() {
+                None => route == NO_CLIENT,
+                Some(r) => holds(route, r),
+            }
     }
 
     /// Marks the entries of a key found at `idx` (with its route at `route`)
@@ -695,12 +714,14 @@ impl Clients {
         let generation = e.generation.load(Relaxed).wrapping_add(1);
         e.generation.store(generation, Relaxed);
         e.reset(level_of(&key), now);
+        // Resolutions cached with the evicted key fail on the generation,
+        // and on this if it has wrapped round. A key that came into a free
+        // slot changed nobody's entries: every other cached resolution
+        // stands.
+        e.owner.store(key.fingerprint(), Ordering::Release);
         let idx = self.pack(slot, generation);
         map.keys[slot] = Some(key.clone());
         map.by_key.insert(key, idx);
-        // Every thread's cached resolutions are stale now (one of them may
-        // name the evicted key's slot).
-        self.version.fetch_add(1, Ordering::Release);
         idx
     }
 
@@ -1039,37 +1060,73 @@ mod tests {
     }
 
     #[test]
-    fn a_key_remembers_where_it_was_found_for_every_thread_until_the_table_changes() {
-        let t = table(8);
+    fn a_key_remembers_where_it_was_found_for_every_thread_until_its_entry_goes() {
+        let t = table(4);
         let a = ClientKey::id("a").with_route("/x");
         let first = t.admit(&a).unwrap();
+        let found = (first.client, first.route);
         // Found again through the map, which remembers it in the key.
         let again = t.admit(&a).unwrap();
-        assert_eq!((again.client, again.route), (first.client, first.route));
-        let version = t.version.load(Ordering::Acquire);
-        assert_eq!(
-            a.resolution(t.id, version),
-            Some((first.client, first.route))
-        );
+        assert_eq!((again.client, again.route), found);
+        assert_eq!(a.resolution(t.id), Some(found));
         // Another thread (its own cache empty) takes the key's memory, and
         // a clone of the key shares it.
         let (t2, a2) = (t.clone(), a.clone());
         let other = std::thread::spawn(move || t2.admit(&a2).unwrap())
             .join()
             .unwrap();
-        assert_eq!((other.client, other.route), (first.client, first.route));
-        // Another table, or the same table after a key came in, does not.
-        assert_eq!(a.resolution(t.id + 1, version), None);
+        assert_eq!((other.client, other.route), found);
+        // Another table's memory is not this one's.
+        assert_eq!(a.resolution(t.id + 1), None);
+        // Keys coming into free slots leave it standing...
         t.admit(&ClientKey::id("b")).unwrap();
-        assert_eq!(a.resolution(t.id, t.version.load(Ordering::Acquire)), None);
+        assert!(t.owned(found, &a), "a new key in a free slot unseated `a`");
+        assert_eq!(t.admit(&a).unwrap(), first);
+        // ... and so do evictions of other keys' entries: `b`, the least
+        // recently seen, goes to make room for `d`.
+        std::thread::sleep(Duration::from_millis(5));
+        t.admit(&a).unwrap();
+        for who in ["c", "d"] {
+            t.admit(&ClientKey::id(who)).unwrap();
+        }
+        assert!(holds(&t, &a.without_route()) && !holds(&t, &ClientKey::id("b")));
+        assert!(
+            t.owned(found, &a),
+            "an eviction of another key unseated `a`"
+        );
+        // Once its own entry goes to another key, the memory is not used.
+        for who in ["f", "g", "h", "i"] {
+            std::thread::sleep(Duration::from_millis(2));
+            t.admit(&ClientKey::id(who)).unwrap();
+        }
+        assert!(!holds(&t, &a.without_route()));
+        assert!(!t.owned(found, &a));
         let after = t.admit(&a).unwrap();
-        assert_eq!((after.client, after.route), (first.client, first.route));
+        assert!(holds(&t, &a.without_route()) && t.owned((after.client, after.route), &a));
         // Equal keys made apart have memories of their own.
         let fresh = ClientKey::id("a").with_route("/x");
-        assert_eq!(
-            fresh.resolution(t.id, t.version.load(Ordering::Acquire)),
-            None
-        );
+        assert_eq!(fresh.resolution(t.id), None);
+    }
+
+    #[test]
+    fn a_remembered_index_whose_slot_went_to_another_key_is_not_used() {
+        let t = table(8);
+        let (a, b) = (ClientKey::id("a"), ClientKey::id("b"));
+        t.admit(&a).unwrap();
+        let at_b = t.admit(&b).unwrap();
+        // `a` remembers `b`'s index (as it would if `b` had taken `a`'s
+        // slot and the slot's generation had wrapped round to `a`'s).
+        a.remember_resolution(t.id, (at_b.client, NO_CLIENT));
+        assert!(!t.owned((at_b.client, NO_CLIENT), &a));
+        assert_ne!(t.admit(&a).unwrap().client, at_b.client);
+        // A route's entry is checked too.
+        let ax = ClientKey::id("a").with_route("/x");
+        let by = ClientKey::id("b").with_route("/y");
+        let found_ax = t.admit(&ax).unwrap();
+        let found_by = t.admit(&by).unwrap();
+        ax.remember_resolution(t.id, (found_ax.client, found_by.route));
+        assert!(!t.owned((found_ax.client, found_by.route), &ax));
+        assert_eq!(t.admit(&ax).unwrap().route, found_ax.route);
     }
 
     #[test]
