@@ -11,10 +11,11 @@
 //!   each spawn and await 1,000 empty tasks, without a key and with one
 //!   client's key on one route (as `CurfewLayer` spawns every handler of a
 //!   client's requests): the client table's lookup on the spawn path.
-//!   `one_client_among_new_ones` is that client's key again, in a full
-//!   table (64 entries) into which every 8th spawn brings a client never
-//!   seen before, which evicts another: a server that has seen more
-//!   clients than it tracks, and keeps meeting new ones.
+//!   `clients_among_new_ones`: 32 clients' keys in turn (each kept, as a
+//!   server's connection keeps its peer's), in a full table (64 entries)
+//!   into which every 8th spawn brings a client never seen before, which
+//!   evicts another: a server that has seen more clients than it tracks,
+//!   and keeps meeting new ones.
 //!
 //! ```text
 //! cargo bench --bench policy          # needs redis-server on PATH
@@ -110,10 +111,15 @@ fn admission(c: &mut Criterion) {
     g.throughput(criterion::Throughput::Elements(2 * PER_THREAD as u64));
     // Addresses of new clients, never repeated within a run.
     let next_new = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0x0b00_0000));
-    for (name, key, new_every) in [
-        ("no_key", None, 0),
-        ("one_client", Some(key.clone()), 0),
-        ("one_client_among_new_ones", Some(key), 8),
+    let steady: Vec<ClientKey> = (1..=32u32)
+        .map(|i| {
+            ClientKey::ip(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()).with_route("/search")
+        })
+        .collect();
+    for (name, keys, new_every) in [
+        ("no_key", vec![], 0),
+        ("one_client", vec![key], 0),
+        ("clients_among_new_ones", steady, 8),
     ] {
         let rt = curfew::Runtime::builder()
             .event_threads(2)
@@ -125,7 +131,7 @@ fn admission(c: &mut Criterion) {
                 rt.block_on(async {
                     let loops: Vec<_> = (0..2)
                         .map(|_| {
-                            let key = key.clone();
+                            let keys = keys.clone();
                             let next_new = next_new.clone();
                             curfew::spawn(async move {
                                 for i in 0..PER_THREAD {
@@ -135,8 +141,8 @@ fn admission(c: &mut Criterion) {
                                         let new =
                                             ClientKey::ip(std::net::Ipv4Addr::from(ip).into());
                                         t = t.client(new.with_route("/search"));
-                                    } else if let Some(k) = &key {
-                                        t = t.client(k.clone());
+                                    } else if !keys.is_empty() {
+                                        t = t.client(keys[i % keys.len()].clone());
                                     }
                                     t.spawn(async {}).await.unwrap();
                                 }

@@ -314,6 +314,9 @@ where
 /// let rt = curfew::Runtime::builder()
 ///     .event_threads(1)
 ///     .poll_budget(Duration::from_millis(20))
+///     // Generous, so that the thread comes back even on a loaded machine
+///     // that keeps it off its core for a while (the default is 5 ms).
+///     .hijack_grace(Duration::from_secs(2))
 ///     .build()?;
 /// let handle = rt.spawn(async {
 ///     let mut n = 0u64;

@@ -104,10 +104,12 @@ struct Inner {
     fingerprint: AtomicU64,
 }
 
-/// Where a client table found a key: its entries.
+/// Where a client table found a key: its entries, and the table's count
+/// of evictions then.
 #[derive(Clone, Copy)]
 struct Resolution {
     table: u64,
+    evictions: u64,
     found: (u32, u32),
 }
 
@@ -119,10 +121,11 @@ impl PartialEq for ClientKey {
 
 impl Eq for ClientKey {}
 
+/// Hashes the key's [fingerprint](ClientKey::fingerprint): the namespace
+/// and the text, hashed once per key under the process's random hash key.
 impl std::hash::Hash for ClientKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.ns.hash(state);
-        self.0.text.hash(state);
+        state.write_u64(self.fingerprint());
     }
 }
 
@@ -216,21 +219,26 @@ impl ClientKey {
     }
 
     /// The entries the client table `table` last found for this key (or a
-    /// clone of it), if it was the last table to find it. The table checks
-    /// that the entries are still this key's before it uses them. Two
-    /// uncontended atomics; a key in use on another thread at this moment
-    /// just misses.
+    /// clone of it), with the table's count of evictions then, if it was
+    /// the last table to find it. The table checks that the entries are
+    /// still this key's before it uses them. Two uncontended atomics; a key
+    /// in use on another thread at this moment just misses.
     #[inline]
-    pub(crate) fn resolution(&self, table: u64) -> Option<(u32, u32)> {
+    pub(crate) fn resolution(&self, table: u64) -> Option<((u32, u32), u64)> {
         let r = *self.0.resolved.try_lock().ok()?;
-        r.filter(|r| r.table == table).map(|r| r.found)
+        r.filter(|r| r.table == table)
+            .map(|r| (r.found, r.evictions))
     }
 
-    /// Remembers where `table` found this key.
+    /// Remembers where `table` found this key, after `evictions` evictions.
     #[inline]
-    pub(crate) fn remember_resolution(&self, table: u64, found: (u32, u32)) {
+    pub(crate) fn remember_resolution(&self, table: u64, evictions: u64, found: (u32, u32)) {
         if let Ok(mut r) = self.0.resolved.try_lock() {
-            *r = Some(Resolution { table, found });
+            *r = Some(Resolution {
+                table,
+                evictions,
+                found,
+            });
         }
     }
 
@@ -238,7 +246,8 @@ impl ClientKey {
     /// identity, without its route) under a key chosen at random for the
     /// process, never 0: a client table's entry keeps its key's, so that
     /// an index cached with a key can be checked to still name that key's
-    /// entry without the table's map. Worked out once per key and clone.
+    /// entry without the table's map, and the map hashes it as it is.
+    /// Worked out once per key and its clones.
     #[inline]
     pub(crate) fn fingerprint(&self) -> u64 {
         match self.0.fingerprint.load(Relaxed) {
@@ -265,10 +274,13 @@ impl ClientKey {
     #[cold]
     fn work_out_fingerprint(&self) -> u64 {
         static HASHER: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-        let f = HASHER
+        let f = match HASHER
             .get_or_init(Default::default)
             .hash_one((self.0.ns, &*self.0.text))
-            | 1;
+        {
+            0 => 1,
+            f => f,
+        };
         self.0.fingerprint.store(f, Relaxed);
         f
     }

@@ -23,6 +23,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -41,13 +42,15 @@ static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(0);
 /// Each thread's last few resolutions of a key to its entries, so that a
 /// spawn for a key the thread has just seen takes neither the table's lock
 /// (whose cache line every spawning thread would otherwise write) nor a
-/// hash of the key. A resolution is used only while its entries are still
-/// its key's (see [`Clients::owned`]).
+/// hash of the key. A resolution is used as it is while the table has
+/// evicted nothing since it was made, and after that only while its
+/// entries are still its key's (see [`Clients::owned`]).
 mod resolved {
     use super::{ClientKey, RefCell};
 
     struct Resolved {
         table: u64,
+        evictions: u64,
         key: ClientKey,
         found: (u32, u32),
     }
@@ -66,7 +69,7 @@ mod resolved {
         a == b && a.route_ref() == b.route_ref()
     }
 
-    pub(super) fn get(table: u64, key: &ClientKey) -> Option<(u32, u32)> {
+    pub(super) fn get(table: u64, key: &ClientKey) -> Option<((u32, u32), u64)> {
         CACHE
             .try_with(|c| {
                 let c = c.borrow();
@@ -75,13 +78,13 @@ mod resolved {
                         .flatten()
                         .find(|r| r.table == table && same(&r.key, key))?;
                 key.adopt_fingerprint(&r.key);
-                Some(r.found)
+                Some((r.found, r.evictions))
             })
             .ok()
             .flatten()
     }
 
-    pub(super) fn put(table: u64, key: &ClientKey, found: (u32, u32)) {
+    pub(super) fn put(table: u64, evictions: u64, key: &ClientKey, found: (u32, u32)) {
         let _ = CACHE.try_with(|c| {
             let (items, next) = &mut *c.borrow_mut();
             // Refresh this key's own place if it has one (its entries gone
@@ -99,6 +102,7 @@ mod resolved {
                 });
             items[i] = Some(Resolved {
                 table,
+                evictions,
                 key: key.clone(),
                 found,
             });
@@ -290,13 +294,38 @@ fn level_of(key: &ClientKey) -> Level {
 }
 
 struct Map {
-    by_key: HashMap<ClientKey, u32>,
+    by_key: HashMap<ClientKey, u32, BuildHasherDefault<Fingerprint>>,
     /// The key in each slot; slot 0 is `NO_CLIENT`.
     keys: Vec<Option<ClientKey>>,
     /// Slots handed out so far (they are reused only by eviction).
     used: usize,
     /// Where the next eviction sample starts.
     hand: usize,
+}
+
+/// The map's hasher: a [`ClientKey`] hashes as its fingerprint, already a
+/// keyed hash of the key (and worked out once per key), which this passes
+/// on as it is.
+#[derive(Default)]
+struct Fingerprint(u64);
+
+impl Hasher for Fingerprint {
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    /// Not used by `ClientKey`; mixes bytes in all the same.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// What admission found for a task: the packed indices of its client's
@@ -334,6 +363,9 @@ pub(crate) struct Clients {
     store: Arc<dyn PolicyStore>,
     shares_usage: bool,
     epoch: Instant,
+    /// Evictions so far (a metric too). Bumped under the write lock: a
+    /// resolution remembered at an older count is used only once its
+    /// entries are found to be still its key's.
     evicted: AtomicU64,
     /// Bumped whenever a key starts being refused (a cool-off begins, or a
     /// store says a quota is spent): a task admitted under an older value
@@ -384,7 +416,7 @@ impl Clients {
         let slot_bits = usize::BITS - capacity.leading_zeros();
         let clients = Arc::new(Self {
             map: RwLock::new(Map {
-                by_key: HashMap::new(),
+                by_key: HashMap::default(),
                 keys: vec![None; capacity + 1],
                 used: 0,
                 hand: 1,
@@ -599,17 +631,26 @@ impl Clients {
         // Only IP keys have a network; checked without building its key.
         let want_net =
             self.policy.is_some_and(|p| p.network.is_some()) && key.namespace() == Namespace::Ip;
+        // Read before the lookup: a resolution made below, after an
+        // eviction this read missed, is checked when next used.
+        let evictions = self.evicted.load(Ordering::Acquire);
+        // A remembered resolution stands as it is while nothing has been
+        // evicted since; after that, while its entries are still the key's.
+        let fresh = |&(found, at): &((u32, u32), u64)| at == evictions || self.owned(found, key);
         // The key's own memory first (a server's long-lived keys), then
-        // this thread's few recent keys (keys made anew for each spawn);
-        // either only while its entries are still the key's.
-        let cached = key
-            .resolution(self.id)
-            .filter(|&found| self.owned(found, key))
-            .or_else(|| {
-                let found = resolved::get(self.id, key).filter(|&found| self.owned(found, key))?;
-                key.remember_resolution(self.id, found);
+        // this thread's few recent keys (keys made anew for each spawn).
+        let cached = match key.resolution(self.id).filter(fresh) {
+            Some((found, at)) => {
+                if at != evictions {
+                    key.remember_resolution(self.id, evictions, found);
+                }
                 Some(found)
-            });
+            }
+            None => resolved::get(self.id, key).filter(fresh).map(|(found, _)| {
+                key.remember_resolution(self.id, evictions, found);
+                found
+            }),
+        };
         if let Some((i, route)) = cached {
             if let Some(found) = self.touch(i, route, want_net, now) {
                 return found;
@@ -623,8 +664,8 @@ impl Clients {
                     Some(r) => map.by_key.get(r).copied(),
                 };
                 if let Some(found) = route.and_then(|r| self.touch(i, r, want_net, now)) {
-                    resolved::put(self.id, key, found);
-                    key.remember_resolution(self.id, found);
+                    resolved::put(self.id, evictions, key, found);
+                    key.remember_resolution(self.id, evictions, found);
                     return found;
                 }
             }
@@ -705,7 +746,8 @@ impl Clients {
             if let Some(old) = map.keys[victim].take() {
                 map.by_key.remove(&old);
             }
-            self.evicted.fetch_add(1, Relaxed);
+            // Resolutions remembered before this are checked from here on.
+            self.evicted.fetch_add(1, Ordering::Release);
             victim
         };
         let e = &self.entries[slot];
@@ -1068,7 +1110,7 @@ mod tests {
         // Found again through the map, which remembers it in the key.
         let again = t.admit(&a).unwrap();
         assert_eq!((again.client, again.route), found);
-        assert_eq!(a.resolution(t.id), Some(found));
+        assert_eq!(a.resolution(t.id).map(|(f, _)| f), Some(found));
         // Another thread (its own cache empty) takes the key's memory, and
         // a clone of the key shares it.
         let (t2, a2) = (t.clone(), a.clone());
@@ -1116,7 +1158,8 @@ mod tests {
         let at_b = t.admit(&b).unwrap();
         // `a` remembers `b`'s index (as it would if `b` had taken `a`'s
         // slot and the slot's generation had wrapped round to `a`'s).
-        a.remember_resolution(t.id, (at_b.client, NO_CLIENT));
+        // (Remembered before some eviction, so that it is checked.)
+        a.remember_resolution(t.id, u64::MAX, (at_b.client, NO_CLIENT));
         assert!(!t.owned((at_b.client, NO_CLIENT), &a));
         assert_ne!(t.admit(&a).unwrap().client, at_b.client);
         // A route's entry is checked too.
@@ -1124,7 +1167,7 @@ mod tests {
         let by = ClientKey::id("b").with_route("/y");
         let found_ax = t.admit(&ax).unwrap();
         let found_by = t.admit(&by).unwrap();
-        ax.remember_resolution(t.id, (found_ax.client, found_by.route));
+        ax.remember_resolution(t.id, u64::MAX, (found_ax.client, found_by.route));
         assert!(!t.owned((found_ax.client, found_by.route), &ax));
         assert_eq!(t.admit(&ax).unwrap().route, found_ax.route);
     }
