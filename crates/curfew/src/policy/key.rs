@@ -77,7 +77,9 @@ impl Namespace {
 /// ```
 ///
 /// Equality, hashing and ordering look at the namespace and the text only:
-/// a key with a route is the same client as the key without it.
+/// a key with a route is the same client as the key without it. A key
+/// hashes as a keyed hash of the two, under a key chosen at random for the
+/// process, so the same key hashes differently in another process.
 ///
 /// ```
 /// use curfew::policy::ClientKey;
@@ -220,9 +222,10 @@ impl ClientKey {
 
     /// The entries the client table `table` last found for this key (or a
     /// clone of it), with the table's count of evictions then, if it was
-    /// the last table to find it. The table checks that the entries are
-    /// still this key's before it uses them. Two uncontended atomics; a key
-    /// in use on another thread at this moment just misses.
+    /// the last table to find it. The table uses them as they are while it
+    /// has evicted nothing since, and checks that they are still this
+    /// key's after that. Two uncontended atomics; a key in use on another
+    /// thread at this moment just misses.
     #[inline]
     pub(crate) fn resolution(&self, table: u64) -> Option<((u32, u32), u64)> {
         let r = *self.0.resolved.try_lock().ok()?;
@@ -247,7 +250,8 @@ impl ClientKey {
     /// process, never 0: a client table's entry keeps its key's, so that
     /// an index cached with a key can be checked to still name that key's
     /// entry without the table's map, and the map hashes it as it is.
-    /// Worked out once per key and its clones.
+    /// Worked out when first needed, and kept by the key and its clones
+    /// (two threads needing it at once may both work it out).
     #[inline]
     pub(crate) fn fingerprint(&self) -> u64 {
         match self.0.fingerprint.load(Relaxed) {

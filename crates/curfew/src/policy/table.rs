@@ -87,8 +87,8 @@ mod resolved {
     pub(super) fn put(table: u64, evictions: u64, key: &ClientKey, found: (u32, u32)) {
         let _ = CACHE.try_with(|c| {
             let (items, next) = &mut *c.borrow_mut();
-            // Refresh this key's own place if it has one (its entries gone
-            // to other keys since), else take the oldest.
+            // Refresh this key's own place if it has one (found again
+            // through the map since), else take the oldest.
             let i = items
                 .iter()
                 .position(|r| {
@@ -255,6 +255,15 @@ impl Entry {
             )
         })
     }
+}
+
+/// A refusal found, not yet built: the entry that refuses, and why.
+enum Found<'a> {
+    /// The route's entry has this many tasks stuck past their budget.
+    Overdue(&'a Entry, u32),
+    /// The entry of the client, its network or its route is cooling off
+    /// or over its quota.
+    Entry(&'a Entry, Why, Level),
 }
 
 enum Why {
@@ -507,7 +516,7 @@ impl Clients {
         // longer does: a refusal is confirmed, and its time left measured,
         // by the clock's own reading, so none ends late or says it lasts
         // longer than it does.
-        if self.check(client, route, key, now, false).is_some() {
+        if self.find_refusal(client, route, now).is_some() {
             if let Some(r) = self.check(client, route, key, self.now_ms(), true) {
                 return Err(r);
             }
@@ -577,33 +586,63 @@ impl Clients {
         now: u64,
         count: bool,
     ) -> Option<Refusal> {
-        if let Some(r) = self.route_overdue(route, key, count) {
-            return Some(r);
+        let found = self.find_refusal(idx, route, now)?;
+        self.refusal(found, key, count)
+    }
+
+    /// What refuses the key at `idx` (with its route at `route`) at `now`,
+    /// if anything: the route's stuck tasks, else the client's, its
+    /// network's or its route's cool-off or quota. Builds nothing.
+    fn find_refusal(&self, idx: u32, route: u32, now: u64) -> Option<Found<'_>> {
+        if let Some(e) = self.entry(route) {
+            let overdue = e.overdue.load(Relaxed);
+            if overdue >= self.route_limit {
+                return Some(Found::Overdue(e, overdue));
+            }
         }
         let policy = self.policy.as_ref()?;
-        let refuse = |e: &Entry, why: Why, who: ClientKey| {
-            if count {
-                e.refused.fetch_add(1, Relaxed);
-            }
-            Some(why.into_refusal(who))
-        };
         let e = self.entry(idx)?;
-        let level = e.level();
-        if let Some(why) = e.refusal(policy.level(level).as_ref(), now) {
-            return refuse(e, why, key.without_route());
+        if let Some(why) = e.refusal(policy.level(e.level()).as_ref(), now) {
+            return Some(Found::Entry(e, why, Level::Client));
         }
         if let Some(net) = self.entry(e.parent.load(Relaxed)) {
             if let Some(why) = net.refusal(policy.network.as_ref(), now) {
-                return refuse(net, why, key.network()?);
+                return Some(Found::Entry(net, why, Level::Network));
             }
         }
         if policy.route.is_some() {
             let e = self.entry(route)?;
             if let Some(why) = e.refusal(policy.route.as_ref(), now) {
-                return refuse(e, why, key.route_key()?);
+                return Some(Found::Entry(e, why, Level::Route));
             }
         }
         None
+    }
+
+    /// The refusal `found` for `key`, counted on its entry if `count`.
+    fn refusal(&self, found: Found<'_>, key: &ClientKey, count: bool) -> Option<Refusal> {
+        let (e, refusal) = match found {
+            Found::Overdue(e, overdue) => (
+                e,
+                Refusal::RouteOverdue {
+                    route: key.route_key()?,
+                    overdue,
+                    limit: self.route_limit,
+                },
+            ),
+            Found::Entry(e, why, level) => {
+                let who = match level {
+                    Level::Client => key.without_route(),
+                    Level::Network => key.network()?,
+                    Level::Route => key.route_key()?,
+                };
+                (e, why.into_refusal(who))
+            }
+        };
+        if count {
+            e.refused.fetch_add(1, Relaxed);
+        }
+        Some(refusal)
     }
 
     /// Watchdog: a task of the route at `route` overran its budget and its
@@ -699,8 +738,16 @@ impl Clients {
     #[inline]
     fn owned(&self, (idx, route): (u32, u32), key: &ClientKey) -> bool {
         let holds = |idx: u32, key: &ClientKey| {
-            self.entry(idx)
-                .is_some_and(|e| e.owner.load(Ordering::Acquire) == key.fingerprint())
+            let slot = (idx & ((1 << self.slot_bits) - 1)) as usize;
+            let Some(e) = self.entries.get(slot).filter(|_| slot != 0) else {
+                return false;
+            };
+            // The generation first (Acquire): a slot changing hands clears
+            // its owner before it takes its new generation (see `insert`),
+            // so a new generation is never read with the old owner.
+            let gen_mask = u32::MAX >> self.slot_bits;
+            e.generation.load(Ordering::Acquire) & gen_mask == idx >> self.slot_bits
+                && e.owner.load(Ordering::Acquire) == key.fingerprint()
         };
         holds(idx, key)
             && match key.route_ref() {
@@ -751,10 +798,13 @@ impl Clients {
             victim
         };
         let e = &self.entries[slot];
-        // A new generation first: tasks still holding the old index charge
-        // nothing from here on.
+        // No owner while the slot changes hands, then a new generation:
+        // tasks still holding the old index charge nothing from here on,
+        // and a remembered resolution that the new generation matches
+        // (one that has wrapped round) finds no owner, or the new one.
+        e.owner.store(0, Relaxed);
         let generation = e.generation.load(Relaxed).wrapping_add(1);
-        e.generation.store(generation, Relaxed);
+        e.generation.store(generation, Ordering::Release);
         e.reset(level_of(&key), now);
         // Resolutions cached with the evicted key fail on the generation,
         // and on this if it has wrapped round. A key that came into a free
@@ -1120,10 +1170,19 @@ mod tests {
         assert_eq!((other.client, other.route), found);
         // Another table's memory is not this one's.
         assert_eq!(a.resolution(t.id + 1), None);
+        // Found from its memory, not the map: admitted with the map
+        // hiding it (which would give it a new entry), then put back.
+        let from_memory = |t: &Clients| {
+            let client = a.without_route();
+            let idx = t.map.write().unwrap().by_key.remove(&client).unwrap();
+            let admitted = t.admit(&a).unwrap();
+            t.map.write().unwrap().by_key.insert(client, idx);
+            admitted
+        };
         // Keys coming into free slots leave it standing...
         t.admit(&ClientKey::id("b")).unwrap();
         assert!(t.owned(found, &a), "a new key in a free slot unseated `a`");
-        assert_eq!(t.admit(&a).unwrap(), first);
+        assert_eq!(from_memory(&t), first, "a new key emptied `a`'s memory");
         // ... and so do evictions of other keys' entries: `b`, the least
         // recently seen, goes to make room for `d`.
         std::thread::sleep(Duration::from_millis(5));
@@ -1136,6 +1195,7 @@ mod tests {
             t.owned(found, &a),
             "an eviction of another key unseated `a`"
         );
+        assert_eq!(from_memory(&t), first, "an eviction emptied `a`'s memory");
         // Once its own entry goes to another key, the memory is not used.
         for who in ["f", "g", "h", "i"] {
             std::thread::sleep(Duration::from_millis(2));
