@@ -139,6 +139,10 @@ struct Entry {
     level: AtomicU8,
     /// Packed index of the client's network entry, or `NO_CLIENT`.
     parent: AtomicU32,
+    /// The owner the network entry had when it was linked: the link is
+    /// followed only while the entry still has it (see
+    /// [`Clients::parent_of`]), however often its generation has wrapped.
+    parent_owner: AtomicU64,
     last_seen_ms: AtomicU64,
     busy_ns: AtomicU64,
     /// CPU time not yet handed to a sharing store.
@@ -173,6 +177,7 @@ impl Entry {
     fn reset(&self, level: Level, now_ms: u64) {
         self.level.store(level_code(level), Relaxed);
         self.parent.store(NO_CLIENT, Relaxed);
+        self.parent_owner.store(0, Relaxed);
         self.last_seen_ms.store(now_ms, Relaxed);
         for a in [
             &self.busy_ns,
@@ -605,7 +610,7 @@ impl Clients {
         if let Some(why) = e.refusal(policy.level(e.level()).as_ref(), now) {
             return Some(Found::Entry(e, why, Level::Client));
         }
-        if let Some(net) = self.entry(e.parent.load(Relaxed)) {
+        if let Some(net) = self.parent_of(e) {
             if let Some(why) = net.refusal(policy.network.as_ref(), now) {
                 return Some(Found::Entry(net, why, Level::Network));
             }
@@ -711,14 +716,18 @@ impl Clients {
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         let net = if want_net {
-            key.network()
-                .map(|n| self.insert(&mut map, n, now, NO_CLIENT))
+            key.network().map(|n| {
+                let owner = n.fingerprint();
+                (self.insert(&mut map, n, now, NO_CLIENT), owner)
+            })
         } else {
             None
         };
-        let idx = self.insert(&mut map, key.without_route(), now, net.unwrap_or(NO_CLIENT));
-        if let Some(net) = net {
+        let keep = net.map_or(NO_CLIENT, |(net, _)| net);
+        let idx = self.insert(&mut map, key.without_route(), now, keep);
+        if let Some((net, owner)) = net {
             if let Some(e) = self.entry(idx) {
+                e.parent_owner.store(owner, Relaxed);
                 e.parent.store(net, Relaxed);
             }
         }
@@ -737,23 +746,37 @@ impl Clients {
     /// 64-bit hash equal to `key`'s under the process's random hash key.
     #[inline]
     fn owned(&self, (idx, route): (u32, u32), key: &ClientKey) -> bool {
-        let holds = |idx: u32, key: &ClientKey| {
-            let slot = (idx & ((1 << self.slot_bits) - 1)) as usize;
-            let Some(e) = self.entries.get(slot).filter(|_| slot != 0) else {
-                return false;
-            };
-            // The generation first (Acquire): a slot changing hands clears
-            // its owner before it takes its new generation (see `insert`),
-            // so a new generation is never read with the old owner.
-            let gen_mask = u32::MAX >> self.slot_bits;
-            e.generation.load(Ordering::Acquire) & gen_mask == idx >> self.slot_bits
-                && e.owner.load(Ordering::Acquire) == key.fingerprint()
-        };
-        holds(idx, key)
+        self.held_by(idx, key.fingerprint()).is_some()
             && match key.route_ref() {
                 None => route == NO_CLIENT,
-                Some(r) => holds(route, r),
+                Some(r) => self.held_by(route, r.fingerprint()).is_some(),
             }
+    }
+
+    /// The entry `idx` names, if its slot still has the generation the
+    /// index has and its owner is `owner` (never 0: no owner, as while the
+    /// slot changes hands, is nobody's).
+    #[inline]
+    fn held_by(&self, idx: u32, owner: u64) -> Option<&Entry> {
+        let slot = (idx & ((1 << self.slot_bits) - 1)) as usize;
+        let e = self.entries.get(slot).filter(|_| slot != 0)?;
+        // The generation first (Acquire): a slot changing hands clears its
+        // owner before it takes its new generation (see `insert`), so a new
+        // generation is never read with the old owner.
+        let gen_mask = u32::MAX >> self.slot_bits;
+        let current = e.generation.load(Ordering::Acquire) & gen_mask == idx >> self.slot_bits;
+        (current && owner != 0 && e.owner.load(Ordering::Acquire) == owner).then_some(e)
+    }
+
+    /// The network entry `e` is linked to, while it is still the network's
+    /// it was linked to: its generation as the link has it, and its owner
+    /// the one it had then.
+    #[inline]
+    fn parent_of(&self, e: &Entry) -> Option<&Entry> {
+        match e.parent.load(Relaxed) {
+            NO_CLIENT => None,
+            net => self.held_by(net, e.parent_owner.load(Relaxed)),
+        }
     }
 
     /// Marks the entries of a key found at `idx` (with its route at `route`)
@@ -764,7 +787,7 @@ impl Clients {
     fn touch(&self, idx: u32, route: u32, want_net: bool, now: u64) -> Option<(u32, u32)> {
         let e = self.entry(idx)?;
         e.seen(now);
-        let linked = self.entry(e.parent.load(Relaxed));
+        let linked = self.parent_of(e);
         if let Some(net) = linked {
             net.seen(now);
         }
@@ -859,7 +882,7 @@ impl Clients {
         if let Some(q) = policy.cpu_quota {
             e.charge_window(ns, now, millis(q.window()));
         }
-        if let Some(net) = self.entry(e.parent.load(Relaxed)) {
+        if let Some(net) = self.parent_of(e) {
             net.busy_ns.fetch_add(ns, Relaxed);
             net.seen(now);
             if self.shares_usage {
@@ -884,7 +907,7 @@ impl Clients {
         let now = self.now_ms();
         let client_key = key.map(ClientKey::without_route);
         let started = self.strike_level(e, client_key.as_ref(), policy.level(Level::Client), now);
-        if let Some(net) = self.entry(e.parent.load(Relaxed)) {
+        if let Some(net) = self.parent_of(e) {
             net.timeouts.fetch_add(1, Relaxed);
             let net_key = key.and_then(ClientKey::network);
             if let Some(c) = self.strike_level(net, net_key.as_ref(), policy.network, now) {
@@ -1208,6 +1231,39 @@ mod tests {
         // Equal keys made apart have memories of their own.
         let fresh = ClientKey::id("a").with_route("/x");
         assert_eq!(fresh.resolution(t.id), None);
+    }
+
+    #[test]
+    fn a_network_link_is_not_followed_once_its_slot_is_another_networks() {
+        let policy = ClientPolicy::new(100, Duration::from_secs(60))
+            .network(LevelPolicy::new(1, Duration::from_secs(60)));
+        let t = Clients::start(16, Some(policy), Arc::new(MemoryStore), usize::MAX);
+        let ip = |s: &str| ClientKey::ip(s.parse().unwrap());
+        let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
+        let idx = t.admit(&a).unwrap().client;
+        t.strike(idx, Some(&a));
+        assert!(
+            matches!(t.admit(&b), Err(Refusal::ClientCoolingOff { .. })),
+            "the /24 cools off"
+        );
+        // The /24's slot goes to another network with the generation the
+        // links hold (as after it has wrapped round), keeping its state.
+        let net = t.entries[(idx & ((1 << t.slot_bits) - 1)) as usize]
+            .parent
+            .load(Relaxed);
+        let other = ClientKey::ip("192.0.2.1".parse().unwrap())
+            .network()
+            .unwrap();
+        {
+            let mut map = t.map.write().unwrap();
+            map.by_key.remove(&a.network().unwrap());
+            map.by_key.insert(other.clone(), net);
+        }
+        let slot = (net & ((1 << t.slot_bits) - 1)) as usize;
+        t.entries[slot].owner.store(other.fingerprint(), Relaxed);
+        // `b`'s link names the other network's entry now: not followed, so
+        // `b` is judged by a /24 entry of its own, which has no strikes.
+        assert!(t.admit(&b).is_ok(), "judged by another network's entry");
     }
 
     #[test]
