@@ -43,7 +43,14 @@ fn assert_timed_out(err: std::io::Error) {
 
 #[test]
 fn normal_files_read_correctly() {
-    let rt = runtime();
+    // A budget far from the point: these reads must succeed, and a loaded
+    // machine can keep the pool's thread from picking a job up for a while.
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(2)
+        .job_budget(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let dir = temp_dir("fs-normal");
     // Several chunks and a ragged end.
     let data: Vec<u8> = (0..(3 * 65536 + 123))
@@ -158,14 +165,21 @@ fn a_huge_sparse_file_times_out_without_reserving_its_size() {
             .expect("the TimeoutError inside");
         assert_eq!(t.budget(), budget);
     };
+    // A limit below the file's size is refused before anything is read. On
+    // a runtime of its own with a roomy budget: the refusal is still a job,
+    // and a loaded machine can keep the pool's thread from picking it up
+    // within 20 ms (a queue timeout instead of the refusal).
+    let roomy = curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(1)
+        .job_budget(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let err = roomy
+        .block_on(curfew::fs::read_limited(&path, 1 << 20))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FileTooLarge, "{err}");
     rt.block_on(async {
-        // A limit below the file's size is refused before anything is read.
-        // First, while the pool's one thread is free: after a timed-out
-        // read, the job waits for that thread to leave through its
-        // checkpoint, which on a loaded machine can take longer than the
-        // 20 ms budget (a queue timeout instead of the refusal).
-        let err = curfew::fs::read_limited(&path, 1 << 20).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::FileTooLarge, "{err}");
         timed_out(curfew::fs::read(&path).await.unwrap_err());
         // A limit above the file's size does not make its size trusted.
         timed_out(

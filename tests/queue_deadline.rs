@@ -270,7 +270,11 @@ fn a_jobs_budget_includes_its_wait_in_the_queue() {
     );
     // The first job holds the only thread for most of the budget; the
     // second waits, then runs for most of the budget: together past it.
-    let first = rt.spawn_blocking(move || std::thread::sleep(budget * 3 / 5));
+    // The first has a budget of its own far from the point, so that a
+    // loaded machine's late start cannot time it out.
+    let first = curfew::task::Builder::new()
+        .job_budget(Duration::from_secs(30))
+        .spawn_blocking_on(&rt.handle(), move || std::thread::sleep(budget * 3 / 5));
     let spawned = Instant::now();
     let second = rt.spawn_blocking(move || std::thread::sleep(budget * 4 / 5));
     assert!(rt.block_on(first).is_ok());
@@ -279,7 +283,7 @@ fn a_jobs_budget_includes_its_wait_in_the_queue() {
     assert!(err.is_timeout(), "{err:?}");
     let t = err.timeout().unwrap();
     assert!(t.elapsed() >= budget, "{t}");
-    assert!(took >= budget && took < budget * 3, "{took:?}");
+    assert!(took >= budget && took < Duration::from_secs(5), "{took:?}");
     drop(std::mem::ManuallyDrop::into_inner(rt));
 }
 

@@ -44,9 +44,10 @@ impl fmt::Display for Location {
 ///     .name("spin")
 ///     .client("203.0.113.7")
 ///     .spawn_on(&rt.handle(), async {
-///         // Never yields: only the watchdog can answer for it.
+///         // Never yields: only the watchdog can answer for it. It stops
+///         // once answered (or after 10 s).
 ///         let start = std::time::Instant::now();
-///         while start.elapsed() < Duration::from_millis(300) {
+///         while curfew::checkpoint().is_ok() && start.elapsed() < Duration::from_secs(10) {
 ///             std::hint::spin_loop();
 ///         }
 ///     });

@@ -20,7 +20,7 @@
 //!
 //! let rt = curfew::Runtime::builder()
 //!     .event_threads(1)
-//!     .job_budget(Duration::from_millis(50))
+//!     .job_budget(Duration::from_millis(500))
 //!     .build()?;
 //! let dir = std::env::temp_dir().join(format!("curfew-fs-doc-{}", std::process::id()));
 //! std::fs::create_dir_all(&dir)?;
@@ -28,7 +28,8 @@
 //!
 //! rt.block_on(async {
 //!     assert_eq!(curfew::fs::read(dir.join("hello.txt")).await.unwrap(), b"hello");
-//!     // An endless file: answered with a timeout at the job budget.
+//!     // An endless file: refused once past the limit, or answered with a
+//!     // timeout at the job budget, whichever comes first.
 //!     # #[cfg(target_os = "linux")] {
 //!     let err = curfew::fs::read_limited("/dev/zero", 64 << 20).await.unwrap_err();
 //!     assert!(matches!(

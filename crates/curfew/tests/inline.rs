@@ -26,6 +26,12 @@ impl Count {
     }
 }
 
+/// How long a poll answered by the watchdog may take to give its thread
+/// back. A loaded machine can keep the thread off its core for longer than
+/// the default 5 ms after the answer; written off, the thread would take
+/// the enclosing task with it.
+const GRACE: Duration = Duration::from_secs(5);
+
 /// Spins until the watchdog answers the current poll (as a handler with
 /// checkpoints does), or for 5 s at most.
 fn spin_until_answered() {
@@ -74,6 +80,7 @@ fn an_inline_future_gives_its_output_and_its_hook_is_never_called() {
 fn an_overrunning_inline_poll_is_answered_and_its_task_goes_on() {
     let rt = curfew::Runtime::builder()
         .event_threads(1)
+        .hijack_grace(GRACE)
         .poll_budget(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -142,6 +149,7 @@ fn the_enclosing_task_keeps_its_own_budget_around_a_scope() {
 fn a_client_cooling_off_is_refused_before_its_future_is_polled() {
     let rt = curfew::Runtime::builder()
         .event_threads(1)
+        .hijack_grace(GRACE)
         .client_policy(ClientPolicy::new(1, Duration::from_secs(60)))
         .build()
         .unwrap();
@@ -176,6 +184,7 @@ fn a_client_cooling_off_is_refused_before_its_future_is_polled() {
 fn inline_with_makes_its_future_only_once_admitted() {
     let rt = curfew::Runtime::builder()
         .event_threads(1)
+        .hijack_grace(GRACE)
         .client_policy(ClientPolicy::new(1, Duration::from_secs(60)))
         .build()
         .unwrap();
@@ -233,6 +242,7 @@ fn a_panic_inside_a_scope_is_caught() {
 fn nested_scopes_hand_the_slot_back_in_order() {
     let rt = curfew::Runtime::builder()
         .event_threads(1)
+        .hijack_grace(GRACE)
         .poll_budget(Duration::from_secs(10))
         .build()
         .unwrap();

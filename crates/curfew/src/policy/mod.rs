@@ -38,8 +38,9 @@
 //!     .client_policy(ClientPolicy::new(1, Duration::from_secs(60)))
 //!     .build()?;
 //! let spin = || async {
+//!     // Never yields; stops once answered (or after 10 s).
 //!     let t = std::time::Instant::now();
-//!     while t.elapsed() < Duration::from_millis(200) {}
+//!     while curfew::checkpoint().is_ok() && t.elapsed() < Duration::from_secs(10) {}
 //! };
 //! let first = curfew::task::Builder::new().client("mallory").spawn_on(&rt.handle(), spin());
 //! assert!(rt.block_on(first).unwrap_err().is_timeout());
