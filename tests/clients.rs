@@ -116,15 +116,19 @@ fn clients_beyond_the_tracking_capacity_evict_idle_ones() {
 /// the first spawn after the idle spell does not judge by a stale tick.
 #[test]
 fn a_cool_off_that_ran_out_while_the_runtime_was_idle_admits_again() {
+    // The cool-off is long enough that a loaded machine's stall cannot end
+    // it before the refusal is checked; the runtime's budget is far from
+    // the point, the spin's own is short.
     let rt = curfew::Runtime::builder()
         .event_threads(1)
-        .poll_budget(Duration::from_millis(10))
-        .client_policy(ClientPolicy::new(1, Duration::from_millis(200)))
+        .poll_budget(Duration::from_secs(30))
+        .client_policy(ClientPolicy::new(1, Duration::from_secs(1)))
         .build()
         .unwrap();
     let h = rt.handle();
     let spin = curfew::task::Builder::new()
         .client("mallory")
+        .poll_budget(Duration::from_millis(10))
         .spawn_on(&h, async {
             curfew_suite::spin_until_timed_out(Duration::from_secs(20))
         });
@@ -134,7 +138,7 @@ fn a_cool_off_that_ran_out_while_the_runtime_was_idle_admits_again() {
         .spawn_on(&h, async {});
     assert!(rt.block_on(refused).unwrap_err().is_refused());
     // Idle, from this thread's side: nothing runs, and the watchdog parks.
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(1500));
     assert!(h.cooling_off(&curfew::ClientKey::id("mallory")).is_none());
     let again = curfew::task::Builder::new()
         .client("mallory")

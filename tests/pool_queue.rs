@@ -9,6 +9,9 @@ fn jobs_past_the_queue_bound_are_refused() {
         .event_threads(1)
         .blocking_threads(1)
         .max_blocking_queue(4)
+        // Far from the point: the jobs wait in the queue, their budgets
+        // counting, while the test fills it and checks the refusal.
+        .job_budget(Duration::from_secs(30))
         .build()
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<()>();

@@ -55,7 +55,7 @@
 //! let rt = curfew::Runtime::builder()
 //!     .event_threads(1)
 //!     .blocking_threads(2)
-//!     .job_budget(Duration::from_millis(250))
+//!     .job_budget(Duration::from_secs(1))
 //!     .build()?;
 //! // Owned data in, owned data out.
 //! let input: Vec<u64> = (0..100_000).collect();
@@ -63,7 +63,7 @@
 //! assert_eq!(sum, 4_999_950_000);
 //!
 //! // A job stuck past its budget is answered with a timeout, on time.
-//! let stuck = rt.spawn_blocking(|| std::thread::sleep(Duration::from_secs(2)));
+//! let stuck = rt.spawn_blocking(|| std::thread::sleep(Duration::from_secs(5)));
 //! assert!(rt.block_on(stuck).unwrap_err().is_timeout());
 //! # rt.shutdown_timeout(Duration::from_millis(10));
 //! # Ok(()) }
