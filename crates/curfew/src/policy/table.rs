@@ -489,7 +489,10 @@ impl Clients {
     }
 
     /// The entry a packed index names, if the index is still current (its
-    /// slot has not been given to another key since).
+    /// slot has not been given to another key since). The generation is
+    /// read with Acquire: a slot changing hands clears its owner before it
+    /// takes its new generation (see `insert`), so a caller that reads the
+    /// owner after this never sees a new generation with the old owner.
     #[inline]
     fn entry(&self, idx: u32) -> Option<&Entry> {
         let slot = (idx & ((1 << self.slot_bits) - 1)) as usize;
@@ -498,7 +501,7 @@ impl Clients {
         }
         let e = self.entries.get(slot)?;
         let gen_mask = u32::MAX >> self.slot_bits;
-        (e.generation.load(Relaxed) & gen_mask == idx >> self.slot_bits).then_some(e)
+        (e.generation.load(Ordering::Acquire) & gen_mask == idx >> self.slot_bits).then_some(e)
     }
 
     /// Spawn path: finds or assigns `key`'s entry (and its network's where
@@ -568,19 +571,17 @@ impl Clients {
     /// tasks stuck past their budget.
     #[inline]
     fn route_overdue(&self, route: u32, key: &ClientKey, count: bool) -> Option<Refusal> {
+        let found = self.overdue(route)?;
+        self.refusal(found, key, count)
+    }
+
+    /// The route at `route`, if it has as many tasks stuck past their
+    /// budget as it may. Builds nothing.
+    #[inline]
+    fn overdue(&self, route: u32) -> Option<Found<'_>> {
         let e = self.entry(route)?;
         let overdue = e.overdue.load(Relaxed);
-        if overdue < self.route_limit {
-            return None;
-        }
-        if count {
-            e.refused.fetch_add(1, Relaxed);
-        }
-        Some(Refusal::RouteOverdue {
-            route: key.route_key()?,
-            overdue,
-            limit: self.route_limit,
-        })
+        (overdue >= self.route_limit).then_some(Found::Overdue(e, overdue))
     }
 
     fn check(
@@ -599,11 +600,8 @@ impl Clients {
     /// if anything: the route's stuck tasks, else the client's, its
     /// network's or its route's cool-off or quota. Builds nothing.
     fn find_refusal(&self, idx: u32, route: u32, now: u64) -> Option<Found<'_>> {
-        if let Some(e) = self.entry(route) {
-            let overdue = e.overdue.load(Relaxed);
-            if overdue >= self.route_limit {
-                return Some(Found::Overdue(e, overdue));
-            }
+        if let Some(found) = self.overdue(route) {
+            return Some(found);
         }
         let policy = self.policy.as_ref()?;
         let e = self.entry(idx)?;
@@ -758,14 +756,8 @@ impl Clients {
     /// slot changes hands, is nobody's).
     #[inline]
     fn held_by(&self, idx: u32, owner: u64) -> Option<&Entry> {
-        let slot = (idx & ((1 << self.slot_bits) - 1)) as usize;
-        let e = self.entries.get(slot).filter(|_| slot != 0)?;
-        // The generation first (Acquire): a slot changing hands clears its
-        // owner before it takes its new generation (see `insert`), so a new
-        // generation is never read with the old owner.
-        let gen_mask = u32::MAX >> self.slot_bits;
-        let current = e.generation.load(Ordering::Acquire) & gen_mask == idx >> self.slot_bits;
-        (current && owner != 0 && e.owner.load(Ordering::Acquire) == owner).then_some(e)
+        self.entry(idx)
+            .filter(|e| owner != 0 && e.owner.load(Ordering::Acquire) == owner)
     }
 
     /// The network entry `e` is linked to, while it is still the network's
