@@ -17,8 +17,7 @@
 //!   no route box of axum's per request, and the URI's path as the route;
 //! * `tokio-timeout`: `axum::serve` on tokio with tower-http's
 //!   `TimeoutLayer` in the router (`Router::layer`), the stack that
-//!   `CurfewLayer` replaces, and what any layer in the router costs on
-//!   tokio (one more boxed `Route` per route, run per request);
+//!   `CurfewLayer` replaces;
 //! * `tokio-identity`: `axum::serve` on tokio with a layer that adds
 //!   nothing (`layer_fn(|s| s)`) in the router: what `Router::layer` alone
 //!   costs a request.

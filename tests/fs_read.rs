@@ -17,6 +17,18 @@ fn runtime() -> curfew::Runtime {
         .unwrap()
 }
 
+/// A runtime whose job budget is far from the point, for reads (and
+/// refusals, which are jobs too) that must succeed: a loaded machine can
+/// keep the pool's thread from picking a job up for a while.
+fn roomy_runtime() -> curfew::Runtime {
+    curfew::Runtime::builder()
+        .event_threads(1)
+        .blocking_threads(2)
+        .job_budget(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("curfew-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -43,14 +55,7 @@ fn assert_timed_out(err: std::io::Error) {
 
 #[test]
 fn normal_files_read_correctly() {
-    // A budget far from the point: these reads must succeed, and a loaded
-    // machine can keep the pool's thread from picking a job up for a while.
-    let rt = curfew::Runtime::builder()
-        .event_threads(1)
-        .blocking_threads(2)
-        .job_budget(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let rt = roomy_runtime();
     let dir = temp_dir("fs-normal");
     // Several chunks and a ragged end.
     let data: Vec<u8> = (0..(3 * 65536 + 123))
@@ -166,16 +171,9 @@ fn a_huge_sparse_file_times_out_without_reserving_its_size() {
         assert_eq!(t.budget(), budget);
     };
     // A limit below the file's size is refused before anything is read. On
-    // a runtime of its own with a roomy budget: the refusal is still a job,
-    // and a loaded machine can keep the pool's thread from picking it up
-    // within 20 ms (a queue timeout instead of the refusal).
-    let roomy = curfew::Runtime::builder()
-        .event_threads(1)
-        .blocking_threads(1)
-        .job_budget(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let err = roomy
+    // a roomy runtime: the refusal is still a job, and within 20 ms it could
+    // meet a queue timeout instead.
+    let err = roomy_runtime()
         .block_on(curfew::fs::read_limited(&path, 1 << 20))
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FileTooLarge, "{err}");
