@@ -182,7 +182,7 @@ struct Config {
 /// [`handle`](Self::handle), else on the curfew runtime the request is
 /// served on (in place in the connection's task for HTTP/1 under
 /// [`serve`](crate::serve), a local spawn on the same event thread for
-/// HTTP/2 there; see the [module docs](self)), else on curfew's default
+/// HTTP/2 there; see the [crate docs](crate)), else on curfew's default
 /// runtime, polled with the caller's tokio runtime entered.
 pub struct CurfewLayer<K = PeerIp> {
     config: Config,
@@ -306,7 +306,7 @@ impl<S, K: Clone> Layer<S> for CurfewLayer<K> {
 ///
 /// Its `call` calls the inner service's `call` on the caller's task and
 /// runs the future that returns under the watchdog (in place, or as a
-/// curfew task: see the [module docs](self)): that future is where
+/// curfew task: see the [crate docs](crate)): that future is where
 /// a tower service does its work (axum's handlers, extractors and
 /// `from_fn` middleware all run in it), and taking it so costs no clone of
 /// the inner service per request. Under [`serve`](crate::serve) the

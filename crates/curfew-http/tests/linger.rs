@@ -13,20 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use common::{TestServer, connect_from, get_from, read_reply};
+use common::{TestServer, connect_from, get_from, read_reply, runtime};
 use curfew::policy::ClientPolicy;
 
 const MIB: usize = 1 << 20;
 /// The size of one write of body bytes.
 const CHUNK: usize = 64 << 10;
-
-/// The tests' runtime with a poll budget of 1 s instead of 50 ms: a server
-/// thread that the loaded test machine preempts in the middle of a poll
-/// must not be written off (and its connection dropped) by the watchdog.
-/// The spinning handler still overruns it.
-fn runtime() -> curfew::Builder {
-    common::runtime().poll_budget(Duration::from_secs(1))
-}
 
 /// Sends the head of a `POST /upload` declaring `len` bytes of body.
 fn send_upload_head(s: &mut TcpStream, len: usize) -> std::io::Result<()> {

@@ -26,10 +26,10 @@ fn hello_answers_through_fifty_infinite_loops() {
         Router::new()
             .route("/hello", get(|| async { "hello" }))
             .route("/loop", spinning(stop.clone(), Duration::from_secs(20)))
-            .layer(CurfewLayer::new())
+            .layer(CurfewLayer::new().poll_budget(common::SPIN_BUDGET))
     };
-    // The runtime's defaults but for 2 event threads and a 50 ms budget:
-    // the cap on hijacked threads is 8, the route's limit 4.
+    // The runtime's defaults but for 2 event threads, and a 50 ms budget
+    // on the layer: the cap on hijacked threads is 8, the route's limit 4.
     let server = TestServer::start(runtime(), app, |s| s);
     let addr = server.addr;
     let started = Instant::now();

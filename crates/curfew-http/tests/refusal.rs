@@ -70,7 +70,7 @@ fn a_strike_lands_on_the_address_an_earlier_layer_gave_the_request() {
                 a.ip().to_string()
             }),
         )
-        .layer(curfew_http::CurfewLayer::new())
+        .layer(curfew_http::CurfewLayer::new().poll_budget(common::SPIN_BUDGET))
         // Outside the layer, so it runs first: `/spin` comes from elsewhere.
         .layer(axum::middleware::map_request(
             |mut req: axum::extract::Request| async move {
@@ -114,7 +114,7 @@ fn a_refused_request_never_reaches_the_service_inside_the_layer() {
         }
     });
     let app = tower::ServiceBuilder::new()
-        .layer(curfew_http::CurfewLayer::new())
+        .layer(curfew_http::CurfewLayer::new().poll_budget(common::SPIN_BUDGET))
         .service(CountCalls(handler, inner_calls.clone()));
     let rt = runtime().client_policy(ClientPolicy::new(1, Duration::from_secs(60)));
     let server = TestServer::start(rt, app, |s| s);

@@ -11,33 +11,49 @@ use curfew_http::CurfewLayer;
 
 #[test]
 fn in_flight_requests_finish_during_graceful_shutdown() {
-    let app = Router::new()
-        .route(
-            "/slow",
-            get(|| async {
-                tokio::time::sleep(Duration::from_millis(600)).await;
-                "finished"
-            }),
-        )
-        .layer(CurfewLayer::new());
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // The handler says when it has started, and when it is about to
+    // answer: the test asks for the shutdown once the request is in
+    // flight, and checks that the shutdown waited for it, by these flags
+    // rather than by the clock. (A shutdown that did not wait ends well
+    // within the handler's 500 ms.)
+    let (started_tx, started) = std::sync::mpsc::sync_channel::<()>(1);
+    let finished = Arc::new(AtomicBool::new(false));
+    let app = {
+        let finished = finished.clone();
+        Router::new()
+            .route(
+                "/slow",
+                get(move || async move {
+                    let _ = started_tx.try_send(());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    finished.store(true, Ordering::SeqCst);
+                    "finished"
+                }),
+            )
+            .layer(CurfewLayer::new())
+    };
     let mut server = TestServer::start(runtime(), app, |s| s);
     let addr = server.addr;
     let slow = std::thread::spawn(move || get_from([127, 0, 0, 1], addr, "/slow"));
-    std::thread::sleep(Duration::from_millis(150));
-    let t = Instant::now();
+    started
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the request reached its handler");
     assert!(
         server.shutdown(Duration::from_secs(10)),
         "shutdown finished"
+    );
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "the shutdown finished before the request in flight"
     );
     let r = slow
         .join()
         .unwrap()
         .expect("the in-flight request was answered");
     assert_eq!((r.status, r.body.as_str()), (200, "finished"));
-    assert!(
-        t.elapsed() >= Duration::from_millis(200),
-        "it waited for the request"
-    );
     // Stopped: no more connections.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }

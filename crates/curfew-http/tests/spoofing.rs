@@ -19,7 +19,11 @@ fn app(stop: Arc<AtomicBool>, proxies: TrustedProxies) -> Router {
     Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route("/spin", spinning(stop.clone(), Duration::from_secs(3)))
-        .layer(CurfewLayer::new().key_extractor(proxies))
+        .layer(
+            CurfewLayer::new()
+                .poll_budget(common::SPIN_BUDGET)
+                .key_extractor(proxies),
+        )
 }
 
 fn spin_from(local: [u8; 4], addr: std::net::SocketAddr, xff: &str) -> u16 {

@@ -16,7 +16,7 @@ fn app(stop: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route("/spin", spinning(stop.clone(), Duration::from_secs(3)))
-        .layer(CurfewLayer::new().poll_budget(Duration::from_millis(50)))
+        .layer(CurfewLayer::new().poll_budget(common::SPIN_BUDGET))
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn a_timeout_never_cuts_into_an_unflushed_response() {
             "/spin",
             common::spinning(stop.clone(), Duration::from_secs(3)),
         )
-        .layer(CurfewLayer::new().poll_budget(Duration::from_millis(50)));
+        .layer(CurfewLayer::new().poll_budget(common::SPIN_BUDGET));
     let server = TestServer::start(runtime(), app, |s| s);
     let mut s = common::connect_from([127, 0, 0, 1], server.addr);
     s.write_all(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\nGET /spin HTTP/1.1\r\nhost: t\r\n\r\n")

@@ -1,4 +1,4 @@
-//! A client policy for [curfew](curfew) that holds across instances, on
+//! A client policy for [curfew] that holds across instances, on
 //! Redis.
 //!
 //! A service runs on several instances (and the supervisor's worker

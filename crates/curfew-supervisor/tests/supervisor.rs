@@ -242,13 +242,14 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 /// Starts a request that sleeps `ms` in its handler, on a thread of its
-/// own, and gives it 300 ms to reach a worker.
-fn slow_request(
-    addr: SocketAddr,
-    ms: u64,
-) -> std::thread::JoinHandle<std::io::Result<(u16, String)>> {
+/// own, and returns once a worker has logged its start (the handler is
+/// running).
+fn slow_request(sup: &Sup, ms: u64) -> std::thread::JoinHandle<std::io::Result<(u16, String)>> {
+    const STARTED: &str = "slow request started";
+    let before = sup.stderr().matches(STARTED).count();
+    let addr = sup.addr;
     let slow = std::thread::spawn(move || get(addr, &format!("/sleep?ms={ms}")));
-    std::thread::sleep(Duration::from_millis(300));
+    sup.wait_for(|s| (s.stderr().matches(STARTED).count() > before).then_some(()));
     slow
 }
 
@@ -440,7 +441,7 @@ fn clients_see_no_error_during_a_recycle() {
         })
     };
     // A slow benign request in flight in the worker about to be poisoned.
-    let slow = slow_request(sup.addr, 1500);
+    let slow = slow_request(&sup, 1500);
     let before = ok.load(Ordering::Relaxed);
     let (status, _) = get(sup.addr, "/spin").unwrap();
     assert_eq!(status, 503);
@@ -477,7 +478,7 @@ fn sigterm_drains_the_workers_and_exits() {
     let mut sup = Sup::start(&[]);
     let workers = sup.workers();
     assert_eq!(workers.len(), 2, "one worker and one warm spare");
-    let slow = slow_request(sup.addr, 1000);
+    let slow = slow_request(&sup, 1000);
     sup.signal(libc::SIGTERM);
     let (status, body) = slow
         .join()
@@ -683,7 +684,7 @@ fn a_draining_worker_is_killed_at_the_drain_deadline() {
     let mut sup = Sup::start(&["--drain-deadline-ms", "500"]);
     let first = sup.serving_pid();
     // Longer than the drain deadline: lost with the worker, and counted.
-    let slow = slow_request(sup.addr, 20000);
+    let slow = slow_request(&sup, 20000);
     assert_eq!(get(sup.addr, "/spin").unwrap().0, 503);
     sup.wait_for(|s| (!s.workers().contains(&first)).then_some(()));
     assert!(
@@ -741,7 +742,7 @@ fn a_worker_waiting_for_the_drain_cap_is_replaced_once() {
     let ready = |s: &Sup, n: usize| (s.stderr().matches("worker ready").count() >= n).then_some(());
     let first = sup.serving_pid();
     // Keeps the first worker draining for a while once it is recycled.
-    let slow = slow_request(sup.addr, 3000);
+    let slow = slow_request(&sup, 3000);
     assert_eq!(get(sup.addr, "/spin").unwrap().0, 503);
     let second = sup.wait_for(|s| Some(s.serving_pid()).filter(|&p| p != first));
     // A new spare is ready: the first worker, the second, and it.
@@ -781,7 +782,7 @@ fn a_drain_that_does_not_end_does_not_hold_back_the_next_recycle() {
     let mut sup = Sup::start(&["--drain-deadline-ms", "20000"]);
     let first = sup.serving_pid();
     // Keeps the first worker draining through the rest of the test.
-    let slow = slow_request(sup.addr, 8000);
+    let slow = slow_request(&sup, 8000);
     assert_eq!(get(sup.addr, "/spin").unwrap().0, 503);
     let second = sup.wait_for(|s| Some(s.serving_pid()).filter(|&p| p != first));
     assert_eq!(get(sup.addr, "/spin").unwrap().0, 503);

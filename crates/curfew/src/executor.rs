@@ -338,6 +338,9 @@ pub(crate) struct Group {
     /// thread holds a place under the hijack cap, counted in
     /// `hijacked_now`, until it exits.
     pub(crate) handed_off_total: AtomicU64,
+    /// Threads moved to `SCHED_IDLE` by the watchdog (at a timeout, a
+    /// hand-off to the idle class or a hijack).
+    pub(crate) demoted_total: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     /// Of `timeouts`, tasks answered while still queued (queue timeouts).
     pub(crate) queue_timeouts: AtomicU64,
@@ -369,6 +372,7 @@ impl Group {
             hijacked_total: AtomicU64::new(0),
             deferred_total: AtomicU64::new(0),
             handed_off_total: AtomicU64::new(0),
+            demoted_total: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             queue_timeouts: AtomicU64::new(0),
             spawned: AtomicU64::new(0),

@@ -47,6 +47,15 @@ pub struct GroupMetrics {
     pub handed_off_threads: usize,
     /// Long polls handed off since start.
     pub handed_off_total: u64,
+    /// Times since start that the watchdog moved a thread to the idle
+    /// scheduling class: an overrunning poll at its timeout
+    /// ([`Builder::demote_overrunning_polls`](crate::runtime::Builder::demote_overrunning_polls)),
+    /// a handed-off one
+    /// ([`Builder::hand_off_to_idle_class`](crate::runtime::Builder::hand_off_to_idle_class))
+    /// or a hijacked thread
+    /// ([`Builder::demote_hijacked_threads`](crate::runtime::Builder::demote_hijacked_threads)).
+    /// Only demotions the kernel accepted count.
+    pub demoted_total: u64,
     /// Tasks (or jobs) spawned.
     pub spawned: u64,
     /// Tasks that ran to completion (whether or not anyone awaited them).
@@ -88,6 +97,7 @@ impl GroupMetrics {
             hijacked_threads: hijacked_now.saturating_sub(handed_off_threads),
             handed_off_threads,
             handed_off_total: g.handed_off_total.load(Ordering::Relaxed),
+            demoted_total: g.demoted_total.load(Ordering::Relaxed),
             hijacked_total: g.hijacked_total.load(Ordering::Relaxed),
             overdue_threads,
             deferred_total: g.deferred_total.load(Ordering::Relaxed),

@@ -187,6 +187,14 @@ fn cannot_start(group: &Group, e: &std::io::Error) {
     );
 }
 
+/// Moves thread `tid` of `group` to the idle scheduling class, and counts
+/// it if the kernel agreed.
+fn demote(group: &Group, tid: i64) {
+    if crate::sys::demote(tid) {
+        group.demoted_total.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 fn group_index(gid: GroupId) -> usize {
     match gid {
         GroupId::Event => 0,
@@ -630,7 +638,7 @@ impl Watchdog {
             // marked, so that the restores before any later thread start,
             // at the timeout and at the poll's return all apply to it.
             if self.shared.config.hand_off_idle && !slot.demoted.swap(true, Ordering::Relaxed) {
-                crate::sys::demote(tid);
+                demote(group, tid);
             }
         }
     }
@@ -654,7 +662,7 @@ impl Watchdog {
             // Before the caller is woken: a caller (or a replacement thread)
             // woken onto this core then preempts the spinning poll at once,
             // instead of waiting up to a scheduler tick for it.
-            crate::sys::demote(slot.os_tid.load(Ordering::Relaxed));
+            demote(group, slot.os_tid.load(Ordering::Relaxed));
         }
         let answered = header.time_out(elapsed);
         // The poll counts against its route until it returns (even the
@@ -760,7 +768,7 @@ impl Watchdog {
         if self.shared.config.demote_hijacked {
             if !slot.demoted.swap(true, Ordering::Relaxed) {
                 // It may spin for a long time yet: let it have only spare CPU.
-                crate::sys::demote(slot.os_tid.load(Ordering::Relaxed));
+                demote(group, slot.os_tid.load(Ordering::Relaxed));
             }
         } else {
             // Demoted at the timeout (a grace shorter than the interval),

@@ -11,7 +11,8 @@
 //! Routes: `GET /hello`; `GET /pid` (the worker's process id); `GET /spin`
 //! (a loop that never ends and never reaches a checkpoint: answered 503 at
 //! the poll budget, and its thread spins on until the worker is recycled);
-//! `GET /sleep?ms=N` (a slow benign request); `GET /alloc?mb=N` (keeps N MiB
+//! `GET /sleep?ms=N` (a slow benign request, logged at debug level when
+//! it starts); `GET /alloc?mb=N` (keeps N MiB
 //! for good); `GET /zero` (reads /dev/zero into memory on the worker pool, up
 //! to 2 GiB); `GET /exit` (the worker exits with status 3).
 //!
@@ -188,6 +189,7 @@ async fn route(req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/pid" => text(StatusCode::OK, format!("{}\n", std::process::id())),
         "/sleep" => {
             let ms = query_num(&req, "ms").unwrap_or(100).min(60_000);
+            tracing::debug!(target: "curfew_supervisor::demo", ms, "slow request started");
             tokio::time::sleep(Duration::from_millis(ms)).await;
             text(StatusCode::OK, format!("slept {ms} ms\n"))
         }

@@ -123,8 +123,9 @@ impl PartialEq for ClientKey {
 
 impl Eq for ClientKey {}
 
-/// Hashes the key's [fingerprint](ClientKey::fingerprint): the namespace
-/// and the text, hashed once per key under the process's random hash key.
+/// Hashes the key's fingerprint: its namespace and text, hashed once per
+/// key object under the process's random hash key (so hash values differ
+/// between processes).
 impl std::hash::Hash for ClientKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         state.write_u64(self.fingerprint());
