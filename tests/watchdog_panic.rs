@@ -1,6 +1,8 @@
-//! A panic on the watchdog thread never wedges the runtime. Here a tracing
-//! subscriber panics on the watchdog's first timeout event: later overruns
-//! are still answered and the runtime still drops in bounded time.
+//! A tracing subscriber that panics never wedges the runtime. Here it
+//! panics on the watchdog's first timeout event (emitted, as all of the
+//! watchdog's events, by curfew's log thread): later overruns are still
+//! answered and the runtime still drops in bounded time. (A panic inside
+//! the watchdog's own tick is caught there too.)
 //!
 //! This file holds one test on purpose: it installs a global subscriber.
 

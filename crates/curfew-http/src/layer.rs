@@ -544,17 +544,25 @@ struct Answer {
 
 impl curfew::task::OnTimeout for Answer {
     fn on_timeout(&self, error: &curfew::TimeoutError) {
-        let error = JoinError::from(error.clone());
-        let failure = Failure::from_join(&error, &self.info);
-        let response = self.info.config.respond(&failure);
+        let join = JoinError::from(error.clone());
+        let response = self
+            .info
+            .config
+            .build(&Failure::from_join(&join, &self.info));
         let answered = self.line.answer(response);
-        if answered != crate::line::Answered::Written {
-            tracing::debug!(
-                route = &*self.info.route,
-                ?answered,
-                "a timed-out handler's connection could not be answered; shut down"
-            );
-        }
+        // This runs on the watchdog's thread, which must not wait on a log
+        // sink: the events go to curfew's log thread.
+        let (info, error) = (self.info.clone(), error.clone());
+        curfew::task::defer_log(move || {
+            Failure::from_join(&JoinError::from(error), &info).record();
+            if answered != crate::line::Answered::Written {
+                tracing::debug!(
+                    route = &*info.route,
+                    ?answered,
+                    "a timed-out handler's connection could not be answered; shut down"
+                );
+            }
+        });
     }
 }
 
@@ -569,6 +577,7 @@ fn route_of<B>(req: &Request<B>) -> &str {
 
 /// What the layer remembers about a request while its handler runs, to
 /// describe a failure.
+#[derive(Clone)]
 struct Info {
     route: Arc<str>,
     client: Option<ClientKey>,
@@ -576,8 +585,14 @@ struct Info {
 }
 
 impl Config {
+    /// Records `failure` and builds its response.
     fn respond(&self, failure: &Failure<'_>) -> Response<Full<Bytes>> {
         failure.record();
+        self.build(failure)
+    }
+
+    /// Builds `failure`'s response, with the user's builder if there is one.
+    fn build(&self, failure: &Failure<'_>) -> Response<Full<Bytes>> {
         match &self.respond {
             Some(f) => f(failure),
             None => failure.default_response(),

@@ -181,6 +181,7 @@
 )]
 
 mod context;
+mod deferred;
 mod driver;
 mod enter;
 pub mod error;

@@ -992,9 +992,28 @@ pub trait OnTimeout: Send + Sync + 'static {
     /// the error response, wake whoever waits). The poll may also return in
     /// the meantime; it then waits for this call to finish, and the
     /// [`Inline`] future resolves to the same timeout. Keep it short and
-    /// non-blocking: the watchdog watches no other thread while it runs. A
-    /// panic is caught and logged.
+    /// non-blocking: the watchdog watches no other thread while it runs.
+    /// Log through [`defer_log`], not with a `tracing` event here: a
+    /// subscriber's writer may block. A panic is caught and logged.
     fn on_timeout(&self, error: &TimeoutError);
+}
+
+/// Runs `f` on curfew's log thread, after what was queued before it, and
+/// returns at once. The watchdog logs this way, and so should anything
+/// that runs on its thread (an [`OnTimeout`] hook): a `tracing` event is
+/// written by the subscriber on the thread that emits it, and a writer
+/// that blocks (a full pipe to a stalled log shipper, a paused terminal)
+/// would stop every timeout in the process meanwhile.
+///
+/// The queue holds 4,096 calls; past that `f` is dropped, and the log
+/// thread reports how many were once it has caught up. A panic in `f` is
+/// caught.
+///
+/// ```
+/// curfew::task::defer_log(|| tracing::warn!("said from the log thread"));
+/// ```
+pub fn defer_log(f: impl FnOnce() + Send + 'static) {
+    crate::deferred::defer(f);
 }
 
 /// The parts of an [`Inline`] the watchdog reaches: the header, whose

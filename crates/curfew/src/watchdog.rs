@@ -81,6 +81,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::deferred::defer;
 use crate::executor::{self, Group, GroupId, Runnable, Slot};
 use crate::runtime::Shared;
 use crate::slot::{self, EXPIRED, HIJACKED, IDLE, RUNNING, SLEEPING, UNLIMITED};
@@ -107,12 +108,17 @@ pub(crate) fn start(shared: Arc<Shared>) -> io::Result<std::thread::JoinHandle<(
                 // Its sleeps end on time: an overrun is answered when it is
                 // due (see `Watchdog::sleep`), not one timer slack later.
                 let precise = crate::sys::precise_timers();
-                tracing::debug!(
-                    target: "curfew",
-                    short_slice = short,
-                    precise_timers = precise,
-                    "watchdog started"
-                );
+                // Every event of this thread goes through the log thread:
+                // a subscriber that blocks must not stop the timeouts (see
+                // `crate::deferred`).
+                defer(move || {
+                    tracing::debug!(
+                        target: "curfew",
+                        short_slice = short,
+                        precise_timers = precise,
+                        "watchdog started"
+                    );
+                });
                 Watchdog::new(shared).run()
             }
         })?;
@@ -179,12 +185,16 @@ const HAND_OFF_NICE: i32 = 10;
 /// refill tries again).
 #[cold]
 fn cannot_start(group: &Group, e: &std::io::Error) {
-    tracing::error!(
-        target: "curfew",
-        location = %group.id.location(),
-        error = %e,
-        "cannot start a replacement thread; will retry"
-    );
+    let location = group.id.location();
+    let error = e.to_string();
+    defer(move || {
+        tracing::error!(
+            target: "curfew",
+            location = %location,
+            error,
+            "cannot start a replacement thread; will retry"
+        );
+    });
 }
 
 /// Moves thread `tid` of `group` to the idle scheduling class, and counts
@@ -277,9 +287,11 @@ impl Watchdog {
             let awake = match catch_unwind(AssertUnwindSafe(|| self.tick(now))) {
                 Ok(awake) => awake,
                 Err(_) => {
-                    let _ = catch_unwind(
-                        || tracing::error!(target: "curfew", "watchdog tick panicked; carrying on"),
-                    );
+                    let _ = catch_unwind(|| {
+                        defer(|| {
+                            tracing::error!(target: "curfew", "watchdog tick panicked; carrying on");
+                        });
+                    });
                     true
                 }
             };
@@ -434,14 +446,18 @@ impl Watchdog {
             }
             self.next_due[gi] = next_due;
             if answered > 0 {
-                tracing::warn!(
-                    target: "curfew",
-                    location = %group.id.location(),
-                    answered,
-                    held = self.held[gi].len(),
-                    "no thread free to run queued tasks: answered those past their budget with a \
-                     queue timeout"
-                );
+                let location = group.id.location();
+                let held = self.held[gi].len();
+                defer(move || {
+                    tracing::warn!(
+                        target: "curfew",
+                        location = %location,
+                        answered,
+                        held,
+                        "no thread free to run queued tasks: answered those past their budget \
+                         with a queue timeout"
+                    );
+                });
             }
         }
         true
@@ -473,11 +489,14 @@ impl Watchdog {
                 Ok(h) => io.set_helper_thread(h.thread().clone()),
                 Err(e) => {
                     io.stop_helping();
-                    tracing::error!(
-                        target: "curfew",
-                        error = %e,
-                        "cannot start the I/O helper thread; will retry"
-                    );
+                    let error = e.to_string();
+                    defer(move || {
+                        tracing::error!(
+                            target: "curfew",
+                            error,
+                            "cannot start the I/O helper thread; will retry"
+                        );
+                    });
                 }
             }
         }
@@ -619,11 +638,14 @@ impl Watchdog {
         slot.handed_off.store(true, Ordering::Relaxed);
         group.handed_off_total.fetch_add(1, Ordering::Relaxed);
         slot.state.release(word);
-        tracing::debug!(
-            target: "curfew",
-            thread = slot.id,
-            "long poll handed off; starting a thread in its place"
-        );
+        let thread = slot.id;
+        defer(move || {
+            tracing::debug!(
+                target: "curfew",
+                thread,
+                "long poll handed off; starting a thread in its place"
+            );
+        });
         // The replacement first: starting a thread maps its stack, which
         // takes the process's address-space lock for writing, and must not
         // queue behind a read hold (a page fault) of a thread that runs
@@ -698,31 +720,37 @@ impl Watchdog {
         slot.seen_word.store(expired, Ordering::Relaxed);
         slot.seen_at_ns.store(now_ns, Ordering::Relaxed);
         if contained.is_err() {
-            tracing::error!(
-                target: "curfew",
-                "a panic in the overrun path (client policy or waker) was contained"
-            );
+            defer(|| {
+                tracing::error!(
+                    target: "curfew",
+                    "a panic in the overrun path (client policy or waker) was contained"
+                );
+            });
         }
 
         if let Some((name, client, budget, cool_off)) = info {
-            tracing::warn!(
-                target: "curfew",
-                task = name.as_deref().unwrap_or(""),
-                client = client.as_ref().map(|c| c.as_str()).unwrap_or(""),
-                budget_ms = budget.map_or(f64::INFINITY, |b| b.as_secs_f64() * 1e3),
-                elapsed_ms = elapsed.as_secs_f64() * 1e3,
-                location = %group.id.location(),
-                hijacked = group.hijacked_now.load(Ordering::Relaxed),
-                "poll over budget: answered with a TimeoutError"
-            );
-            if let (Some(client), Some(cool_off)) = (client, cool_off) {
+            let location = group.id.location();
+            let hijacked = group.hijacked_now.load(Ordering::Relaxed);
+            defer(move || {
                 tracing::warn!(
                     target: "curfew",
-                    client = client.as_str(),
-                    cool_off_ms = cool_off.as_millis() as u64,
-                    "client refused for a cool-off after repeated timeouts"
+                    task = name.as_deref().unwrap_or(""),
+                    client = client.as_ref().map(|c| c.as_str()).unwrap_or(""),
+                    budget_ms = budget.map_or(f64::INFINITY, |b| b.as_secs_f64() * 1e3),
+                    elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                    location = %location,
+                    hijacked,
+                    "poll over budget: answered with a TimeoutError"
                 );
-            }
+                if let (Some(client), Some(cool_off)) = (client, cool_off) {
+                    tracing::warn!(
+                        target: "curfew",
+                        client = client.as_str(),
+                        cool_off_ms = cool_off.as_millis() as u64,
+                        "client refused for a cool-off after repeated timeouts"
+                    );
+                }
+            });
         }
         if self.shared.config.hijack_grace.is_zero() {
             self.write_off(group, slot, expired);
@@ -743,13 +771,16 @@ impl Watchdog {
             if !slot.deferred.swap(true, Ordering::Relaxed) {
                 group.deferred_total.fetch_add(1, Ordering::Relaxed);
                 crate::health::note_write_off();
-                tracing::warn!(
-                    target: "curfew",
-                    location = %group.id.location(),
-                    cap = group.max_hijacked,
-                    "overrunning thread not replaced: hijacked-thread cap reached; running with \
-                     fewer healthy threads until a hijacked thread exits"
-                );
+                let (location, cap) = (group.id.location(), group.max_hijacked);
+                defer(move || {
+                    tracing::warn!(
+                        target: "curfew",
+                        location = %location,
+                        cap,
+                        "overrunning thread not replaced: hijacked-thread cap reached; running \
+                         with fewer healthy threads until a hijacked thread exits"
+                    );
+                });
             }
             return;
         };
@@ -778,13 +809,16 @@ impl Watchdog {
         }
         group.hijacked_total.fetch_add(1, Ordering::Relaxed);
         crate::health::note_write_off();
-        tracing::warn!(
-            target: "curfew",
-            location = %group.id.location(),
-            thread = slot.id,
-            hijacked = now_hijacked,
-            "thread hijacked by an overrunning poll; starting a replacement"
-        );
+        let (location, thread) = (group.id.location(), slot.id);
+        defer(move || {
+            tracing::warn!(
+                target: "curfew",
+                location = %location,
+                thread,
+                hijacked = now_hijacked,
+                "thread hijacked by an overrunning poll; starting a replacement"
+            );
+        });
     }
 
     /// Gives every thread demoted at a timeout its ordinary policy back,

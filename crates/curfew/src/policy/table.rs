@@ -903,24 +903,29 @@ impl Clients {
             net.timeouts.fetch_add(1, Relaxed);
             let net_key = key.and_then(ClientKey::network);
             if let Some(c) = self.strike_level(net, net_key.as_ref(), policy.network, now) {
-                tracing::warn!(
-                    target: "curfew",
-                    network = net_key.as_ref().map(|k| k.as_str()).unwrap_or(""),
-                    cool_off_ms = millis(c),
-                    "network refused for a cool-off after repeated timeouts"
-                );
+                // On the watchdog's thread: logged by the log thread.
+                crate::deferred::defer(move || {
+                    tracing::warn!(
+                        target: "curfew",
+                        network = net_key.as_ref().map(|k| k.as_str()).unwrap_or(""),
+                        cool_off_ms = millis(c),
+                        "network refused for a cool-off after repeated timeouts"
+                    );
+                });
             }
         }
         if let Some(route) = key.and_then(ClientKey::route_key) {
             if let Some(r) = map.by_key.get(&route).and_then(|&i| self.entry(i)) {
                 r.timeouts.fetch_add(1, Relaxed);
                 if let Some(c) = self.strike_level(r, Some(&route), policy.route, now) {
-                    tracing::warn!(
-                        target: "curfew",
-                        route = route.as_str(),
-                        cool_off_ms = millis(c),
-                        "route breaker open: refused for a cool-off after repeated timeouts"
-                    );
+                    crate::deferred::defer(move || {
+                        tracing::warn!(
+                            target: "curfew",
+                            route = route.as_str(),
+                            cool_off_ms = millis(c),
+                            "route breaker open: refused for a cool-off after repeated timeouts"
+                        );
+                    });
                 }
             }
         }
@@ -942,7 +947,10 @@ impl Clients {
                 self.store.strike(key, &limits)
             }));
             if shared.is_err() {
-                tracing::error!(target: "curfew", store = ?self.store, "the policy store panicked on a strike");
+                let store = format!("{:?}", self.store);
+                crate::deferred::defer(move || {
+                    tracing::error!(target: "curfew", store, "the policy store panicked on a strike");
+                });
             }
         }
         if limits.strikes == 0 {
