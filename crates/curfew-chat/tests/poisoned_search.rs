@@ -19,12 +19,16 @@ const EVERY: Duration = Duration::from_millis(40);
 const PAIRS: usize = 40;
 /// The handlers' poll budget: short enough to show, long enough that a
 /// benign handler on a loaded machine stays within it.
-const BUDGET_MS: u64 = 200;
+const BUDGET_MS: u64 = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_search_times_out_while_other_clients_chat() {
     let server = server(|c| {
         c.poll_budget = Some(Duration::from_millis(BUDGET_MS));
+        // Room for every message of the test, so that the poisoned one is
+        // still in the history for the third search, after seconds of
+        // benign chat.
+        c.history = 10_000;
         c.strikes = 3;
         c.cool_off = Duration::from_secs(60);
         c.rate = "100/s".parse().unwrap();
