@@ -1,9 +1,9 @@
 //! A written-off or handed-off thread hands its place in `healthy_threads`
 //! straight to its replacement: the metric never shows the group a thread
-//! short in between. The watchdog logs each of the two events between
-//! taking the thread out of service and starting the replacement, so a
-//! layer that reads the runtime's metrics when the event is recorded sees
-//! that moment exactly (the watchdog's own thread records it).
+//! short in between. The watchdog's event for each of the two (written
+//! later, by curfew's log thread) carries `healthy`, the metric as
+//! `metrics()` reads it at the moment between taking the thread out of
+//! service and starting the replacement.
 #![cfg(target_os = "linux")]
 
 use std::sync::{Arc, Mutex};
@@ -16,20 +16,27 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 mod sched;
 use sched::spinner;
 
-/// The runtime whose metrics the layer reads, and what it read at each
-/// event: (message, healthy event threads).
+/// What the layer read from each event: (message, healthy event threads).
 #[derive(Default, Clone)]
 struct AtEvent {
-    handle: Arc<Mutex<Option<curfew::Handle>>>,
-    seen: Arc<Mutex<Vec<(String, usize)>>>,
+    seen: Arc<Mutex<Vec<(String, u64)>>>,
 }
 
-struct Message(String);
+#[derive(Default)]
+struct Fields {
+    message: String,
+    healthy: Option<u64>,
+}
 
-impl Visit for Message {
+impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
-            self.0 = format!("{value:?}");
+            self.message = format!("{value:?}");
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "healthy" {
+            self.healthy = Some(value);
         }
     }
 }
@@ -39,24 +46,20 @@ const HANDED_OFF: &str = "long poll handed off";
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AtEvent {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        let mut m = Message(String::new());
-        event.record(&mut m);
-        if !(m.0.contains(HIJACKED) || m.0.contains(HANDED_OFF)) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        if !(f.message.contains(HIJACKED) || f.message.contains(HANDED_OFF)) {
             return;
         }
-        let Some(handle) = self.handle.lock().unwrap().clone() else {
-            return;
-        };
-        let healthy = handle.metrics().event.healthy_threads;
-        self.seen.lock().unwrap().push((m.0, healthy));
+        let healthy = f.healthy.expect("the event carries `healthy`");
+        self.seen.lock().unwrap().push((f.message, healthy));
     }
 }
 
 /// Runs `go` on a fresh 2-thread runtime built by `builder` and returns
 /// what the layer read at the first event containing `wanted`.
-fn healthy_at(at: &AtEvent, builder: curfew::Builder, wanted: &str) -> (String, usize) {
+fn healthy_at(at: &AtEvent, builder: curfew::Builder, wanted: &str) -> (String, u64) {
     let rt = builder.event_threads(2).build().unwrap();
-    *at.handle.lock().unwrap() = Some(rt.handle());
     at.seen.lock().unwrap().clear();
     let (h, _, release) = spinner(&rt, ());
     let found = wait_until(Duration::from_secs(20), || {
@@ -68,7 +71,6 @@ fn healthy_at(at: &AtEvent, builder: curfew::Builder, wanted: &str) -> (String, 
     });
     release.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = rt.block_on(h);
-    *at.handle.lock().unwrap() = None;
     assert!(found, "no event containing {wanted:?}: {:?}", at.seen);
     let seen = at.seen.lock().unwrap();
     seen.iter()

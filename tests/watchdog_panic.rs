@@ -1,37 +1,41 @@
-//! A tracing subscriber that panics never wedges the runtime. Here it
-//! panics on the watchdog's first timeout event (emitted, as all of the
-//! watchdog's events, by curfew's log thread): later overruns are still
-//! answered and the runtime still drops in bounded time. (A panic inside
-//! the watchdog's own tick is caught there too.)
+//! A tracing subscriber that panics never wedges the runtime, nor silences
+//! it. Here it panics on curfew's first warning (a timeout's, written by
+//! curfew's log thread, as all of the watchdog's events are): later
+//! overruns are still answered, their warnings still reach the subscriber,
+//! and the runtime still drops in bounded time.
 //!
 //! This file holds one test on purpose: it installs a global subscriber.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use curfew_suite::{answered_within, spin_until};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
-/// Panics on the first warn event from curfew.
-struct PanicOnce(AtomicBool);
+/// Panics on the first warn event from curfew, and counts the ones after.
+#[derive(Clone, Default)]
+struct PanicOnce(Arc<(AtomicBool, AtomicUsize)>);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PanicOnce {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
-        if meta.target() == "curfew"
-            && *meta.level() == tracing::Level::WARN
-            && !self.0.swap(true, Ordering::SeqCst)
-        {
-            panic!("a tracing subscriber panicked on the watchdog thread");
+        if meta.target() != "curfew" || *meta.level() != tracing::Level::WARN {
+            return;
         }
+        let (panicked, after) = &*self.0;
+        if !panicked.swap(true, Ordering::SeqCst) {
+            panic!("a tracing subscriber panicked on curfew's first warning");
+        }
+        after.fetch_add(1, Ordering::SeqCst);
     }
 }
 
 #[test]
-fn a_panic_on_the_watchdog_thread_does_not_wedge_the_runtime() {
-    let layer = PanicOnce(AtomicBool::new(false));
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).unwrap();
+fn a_panicking_subscriber_does_not_wedge_the_runtime_or_silence_it() {
+    let layer = PanicOnce::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer.clone()))
+        .unwrap();
 
     // Not dropped if an assertion fails: a wedged runtime would hang its
     // drop, and the test must fail instead.
@@ -50,6 +54,18 @@ fn a_panic_on_the_watchdog_thread_does_not_wedge_the_runtime() {
             .unwrap_or_else(|| panic!("overrun {i} never answered: the watchdog is wedged"));
         assert!(res.unwrap_err().is_timeout());
     }
+    // The subscriber did panic, and the events after its panic still
+    // reach it: the thread that writes them lives on.
+    assert!(
+        layer.0.0.load(Ordering::SeqCst),
+        "no warning reached the subscriber"
+    );
+    assert!(
+        curfew_suite::wait_until(Duration::from_secs(20), || layer.0.1.load(Ordering::SeqCst)
+            >= 2),
+        "warnings after the panic: {}",
+        layer.0.1.load(Ordering::SeqCst)
+    );
     // The runtime still serves and still shuts down in bounded time.
     assert_eq!(rt.block_on(rt.spawn(async { 5 })).unwrap(), 5);
     let (tx, rx) = std::sync::mpsc::channel();

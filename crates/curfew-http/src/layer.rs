@@ -4,58 +4,7 @@
 //! the request's client, under the layer's poll budget. A handler that
 //! never yields cannot hold the response back: the watchdog answers it when
 //! the budget runs out, and the layer turns that answer into a response.
-//!
-//! How it runs the handler depends on the connection:
-//!
-//! * **An HTTP/1 request under [`serve`](crate::serve)** runs in place, in
-//!   the connection's own task, as a watched scope
-//!   ([`curfew::task::Builder::inline`]): HTTP/1 answers one request at a
-//!   time, so the connection has nothing else to do meanwhile, and a
-//!   request costs no task, no queueing and no second poll of the
-//!   connection. A handler that overruns holds the connection's task, so
-//!   the watchdog writes the `503` (with `Connection: close`) to the socket
-//!   itself and shuts the socket down; the connection ends there. If
-//!   hyper's earlier output on the connection is not all flushed (a
-//!   pipelining client that does not read), the connection is reset
-//!   instead of answered, so that no response is cut into another.
-//! * **Anything else** (HTTP/2, whose streams share a connection; another
-//!   server; a layer given a [`handle`](CurfewLayer::handle)) spawns the
-//!   future as a curfew task and awaits its
-//!   [`JoinHandle`](curfew::JoinHandle); the connection stays open after a
-//!   `503`.
-//!
-//! | outcome | default response |
-//! | --- | --- |
-//! | the handler overran its budget | `503 Service Unavailable`, `Retry-After: 1` |
-//! | the client is cooling off | `429 Too Many Requests`, `Retry-After` = the cool-off left |
-//! | the handler panicked | `500 Internal Server Error` |
-//! | the route is refused: too many of its handlers stuck, or its breaker open | `503 Service Unavailable`, `Retry-After` |
-//! | the runtime refused or dropped the task (full, shutting down) | `503 Service Unavailable`, `Retry-After: 1` |
-//!
-//! Each is a short plain-text body and a `tracing` event naming the route,
-//! the client and the budget. [`CurfewLayer::on_failure`] replaces the
-//! responses.
-//!
-//! # Routes, and a flood of handlers that never return
-//!
-//! The client key of every handler carries the request's route
-//! ([`ClientKey::with_route`]): axum's [`MatchedPath`] when the layer sits
-//! on a `Router` (`Router::layer` or `route_layer`), else the URI's path.
-//! Rust cannot stop a poll that never returns, so each such handler writes
-//! off the event thread it runs on, and the runtime replaces it, up to its
-//! cap on hijacked threads. Left alone, fifty requests to a handler that
-//! loops for good would reach that cap and then hold every remaining
-//! thread. The route stops that: once
-//! [`max_overdue_per_route`](curfew::Builder::max_overdue_per_route) of a
-//! route's handlers are stuck past their budget (by default half the cap),
-//! the route's next requests are answered `503` at once, including those
-//! already queued when the limit was reached (the runtime looks again when
-//! a queued handler is first polled), until one of the stuck handlers
-//! returns. The other routes keep their threads: with the defaults, a
-//! flood of any size on one route leaves healthy event threads serving
-//! the rest. A [`ClientPolicy`](curfew::policy::ClientPolicy) with a route
-//! level (`.route(LevelPolicy::new(..))`) adds a breaker by count: a
-//! route that has timed out that many times is refused for a cool-off.
+//! The details are on [`CurfewLayer`], where users read them.
 
 use std::any::TypeId;
 use std::future::Future;
@@ -178,12 +127,62 @@ struct Config {
 /// # Ok(()) }
 /// ```
 ///
-/// Where the handler runs: on the runtime given to
-/// [`handle`](Self::handle), else on the curfew runtime the request is
-/// served on (in place in the connection's task for HTTP/1 under
-/// [`serve`](crate::serve), a local spawn on the same event thread for
-/// HTTP/2 there; see the [crate docs](crate)), else on curfew's default
-/// runtime, polled with the caller's tokio runtime entered.
+/// # Where the handler runs
+///
+/// It runs on the runtime given to [`handle`](Self::handle), else on the
+/// curfew runtime the request is served on, else on curfew's default runtime,
+/// polled with the caller's tokio runtime entered. How depends on the
+/// connection:
+///
+/// * **An HTTP/1 request under [`serve`](crate::serve)** runs in place, in
+///   the connection's own task, as a watched scope
+///   ([`curfew::task::Builder::inline`]): HTTP/1 answers one request at a
+///   time, so the connection has nothing else to do meanwhile, and a
+///   request costs no task, no queueing and no second poll of the
+///   connection. A handler that overruns holds the connection's task, so
+///   the watchdog writes the `503` (with `Connection: close`) to the socket
+///   itself and shuts the socket down; the connection ends there. If
+///   hyper's earlier output on the connection is not all flushed (a
+///   pipelining client that does not read), the connection is reset
+///   instead of answered, so that no response is cut into another.
+/// * **Anything else** (HTTP/2, whose streams share a connection; another
+///   server; a layer given a [`handle`](Self::handle)) spawns the
+///   future as a curfew task and awaits its
+///   [`JoinHandle`](curfew::JoinHandle); the connection stays open after a
+///   `503`.
+///
+/// | outcome | default response |
+/// | --- | --- |
+/// | the handler overran its budget | `503 Service Unavailable`, `Retry-After: 1` |
+/// | the client is cooling off | `429 Too Many Requests`, `Retry-After` = the cool-off left |
+/// | the handler panicked | `500 Internal Server Error` |
+/// | the route is refused: too many of its handlers stuck, or its breaker open | `503 Service Unavailable`, `Retry-After` |
+/// | the runtime refused or dropped the task (full, shutting down) | `503 Service Unavailable`, `Retry-After: 1` |
+///
+/// Each is a short plain-text body and a `tracing` event naming the route,
+/// the client and the budget. [`CurfewLayer::on_failure`] replaces the
+/// responses.
+///
+/// # Routes, and a flood of handlers that never return
+///
+/// The client key of every handler carries the request's route
+/// ([`ClientKey::with_route`]): axum's [`MatchedPath`] when the layer sits
+/// on a `Router` (`Router::layer` or `route_layer`), else the URI's path.
+/// Rust cannot stop a poll that never returns, so each such handler writes
+/// off the event thread it runs on, and the runtime replaces it, up to its
+/// cap on hijacked threads. Left alone, fifty requests to a handler that
+/// loops for good would reach that cap and then hold every remaining
+/// thread. The route stops that: once
+/// [`max_overdue_per_route`](curfew::Builder::max_overdue_per_route) of a
+/// route's handlers are stuck past their budget (by default half the cap),
+/// the route's next requests are answered `503` at once, including those
+/// already queued when the limit was reached (the runtime looks again when
+/// a queued handler is first polled), until one of the stuck handlers
+/// returns. The other routes keep their threads: with the defaults, a
+/// flood of any size on one route leaves healthy event threads serving
+/// the rest. A [`ClientPolicy`](curfew::policy::ClientPolicy) with a route
+/// level (`.route(LevelPolicy::new(..))`) adds a breaker by count: a
+/// route that has timed out that many times is refused for a cool-off.
 pub struct CurfewLayer<K = PeerIp> {
     config: Config,
     key: K,
@@ -245,7 +244,9 @@ impl<K> CurfewLayer<K> {
     ///
     /// For a handler run in place (HTTP/1 under [`serve`](crate::serve)),
     /// `f` builds the timeout's response on the watchdog's thread, while
-    /// the handler still runs: keep it short and non-blocking. The response
+    /// the handler still runs: keep it short and non-blocking, and log
+    /// through [`curfew::task::defer_log`] rather than with a `tracing`
+    /// event of its own (the layer's own event already goes that way). The response
     /// is written to the socket as it is, with its body (which must be
     /// ready at once, as `Full` is), its length and `Connection: close`.
     ///
@@ -306,7 +307,7 @@ impl<S, K: Clone> Layer<S> for CurfewLayer<K> {
 ///
 /// Its `call` calls the inner service's `call` on the caller's task and
 /// runs the future that returns under the watchdog (in place, or as a
-/// curfew task: see the [crate docs](crate)): that future is where
+/// curfew task: see [`CurfewLayer`]): that future is where
 /// a tower service does its work (axum's handlers, extractors and
 /// `from_fn` middleware all run in it), and taking it so costs no clone of
 /// the inner service per request. Under [`serve`](crate::serve) the

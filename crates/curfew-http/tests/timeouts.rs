@@ -147,14 +147,14 @@ fn connections_that_never_start_a_request_are_closed_at_the_header_timeout() {
     // served past the first-request deadline (each gap shorter than the
     // header-read timeout, which also bounds HTTP/1 idle time, by more
     // than a loaded machine holds a client up).
+    // Its requests span 1.7 s from its connect, past the 1.2 s within
+    // which a first request must start.
     let mut s = connect_from([127, 0, 0, 4], server.addr);
     std::thread::sleep(Duration::from_millis(200));
-    let served = Instant::now();
     for _ in 0..5 {
         assert_eq!(common::get(&mut s, "/hello").unwrap().status, 200);
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert!(served.elapsed() > Duration::from_millis(1200));
 }
 
 /// After a first request on a keep-alive connection, the next head is

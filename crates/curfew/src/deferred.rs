@@ -6,15 +6,22 @@
 //! thread that would stop every timeout in the process while the sink is
 //! stuck, and a flood of poisoned requests makes the events that fill it.
 //! So the watchdog never emits an event itself: it queues a closure that
-//! does ([`defer`]), and one process-wide thread, `curfew-log`, runs them
-//! in order. The queue is bounded; when it is full an event is dropped and
-//! counted, and the count is logged once the thread catches up. The
-//! watchdog's other outside calls already queue and never wait (a shared
-//! policy store's strikes, an `OnTimeout` hook's contract).
+//! does ([`emit`]), and one process-wide thread, `curfew-log`, runs them in
+//! order. On any other thread [`emit`] runs the closure at once, with that
+//! thread's span and subscriber.
+//!
+//! The queue is bounded; when it is full an event is dropped and counted,
+//! and the count is logged once the thread catches up. The thread is
+//! started by [`start`], from the thread that builds a runtime (so that it
+//! takes that thread's scheduling settings, not the watchdog's short slice
+//! or an idle-class thread's); a runtime's shutdown waits a little for it
+//! to write what its watchdog queued ([`flush`]).
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::Duration;
 
 /// Events waiting for the log thread at most; past this they are dropped.
 pub(crate) const CAPACITY: usize = 4096;
@@ -48,64 +55,114 @@ impl Queue {
 
 static QUEUE: OnceLock<Queue> = OnceLock::new();
 
-/// Runs `f` on the log thread, after the events queued before it; drops it
-/// (and counts it) if [`CAPACITY`] events are waiting or the thread could
-/// not be started. Never blocks on the log sink.
-pub(crate) fn defer(f: impl FnOnce() + Send + 'static) {
-    QUEUE.get_or_init(start).push(Box::new(f));
+thread_local! {
+    /// Set on a watchdog's thread: its events are queued, never emitted.
+    static ON_WATCHDOG: Cell<bool> = const { Cell::new(false) };
 }
 
-fn start() -> Queue {
-    let (mut q, rx) = Queue::new(CAPACITY);
-    let spawned = std::thread::Builder::new()
-        .name("curfew-log".into())
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            run(&rx, || {
-                QUEUE.get().map_or(0, |q| q.dropped.load(Ordering::Relaxed))
-            });
-        });
-    if let Err(e) = spawned {
-        // Said once, from the caller: there is no other thread to say it.
-        eprintln!("curfew: cannot start the log thread ({e}); the watchdog's events are dropped");
-        q.tx = None;
+/// Marks the calling thread as a watchdog's: from now on [`emit`] queues
+/// its events.
+pub(crate) fn mark_watchdog_thread() {
+    ON_WATCHDOG.with(|w| w.set(true));
+}
+
+/// Emits an event: on a watchdog's thread, by queueing `f` for the log
+/// thread (dropped and counted if [`CAPACITY`] events are waiting);
+/// anywhere else, by running `f` now. Never blocks a watchdog on the log
+/// sink.
+pub(crate) fn emit(f: impl FnOnce() + Send + 'static) {
+    if ON_WATCHDOG.with(Cell::get) {
+        queue().push(Box::new(f));
+    } else {
+        f();
     }
-    q
 }
 
-/// The log thread: runs the queued jobs in order, and whenever it has
-/// caught up after some were dropped, says how many. Returns once every
-/// sender is gone.
+/// Starts the log thread if it is not running yet. Called where a runtime
+/// is built, before its watchdog starts.
+pub(crate) fn start() {
+    queue();
+}
+
+fn queue() -> &'static Queue {
+    QUEUE.get_or_init(|| {
+        let (mut q, rx) = Queue::new(CAPACITY);
+        let spawned = std::thread::Builder::new()
+            .name("curfew-log".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                run(&rx, || {
+                    QUEUE.get().map_or(0, |q| q.dropped.load(Ordering::Relaxed))
+                });
+            });
+        if let Err(e) = spawned {
+            // Said once, by the thread building a runtime.
+            eprintln!(
+                "curfew: cannot start the log thread ({e}); the watchdog's events are dropped"
+            );
+            q.tx = None;
+        }
+        q
+    })
+}
+
+/// Waits up to `bound` for the log thread to run what was queued before
+/// this call. True if it did.
+pub(crate) fn flush(bound: Duration) -> bool {
+    let Some(q) = QUEUE.get() else {
+        return true;
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let Some(sender) = &q.tx else {
+        return false;
+    };
+    // A marker after everything queued so far; a full queue is not waited
+    // for (the marker would be dropped).
+    if sender
+        .try_send(Box::new(move || {
+            let _ = tx.send(());
+        }))
+        .is_err()
+    {
+        return false;
+    }
+    rx.recv_timeout(bound).is_ok()
+}
+
+/// How often at most the log thread reports drops, and how soon after a
+/// drop it does when no event comes to wake it.
+const DROP_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// The log thread: runs the queued jobs in order, and says how many were
+/// dropped, at most once a [`DROP_REPORT_EVERY`]. Returns once every sender
+/// is gone.
 fn run(rx: &Receiver<Job>, dropped: impl Fn() -> u64) {
     let mut reported = 0;
+    let mut last_report: Option<std::time::Instant> = None;
     loop {
-        let job = match rx.try_recv() {
-            Ok(job) => job,
-            Err(empty) => {
-                let now = dropped();
-                if now != reported {
-                    // A subscriber that panics loses its event, not the
-                    // thread.
-                    let _ = std::panic::catch_unwind(|| {
-                        tracing::warn!(
-                            target: "curfew",
-                            dropped = now - reported,
-                            "log events dropped: the watchdog's events came faster than the \
-                             subscriber wrote them"
-                        );
-                    });
-                    reported = now;
-                }
-                if empty == TryRecvError::Disconnected {
-                    return;
-                }
-                match rx.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                }
-            }
-        };
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        let next = rx.recv_timeout(DROP_REPORT_EVERY);
+        let gone = matches!(next, Err(RecvTimeoutError::Disconnected));
+        if let Ok(job) = next {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        }
+        let now = dropped();
+        let due = last_report.is_none_or(|t| t.elapsed() >= DROP_REPORT_EVERY);
+        if now != reported && (due || gone) {
+            // A subscriber that panics loses its event, not the thread.
+            let _ = std::panic::catch_unwind(|| {
+                tracing::warn!(
+                    target: "curfew",
+                    dropped = now - reported,
+                    "log events dropped: the watchdog's events came faster than the subscriber \
+                     wrote them"
+                );
+            });
+            reported = now;
+            last_report = Some(std::time::Instant::now());
+        }
+        if gone {
+            return;
+        }
     }
 }
 
@@ -147,5 +204,27 @@ mod tests {
         q.tx = None;
         q.push(Box::new(|| {}));
         assert_eq!(q.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn off_the_watchdog_an_event_is_emitted_at_once_and_on_it_queued() {
+        // This test's thread is no watchdog's: run in place.
+        let ran = Arc::new(Mutex::new(0));
+        let r = ran.clone();
+        emit(move || *r.lock().unwrap() += 1);
+        assert_eq!(*ran.lock().unwrap(), 1);
+        // A thread marked as a watchdog's queues it for the log thread.
+        let r = ran.clone();
+        std::thread::spawn(move || {
+            mark_watchdog_thread();
+            emit(move || *r.lock().unwrap() += 1);
+        })
+        .join()
+        .unwrap();
+        assert!(
+            flush(Duration::from_secs(20)),
+            "the log thread ran the queue"
+        );
+        assert_eq!(*ran.lock().unwrap(), 2);
     }
 }

@@ -75,7 +75,7 @@ pub struct GroupMetrics {
 }
 
 impl GroupMetrics {
-    fn collect(g: &Group) -> Self {
+    pub(crate) fn collect(g: &Group) -> Self {
         let counts = g.counts();
         let (mut overdue_threads, mut handed_off_threads) = (0, 0);
         for s in g.slots.load().iter() {

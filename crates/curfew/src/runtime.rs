@@ -781,6 +781,9 @@ impl Builder {
             }
             Ok(())
         };
+        // The watchdog's log thread, from this thread: it takes this
+        // thread's scheduling settings (see `crate::deferred`).
+        crate::deferred::start();
         let started = start(GroupId::Event, shared.config.event_threads)
             .and_then(|()| start(GroupId::Blocking, shared.config.blocking_threads))
             .and_then(|()| {
@@ -1240,6 +1243,10 @@ impl Runtime {
         // The watchdog hands back the tasks it held for the queue deadline
         // before it exits.
         let _ = wd.join();
+        // What it logged last (a timeout just before the shutdown) is
+        // written before the program can exit; a stalled sink is not
+        // waited for long.
+        crate::deferred::flush(Duration::from_millis(250));
         // Drop what is queued, and from now on whatever is scheduled.
         shared.event.close();
         shared.blocking.close();

@@ -998,22 +998,27 @@ pub trait OnTimeout: Send + Sync + 'static {
     fn on_timeout(&self, error: &TimeoutError);
 }
 
-/// Runs `f` on curfew's log thread, after what was queued before it, and
-/// returns at once. The watchdog logs this way, and so should anything
-/// that runs on its thread (an [`OnTimeout`] hook): a `tracing` event is
-/// written by the subscriber on the thread that emits it, and a writer
-/// that blocks (a full pipe to a stalled log shipper, a paused terminal)
-/// would stop every timeout in the process meanwhile.
+/// Emits a log event without ever holding up a watchdog: on a watchdog's
+/// thread (in an [`OnTimeout`] hook, say), `f` is queued for curfew's log
+/// thread and this returns at once; on any other thread `f` runs now. A
+/// `tracing` event is written by the subscriber on the thread that emits
+/// it, and a writer that blocks (a full pipe to a stalled log shipper, a
+/// paused terminal) would stop every timeout in the process meanwhile.
 ///
-/// The queue holds 4,096 calls; past that `f` is dropped, and the log
-/// thread reports how many were once it has caught up. A panic in `f` is
-/// caught.
+/// What the log thread runs goes to the global subscriber (not one set
+/// for the calling thread with `set_default`), outside the caller's span,
+/// under the thread name `curfew-log`, and is timestamped when it is
+/// written: usually microseconds later, seconds later behind a stalled
+/// sink. The queue holds 4,096 calls; past that `f` is dropped, and the
+/// log thread reports how many were, at most once a second. A panic in
+/// `f` is caught. A runtime's shutdown waits up to 250 ms for what its
+/// watchdog queued to be written.
 ///
 /// ```
-/// curfew::task::defer_log(|| tracing::warn!("said from the log thread"));
+/// curfew::task::defer_log(|| tracing::warn!("said without holding up a watchdog"));
 /// ```
 pub fn defer_log(f: impl FnOnce() + Send + 'static) {
-    crate::deferred::defer(f);
+    crate::deferred::emit(f);
 }
 
 /// The parts of an [`Inline`] the watchdog reaches: the header, whose

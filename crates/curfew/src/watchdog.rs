@@ -81,7 +81,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::deferred::defer;
+use crate::deferred::emit;
 use crate::executor::{self, Group, GroupId, Runnable, Slot};
 use crate::runtime::Shared;
 use crate::slot::{self, EXPIRED, HIJACKED, IDLE, RUNNING, SLEEPING, UNLIMITED};
@@ -102,23 +102,26 @@ pub(crate) fn start(shared: Arc<Shared>) -> io::Result<std::thread::JoinHandle<(
         .spawn({
             let shared = shared.clone();
             move || {
+                // Every event of this thread goes through the log thread:
+                // a subscriber that blocks must not stop the timeouts (see
+                // `crate::deferred`).
+                crate::deferred::mark_watchdog_thread();
                 // Wake-up preemption of spinning threads, so that the
                 // watchdog runs on time while poisoned polls hold every core.
                 let short = crate::sys::request_short_slice(Duration::from_micros(100));
                 // Its sleeps end on time: an overrun is answered when it is
                 // due (see `Watchdog::sleep`), not one timer slack later.
                 let precise = crate::sys::precise_timers();
-                // Every event of this thread goes through the log thread:
-                // a subscriber that blocks must not stop the timeouts (see
-                // `crate::deferred`).
-                defer(move || {
-                    tracing::debug!(
-                        target: "curfew",
-                        short_slice = short,
-                        precise_timers = precise,
-                        "watchdog started"
-                    );
-                });
+                if tracing::enabled!(target: "curfew", tracing::Level::DEBUG) {
+                    emit(move || {
+                        tracing::debug!(
+                            target: "curfew",
+                            short_slice = short,
+                            precise_timers = precise,
+                            "watchdog started"
+                        );
+                    });
+                }
                 Watchdog::new(shared).run()
             }
         })?;
@@ -187,11 +190,11 @@ const HAND_OFF_NICE: i32 = 10;
 fn cannot_start(group: &Group, e: &std::io::Error) {
     let location = group.id.location();
     let error = e.to_string();
-    defer(move || {
+    emit(move || {
         tracing::error!(
             target: "curfew",
             location = %location,
-            error,
+            error = %error,
             "cannot start a replacement thread; will retry"
         );
     });
@@ -288,7 +291,7 @@ impl Watchdog {
                 Ok(awake) => awake,
                 Err(_) => {
                     let _ = catch_unwind(|| {
-                        defer(|| {
+                        emit(|| {
                             tracing::error!(target: "curfew", "watchdog tick panicked; carrying on");
                         });
                     });
@@ -448,7 +451,7 @@ impl Watchdog {
             if answered > 0 {
                 let location = group.id.location();
                 let held = self.held[gi].len();
-                defer(move || {
+                emit(move || {
                     tracing::warn!(
                         target: "curfew",
                         location = %location,
@@ -490,10 +493,10 @@ impl Watchdog {
                 Err(e) => {
                     io.stop_helping();
                     let error = e.to_string();
-                    defer(move || {
+                    emit(move || {
                         tracing::error!(
                             target: "curfew",
-                            error,
+                            error = %error,
                             "cannot start the I/O helper thread; will retry"
                         );
                     });
@@ -638,14 +641,20 @@ impl Watchdog {
         slot.handed_off.store(true, Ordering::Relaxed);
         group.handed_off_total.fetch_add(1, Ordering::Relaxed);
         slot.state.release(word);
-        let thread = slot.id;
-        defer(move || {
-            tracing::debug!(
-                target: "curfew",
-                thread,
-                "long poll handed off; starting a thread in its place"
-            );
-        });
+        if tracing::enabled!(target: "curfew", tracing::Level::DEBUG) {
+            // As `metrics()` would read it now, between taking the thread
+            // out of service and starting its replacement.
+            let healthy = crate::metrics::GroupMetrics::collect(group).healthy_threads;
+            let thread = slot.id;
+            emit(move || {
+                tracing::debug!(
+                    target: "curfew",
+                    thread,
+                    healthy,
+                    "long poll handed off; starting a thread in its place"
+                );
+            });
+        }
         // The replacement first: starting a thread maps its stack, which
         // takes the process's address-space lock for writing, and must not
         // queue behind a read hold (a page fault) of a thread that runs
@@ -720,7 +729,7 @@ impl Watchdog {
         slot.seen_word.store(expired, Ordering::Relaxed);
         slot.seen_at_ns.store(now_ns, Ordering::Relaxed);
         if contained.is_err() {
-            defer(|| {
+            emit(|| {
                 tracing::error!(
                     target: "curfew",
                     "a panic in the overrun path (client policy or waker) was contained"
@@ -731,7 +740,7 @@ impl Watchdog {
         if let Some((name, client, budget, cool_off)) = info {
             let location = group.id.location();
             let hijacked = group.hijacked_now.load(Ordering::Relaxed);
-            defer(move || {
+            emit(move || {
                 tracing::warn!(
                     target: "curfew",
                     task = name.as_deref().unwrap_or(""),
@@ -772,7 +781,7 @@ impl Watchdog {
                 group.deferred_total.fetch_add(1, Ordering::Relaxed);
                 crate::health::note_write_off();
                 let (location, cap) = (group.id.location(), group.max_hijacked);
-                defer(move || {
+                emit(move || {
                     tracing::warn!(
                         target: "curfew",
                         location = %location,
@@ -810,12 +819,16 @@ impl Watchdog {
         group.hijacked_total.fetch_add(1, Ordering::Relaxed);
         crate::health::note_write_off();
         let (location, thread) = (group.id.location(), slot.id);
-        defer(move || {
+        // As `metrics()` would read it now, between taking the thread out of
+        // service and starting its replacement.
+        let healthy = crate::metrics::GroupMetrics::collect(group).healthy_threads;
+        emit(move || {
             tracing::warn!(
                 target: "curfew",
                 location = %location,
                 thread,
                 hijacked = now_hijacked,
+                healthy,
                 "thread hijacked by an overrunning poll; starting a replacement"
             );
         });

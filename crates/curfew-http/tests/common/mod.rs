@@ -121,7 +121,8 @@ pub fn spinning(stop: Arc<AtomicBool>, max: Duration) -> axum::routing::MethodRo
     })
 }
 
-/// `/hello`, a never-yielding `/spin` (until `stop`, at most 3 s) and
+/// `/hello`, a never-yielding `/spin` (until `stop`, at most 10 s, far
+/// past the runtime's 1 s budget that the layer takes) and
 /// `POST /upload`, which counts the bodies it reads in `body_reads`, behind
 /// the layer: for the tests that must tell whether a body was read.
 pub fn upload_app(
@@ -130,7 +131,7 @@ pub fn upload_app(
 ) -> axum::Router {
     axum::Router::new()
         .route("/hello", axum::routing::get(|| async { "hello" }))
-        .route("/spin", spinning(stop, Duration::from_secs(3)))
+        .route("/spin", spinning(stop, Duration::from_secs(10)))
         .route(
             "/upload",
             axum::routing::post(move |body: axum::body::Bytes| {

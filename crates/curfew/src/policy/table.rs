@@ -903,8 +903,9 @@ impl Clients {
             net.timeouts.fetch_add(1, Relaxed);
             let net_key = key.and_then(ClientKey::network);
             if let Some(c) = self.strike_level(net, net_key.as_ref(), policy.network, now) {
-                // On the watchdog's thread: logged by the log thread.
-                crate::deferred::defer(move || {
+                // From the watchdog's thread, by curfew's log thread (see
+                // `crate::deferred`); from a hosted task's, at once.
+                crate::deferred::emit(move || {
                     tracing::warn!(
                         target: "curfew",
                         network = net_key.as_ref().map(|k| k.as_str()).unwrap_or(""),
@@ -918,7 +919,7 @@ impl Clients {
             if let Some(r) = map.by_key.get(&route).and_then(|&i| self.entry(i)) {
                 r.timeouts.fetch_add(1, Relaxed);
                 if let Some(c) = self.strike_level(r, Some(&route), policy.route, now) {
-                    crate::deferred::defer(move || {
+                    crate::deferred::emit(move || {
                         tracing::warn!(
                             target: "curfew",
                             route = route.as_str(),
@@ -948,8 +949,8 @@ impl Clients {
             }));
             if shared.is_err() {
                 let store = format!("{:?}", self.store);
-                crate::deferred::defer(move || {
-                    tracing::error!(target: "curfew", store, "the policy store panicked on a strike");
+                crate::deferred::emit(move || {
+                    tracing::error!(target: "curfew", store = %store, "the policy store panicked on a strike");
                 });
             }
         }
