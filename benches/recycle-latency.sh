@@ -42,6 +42,9 @@ import bisect, re, sys
 from datetime import datetime
 text = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[1]).read()).splitlines()
 t = lambda l: datetime.strptime(l[:26], "%Y-%m-%dT%H:%M:%S.%f")
+# The hijack's line is written by curfew's log thread, microseconds after
+# the write-off on a sink that keeps up: its time is the write-off's, to
+# within that.
 hijacks = [t(l) for l in text if "thread hijacked by" in l]
 recycles = [t(l) for l in text if "worker poisoned; recycling" in l]
 exits = [t(l) for l in text if "drained worker exited" in l]
