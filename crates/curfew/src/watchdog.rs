@@ -149,7 +149,14 @@ struct Watchdog {
     /// Ticks often enough for admission to judge by their readings of the
     /// clock (`Clients::publish_now`).
     publish_clock: bool,
+    /// Strikes that found the client table's lock taken, to record at the
+    /// next ticks: (client index, key).
+    pending_strikes: std::cell::RefCell<Vec<(u32, Option<crate::ClientKey>)>>,
 }
+
+/// Strikes kept for a later tick at most; past this they are lost (and
+/// logged).
+const MAX_PENDING_STRIKES: usize = 4096;
 
 /// When a task queued at `since_ns` has waited its budget.
 fn deadline(r: &Runnable, since_ns: u64) -> u64 {
@@ -237,8 +244,58 @@ impl Watchdog {
             poll_due: Cell::new(u64::MAX),
             publish_clock: shared.config.watchdog_interval
                 <= crate::policy::COARSE_CLOCK_MAX_INTERVAL,
+            pending_strikes: std::cell::RefCell::new(Vec::new()),
             shared,
         }
+    }
+
+    /// Keeps a strike for a later tick: the table's lock was taken.
+    fn defer_strike(&self, idx: u32, key: Option<crate::ClientKey>) {
+        let mut pending = self.pending_strikes.borrow_mut();
+        if pending.len() < MAX_PENDING_STRIKES {
+            pending.push((idx, key));
+        } else {
+            emit(|| {
+                tracing::warn!(
+                    target: "curfew",
+                    "a timeout's strike was lost: the client table's lock stayed taken for \
+                     thousands of timeouts"
+                );
+            });
+        }
+    }
+
+    /// Records the strikes kept from earlier ticks, those it can now.
+    /// Returns whether some are still waiting.
+    fn retry_strikes(&self) -> bool {
+        let mut pending = self.pending_strikes.borrow_mut();
+        if pending.is_empty() {
+            return false;
+        }
+        pending.retain(|(idx, key)| {
+            let done = catch_unwind(AssertUnwindSafe(|| {
+                self.shared.clients.try_strike(*idx, key.as_ref())
+            }));
+            match done {
+                Ok(Err(crate::policy::WouldBlock)) => true,
+                Ok(Ok(cool_off)) => {
+                    if let (Some(client), Some(cool_off)) = (key.clone(), cool_off) {
+                        emit(move || {
+                            tracing::warn!(
+                                target: "curfew",
+                                client = client.as_str(),
+                                cool_off_ms = cool_off.as_millis() as u64,
+                                "client refused for a cool-off after repeated timeouts"
+                            );
+                        });
+                    }
+                    false
+                }
+                // The policy panicked: contained, as in `overrun`.
+                Err(_) => false,
+            }
+        });
+        !pending.is_empty()
     }
 
     /// Starts a tick: publishes its number, then notes when it was
@@ -357,7 +414,8 @@ impl Watchdog {
     /// One look at every thread. Returns whether any is awake.
     fn tick(&mut self, now: Instant) -> bool {
         self.poll_due.set(u64::MAX);
-        let mut awake = false;
+        // Strikes kept from earlier ticks keep the watchdog awake.
+        let mut awake = self.retry_strikes();
         let mut event_free = true;
         for gid in [GroupId::Event, GroupId::Blocking] {
             let shared = self.shared.clone();
@@ -707,11 +765,15 @@ impl Watchdog {
         if answered {
             // Record before waking the caller, so that it sees the count.
             group.timeouts.fetch_add(1, Ordering::Relaxed);
+            // Unless a new client's admission holds the table's lock: the
+            // strike then waits for a later tick (`retry_strikes`) rather
+            // than the watchdog for the lock.
             contained = catch_unwind(AssertUnwindSafe(|| {
-                cool_off = self
-                    .shared
-                    .clients
-                    .strike(header.admitted.client, header.client.as_ref());
+                let (idx, key) = (header.admitted.client, header.client.as_ref());
+                match self.shared.clients.try_strike(idx, key) {
+                    Ok(c) => cool_off = c,
+                    Err(crate::policy::WouldBlock) => self.defer_strike(idx, key.cloned()),
+                }
             }));
             // Wake the caller even if the policy panicked.
             contained = contained.and(catch_unwind(AssertUnwindSafe(|| header.wake_join())));

@@ -61,4 +61,4 @@ pub use key::{ClientKey, Namespace};
 pub use limiter::{BlockList, Limited, Rate, RateLimiter};
 pub use store::{MemoryStore, PolicyStore, Usage};
 pub use table::LocalPolicy;
-pub(crate) use table::{Admitted, COARSE_CLOCK_MAX_INTERVAL, Clients, NO_CLIENT};
+pub(crate) use table::{Admitted, COARSE_CLOCK_MAX_INTERVAL, Clients, NO_CLIENT, WouldBlock};

@@ -307,6 +307,10 @@ fn level_of(key: &ClientKey) -> Level {
     }
 }
 
+/// [`Clients::try_strike`] found the table's lock taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WouldBlock;
+
 struct Map {
     by_key: HashMap<ClientKey, u32, BuildHasherDefault<Fingerprint>>,
     /// The key in each slot; slot 0 is `NO_CLIENT`.
@@ -886,13 +890,36 @@ impl Clients {
         }
     }
 
-    /// Watchdog: records a timeout against a client, its network and its
-    /// route. Returns the client's cool-off if this strike started one.
-    /// Cannot panic.
+    /// Records a timeout against a client, its network and its route.
+    /// Returns the client's cool-off if this strike started one. Cannot
+    /// panic. Waits for the table's lock: the watchdog uses
+    /// [`try_strike`](Self::try_strike).
     pub(crate) fn strike(&self, idx: u32, key: Option<&ClientKey>) -> Option<Duration> {
         // The read lock keeps eviction out: the entry checked is the entry
         // charged.
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        self.strike_locked(&map, idx, key)
+    }
+
+    /// Watchdog: [`strike`](Self::strike), unless the table's lock is held
+    /// or waited for by a writer (a new client's admission): then `Err`,
+    /// and the watchdog tries again at its next tick. A writer's thread
+    /// may be one the watchdog has moved to the idle class; waiting for it
+    /// would hold up every timeout behind it.
+    pub(crate) fn try_strike(
+        &self,
+        idx: u32,
+        key: Option<&ClientKey>,
+    ) -> Result<Option<Duration>, WouldBlock> {
+        let map = match self.map.try_read() {
+            Ok(map) => map,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(WouldBlock),
+        };
+        Ok(self.strike_locked(&map, idx, key))
+    }
+
+    fn strike_locked(&self, map: &Map, idx: u32, key: Option<&ClientKey>) -> Option<Duration> {
         let e = self.entry(idx)?;
         e.timeouts.fetch_add(1, Relaxed);
         let policy = self.policy?;
@@ -1315,5 +1342,63 @@ mod tests {
         assert_ne!(a1, a2);
         assert_eq!(t1.admit(&a).unwrap().client, a1);
         assert_eq!(t2.admit(&a).unwrap().client, a2);
+    }
+
+    /// A new client's admission holding the table's lock (on a thread the
+    /// watchdog may have moved to the idle class) does not hold up the
+    /// timeouts: the overrun is answered at once, and its strike is
+    /// recorded at a later tick, once the lock is free.
+    #[test]
+    fn a_strike_waits_for_a_later_tick_not_the_watchdog_for_the_tables_lock() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::mpsc;
+
+        let rt = crate::Runtime::builder()
+            .event_threads(1)
+            .poll_budget(Duration::from_millis(100))
+            .client_policy(crate::policy::ClientPolicy::new(1, Duration::from_secs(60)))
+            .build()
+            .unwrap();
+        let key = ClientKey::id("mallory");
+        let (started_tx, started) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let spin_stop = stop.clone();
+        let h =
+            crate::task::Builder::new()
+                .client(key.clone())
+                .spawn_on(&rt.handle(), async move {
+                    started_tx.send(()).unwrap();
+                    // Runs past its budget until told to stop (20 s at most).
+                    let t = std::time::Instant::now();
+                    while !spin_stop.load(Relaxed) && t.elapsed() < Duration::from_secs(20) {
+                        std::hint::spin_loop();
+                    }
+                });
+        started
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the task started");
+        let clients = rt.handle().shared.clients.clone();
+        let lock = clients.map.write().unwrap();
+        // Answered while the lock is held: the watchdog did not wait.
+        let (tx, answered) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(futures::executor::block_on(h));
+        });
+        let res = answered.recv_timeout(Duration::from_secs(10));
+        drop(lock);
+        stop.store(true, Relaxed);
+        let err = res
+            .expect("the overrun was not answered while the table's lock was held")
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        // And the strike lands once the lock is free.
+        let start = std::time::Instant::now();
+        while rt.handle().cooling_off(&key).is_none() && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            rt.handle().cooling_off(&key).is_some(),
+            "the strike kept for later was never recorded"
+        );
     }
 }
