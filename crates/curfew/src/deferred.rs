@@ -129,8 +129,8 @@ pub(crate) fn flush(bound: Duration) -> bool {
     rx.recv_timeout(bound).is_ok()
 }
 
-/// How often at most the log thread reports drops, and how soon after a
-/// drop it does when no event comes to wake it.
+/// How often at most the log thread reports drops, and how soon after the
+/// last drop it does when no event comes.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// The log thread: runs the queued jobs in order, and says how many were
@@ -140,7 +140,15 @@ fn run(rx: &Receiver<Job>, dropped: impl Fn() -> u64) {
     let mut reported = 0;
     let mut last_report: Option<std::time::Instant> = None;
     loop {
-        let next = rx.recv_timeout(DROP_REPORT_EVERY);
+        // With a drop still to report, wake within the period to report
+        // it; otherwise sleep until an event comes (an idle process stays
+        // idle). Drops happen only while the queue is full, so this thread
+        // is busy then and looks at the count after each job.
+        let next = if dropped() == reported {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(DROP_REPORT_EVERY)
+        };
         let gone = matches!(next, Err(RecvTimeoutError::Disconnected));
         if let Ok(job) = next {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
