@@ -129,9 +129,13 @@ pub(crate) fn flush(bound: Duration) -> bool {
     rx.recv_timeout(bound).is_ok()
 }
 
-/// How often at most the log thread reports drops, and how soon after the
-/// last drop it does when no event comes.
+/// How often at most the log thread reports drops, and how soon after it
+/// has caught up it reports the last ones.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the idle log thread sleeps before it looks at the drop count
+/// unprompted.
+const IDLE_WAIT: Duration = Duration::from_secs(60);
 
 /// The log thread: runs the queued jobs in order, and says how many were
 /// dropped, at most once a [`DROP_REPORT_EVERY`]. Returns once every sender
@@ -141,14 +145,17 @@ fn run(rx: &Receiver<Job>, dropped: impl Fn() -> u64) {
     let mut last_report: Option<std::time::Instant> = None;
     loop {
         // With a drop still to report, wake within the period to report
-        // it; otherwise sleep until an event comes (an idle process stays
-        // idle). Drops happen only while the queue is full, so this thread
-        // is busy then and looks at the count after each job.
-        let next = if dropped() == reported {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        // it. Otherwise wait long: drops happen while the queue is full,
+        // when this thread is busy and looks at the count after each job,
+        // but a sender preempted between its failed send and its count
+        // can make one after the queue has drained; an idle process wakes
+        // this thread once a minute for that.
+        let wait = if dropped() == reported {
+            IDLE_WAIT
         } else {
-            rx.recv_timeout(DROP_REPORT_EVERY)
+            DROP_REPORT_EVERY
         };
+        let next = rx.recv_timeout(wait);
         let gone = matches!(next, Err(RecvTimeoutError::Disconnected));
         if let Ok(job) = next {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));

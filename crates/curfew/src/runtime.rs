@@ -1349,7 +1349,11 @@ impl Handle {
     /// refused client costs no more than its headers.
     ///
     /// It takes a read lock on the client table and reads a few atomics; it
-    /// neither tracks a new client nor counts a refusal.
+    /// neither tracks a new client nor counts a refusal. A timeout's strike
+    /// is recorded before its caller is woken, unless a new client's
+    /// admission holds the table's lock at that moment: then at one of the
+    /// watchdog's next ticks, and this may answer `None` for that short
+    /// while after the caller has its `TimeoutError`.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

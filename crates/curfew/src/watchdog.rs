@@ -24,8 +24,10 @@
 //!    meantime keeps its outcome);
 //! 2. the task is marked timed out, so [`checkpoint`](crate::checkpoint)
 //!    returns the error and the task is dropped when its poll returns;
-//! 3. the overrun is recorded: a `tracing` warn event, the group's timeout
-//!    count, the client's strike;
+//! 3. the overrun is recorded: a `tracing` warn event (written by the log
+//!    thread), the group's timeout count, the client's strike (before the
+//!    caller is woken, unless a new client's admission holds the client
+//!    table's lock: then at a later tick, after the caller has its error);
 //! 4. after the hijack grace, if the poll is still running, the thread is
 //!    marked hijacked and a replacement thread is started, so the runtime
 //!    keeps its full count of healthy threads (and, if configured, the
@@ -152,10 +154,12 @@ struct Watchdog {
     /// Strikes that found the client table's lock taken, to record at the
     /// next ticks: (client index, key).
     pending_strikes: std::cell::RefCell<Vec<(u32, Option<crate::ClientKey>)>>,
+    /// Strikes lost at the cap since the last report.
+    lost_strikes: Cell<u64>,
 }
 
 /// Strikes kept for a later tick at most; past this they are lost (and
-/// logged).
+/// counted in a warning).
 const MAX_PENDING_STRIKES: usize = 4096;
 
 /// When a task queued at `since_ns` has waited its budget.
@@ -245,6 +249,7 @@ impl Watchdog {
             publish_clock: shared.config.watchdog_interval
                 <= crate::policy::COARSE_CLOCK_MAX_INTERVAL,
             pending_strikes: std::cell::RefCell::new(Vec::new()),
+            lost_strikes: Cell::new(0),
             shared,
         }
     }
@@ -255,23 +260,31 @@ impl Watchdog {
         if pending.len() < MAX_PENDING_STRIKES {
             pending.push((idx, key));
         } else {
-            emit(|| {
-                tracing::warn!(
-                    target: "curfew",
-                    "a timeout's strike was lost: the client table's lock stayed taken for \
-                     thousands of timeouts"
-                );
-            });
+            self.lost_strikes.set(self.lost_strikes.get() + 1);
         }
     }
 
-    /// Records the strikes kept from earlier ticks, those it can now.
-    /// Returns whether some are still waiting.
+    /// Records the strikes kept from earlier ticks, those it can now, and
+    /// says how many were lost at the cap since it last did. Returns
+    /// whether some are still waiting.
     fn retry_strikes(&self) -> bool {
+        let lost = self.lost_strikes.replace(0);
+        if lost > 0 {
+            emit(move || {
+                tracing::warn!(
+                    target: "curfew",
+                    lost,
+                    "timeouts' strikes lost: the client table's lock stayed taken for thousands \
+                     of timeouts"
+                );
+            });
+        }
         let mut pending = self.pending_strikes.borrow_mut();
         if pending.is_empty() {
             return false;
         }
+        let mut cool_offs = Vec::new();
+        let mut contained = false;
         pending.retain(|(idx, key)| {
             let done = catch_unwind(AssertUnwindSafe(|| {
                 self.shared.clients.try_strike(*idx, key.as_ref())
@@ -279,23 +292,51 @@ impl Watchdog {
             match done {
                 Ok(Err(crate::policy::WouldBlock)) => true,
                 Ok(Ok(cool_off)) => {
-                    if let (Some(client), Some(cool_off)) = (key.clone(), cool_off) {
-                        emit(move || {
-                            tracing::warn!(
-                                target: "curfew",
-                                client = client.as_str(),
-                                cool_off_ms = cool_off.as_millis() as u64,
-                                "client refused for a cool-off after repeated timeouts"
-                            );
-                        });
+                    if let (Some(client), Some(cool_off)) = (key, cool_off) {
+                        cool_offs.push((client.clone(), cool_off));
                     }
                     false
                 }
-                // The policy panicked: contained, as in `overrun`.
-                Err(_) => false,
+                Err(_) => {
+                    contained = true;
+                    false
+                }
             }
         });
-        !pending.is_empty()
+        let waiting = !pending.is_empty();
+        drop(pending);
+        for (client, cool_off) in cool_offs {
+            emit(move || {
+                tracing::warn!(
+                    target: "curfew",
+                    client = client.as_str(),
+                    cool_off_ms = cool_off.as_millis() as u64,
+                    "client refused for a cool-off after repeated timeouts"
+                );
+            });
+        }
+        if contained {
+            emit(|| {
+                tracing::error!(
+                    target: "curfew",
+                    "a panic in the client policy was contained; a timeout's strike is lost"
+                );
+            });
+        }
+        waiting
+    }
+
+    /// At the watchdog's exit: the strikes still kept get a last chance,
+    /// for up to 100 ms (a shared policy store should hear of them), and
+    /// the rest are counted as lost.
+    fn settle_strikes(&self) {
+        let until = Instant::now() + Duration::from_millis(100);
+        while self.retry_strikes() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let left = self.pending_strikes.borrow_mut().drain(..).count() as u64;
+        self.lost_strikes.set(self.lost_strikes.get() + left);
+        self.retry_strikes();
     }
 
     /// Starts a tick: publishes its number, then notes when it was
@@ -381,6 +422,8 @@ impl Watchdog {
                 }
             }
         }
+        // Strikes still waiting for the client table's lock.
+        let _ = catch_unwind(AssertUnwindSafe(|| self.settle_strikes()));
         // Hand back the tasks held for the queue deadline: the runtime
         // shutting down drains the queues next.
         for gid in [GroupId::Event, GroupId::Blocking] {

@@ -901,16 +901,26 @@ impl Clients {
         self.strike_locked(&map, idx, key)
     }
 
-    /// Watchdog: [`strike`](Self::strike), unless the table's lock is held
-    /// or waited for by a writer (a new client's admission): then `Err`,
-    /// and the watchdog tries again at its next tick. A writer's thread
-    /// may be one the watchdog has moved to the idle class; waiting for it
-    /// would hold up every timeout behind it.
+    /// Watchdog: [`strike`](Self::strike), unless the table's lock is
+    /// taken: then `Err`, and the watchdog tries again at its next tick.
+    /// With std's Linux lock, `try_read` fails while a writer (a new
+    /// client's admission) holds the lock or is queued for it, or has just
+    /// released it to waiting threads. A writer's thread may be one the
+    /// watchdog has moved to the idle class; waiting for it would hold up
+    /// every timeout behind it. A strike kept for later is lost if the
+    /// client's entry is evicted meanwhile, as it would be had the
+    /// eviction come first.
     pub(crate) fn try_strike(
         &self,
         idx: u32,
         key: Option<&ClientKey>,
     ) -> Result<Option<Duration>, WouldBlock> {
+        // No entry (no client, or one evicted): nothing to strike, and
+        // nothing to wait for. Generations only move forward, so a stale
+        // index stays stale.
+        if self.entry(idx).is_none() {
+            return Ok(None);
+        }
         let map = match self.map.try_read() {
             Ok(map) => map,
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
@@ -1344,10 +1354,11 @@ mod tests {
         assert_eq!(t2.admit(&a).unwrap().client, a2);
     }
 
-    /// A new client's admission holding the table's lock (on a thread the
-    /// watchdog may have moved to the idle class) does not hold up the
-    /// timeouts: the overrun is answered at once, and its strike is
-    /// recorded at a later tick, once the lock is free.
+    /// A writer holding the table's lock (a new client's admission, on a
+    /// thread the watchdog may have moved to the idle class) does not hold
+    /// up the timeouts: the overrun is answered at once, and its strike is
+    /// recorded at a later tick, once the lock is free. Here the task that
+    /// overruns holds the lock itself for the whole of its poll.
     #[test]
     fn a_strike_waits_for_a_later_tick_not_the_watchdog_for_the_tables_lock() {
         use std::sync::atomic::AtomicBool;
@@ -1360,38 +1371,33 @@ mod tests {
             .build()
             .unwrap();
         let key = ClientKey::id("mallory");
-        let (started_tx, started) = mpsc::channel();
+        let clients = rt.handle().shared.clients.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let spin_stop = stop.clone();
         let h =
             crate::task::Builder::new()
                 .client(key.clone())
                 .spawn_on(&rt.handle(), async move {
-                    started_tx.send(()).unwrap();
-                    // Runs past its budget until told to stop (20 s at most).
+                    let _held = clients.map.write().unwrap();
+                    // Runs past its budget, the lock held, until told to stop
+                    // (20 s at most).
                     let t = std::time::Instant::now();
                     while !spin_stop.load(Relaxed) && t.elapsed() < Duration::from_secs(20) {
                         std::hint::spin_loop();
                     }
                 });
-        started
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the task started");
-        let clients = rt.handle().shared.clients.clone();
-        let lock = clients.map.write().unwrap();
-        // Answered while the lock is held: the watchdog did not wait.
+        // Answered while the task holds the lock: the watchdog did not wait.
         let (tx, answered) = mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(futures::executor::block_on(h));
         });
         let res = answered.recv_timeout(Duration::from_secs(10));
-        drop(lock);
         stop.store(true, Relaxed);
         let err = res
             .expect("the overrun was not answered while the table's lock was held")
             .unwrap_err();
         assert!(err.is_timeout(), "{err}");
-        // And the strike lands once the lock is free.
+        // And the strike lands once the task has let the lock go.
         let start = std::time::Instant::now();
         while rt.handle().cooling_off(&key).is_none() && start.elapsed() < Duration::from_secs(20) {
             std::thread::sleep(Duration::from_millis(10));
