@@ -153,12 +153,7 @@ pub(crate) fn check_budget(shared: &Shared, header: &Header, elapsed: Duration) 
             "poll over budget on the caller's paused runtime: answered with a TimeoutError"
         );
         if let (Some(client), Some(cool_off)) = (&header.client, cool_off) {
-            tracing::warn!(
-                target: "curfew",
-                client = client.as_str(),
-                cool_off_ms = cool_off.as_millis() as u64,
-                "client refused for a cool-off after repeated timeouts"
-            );
+            crate::policy::log_cool_off(client, cool_off);
         }
     }
     header.is_timed_out()

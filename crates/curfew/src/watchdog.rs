@@ -306,14 +306,7 @@ impl Watchdog {
         let waiting = !pending.is_empty();
         drop(pending);
         for (client, cool_off) in cool_offs {
-            emit(move || {
-                tracing::warn!(
-                    target: "curfew",
-                    client = client.as_str(),
-                    cool_off_ms = cool_off.as_millis() as u64,
-                    "client refused for a cool-off after repeated timeouts"
-                );
-            });
+            emit(move || crate::policy::log_cool_off(&client, cool_off));
         }
         if contained {
             emit(|| {
@@ -857,12 +850,7 @@ impl Watchdog {
                     "poll over budget: answered with a TimeoutError"
                 );
                 if let (Some(client), Some(cool_off)) = (client, cool_off) {
-                    tracing::warn!(
-                        target: "curfew",
-                        client = client.as_str(),
-                        cool_off_ms = cool_off.as_millis() as u64,
-                        "client refused for a cool-off after repeated timeouts"
-                    );
+                    crate::policy::log_cool_off(&client, cool_off);
                 }
             });
         }

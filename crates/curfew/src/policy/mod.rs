@@ -61,4 +61,6 @@ pub use key::{ClientKey, Namespace};
 pub use limiter::{BlockList, Limited, Rate, RateLimiter};
 pub use store::{MemoryStore, PolicyStore, Usage};
 pub use table::LocalPolicy;
-pub(crate) use table::{Admitted, COARSE_CLOCK_MAX_INTERVAL, Clients, NO_CLIENT, WouldBlock};
+pub(crate) use table::{
+    Admitted, COARSE_CLOCK_MAX_INTERVAL, Clients, NO_CLIENT, WouldBlock, log_cool_off,
+};

@@ -307,6 +307,17 @@ fn level_of(key: &ClientKey) -> Level {
     }
 }
 
+/// The event for a strike that started a client's cool-off (`strike`'s
+/// answer), wherever the strike was recorded.
+pub(crate) fn log_cool_off(client: &ClientKey, cool_off: Duration) {
+    tracing::warn!(
+        target: "curfew",
+        client = client.as_str(),
+        cool_off_ms = cool_off.as_millis() as u64,
+        "client refused for a cool-off after repeated timeouts"
+    );
+}
+
 /// [`Clients::try_strike`] found the table's lock taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WouldBlock;
