@@ -493,21 +493,12 @@ where
         };
 
         // The name is this thread's copy (`keys_on_route`), so that taking
-        // it twice writes no count that another thread writes too, as
-        // cloning axum's `MatchedPath` would.
-        let route = name.clone();
-        let mut task = curfew::task::Builder::new().shared_name(name);
-        if let Some(key) = &client {
-            task = task.client(key.clone());
-        }
+        // it writes no count that another thread writes too, as cloning
+        // axum's `MatchedPath` would.
+        let mut task = curfew::task::Builder::new();
         if let Some(budget) = self.config.poll_budget {
             task = task.poll_budget(budget);
         }
-        let info = Info {
-            route,
-            client,
-            config: self.config.clone(),
-        };
         // A client cooling off (or a refused route) is refused by the scope
         // or the spawn below, which look the key up once in the runtime's
         // client table. The scope then never calls the inner service; the
@@ -515,13 +506,29 @@ where
         // way the body is never read, and the answer comes from the headers
         // alone.
         if let Some(line) = line {
+            // The scope's header keeps the route and the client, for the
+            // answer to a failure: one count on each per request.
+            let mut task = task.shared_name(name);
+            if let Some(key) = client {
+                task = task.client(key);
+            }
             let inner = &mut self.inner;
+            let config = self.config.clone();
             return ResponseFuture {
                 kind: Kind::Inline {
-                    inline: task.inline_with(|| inner.call(req), Answer { line, info }),
+                    inline: task.inline_with(|| inner.call(req), Answer { line, config }),
                 },
             };
         }
+        let mut task = task.shared_name(name.clone());
+        if let Some(key) = &client {
+            task = task.client(key.clone());
+        }
+        let info = Info {
+            route: name,
+            client,
+            config: self.config.clone(),
+        };
         let fut = self.inner.call(req);
         let join = match &self.config.handle {
             Some(h) => task.spawn_on(h, fut),
@@ -540,25 +547,30 @@ where
 /// the socket, since the connection's task is held by the handler.
 struct Answer {
     line: Arc<crate::line::Line>,
-    info: Info,
+    config: Config,
 }
 
 impl curfew::task::OnTimeout for Answer {
     fn on_timeout(&self, error: &curfew::TimeoutError) {
+        // The error carries the scope's name (the route) and client.
         let join = JoinError::from(error.clone());
-        let response = self
-            .info
-            .config
-            .build(&Failure::from_join(&join, &self.info));
+        let response = self.config.build(&Failure::from_join(
+            &join,
+            error.name().unwrap_or(""),
+            error.client(),
+            self.config.poll_budget,
+        ));
         let answered = self.line.answer(response);
         // This runs on the watchdog's thread, which must not wait on a log
         // sink: the events go to curfew's log thread.
-        let (info, error) = (self.info.clone(), error.clone());
+        let budget = self.config.poll_budget;
         curfew::task::defer_log(move || {
-            Failure::from_join(&JoinError::from(error), &info).record();
+            let error = join.timeout().expect("made from a timeout");
+            let route = error.name().unwrap_or("");
+            Failure::from_join(&join, route, error.client(), budget).record();
             if answered != crate::line::Answered::Written {
                 tracing::debug!(
-                    route = &*info.route,
+                    route,
                     ?answered,
                     "a timed-out handler's connection could not be answered; shut down"
                 );
@@ -644,7 +656,12 @@ where
                     let info = info
                         .take()
                         .expect("ResponseFuture polled after it completed");
-                    let failure = Failure::from_join(&error, &info);
+                    let failure = Failure::from_join(
+                        &error,
+                        &info.route,
+                        info.client.as_ref(),
+                        info.config.poll_budget,
+                    );
                     Poll::Ready(Ok(info.config.respond(&failure).map(B::from_full)))
                 }
             },
@@ -660,9 +677,14 @@ where
                     Poll::Ready(Ok(r.map(B::from_full)))
                 }
                 Err(error) => {
-                    let info = &inline.hook().info;
-                    let failure = Failure::from_join(&error, info);
-                    Poll::Ready(Ok(info.config.respond(&failure).map(B::from_full)))
+                    let config = &inline.hook().config;
+                    let failure = Failure::from_join(
+                        &error,
+                        inline.name().unwrap_or(""),
+                        inline.client(),
+                        config.poll_budget,
+                    );
+                    Poll::Ready(Ok(config.respond(&failure).map(B::from_full)))
                 }
             },
         }
@@ -713,7 +735,14 @@ fn retry_secs(d: Duration) -> u64 {
 }
 
 impl<'a> Failure<'a> {
-    fn from_join(error: &'a JoinError, info: &'a Info) -> Self {
+    /// The failure `error` of the handler for `route` and `client`, run
+    /// under the layer's `poll_budget`.
+    fn from_join(
+        error: &'a JoinError,
+        route: &'a str,
+        client: Option<&'a ClientKey>,
+        poll_budget: Option<Duration>,
+    ) -> Self {
         let (kind, retry_after) = if error.is_timeout() {
             (FailureKind::Timeout, 1)
         } else if error.is_panic() {
@@ -734,12 +763,9 @@ impl<'a> Failure<'a> {
         };
         Failure {
             kind,
-            route: &info.route,
-            client: info.client.as_ref(),
-            budget: error
-                .timeout()
-                .map(|t| t.budget())
-                .or(info.config.poll_budget),
+            route,
+            client,
+            budget: error.timeout().map(|t| t.budget()).or(poll_budget),
             retry_after,
             error: Some(error),
         }

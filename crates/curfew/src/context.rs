@@ -309,13 +309,17 @@ pub(crate) fn poll_scoped<R>(header: &Header, poll: impl FnOnce() -> R) -> Optio
 
 /// The header of an inline scope ([`task::Builder::inline`]): admitted
 /// by, and given the budgets of, this thread's runtime, else the current
-/// one; outside every curfew runtime, admitted without a client table.
-pub(crate) fn inline_header(opts: task::Builder) -> Result<Header, crate::Refusal> {
+/// one; outside every curfew runtime, admitted without a client table. A
+/// refusal gives the options back.
+pub(crate) fn inline_header(
+    opts: task::Builder,
+) -> Result<Header, (crate::Refusal, task::Builder)> {
     let mut opts = Some(opts);
     let on_worker = with_worker(|w| {
         w.map(|w| {
             let opts = opts.take().expect("taken once");
-            w.shared().header(opts, crate::executor::GroupId::Event)
+            w.shared()
+                .header_or_back(opts, crate::executor::GroupId::Event)
         })
     });
     if let Some(h) = on_worker {
@@ -323,7 +327,9 @@ pub(crate) fn inline_header(opts: task::Builder) -> Result<Header, crate::Refusa
     }
     let opts = opts.take().expect("taken once");
     if let Some(h) = try_current() {
-        return h.shared.header(opts, crate::executor::GroupId::Event);
+        return h
+            .shared
+            .header_or_back(opts, crate::executor::GroupId::Event);
     }
     let budget = opts.poll_budget.unwrap_or(Some(crate::DEFAULT_POLL_BUDGET));
     Ok(Header::new(

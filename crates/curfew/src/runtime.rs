@@ -1059,11 +1059,25 @@ impl Shared {
 
     /// Builds a task's header, or the refusal for it.
     pub(crate) fn header(&self, opts: task::Builder, gid: GroupId) -> Result<Header, Refusal> {
+        self.header_or_back(opts, gid)
+            .map_err(|(refusal, _)| refusal)
+    }
+
+    /// As [`header`](Self::header), giving a refused task's options back
+    /// (an inline scope keeps its name and client for its caller).
+    pub(crate) fn header_or_back(
+        &self,
+        opts: task::Builder,
+        gid: GroupId,
+    ) -> Result<Header, (Refusal, task::Builder)> {
         if self.is_shutdown() {
-            return Err(Refusal::Shutdown);
+            return Err((Refusal::Shutdown, opts));
         }
         let admitted = match &opts.client {
-            Some(c) => self.clients.admit(c)?,
+            Some(c) => match self.clients.admit(c) {
+                Ok(admitted) => admitted,
+                Err(refusal) => return Err((refusal, opts)),
+            },
             None => Admitted::NONE,
         };
         let budget = match gid {

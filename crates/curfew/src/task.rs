@@ -968,7 +968,14 @@ impl Builder {
     {
         let (header, refusal) = match context::inline_header(self) {
             Ok(h) => (Some(h), None),
-            Err(r) => (None, Some(Box::new(r))),
+            Err((refusal, opts)) => (
+                None,
+                Some(Box::new(Refused {
+                    refusal: Some(refusal),
+                    name: opts.name,
+                    client: opts.client,
+                })),
+            ),
         };
         let future = header.is_some().then(make);
         Inline {
@@ -1040,15 +1047,43 @@ pub struct Inline<F, H> {
     #[pin]
     future: Option<F>,
     /// Boxed: rare, and the future moves with the caller's.
-    refusal: Option<Box<Refusal>>,
+    refusal: Option<Box<Refused>>,
     /// The header's waker (the hook) is in place.
     registered: bool,
+}
+
+/// An inline scope refused at admission: the refusal, until it is
+/// returned, and what the scope was given to name it by.
+struct Refused {
+    refusal: Option<Refusal>,
+    name: Option<Arc<str>>,
+    client: Option<ClientKey>,
 }
 
 impl<F, H> Inline<F, H> {
     /// The `on_timeout` hook given to [`Builder::inline`].
     pub fn hook(&self) -> &H {
         &self.cell.hook
+    }
+
+    /// The name given to the [`Builder`], refused or not, before and after
+    /// the scope resolves.
+    pub fn name(&self) -> Option<&str> {
+        match (&self.cell.header, &self.refusal) {
+            (Some(h), _) => h.name.as_deref(),
+            (None, Some(r)) => r.name.as_deref(),
+            (None, None) => None,
+        }
+    }
+
+    /// The client given to the [`Builder`], refused or not, before and
+    /// after the scope resolves.
+    pub fn client(&self) -> Option<&ClientKey> {
+        match (&self.cell.header, &self.refusal) {
+            (Some(h), _) => h.client.as_ref(),
+            (None, Some(r)) => r.client.as_ref(),
+            (None, None) => None,
+        }
     }
 }
 
@@ -1112,9 +1147,10 @@ impl<F: Future, H: OnTimeout> Future for Inline<F, H> {
             // to `inline`, was dropped unpolled).
             let refusal = this
                 .refusal
-                .take()
+                .as_mut()
+                .and_then(|r| r.refusal.take())
                 .expect("`Inline` polled after it completed");
-            return Poll::Ready(Err(JoinError::refused(*refusal)));
+            return Poll::Ready(Err(JoinError::refused(refusal)));
         };
         let Some(fut) = this.future.as_mut().as_pin_mut() else {
             panic!("`Inline` polled after it completed");

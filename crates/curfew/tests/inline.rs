@@ -284,3 +284,46 @@ fn an_inline_future_is_send_when_its_parts_are() {
     let f = Builder::new().inline(async { 1 }, Count::default());
     send(&f);
 }
+
+#[test]
+fn a_scope_keeps_its_name_and_client_refused_or_not_and_after_it_resolves() {
+    let rt = curfew::Runtime::builder()
+        .event_threads(1)
+        .hijack_grace(GRACE)
+        .client_policy(ClientPolicy::new(1, Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let seen = rt
+        .block_on(rt.spawn(async {
+            let mut seen = Vec::new();
+            for (budget, make_spin) in [(Some(Duration::from_millis(20)), true), (None, false)] {
+                let mut b = Builder::new().name("/search").client("198.51.100.8");
+                if let Some(budget) = budget {
+                    b = b.poll_budget(budget);
+                }
+                let mut scope = std::pin::pin!(b.inline_with(
+                    move || async move {
+                        if make_spin {
+                            spin_until_answered();
+                        }
+                    },
+                    Count::default()
+                ));
+                let before = (scope.name().map(str::to_owned), scope.client().cloned());
+                let out = scope.as_mut().await;
+                let after = (scope.name().map(str::to_owned), scope.client().cloned());
+                seen.push((out.map_err(|e| e.is_refused()), before, after));
+            }
+            seen
+        }))
+        .unwrap();
+    let key = Some(curfew::ClientKey::from("198.51.100.8"));
+    let named = (Some("/search".to_owned()), key);
+    // The first overruns and strikes the client; the second is refused.
+    assert_eq!(seen[0].0, Err(false), "the first scope times out");
+    assert_eq!(seen[1].0, Err(true), "the second scope is refused");
+    for (_, before, after) in &seen {
+        assert_eq!(before, &named);
+        assert_eq!(after, &named);
+    }
+}
