@@ -20,7 +20,9 @@
 //!   `CurfewLayer` replaces;
 //! * `tokio-identity`: `axum::serve` on tokio with a layer that adds
 //!   nothing (`layer_fn(|s| s)`) in the router: what `Router::layer` alone
-//!   costs a request.
+//!   costs a request;
+//! * `curfew-identity`: `curfew_http::serve` with that same layer in the
+//!   router, the base that `CurfewLayer`'s own work adds to.
 //!
 //! Both use the same thread count (2, or `CURFEW_BENCH_THREADS`). For each
 //! mode and round it reports wrk's requests/s and p99 latency, and the
@@ -71,7 +73,7 @@
 //! takes some 50 times as long),
 //! `AXUM_BENCH_MODES` (a comma-separated subset of `tokio`, `curfew`,
 //! `curfew-bare`, `tokio-spawn`, `curfew-spawn`, `curfew-outer`,
-//! `tokio-timeout` and `tokio-identity`; default
+//! `tokio-timeout`, `tokio-identity` and `curfew-identity`; default
 //! `tokio,curfew`).
 //! Without `--bench` (as under `cargo test --benches`) it runs each mode
 //! once for 1 s, and skips the wrk part if wrk is not installed.
@@ -522,7 +524,7 @@ fn throughput(bench_mode: bool) {
         "| round | mode | requests | errors | req/s | p99 (µs) | server CPU µs/req | steal (ms) |\n\
          | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    const NAMES: [&str; 8] = [
+    const NAMES: [&str; 9] = [
         "tokio",
         "curfew",
         "curfew-bare",
@@ -531,6 +533,7 @@ fn throughput(bench_mode: bool) {
         "curfew-outer",
         "tokio-timeout",
         "tokio-identity",
+        "curfew-identity",
     ];
     let wanted = std::env::var("AXUM_BENCH_MODES").unwrap_or_else(|_| "tokio,curfew".into());
     let modes: Vec<usize> = (0..NAMES.len())
@@ -564,7 +567,8 @@ fn throughput(bench_mode: bool) {
                     )),
                     "axtt",
                 ),
-                _ => tokio_server(router().layer(tower::layer::layer_fn(|s| s)), "axti"),
+                7 => tokio_server(router().layer(tower::layer::layer_fn(|s| s)), "axti"),
+                _ => curfew_server(router().layer(tower::layer::layer_fn(|s| s)), "axci"),
             };
             // Warm-up (`AXUM_BENCH_WARMUP=0` skips it, so that a whole
             // process's counts, under valgrind say, divide by the requests).

@@ -194,6 +194,7 @@ pub mod metrics;
 pub mod policy;
 pub mod pool;
 mod runtime;
+mod seqcell;
 mod slot;
 mod sys;
 pub mod task;

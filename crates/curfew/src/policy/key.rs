@@ -4,7 +4,9 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use crate::seqcell::SeqCell;
 
 /// The namespace of a [`ClientKey`]. Keys in different namespaces never
 /// compare equal, whatever their text: an id header that reads `127.0.0.1`
@@ -101,18 +103,10 @@ struct Inner {
     /// server that keeps a connection's key finds its entries without the
     /// table's map, however many clients it serves (see
     /// [`ClientKey::resolution`]).
-    resolved: Mutex<Option<Resolution>>,
+    /// As a `Resolution`'s three words (see [`ClientKey::resolution`]).
+    resolved: SeqCell,
     /// [`ClientKey::fingerprint`], once worked out; 0 before.
     fingerprint: AtomicU64,
-}
-
-/// Where a client table found a key: its entries, and the table's count
-/// of evictions then.
-#[derive(Clone, Copy)]
-struct Resolution {
-    table: u64,
-    evictions: u64,
-    found: (u32, u32),
 }
 
 impl PartialEq for ClientKey {
@@ -151,7 +145,7 @@ impl ClientKey {
             text,
             ip,
             route: None,
-            resolved: Mutex::new(None),
+            resolved: SeqCell::new(),
             fingerprint: AtomicU64::new(0),
         }))
     }
@@ -216,7 +210,7 @@ impl ClientKey {
             text: self.0.text.clone(),
             ip: self.0.ip,
             route: Some(route),
-            resolved: Mutex::new(None),
+            resolved: SeqCell::new(),
             fingerprint: AtomicU64::new(self.0.fingerprint.load(Relaxed)),
         }))
     }
@@ -225,25 +219,20 @@ impl ClientKey {
     /// clone of it), with the table's count of evictions then, if it was
     /// the last table to find it. The table uses them as they are while it
     /// has evicted nothing since, and checks that they are still this
-    /// key's after that. Two uncontended atomics; a key in use on another
-    /// thread at this moment just misses.
+    /// key's after that. Loads only (a sequence lock); a key being
+    /// remembered on another thread at this moment just misses.
     #[inline]
     pub(crate) fn resolution(&self, table: u64) -> Option<((u32, u32), u64)> {
-        let r = *self.0.resolved.try_lock().ok()?;
-        r.filter(|r| r.table == table)
-            .map(|r| (r.found, r.evictions))
+        let [t, evictions, found] = self.0.resolved.read()?;
+        (t == table).then_some((((found >> 32) as u32, found as u32), evictions))
     }
 
-    /// Remembers where `table` found this key, after `evictions` evictions.
+    /// Remembers where `table` found this key, after `evictions` evictions
+    /// (unless another thread is remembering it at this moment).
     #[inline]
     pub(crate) fn remember_resolution(&self, table: u64, evictions: u64, found: (u32, u32)) {
-        if let Ok(mut r) = self.0.resolved.try_lock() {
-            *r = Some(Resolution {
-                table,
-                evictions,
-                found,
-            });
-        }
+        let found = (u64::from(found.0) << 32) | u64::from(found.1);
+        self.0.resolved.try_write([table, evictions, found]);
     }
 
     /// A 64-bit hash of the key's namespace and text (the client's
