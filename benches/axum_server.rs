@@ -28,7 +28,10 @@
 //! mode and round it reports wrk's requests/s and p99 latency, and the
 //! server threads' CPU time per request (from
 //! `/proc/self/task/*/schedstat`, so the load generator's share of the
-//! cores does not count), then the ratios curfew/tokio over the rounds.
+//! cores does not count), then the ratios curfew/tokio over the rounds:
+//! the ratio of the sums, and the median of the rounds' own ratios. A
+//! curfew run in which the watchdog timed out, hijacked, handed off or
+//! demoted anything says so.
 //!
 //! A second part measures how fast a handler that never yields is answered:
 //! a route whose handler spins for 60 ms behind a layer with a 20 ms poll
@@ -64,7 +67,8 @@
 //! ...: the server sees N clients where wrk is one; it shares the cores
 //! with the servers as wrk does, and its latencies include its own
 //! scheduling),
-//! `AXUM_BENCH_VERBOSE=1` (print every delivery time),
+//! `AXUM_BENCH_VERBOSE=1` (print wrk's report of each run, and every
+//! delivery time),
 //! `AXUM_BENCH_DEMOTE=0` (curfew's `demote_overrunning_polls` off, for an
 //! A/B of the never-yielding handler's delivery),
 //! `CURFEW_BENCH_INTERVAL_US` (curfew's watchdog interval, default 500),
@@ -263,6 +267,35 @@ fn curfew_server<S: curfew_http::App>(app: S, name: &'static str) -> Server {
     }
 }
 
+/// For a curfew server, what its watchdog did to the event threads, if
+/// anything: a run of short requests should see no timeout, hijack,
+/// hand-off or demotion, and one that does is not measuring the server.
+fn report_watchdog(server: &Server) {
+    let Some(rt) = server
+        .keep
+        .as_ref()
+        .and_then(|k| k.downcast_ref::<curfew::Runtime>())
+    else {
+        return;
+    };
+    let e = rt.metrics().event;
+    if e.timeouts + e.hijacked_total + e.handed_off_total + e.demoted_total + e.deferred_total > 0 {
+        println!(
+            "  {}: the watchdog acted: {} timeouts ({} queued), {} hijacked, {} handed off, {} demoted, {} deferred",
+            server.prefix,
+            e.timeouts,
+            e.queue_timeouts,
+            e.hijacked_total,
+            e.handed_off_total,
+            e.demoted_total,
+            e.deferred_total
+        );
+    }
+}
+
+/// Each run's (round, mode, req/s, p99, CPU/req, steal).
+type RunRow = (u64, usize, f64, f64, f64, f64);
+
 /// What one wrk run measured.
 struct WrkRun {
     requests: u64,
@@ -301,6 +334,9 @@ fn wrk(server: &Server, secs: u64, connections: u64) -> Option<WrkRun> {
         .ok()?;
     let cpu_ns = common::total_cpu_ns(server.prefix).saturating_sub(cpu0);
     let text = String::from_utf8_lossy(&out.stdout);
+    if std::env::var_os("AXUM_BENCH_VERBOSE").is_some() {
+        println!("{text}");
+    }
     let mut run = WrkRun {
         requests: 0,
         rps: 0.0,
@@ -539,8 +575,7 @@ fn throughput(bench_mode: bool) {
     let modes: Vec<usize> = (0..NAMES.len())
         .filter(|&i| wanted.split(',').any(|w| w.trim() == NAMES[i]))
         .collect();
-    // Each run's (round, mode, req/s, p99, CPU/req, steal).
-    let mut runs: Vec<(u64, usize, f64, f64, f64, f64)> = Vec::new();
+    let mut runs: Vec<RunRow> = Vec::new();
     for round in 1..=rounds {
         let mut order = modes.clone();
         if round % 2 == 0 {
@@ -582,6 +617,7 @@ fn throughput(bench_mode: bool) {
                 println!("the load generator failed");
                 return;
             };
+            report_watchdog(&server);
             drop(server);
             let name = NAMES[mode];
             println!(
@@ -614,6 +650,33 @@ fn throughput(bench_mode: bool) {
                 c.0 / t.0,
                 c.1 / t.1,
                 c.2 / t.2,
+            );
+            // The ratio of sums lets one round's p99 outweigh the rest: a
+            // round in which the host held a vCPU for tens of ms (which its
+            // steal count need not show) reads 20-50x. The median of the
+            // rounds' own ratios does not.
+            let per_round = |f: fn(&RunRow) -> f64| {
+                let mut v: Vec<f64> = rounds_in
+                    .iter()
+                    .filter_map(|&round| {
+                        let of = |m: usize| runs.iter().find(|r| r.0 == round && r.1 == m);
+                        Some(f(of(mode)?) / f(of(0)?))
+                    })
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                match v.len() {
+                    0 => f64::NAN,
+                    n if n % 2 == 1 => v[n / 2],
+                    n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+                }
+            };
+            println!(
+                "{} / tokio, median of the {} {label} rounds' ratios: req/s {:.3}x, p99 {:.3}x, CPU per request {:.3}x",
+                NAMES[mode],
+                rounds_in.len(),
+                per_round(|r| r.2),
+                per_round(|r| r.3),
+                per_round(|r| r.4),
             );
         }
     };
