@@ -139,7 +139,9 @@ struct Config {
 ///   ([`curfew::task::Builder::inline`]): HTTP/1 answers one request at a
 ///   time, so the connection has nothing else to do meanwhile, and a
 ///   request costs no task, no queueing and no second poll of the
-///   connection. A handler that overruns holds the connection's task, so
+///   connection. The connection's requests share one scope
+///   ([`curfew::task::InlineScope`]): its header is made once, and its
+///   client's admission remembered while nothing it rests on changes. A handler that overruns holds the connection's task, so
 ///   the watchdog writes the `503` (with `Connection: close`) to the socket
 ///   itself and shuts the socket down; the connection ends there. If
 ///   hyper's earlier output on the connection is not all flushed (a
@@ -474,6 +476,37 @@ where
         // connection has the peer's keys too, made once, for a request whose
         // address is still the connection's.
         let in_line = self.config.handle.is_none() && req.version() <= http::Version::HTTP_11;
+        // The usual case, the default key for the connection's own peer:
+        // the connection's scope, its header kept and its client's
+        // admission remembered from one request to the next.
+        if in_line {
+            let config = &self.config;
+            let prepared = crate::line::with_current(|conn| {
+                (peer == Some(Some(conn.peer_ip))).then(|| {
+                    conn.with_keys_on_route(
+                        route,
+                        |key| named_key_on_route(route, key),
+                        |name, key| {
+                            let answer = Answer {
+                                line: conn.line.clone(),
+                                config: config.clone(),
+                            };
+                            conn.scope
+                                .prepare(name, Some(key), config.poll_budget, answer)
+                        },
+                    )
+                })
+            })
+            .flatten();
+            if let Some(prepared) = prepared {
+                let inner = &mut self.inner;
+                return ResponseFuture {
+                    kind: Kind::Inline {
+                        inline: prepared.inline_with(|| inner.call(req)),
+                    },
+                };
+            }
+        }
         let (line, keys) = in_line
             .then(|| {
                 crate::line::with_current(|conn| {
@@ -545,7 +578,7 @@ where
 
 /// The watchdog's hook for a handler run in place: answers the request on
 /// the socket, since the connection's task is held by the handler.
-struct Answer {
+pub(crate) struct Answer {
     line: Arc<crate::line::Line>,
     config: Config,
 }

@@ -70,6 +70,10 @@ pub(crate) struct Conn {
     /// Task names and the peer's keys on them, by route: bounded (the
     /// oldest goes), and reached only from the connection's own polls.
     routes: RefCell<Recent<(Arc<str>, ClientKey), ROUTES_PER_CONNECTION>>,
+    /// The watched scope the connection's requests run in, one at a time
+    /// (`CurfewLayer`'s in-place path): its header is made, and its
+    /// client admitted, once while nothing changes.
+    pub(crate) scope: curfew::task::InlineScope<crate::layer::Answer>,
 }
 
 /// A connection's requests go to a few routes at a time.
@@ -83,6 +87,7 @@ impl Conn {
             peer_ip,
             peer_key: crate::key::ip_key(peer_ip),
             routes: RefCell::new(Recent::new()),
+            scope: curfew::task::InlineScope::new(),
         }
     }
 
@@ -94,10 +99,22 @@ impl Conn {
         route: &str,
         make: impl Fn(&ClientKey) -> (Arc<str>, ClientKey),
     ) -> (Arc<str>, ClientKey) {
+        self.with_keys_on_route(route, make, |name, key| (name.clone(), key.clone()))
+    }
+
+    /// As [`keys_on_route`](Self::keys_on_route), lending them to `f`
+    /// instead of cloning them. `f` must not reach this connection's
+    /// routes again (it runs while they are borrowed): no user code.
+    pub(crate) fn with_keys_on_route<R>(
+        &self,
+        route: &str,
+        make: impl Fn(&ClientKey) -> (Arc<str>, ClientKey),
+        f: impl FnOnce(&Arc<str>, &ClientKey) -> R,
+    ) -> R {
         let mut routes = self.routes.borrow_mut();
         let (name, key) =
             routes.get_or_insert_with(|(name, _)| **name == *route, || make(&self.peer_key));
-        (name.clone(), key.clone())
+        f(name, key)
     }
 }
 

@@ -343,6 +343,26 @@ pub(crate) fn inline_header(
     ))
 }
 
+/// The header of an [`task::InlineScope`]'s next `Inline`, on a curfew
+/// thread (as [`inline_header`] finds its runtime): `header` reset in place, or made anew when it has a
+/// different name or client (or a span), and admitted with `memo`. Returns
+/// whether it was made anew, or the refusal; `None` off every curfew
+/// thread (the caller makes an ordinary scope).
+pub(crate) fn reuse_inline_header(
+    header: &mut Option<Header>,
+    memo: &mut Option<crate::policy::AdmitMemo>,
+    name: &Arc<str>,
+    client: Option<&crate::policy::ClientKey>,
+    poll_budget: Option<std::time::Duration>,
+) -> Option<Result<bool, crate::Refusal>> {
+    with_worker(|w| {
+        w.map(|w| {
+            w.shared()
+                .reuse_header(header, memo, name, client, poll_budget)
+        })
+    })
+}
+
 /// A task's first poll, on a curfew thread: whether to refuse it after all
 /// (see `Clients::readmit`). Elsewhere (a hosted task, a test queue) the
 /// admission at spawn stands.

@@ -1057,6 +1057,66 @@ impl Shared {
         JoinHandle::refused(r)
     }
 
+    /// An inline scope's header for its next run, on an event thread (see
+    /// `context::reuse_inline_header`): reset in place when its name and
+    /// client are these very ones and it has no span, else made anew.
+    /// Returns whether it was made anew.
+    pub(crate) fn reuse_header(
+        &self,
+        header: &mut Option<Header>,
+        memo: &mut Option<crate::policy::AdmitMemo>,
+        name: &Arc<str>,
+        client: Option<&ClientKey>,
+        poll_budget: Option<Duration>,
+    ) -> Result<bool, Refusal> {
+        if self.is_shutdown() {
+            return Err(Refusal::Shutdown);
+        }
+        let admitted = match client {
+            Some(c) => self.clients.admit_memo(c, memo)?,
+            None => Admitted::NONE,
+        };
+        let budget = poll_budget.map_or(self.event_budget, |b| Budget::new(Some(b)));
+        // As `header` does; a header with a span, or on the default
+        // runtime (whose tasks carry their spawner's tokio runtime), is
+        // made anew each time.
+        let span = tracing::debug_span!(
+            target: "curfew",
+            "task",
+            name = &**name,
+            client = client.map(|c| c.as_str()),
+        );
+        if let Some(h) = header.as_mut().filter(|h| {
+            !self.is_default
+                && span.is_disabled()
+                && h.span.is_none()
+                && h.name.as_ref().is_some_and(|n| Arc::ptr_eq(n, name))
+                && match (&h.client, client) {
+                    (Some(a), Some(b)) => ClientKey::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        }) {
+            h.reset(budget, admitted);
+            return Ok(false);
+        }
+        let tokio = if self.is_default {
+            tokio::runtime::Handle::try_current().ok()
+        } else {
+            None
+        };
+        *header = Some(Header::new(
+            budget,
+            admitted,
+            GroupId::Event.location(),
+            Some(name.clone()),
+            client.cloned(),
+            tokio,
+            span,
+        ));
+        Ok(true)
+    }
+
     /// Builds a task's header, or the refusal for it.
     pub(crate) fn header(&self, opts: task::Builder, gid: GroupId) -> Result<Header, Refusal> {
         self.header_or_back(opts, gid)

@@ -130,6 +130,17 @@ impl Header {
         }
     }
 
+    /// Makes an inline scope's header that resolved in time (and is
+    /// published nowhere) ready for the scope's next run: a pending
+    /// outcome, no overdue mark, and the new budget and admission. The
+    /// name, client, span, location and registered hook stay.
+    pub(crate) fn reset(&mut self, budget: Budget, admitted: Admitted) {
+        self.outcome = Verdict::new();
+        self.overdue = AtomicBool::new(false);
+        self.budget_code = budget.code;
+        self.admitted = admitted;
+    }
+
     /// The task produced its output (or panicked). False if a timeout or an
     /// abort got there first.
     fn complete(&self) -> bool {
@@ -981,9 +992,10 @@ impl Builder {
         Inline {
             cell: InlineCell {
                 header,
-                hook: on_timeout,
+                hook: Some(on_timeout),
                 _pin: std::marker::PhantomPinned,
             },
+            shared: None,
             future,
             refusal,
             registered: false,
@@ -1035,15 +1047,299 @@ pub fn defer_log(f: impl FnOnce() + Send + 'static) {
 /// makes of it asserts nothing).
 struct InlineCell<H> {
     header: Option<Header>,
-    hook: H,
+    /// `None` in an `Inline` whose header and hook are in its
+    /// [`InlineScope`], and in a scope between runs.
+    hook: Option<H>,
     _pin: std::marker::PhantomPinned,
+}
+
+/// What an [`InlineScope`] shares with the `Inline`s it makes, one at a
+/// time.
+struct SharedScope<H> {
+    /// An `Inline` of this scope exists: it alone reaches `cell` (but for
+    /// the watchdog, as for any inline header; see `cell`).
+    busy: AtomicBool,
+    /// An `Inline` of this scope was answered with a timeout, written off,
+    /// or dropped before it resolved: the header may be in any state, so
+    /// the scope is used no more.
+    spent: AtomicBool,
+    cell: std::cell::UnsafeCell<SharedCell<H>>,
+}
+
+struct SharedCell<H> {
+    /// The header and hook of the running `Inline`, or of the last one.
+    /// The watchdog reaches them as it reaches any inline scope's: while
+    /// it holds one of the `Inline`'s polls claimed.
+    inline: InlineCell<H>,
+    /// The header's join waker is the hook's (kept while the header is).
+    registered: bool,
+    /// The last admission of the header's client.
+    memo: Option<crate::policy::AdmitMemo>,
+}
+
+// SAFETY: `cell` is reached only by the holder of `busy` (an `Inline`,
+// which is `Send` when `H` and its future are) and by the watchdog, which
+// reaches an inline header and hook only while it holds a poll of the
+// running `Inline` claimed, as for an `Inline` of its own; `busy` is taken
+// with Acquire and given back with Release, so each holder sees what the
+// last one wrote.
+unsafe impl<H: Send + Sync> Send for SharedScope<H> {}
+// SAFETY: as above: `&SharedScope` gives no access to `cell` but through
+// `busy`.
+unsafe impl<H: Send + Sync> Sync for SharedScope<H> {}
+
+/// One scope for a caller's successive [`Builder::inline`] futures, run one
+/// at a time: an HTTP/1 connection's requests, say. The header is made and
+/// its hook registered once, not for each future, and the client's
+/// admission is remembered while nothing it rests on changes (no eviction
+/// from the client table, no refusal begun anywhere, no CPU quota in the
+/// policy); each future still gets its own budget, its route's limit on
+/// stuck tasks, and its own `on_timeout` hook.
+///
+/// [`inline_with`](Self::inline_with) makes an [`Inline`] as
+/// [`Builder::inline_with`] would. While one made earlier still exists, or
+/// off a curfew event thread, or once one of them has been answered with a
+/// timeout, written off or dropped before it resolved, the scope makes a
+/// fresh `Inline` of the ordinary kind instead: the scope only ever saves
+/// work.
+///
+/// ```
+/// use std::sync::Arc;
+/// use curfew::task::{InlineScope, OnTimeout};
+/// use curfew::TimeoutError;
+///
+/// struct Log;
+/// impl OnTimeout for Log {
+///     fn on_timeout(&self, error: &TimeoutError) {
+///         eprintln!("answered for: {error}");
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = curfew::Runtime::builder().event_threads(1).build()?;
+/// let sum = rt.block_on(rt.spawn(async {
+///     let scope = InlineScope::new();
+///     let name: Arc<str> = Arc::from("/lookup");
+///     let mut sum = 0;
+///     for i in 0..3 {
+///         sum += scope.inline_with(&name, None, None, || async move { i }, Log).await.unwrap();
+///     }
+///     sum
+/// }))?;
+/// assert_eq!(sum, 3);
+/// # Ok(()) }
+/// ```
+pub struct InlineScope<H> {
+    shared: Arc<SharedScope<H>>,
+}
+
+impl<H: OnTimeout> InlineScope<H> {
+    /// A scope with no header yet.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(SharedScope {
+                busy: AtomicBool::new(false),
+                spent: AtomicBool::new(false),
+                cell: std::cell::UnsafeCell::new(SharedCell {
+                    inline: InlineCell {
+                        header: None,
+                        hook: None,
+                        _pin: std::marker::PhantomPinned,
+                    },
+                    registered: false,
+                    memo: None,
+                }),
+            }),
+        }
+    }
+
+    /// As [`Builder::inline_with`], for a future named `name`, for
+    /// `client`, under `poll_budget` (else the runtime's): the name and the
+    /// client are cloned only when they differ from the last future's.
+    pub fn inline_with<F: Future>(
+        &self,
+        name: &Arc<str>,
+        client: Option<&ClientKey>,
+        poll_budget: Option<Duration>,
+        make: impl FnOnce() -> F,
+        on_timeout: H,
+    ) -> Inline<F, H> {
+        self.prepare(name, client, poll_budget, on_timeout)
+            .inline_with(make)
+    }
+
+    /// The first half of [`inline_with`](Self::inline_with): admission and
+    /// the header, with `name` and `client` borrowed only meanwhile. The
+    /// scope is taken until the `Inline` that
+    /// [`Prepared::inline_with`] makes is dropped (or the `Prepared` is).
+    pub fn prepare(
+        &self,
+        name: &Arc<str>,
+        client: Option<&ClientKey>,
+        poll_budget: Option<Duration>,
+        on_timeout: H,
+    ) -> Prepared<H> {
+        let fresh = |on_timeout| {
+            let mut b = Builder::new().shared_name(name.clone());
+            if let Some(c) = client {
+                b = b.client(c.clone());
+            }
+            if let Some(budget) = poll_budget {
+                b = b.poll_budget(budget);
+            }
+            Prepared(PreparedKind::Fresh(b, on_timeout))
+        };
+        let s = &self.shared;
+        if s.spent.load(Ordering::Relaxed) || s.busy.swap(true, Ordering::Acquire) {
+            return fresh(on_timeout);
+        }
+        // Marked by the last holder before it gave `busy` back.
+        if s.spent.load(Ordering::Relaxed) {
+            s.busy.store(false, Ordering::Release);
+            return fresh(on_timeout);
+        }
+        // SAFETY: `busy` is ours, and no poll of the last `Inline` is
+        // published in a slot any more: it gave `busy` back only once it
+        // was dropped, and an `Inline` whose poll the watchdog answered or
+        // wrote off marks the scope spent.
+        let cell = unsafe { &mut *s.cell.get() };
+        let budget = poll_budget.map(|b| b.min(crate::MAX_BUDGET));
+        match context::reuse_inline_header(
+            &mut cell.inline.header,
+            &mut cell.memo,
+            name,
+            client,
+            budget,
+        ) {
+            Some(Ok(rebuilt)) => {
+                if rebuilt {
+                    cell.registered = false;
+                }
+                cell.inline.hook = Some(on_timeout);
+                Prepared(PreparedKind::Scoped(s.clone()))
+            }
+            Some(Err(refusal)) => {
+                s.busy.store(false, Ordering::Release);
+                Prepared(PreparedKind::Refused(
+                    Box::new(Refused {
+                        refusal: Some(refusal),
+                        name: Some(name.clone()),
+                        client: client.cloned(),
+                    }),
+                    on_timeout,
+                ))
+            }
+            None => {
+                s.busy.store(false, Ordering::Release);
+                fresh(on_timeout)
+            }
+        }
+    }
+}
+
+/// An admitted (or refused) run of an [`InlineScope`], not yet given its
+/// future: see [`InlineScope::prepare`].
+pub struct Prepared<H>(PreparedKind<H>);
+
+enum PreparedKind<H> {
+    /// The scope is ours, its header ready and its hook in place.
+    Scoped(Arc<SharedScope<H>>),
+    /// Refused at admission.
+    Refused(Box<Refused>, H),
+    /// The scope was not to be had: an ordinary scope.
+    Fresh(Builder, H),
+    /// Made into an `Inline`.
+    Taken,
+}
+
+impl<H: OnTimeout> Prepared<H> {
+    /// The `Inline` for the future `make` makes, if admitted (a refused
+    /// run never calls `make`).
+    pub fn inline_with<F: Future>(mut self, make: impl FnOnce() -> F) -> Inline<F, H> {
+        let own = |header, hook| InlineCell {
+            header,
+            hook,
+            _pin: std::marker::PhantomPinned,
+        };
+        match std::mem::replace(&mut self.0, PreparedKind::Taken) {
+            PreparedKind::Scoped(s) => {
+                // SAFETY: `busy` is ours (see `prepare`).
+                let registered = unsafe { (*s.cell.get()).registered };
+                Inline {
+                    cell: own(None, None),
+                    // Holds `busy` from here, and gives it back when dropped.
+                    shared: Some(s),
+                    future: Some(make()),
+                    refusal: None,
+                    registered,
+                }
+            }
+            PreparedKind::Refused(refused, hook) => Inline {
+                cell: own(None, Some(hook)),
+                shared: None,
+                future: None,
+                refusal: Some(refused),
+                registered: false,
+            },
+            PreparedKind::Fresh(builder, hook) => builder.inline_with(make, hook),
+            PreparedKind::Taken => unreachable!("a `Prepared` is used once"),
+        }
+    }
+}
+
+impl<H> Drop for Prepared<H> {
+    fn drop(&mut self) {
+        // Never made into an `Inline`: the scope's header is ready and
+        // published nowhere, and stays usable.
+        if let PreparedKind::Scoped(s) = &self.0 {
+            s.busy.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for Prepared<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.0 {
+            PreparedKind::Scoped(_) => "scoped",
+            PreparedKind::Refused(..) => "refused",
+            PreparedKind::Fresh(..) => "fresh",
+            PreparedKind::Taken => "taken",
+        };
+        f.debug_tuple("Prepared").field(&kind).finish()
+    }
+}
+
+impl<H: OnTimeout> Default for InlineScope<H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<H> Clone for InlineScope<H> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for InlineScope<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineScope")
+            .field("busy", &self.shared.busy.load(Ordering::Relaxed))
+            .field("spent", &self.shared.spent.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 /// A future run in place under a budget of its own: see
 /// [`Builder::inline`]. Resolves as a [`JoinHandle`] would.
-#[pin_project::pin_project]
+#[pin_project::pin_project(PinnedDrop)]
 pub struct Inline<F, H> {
     cell: InlineCell<H>,
+    /// The scope whose header and hook this uses instead of `cell`'s, and
+    /// which this holds until it is dropped.
+    shared: Option<Arc<SharedScope<H>>>,
     #[pin]
     future: Option<F>,
     /// Boxed: rare, and the future moves with the caller's.
@@ -1061,15 +1357,28 @@ struct Refused {
 }
 
 impl<F, H> Inline<F, H> {
+    /// The header and hook: this `Inline`'s own, or its scope's.
+    fn cell(&self) -> &InlineCell<H> {
+        match &self.shared {
+            // SAFETY: this `Inline` holds the scope's `busy` until it is
+            // dropped, so nothing else writes the cell meanwhile.
+            Some(s) => unsafe { &(*s.cell.get()).inline },
+            None => &self.cell,
+        }
+    }
+
     /// The `on_timeout` hook given to [`Builder::inline`].
     pub fn hook(&self) -> &H {
-        &self.cell.hook
+        self.cell()
+            .hook
+            .as_ref()
+            .expect("an `Inline` always has its hook")
     }
 
     /// The name given to the [`Builder`], refused or not, before and after
     /// the scope resolves.
     pub fn name(&self) -> Option<&str> {
-        match (&self.cell.header, &self.refusal) {
+        match (&self.cell().header, &self.refusal) {
             (Some(h), _) => h.name.as_deref(),
             (None, Some(r)) => r.name.as_deref(),
             (None, None) => None,
@@ -1079,7 +1388,7 @@ impl<F, H> Inline<F, H> {
     /// The client given to the [`Builder`], refused or not, before and
     /// after the scope resolves.
     pub fn client(&self) -> Option<&ClientKey> {
-        match (&self.cell.header, &self.refusal) {
+        match (&self.cell().header, &self.refusal) {
             (Some(h), _) => h.client.as_ref(),
             (None, Some(r)) => r.client.as_ref(),
             (None, None) => None,
@@ -1092,7 +1401,7 @@ impl<F, H> std::fmt::Debug for Inline<F, H> {
         f.debug_struct("Inline")
             .field(
                 "name",
-                &self.cell.header.as_ref().and_then(|h| h.name.as_deref()),
+                &self.cell().header.as_ref().and_then(|h| h.name.as_deref()),
             )
             .field("refused", &self.refusal.is_some())
             .field("done", &self.future.is_none())
@@ -1128,8 +1437,8 @@ impl<H: OnTimeout> HookWaker<H> {
     unsafe fn wake(p: *const ()) {
         // SAFETY: see `waker`: the cell is alive while the waker is woken.
         let cell = unsafe { &*p.cast::<InlineCell<H>>() };
-        if let Some(header) = &cell.header {
-            cell.hook.on_timeout(&header.timeout_error());
+        if let (Some(header), Some(hook)) = (&cell.header, &cell.hook) {
+            hook.on_timeout(&header.timeout_error());
         }
     }
 
@@ -1141,7 +1450,12 @@ impl<F: Future, H: OnTimeout> Future for Inline<F, H> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let cell: &InlineCell<H> = this.cell;
+        let shared: Option<&SharedScope<H>> = this.shared.as_deref();
+        let cell: &InlineCell<H> = match shared {
+            // SAFETY: as in `Inline::cell`: this holds the scope's `busy`.
+            Some(s) => unsafe { &(*s.cell.get()).inline },
+            None => this.cell,
+        };
         let Some(header) = &cell.header else {
             // Refused at admission: the future was never made (or, given
             // to `inline`, was dropped unpolled).
@@ -1157,13 +1471,20 @@ impl<F: Future, H: OnTimeout> Future for Inline<F, H> {
         };
         if !*this.registered {
             // SAFETY: the cell is pinned inside `self` (`Inline` is
-            // `!Unpin` through it) and owns the header that keeps the
-            // waker; only the watchdog's claim of this scope's poll wakes
-            // it (an inline header is never queued, registered or aborted).
+            // `!Unpin` through it), or in its scope's allocation, and owns
+            // the header that keeps the waker; only the watchdog's claim of
+            // this scope's poll wakes it (an inline header is never
+            // queued, registered or aborted).
             header
                 .join_waker
                 .register(&unsafe { HookWaker::<H>::waker(cell) });
             *this.registered = true;
+            if let Some(s) = shared {
+                // SAFETY: this holds `busy`, and the header is not
+                // published (this is before the poll); `registered` is a
+                // field apart from the `inline` borrowed above.
+                unsafe { std::ptr::addr_of_mut!((*s.cell.get()).registered).write(true) };
+            }
         }
         let scoped = context::poll_scoped(header, || {
             catch_unwind(AssertUnwindSafe(|| {
@@ -1193,6 +1514,10 @@ impl<F: Future, H: OnTimeout> Future for Inline<F, H> {
             PollEnd::TimedOut => {
                 // Answered already (the hook ran): what the poll produced
                 // goes, and the future with it, inside the caller's poll.
+                // A scope's header stays timed out: the scope is done.
+                if let Some(s) = shared {
+                    s.spent.store(true, Ordering::Relaxed);
+                }
                 drop(res);
                 drop_quietly(this.future);
                 Poll::Ready(Err(JoinError::timed_out(header.timeout_error())))
@@ -1200,9 +1525,28 @@ impl<F: Future, H: OnTimeout> Future for Inline<F, H> {
             PollEnd::Hijacked => {
                 // The thread is written off; its task is dropped when the
                 // poll returns, and this with it.
+                if let Some(s) = shared {
+                    s.spent.store(true, Ordering::Relaxed);
+                }
                 drop(res);
                 Poll::Pending
             }
+        }
+    }
+}
+
+#[pin_project::pinned_drop]
+impl<F, H> PinnedDrop for Inline<F, H> {
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let Some(s) = this.shared.as_deref() {
+            // Dropped before it resolved (or after the watchdog answered
+            // it, which marked it already): the header's outcome may be
+            // anything, so the scope is not used again.
+            if this.future.is_some() {
+                s.spent.store(true, Ordering::Relaxed);
+            }
+            s.busy.store(false, Ordering::Release);
         }
     }
 }

@@ -215,6 +215,12 @@ impl ClientKey {
         }))
     }
 
+    /// Whether `a` and `b` are clones of one key (not only equal keys).
+    #[inline]
+    pub(crate) fn ptr_eq(a: &ClientKey, b: &ClientKey) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+
     /// The entries the client table `table` last found for this key (or a
     /// clone of it), with the table's count of evictions then, if it was
     /// the last table to find it. The table uses them as they are while it

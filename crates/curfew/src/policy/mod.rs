@@ -62,5 +62,5 @@ pub use limiter::{BlockList, Limited, Rate, RateLimiter};
 pub use store::{MemoryStore, PolicyStore, Usage};
 pub use table::LocalPolicy;
 pub(crate) use table::{
-    Admitted, COARSE_CLOCK_MAX_INTERVAL, Clients, NO_CLIENT, WouldBlock, log_cool_off,
+    AdmitMemo, Admitted, COARSE_CLOCK_MAX_INTERVAL, Clients, NO_CLIENT, WouldBlock, log_cool_off,
 };

@@ -357,6 +357,17 @@ impl Hasher for Fingerprint {
     }
 }
 
+/// What [`Clients::admit_memo`] keeps between admissions of one key: the
+/// key itself (so that its address names no other key while this lives),
+/// where it was admitted, and what that rested on.
+pub(crate) struct AdmitMemo {
+    table: u64,
+    key: ClientKey,
+    evictions: u64,
+    admitted: Admitted,
+    seen_ms: u64,
+}
+
 /// What admission found for a task: the packed indices of its client's
 /// entry and of its route's, and the table's refusal epoch when it looked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -548,6 +559,77 @@ impl Clients {
             client,
             route,
             epoch,
+        })
+    }
+
+    /// As [`admit`](Self::admit), for a caller that admits the same key
+    /// again and again (an inline scope reused by one connection's
+    /// requests, `task::InlineScope`), with `memo` kept between the calls.
+    /// While the memo is the key's and nothing it rests on has changed (no
+    /// eviction since, no refusal begun since, no policy with a CPU quota,
+    /// which can start refusing without a new refusal epoch), the key is
+    /// admitted as before: its route's stuck tasks are looked at, its
+    /// entries marked seen once a millisecond, and nothing else is read.
+    pub(crate) fn admit_memo(
+        &self,
+        key: &ClientKey,
+        memo: &mut Option<AdmitMemo>,
+    ) -> Result<Admitted, Refusal> {
+        if let Some(m) = memo.as_mut().filter(|m| self.memo_holds(m, key)) {
+            if let Some(r) = self.route_overdue(m.admitted.route, key, true) {
+                return Err(r);
+            }
+            let now = self.admission_now_ms();
+            if now == m.seen_ms {
+                return Ok(m.admitted);
+            }
+            let want_net = self.policy.is_some_and(|p| p.network.is_some())
+                && key.namespace() == Namespace::Ip;
+            if self
+                .touch(m.admitted.client, m.admitted.route, want_net, now)
+                .is_some()
+            {
+                m.seen_ms = now;
+                return Ok(m.admitted);
+            }
+        }
+        // Read before the admission: an eviction after this read fails the
+        // memo's next use.
+        let evictions = self.evicted.load(Ordering::Acquire);
+        let admitted = self.admit(key);
+        *memo = match &admitted {
+            Ok(a) if self.memo_allowed() => Some(AdmitMemo {
+                table: self.id,
+                key: key.clone(),
+                evictions,
+                admitted: *a,
+                seen_ms: self.admission_now_ms(),
+            }),
+            _ => None,
+        };
+        admitted
+    }
+
+    /// Whether `m`, a memo of admitting `key`, still stands.
+    #[inline]
+    fn memo_holds(&self, m: &AdmitMemo, key: &ClientKey) -> bool {
+        let epoch = match self.policy {
+            Some(_) => self.refusal_epoch.load(Ordering::Acquire) + 1,
+            None => 0,
+        };
+        m.table == self.id
+            && m.admitted.epoch == epoch
+            && ClientKey::ptr_eq(&m.key, key)
+            && self.evicted.load(Ordering::Acquire) == m.evictions
+    }
+
+    /// No level of the policy has a CPU quota: a quota spent by the time
+    /// charged to a key refuses it without a new refusal epoch.
+    fn memo_allowed(&self) -> bool {
+        self.policy.as_ref().is_none_or(|p| {
+            p.cpu_quota.is_none()
+                && p.network.is_none_or(|l| l.cpu_quota.is_none())
+                && p.route.is_none_or(|l| l.cpu_quota.is_none())
         })
     }
 
