@@ -1077,15 +1077,20 @@ impl Shared {
             None => Admitted::NONE,
         };
         let budget = poll_budget.map_or(self.event_budget, |b| Budget::new(Some(b)));
-        // As `header` does; a header with a span, or on the default
-        // runtime (whose tasks carry their spawner's tokio runtime), is
-        // made anew each time.
-        let span = tracing::debug_span!(
-            target: "curfew",
-            "task",
-            name = &**name,
-            client = client.map(|c| c.as_str()),
-        );
+        // As `header` does (a header with a span, or on the default
+        // runtime, whose tasks carry their spawner's tokio runtime, is made
+        // anew each time), but with the global level looked at first: one
+        // load where debug spans are off.
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                target: "curfew",
+                "task",
+                name = &**name,
+                client = client.map(|c| c.as_str()),
+            )
+        } else {
+            tracing::Span::none()
+        };
         if let Some(h) = header.as_mut().filter(|h| {
             !self.is_default
                 && span.is_disabled()

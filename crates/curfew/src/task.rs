@@ -1179,7 +1179,28 @@ impl<H: OnTimeout> InlineScope<H> {
         poll_budget: Option<Duration>,
         on_timeout: H,
     ) -> Prepared<H> {
-        let fresh = |on_timeout| {
+        self.prepare_with(name, client, poll_budget, |_| Some(on_timeout))
+    }
+
+    /// As [`prepare`](Self::prepare), with the hook made by `hook`, which
+    /// is given the scope's hook from its last run, if it has one, and may
+    /// return `None` to keep it (a hook that is the same for every run, a
+    /// connection's socket say, is then not made again). Given `None`, it
+    /// must return a hook.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `hook` returns `None` when given `None`.
+    pub fn prepare_with(
+        &self,
+        name: &Arc<str>,
+        client: Option<&ClientKey>,
+        poll_budget: Option<Duration>,
+        hook: impl FnOnce(Option<&H>) -> Option<H>,
+    ) -> Prepared<H> {
+        let made = |hook: Option<H>| hook.expect("a hook made when there was none to keep");
+        let fresh = |hook: Option<H>| {
+            let on_timeout = made(hook);
             let mut b = Builder::new().shared_name(name.clone());
             if let Some(c) = client {
                 b = b.client(c.clone());
@@ -1187,16 +1208,16 @@ impl<H: OnTimeout> InlineScope<H> {
             if let Some(budget) = poll_budget {
                 b = b.poll_budget(budget);
             }
-            Prepared(PreparedKind::Fresh(b, on_timeout))
+            Prepared(PreparedKind::Fresh(Box::new((b, on_timeout))))
         };
         let s = &self.shared;
         if s.spent.load(Ordering::Relaxed) || s.busy.swap(true, Ordering::Acquire) {
-            return fresh(on_timeout);
+            return fresh(hook(None));
         }
         // Marked by the last holder before it gave `busy` back.
         if s.spent.load(Ordering::Relaxed) {
             s.busy.store(false, Ordering::Release);
-            return fresh(on_timeout);
+            return fresh(hook(None));
         }
         // SAFETY: `busy` is ours, and no poll of the last `Inline` is
         // published in a slot any more: it gave `busy` back only once it
@@ -1215,23 +1236,27 @@ impl<H: OnTimeout> InlineScope<H> {
                 if rebuilt {
                     cell.registered = false;
                 }
-                cell.inline.hook = Some(on_timeout);
+                if let Some(new) = hook(cell.inline.hook.as_ref()) {
+                    cell.inline.hook = Some(new);
+                } else if cell.inline.hook.is_none() {
+                    panic!("a hook made when there was none to keep");
+                }
                 Prepared(PreparedKind::Scoped(s.clone()))
             }
             Some(Err(refusal)) => {
                 s.busy.store(false, Ordering::Release);
-                Prepared(PreparedKind::Refused(
-                    Box::new(Refused {
+                Prepared(PreparedKind::Refused(Box::new((
+                    Refused {
                         refusal: Some(refusal),
                         name: Some(name.clone()),
                         client: client.cloned(),
-                    }),
-                    on_timeout,
-                ))
+                    },
+                    made(hook(None)),
+                ))))
             }
             None => {
                 s.busy.store(false, Ordering::Release);
-                fresh(on_timeout)
+                fresh(hook(None))
             }
         }
     }
@@ -1241,13 +1266,15 @@ impl<H: OnTimeout> InlineScope<H> {
 /// future: see [`InlineScope::prepare`].
 pub struct Prepared<H>(PreparedKind<H>);
 
+/// Small, so that it moves cheaply on the usual path: the rare ones are
+/// boxed.
 enum PreparedKind<H> {
     /// The scope is ours, its header ready and its hook in place.
     Scoped(Arc<SharedScope<H>>),
     /// Refused at admission.
-    Refused(Box<Refused>, H),
+    Refused(Box<(Refused, H)>),
     /// The scope was not to be had: an ordinary scope.
-    Fresh(Builder, H),
+    Fresh(Box<(Builder, H)>),
     /// Made into an `Inline`.
     Taken,
 }
@@ -1274,14 +1301,20 @@ impl<H: OnTimeout> Prepared<H> {
                     registered,
                 }
             }
-            PreparedKind::Refused(refused, hook) => Inline {
-                cell: own(None, Some(hook)),
-                shared: None,
-                future: None,
-                refusal: Some(refused),
-                registered: false,
-            },
-            PreparedKind::Fresh(builder, hook) => builder.inline_with(make, hook),
+            PreparedKind::Refused(refused) => {
+                let (refused, hook) = *refused;
+                Inline {
+                    cell: own(None, Some(hook)),
+                    shared: None,
+                    future: None,
+                    refusal: Some(Box::new(refused)),
+                    registered: false,
+                }
+            }
+            PreparedKind::Fresh(fresh) => {
+                let (builder, hook) = *fresh;
+                builder.inline_with(make, hook)
+            }
             PreparedKind::Taken => unreachable!("a `Prepared` is used once"),
         }
     }
@@ -1301,8 +1334,8 @@ impl<H> std::fmt::Debug for Prepared<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.0 {
             PreparedKind::Scoped(_) => "scoped",
-            PreparedKind::Refused(..) => "refused",
-            PreparedKind::Fresh(..) => "fresh",
+            PreparedKind::Refused(_) => "refused",
+            PreparedKind::Fresh(_) => "fresh",
             PreparedKind::Taken => "taken",
         };
         f.debug_tuple("Prepared").field(&kind).finish()

@@ -41,6 +41,16 @@ fn spin_until_answered() {
     }
 }
 
+/// One event thread, a client cooling off for a minute after one timeout.
+fn one_strike_runtime() -> curfew::Runtime {
+    curfew::Runtime::builder()
+        .event_threads(1)
+        .hijack_grace(GRACE)
+        .client_policy(ClientPolicy::new(1, Duration::from_secs(60)))
+        .build()
+        .unwrap()
+}
+
 fn spin_for(d: Duration) {
     let start = Instant::now();
     while start.elapsed() < d {
@@ -147,12 +157,7 @@ fn the_enclosing_task_keeps_its_own_budget_around_a_scope() {
 
 #[test]
 fn a_client_cooling_off_is_refused_before_its_future_is_polled() {
-    let rt = curfew::Runtime::builder()
-        .event_threads(1)
-        .hijack_grace(GRACE)
-        .client_policy(ClientPolicy::new(1, Duration::from_secs(60)))
-        .build()
-        .unwrap();
+    let rt = one_strike_runtime();
     let polled = Arc::new(AtomicUsize::new(0));
     let p = polled.clone();
     let (first, second) = rt
@@ -182,12 +187,7 @@ fn a_client_cooling_off_is_refused_before_its_future_is_polled() {
 
 #[test]
 fn inline_with_makes_its_future_only_once_admitted() {
-    let rt = curfew::Runtime::builder()
-        .event_threads(1)
-        .hijack_grace(GRACE)
-        .client_policy(ClientPolicy::new(1, Duration::from_secs(60)))
-        .build()
-        .unwrap();
+    let rt = one_strike_runtime();
     let made = Arc::new(AtomicUsize::new(0));
     let m = made.clone();
     let (first, second, third) = rt
@@ -287,12 +287,7 @@ fn an_inline_future_is_send_when_its_parts_are() {
 
 #[test]
 fn a_scope_keeps_its_name_and_client_refused_or_not_and_after_it_resolves() {
-    let rt = curfew::Runtime::builder()
-        .event_threads(1)
-        .hijack_grace(GRACE)
-        .client_policy(ClientPolicy::new(1, Duration::from_secs(60)))
-        .build()
-        .unwrap();
+    let rt = one_strike_runtime();
     let seen = rt
         .block_on(rt.spawn(async {
             let mut seen = Vec::new();

@@ -326,6 +326,18 @@ fn a_remembered_admission_does_not_outlast_a_cool_off() {
 }
 
 #[test]
+fn a_scope_and_its_futures_are_send_and_sync_as_their_parts_are() {
+    fn send<T: Send>(_: &T) {}
+    fn sync<T: Sync>(_: &T) {}
+    let scope = InlineScope::<Hook>::new();
+    send(&scope);
+    sync(&scope);
+    let n = name("/send");
+    let f = scope.inline_with(&n, None, None, || async { 1 }, Hook::default());
+    send(&f);
+}
+
+#[test]
 fn off_a_curfew_thread_the_scope_runs_its_futures_unwatched() {
     let scope = InlineScope::new();
     let n = name("/outside");
@@ -338,4 +350,53 @@ fn off_a_curfew_thread_the_scope_runs_its_futures_unwatched() {
     ));
     assert_eq!(out.unwrap(), 9);
     assert!(format!("{scope:?}").contains("busy: false"));
+}
+
+#[test]
+fn a_hook_kept_from_run_to_run_answers_a_later_runs_timeout() {
+    let rt = runtime(None);
+    let hook = Hook::default();
+    let h = hook.clone();
+    let (made, out) = rt
+        .block_on(rt.spawn(async move {
+            let scope = InlineScope::new();
+            let n = name("/kept");
+            let mut made = 0;
+            let mut out = Vec::new();
+            for i in 0..3 {
+                // Made on the first run only; kept after that.
+                let prepared =
+                    scope.prepare_with(&n, None, Some(Duration::from_millis(20)), |last| {
+                        last.is_none().then(|| {
+                            made += 1;
+                            h.clone()
+                        })
+                    });
+                let r = prepared
+                    .inline_with(move || async move {
+                        if i == 2 {
+                            spin_until_answered();
+                        }
+                        i
+                    })
+                    .await;
+                out.push(r.map_err(|e| e.is_timeout()));
+            }
+            (made, out)
+        }))
+        .unwrap();
+    assert_eq!(made, 1);
+    assert_eq!(out, vec![Ok(0), Ok(1), Err(true)]);
+    assert_eq!(hook.calls(), 1, "the kept hook answered the third run");
+}
+
+#[test]
+#[should_panic(expected = "a hook made when there was none to keep")]
+fn a_hook_must_be_made_when_there_is_none_to_keep() {
+    let rt = runtime(None);
+    let scope = InlineScope::<Hook>::new();
+    let n = name("/none");
+    rt.block_on(async move {
+        let _ = scope.prepare_with(&n, None, None, |_| None);
+    });
 }
