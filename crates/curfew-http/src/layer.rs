@@ -472,18 +472,20 @@ where
         };
         // An HTTP/1 request on a connection `serve` polls on this thread is
         // run in place, in the connection's task (see `crate::line`): the
-        // connection has nothing else to do until it is answered. The
-        // connection has the peer's keys too, made once, for a request whose
-        // address is still the connection's.
+        // connection has nothing else to do until it is answered. The usual
+        // case, the default key for the connection's own peer, runs in the
+        // connection's scope: its header kept, and its client's admission
+        // remembered, from one request to the next, with the route's name
+        // and the peer's key lent from the connection's cache.
         let in_line = self.config.handle.is_none() && req.version() <= http::Version::HTTP_11;
-        // The usual case, the default key for the connection's own peer:
-        // the connection's scope, its header kept and its client's
-        // admission remembered from one request to the next.
-        if in_line {
-            let config = &self.config;
-            let prepared = crate::line::with_current(|conn| {
-                (peer == Some(Some(conn.peer_ip))).then(|| {
-                    conn.with_keys_on_route(
+        let config = &self.config;
+        let on_conn = in_line
+            .then(|| {
+                crate::line::with_current(|conn| {
+                    if peer != Some(Some(conn.peer_ip)) {
+                        return OnConn::Line(conn.line.clone());
+                    }
+                    OnConn::Scoped(conn.with_keys_on_route(
                         route,
                         |key| named_key_on_route(route, key),
                         |name, key| {
@@ -504,11 +506,12 @@ where
                                     },
                                 )
                         },
-                    )
+                    ))
                 })
             })
             .flatten();
-            if let Some(prepared) = prepared {
+        let line = match on_conn {
+            Some(OnConn::Scoped(prepared)) => {
                 let inner = &mut self.inner;
                 return ResponseFuture {
                     kind: Kind::Inline {
@@ -516,23 +519,12 @@ where
                     },
                 };
             }
-        }
-        let (line, keys) = in_line
-            .then(|| {
-                crate::line::with_current(|conn| {
-                    let keys = (peer == Some(Some(conn.peer_ip)))
-                        .then(|| conn.keys_on_route(route, |key| named_key_on_route(route, key)));
-                    (conn.line.clone(), keys)
-                })
-            })
-            .flatten()
-            .map_or((None, None), |(line, keys)| (Some(line), keys));
-        let (name, client) = match keys {
-            Some((name, key)) => (name, Some(key)),
-            None => match peer {
-                Some(peer) => peer_keys_on_route(route, peer),
-                None => keys_on_route(route, self.key.client_key(&req)),
-            },
+            Some(OnConn::Line(line)) => Some(line),
+            None => None,
+        };
+        let (name, client) = match peer {
+            Some(peer) => peer_keys_on_route(route, peer),
+            None => keys_on_route(route, self.key.client_key(&req)),
         };
 
         // The name is this thread's copy (`keys_on_route`), so that taking
@@ -584,6 +576,14 @@ where
             },
         }
     }
+}
+
+/// What the connection being served on this thread has for a request
+/// ([`Curfew::call`]): its scope, ready, for its own peer; else its line,
+/// for a scope of the request's own.
+enum OnConn {
+    Scoped(curfew::task::Prepared<Answer>),
+    Line(Arc<crate::line::Line>),
 }
 
 /// The watchdog's hook for a handler run in place: answers the request on

@@ -93,18 +93,9 @@ impl Conn {
 
     /// The task name of `route`, and the peer's key on it (its key with
     /// the route's, `ClientKey::with_route_key`), made with `make` the first
-    /// time the connection's requests go there.
-    pub(crate) fn keys_on_route(
-        &self,
-        route: &str,
-        make: impl Fn(&ClientKey) -> (Arc<str>, ClientKey),
-    ) -> (Arc<str>, ClientKey) {
-        self.with_keys_on_route(route, make, |name, key| (name.clone(), key.clone()))
-    }
-
-    /// As [`keys_on_route`](Self::keys_on_route), lending them to `f`
-    /// instead of cloning them. `f` must not reach this connection's
-    /// routes again (it runs while they are borrowed): no user code.
+    /// time the connection's requests go there, lent to `f`. `f` must not
+    /// reach this connection's routes again (it runs while they are
+    /// borrowed): no user code.
     pub(crate) fn with_keys_on_route<R>(
         &self,
         route: &str,
@@ -281,11 +272,15 @@ mod tests {
         assert_eq!(conn.peer_key, crate::key::ip_key(conn.peer_ip));
         let made = Cell::new(0);
         let keys = |route: &str| {
-            conn.keys_on_route(route, |peer| {
-                made.set(made.get() + 1);
-                let key = peer.with_route_key(&ClientKey::route(route));
-                (Arc::from(route), key)
-            })
+            conn.with_keys_on_route(
+                route,
+                |peer| {
+                    made.set(made.get() + 1);
+                    let key = peer.with_route_key(&ClientKey::route(route));
+                    (Arc::from(route), key)
+                },
+                |name, key| (name.clone(), key.clone()),
+            )
         };
         let (name, key) = keys("/a");
         assert_eq!((&*name, &key), ("/a", &conn.peer_key));
