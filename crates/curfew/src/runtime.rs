@@ -1077,20 +1077,9 @@ impl Shared {
             None => Admitted::NONE,
         };
         let budget = poll_budget.map_or(self.event_budget, |b| Budget::new(Some(b)));
-        // As `header` does (a header with a span, or on the default
-        // runtime, whose tasks carry their spawner's tokio runtime, is made
-        // anew each time), but with the global level looked at first: one
-        // load where debug spans are off.
-        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
-            tracing::debug_span!(
-                target: "curfew",
-                "task",
-                name = &**name,
-                client = client.map(|c| c.as_str()),
-            )
-        } else {
-            tracing::Span::none()
-        };
+        // A header with a span, or on the default runtime (whose tasks
+        // carry their spawner's tokio runtime), is made anew each time.
+        let span = task_span(Some(name), client);
         if let Some(h) = header.as_mut().filter(|h| {
             !self.is_default
                 && span.is_disabled()
@@ -1105,18 +1094,13 @@ impl Shared {
             h.reset(budget, admitted);
             return Ok(false);
         }
-        let tokio = if self.is_default {
-            tokio::runtime::Handle::try_current().ok()
-        } else {
-            None
-        };
         *header = Some(Header::new(
             budget,
             admitted,
             GroupId::Event.location(),
             Some(name.clone()),
             client.cloned(),
-            tokio,
+            self.spawner_tokio(),
             span,
         ));
         Ok(true)
@@ -1149,31 +1133,41 @@ impl Shared {
             GroupId::Event => opts.poll_budget.map_or(self.event_budget, Budget::new),
             GroupId::Blocking => opts.job_budget.map_or(self.blocking_budget, Budget::new),
         };
-        // On the default runtime, a task runs with its spawner's tokio
-        // runtime entered, so that the spawner's sockets and timers work.
-        let tokio = if self.is_default {
-            tokio::runtime::Handle::try_current().ok()
-        } else {
-            None
-        };
-        // Every task gets a span; when debug-level curfew spans are
-        // filtered out (the usual case) this is one check of the level.
-        let span = tracing::debug_span!(
-            target: "curfew",
-            "task",
-            name = opts.name.as_deref(),
-            client = opts.client.as_ref().map(|c| c.as_str()),
-        );
+        let span = task_span(opts.name.as_deref(), opts.client.as_ref());
         Ok(Header::new(
             budget,
             admitted,
             gid.location(),
             opts.name,
             opts.client,
-            tokio,
+            self.spawner_tokio(),
             span,
         ))
     }
+
+    /// On the default runtime, a task runs with its spawner's tokio
+    /// runtime entered, so that the spawner's sockets and timers work.
+    fn spawner_tokio(&self) -> Option<tokio::runtime::Handle> {
+        if self.is_default {
+            tokio::runtime::Handle::try_current().ok()
+        } else {
+            None
+        }
+    }
+}
+
+/// A task's span. Every task gets one; when debug-level curfew spans are
+/// filtered out (the usual case) this is one load of the global level.
+fn task_span(name: Option<&str>, client: Option<&ClientKey>) -> tracing::Span {
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return tracing::Span::none();
+    }
+    tracing::debug_span!(
+        target: "curfew",
+        "task",
+        name,
+        client = client.map(|c| c.as_str()),
+    )
 }
 
 /// A curfew runtime: event threads, a worker pool and a watchdog.

@@ -990,11 +990,7 @@ impl Builder {
         };
         let future = header.is_some().then(make);
         Inline {
-            cell: InlineCell {
-                header,
-                hook: Some(on_timeout),
-                _pin: std::marker::PhantomPinned,
-            },
+            cell: InlineCell::new(header, Some(on_timeout)),
             shared: None,
             future,
             refusal,
@@ -1053,6 +1049,33 @@ struct InlineCell<H> {
     _pin: std::marker::PhantomPinned,
 }
 
+impl<H> InlineCell<H> {
+    fn new(header: Option<Header>, hook: Option<H>) -> Self {
+        Self {
+            header,
+            hook,
+            _pin: std::marker::PhantomPinned,
+        }
+    }
+}
+
+/// The cell an `Inline` uses: its own, or its scope's.
+///
+/// # Safety
+///
+/// The caller holds `shared`'s `busy` (an `Inline` made by its scope does,
+/// until it is dropped), so nothing else writes the scope's cell meanwhile.
+unsafe fn cell_of<'a, H>(
+    own: &'a InlineCell<H>,
+    shared: Option<&'a SharedScope<H>>,
+) -> &'a InlineCell<H> {
+    match shared {
+        // SAFETY: the caller's promise.
+        Some(s) => unsafe { &(*s.cell.get()).inline },
+        None => own,
+    }
+}
+
 /// What an [`InlineScope`] shares with the `Inline`s it makes, one at a
 /// time.
 struct SharedScope<H> {
@@ -1077,6 +1100,19 @@ struct SharedCell<H> {
     memo: Option<crate::policy::AdmitMemo>,
 }
 
+impl<H> SharedScope<H> {
+    /// Gives `busy` back, with what its holder wrote.
+    fn release(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// Uses the scope no more (seen by the next holder of `busy`, which
+    /// this one gives back after).
+    fn spend(&self) {
+        self.spent.store(true, Ordering::Relaxed);
+    }
+}
+
 // SAFETY: `cell` is reached only by the holder of `busy` (an `Inline`,
 // which is `Send` when `H` and its future are) and by the watchdog, which
 // reaches an inline header and hook only while it holds a poll of the
@@ -1098,7 +1134,7 @@ unsafe impl<H: Send + Sync> Sync for SharedScope<H> {}
 ///
 /// [`inline_with`](Self::inline_with) makes an [`Inline`] as
 /// [`Builder::inline_with`] would. While one made earlier still exists, or
-/// off a curfew event thread, or once one of them has been answered with a
+/// off a curfew thread, or once one of them has been answered with a
 /// timeout, written off or dropped before it resolved, the scope makes a
 /// fresh `Inline` of the ordinary kind instead: the scope only ever saves
 /// work.
@@ -1141,11 +1177,7 @@ impl<H: OnTimeout> InlineScope<H> {
                 busy: AtomicBool::new(false),
                 spent: AtomicBool::new(false),
                 cell: std::cell::UnsafeCell::new(SharedCell {
-                    inline: InlineCell {
-                        header: None,
-                        hook: None,
-                        _pin: std::marker::PhantomPinned,
-                    },
+                    inline: InlineCell::new(None, None),
                     registered: false,
                     memo: None,
                 }),
@@ -1216,7 +1248,7 @@ impl<H: OnTimeout> InlineScope<H> {
         }
         // Marked by the last holder before it gave `busy` back.
         if s.spent.load(Ordering::Relaxed) {
-            s.busy.store(false, Ordering::Release);
+            s.release();
             return fresh(hook(None));
         }
         // SAFETY: `busy` is ours, and no poll of the last `Inline` is
@@ -1244,7 +1276,7 @@ impl<H: OnTimeout> InlineScope<H> {
                 Prepared(PreparedKind::Scoped(s.clone()))
             }
             Some(Err(refusal)) => {
-                s.busy.store(false, Ordering::Release);
+                s.release();
                 Prepared(PreparedKind::Refused(Box::new((
                     Refused {
                         refusal: Some(refusal),
@@ -1255,7 +1287,7 @@ impl<H: OnTimeout> InlineScope<H> {
                 ))))
             }
             None => {
-                s.busy.store(false, Ordering::Release);
+                s.release();
                 fresh(hook(None))
             }
         }
@@ -1283,17 +1315,12 @@ impl<H: OnTimeout> Prepared<H> {
     /// The `Inline` for the future `make` makes, if admitted (a refused
     /// run never calls `make`).
     pub fn inline_with<F: Future>(mut self, make: impl FnOnce() -> F) -> Inline<F, H> {
-        let own = |header, hook| InlineCell {
-            header,
-            hook,
-            _pin: std::marker::PhantomPinned,
-        };
         match std::mem::replace(&mut self.0, PreparedKind::Taken) {
             PreparedKind::Scoped(s) => {
                 // SAFETY: `busy` is ours (see `prepare`).
                 let registered = unsafe { (*s.cell.get()).registered };
                 Inline {
-                    cell: own(None, None),
+                    cell: InlineCell::new(None, None),
                     // Holds `busy` from here, and gives it back when dropped.
                     shared: Some(s),
                     future: Some(make()),
@@ -1304,7 +1331,7 @@ impl<H: OnTimeout> Prepared<H> {
             PreparedKind::Refused(refused) => {
                 let (refused, hook) = *refused;
                 Inline {
-                    cell: own(None, Some(hook)),
+                    cell: InlineCell::new(None, Some(hook)),
                     shared: None,
                     future: None,
                     refusal: Some(Box::new(refused)),
@@ -1325,7 +1352,7 @@ impl<H> Drop for Prepared<H> {
         // Never made into an `Inline`: the scope's header is ready and
         // published nowhere, and stays usable.
         if let PreparedKind::Scoped(s) = &self.0 {
-            s.busy.store(false, Ordering::Release);
+            s.release();
         }
     }
 }
@@ -1392,12 +1419,8 @@ struct Refused {
 impl<F, H> Inline<F, H> {
     /// The header and hook: this `Inline`'s own, or its scope's.
     fn cell(&self) -> &InlineCell<H> {
-        match &self.shared {
-            // SAFETY: this `Inline` holds the scope's `busy` until it is
-            // dropped, so nothing else writes the cell meanwhile.
-            Some(s) => unsafe { &(*s.cell.get()).inline },
-            None => &self.cell,
-        }
+        // SAFETY: an `Inline` with a scope holds its `busy` until dropped.
+        unsafe { cell_of(&self.cell, self.shared.as_deref()) }
     }
 
     /// The `on_timeout` hook given to [`Builder::inline`].
@@ -1484,11 +1507,8 @@ impl<F: Future, H: OnTimeout> Future for Inline<F, H> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let shared: Option<&SharedScope<H>> = this.shared.as_deref();
-        let cell: &InlineCell<H> = match shared {
-            // SAFETY: as in `Inline::cell`: this holds the scope's `busy`.
-            Some(s) => unsafe { &(*s.cell.get()).inline },
-            None => this.cell,
-        };
+        // SAFETY: as in `Inline::cell`: this holds the scope's `busy`.
+        let cell: &InlineCell<H> = unsafe { cell_of(this.cell, shared) };
         let Some(header) = &cell.header else {
             // Refused at admission: the future was never made (or, given
             // to `inline`, was dropped unpolled).
@@ -1549,7 +1569,7 @@ impl<F: Future, H: OnTimeout> Future for Inline<F, H> {
                 // goes, and the future with it, inside the caller's poll.
                 // A scope's header stays timed out: the scope is done.
                 if let Some(s) = shared {
-                    s.spent.store(true, Ordering::Relaxed);
+                    s.spend();
                 }
                 drop(res);
                 drop_quietly(this.future);
@@ -1559,7 +1579,7 @@ impl<F: Future, H: OnTimeout> Future for Inline<F, H> {
                 // The thread is written off; its task is dropped when the
                 // poll returns, and this with it.
                 if let Some(s) = shared {
-                    s.spent.store(true, Ordering::Relaxed);
+                    s.spend();
                 }
                 drop(res);
                 Poll::Pending
@@ -1577,9 +1597,9 @@ impl<F, H> PinnedDrop for Inline<F, H> {
             // it, which marked it already): the header's outcome may be
             // anything, so the scope is not used again.
             if this.future.is_some() {
-                s.spent.store(true, Ordering::Relaxed);
+                s.spend();
             }
-            s.busy.store(false, Ordering::Release);
+            s.release();
         }
     }
 }

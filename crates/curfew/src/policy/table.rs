@@ -538,10 +538,7 @@ impl Clients {
     pub(crate) fn admit(&self, key: &ClientKey) -> Result<Admitted, Refusal> {
         // Read before the entries: a refusal that starts after this read
         // bumps the epoch, and the first poll looks again.
-        let epoch = match self.policy {
-            Some(_) => self.refusal_epoch.load(Ordering::Acquire) + 1,
-            None => 0,
-        };
+        let epoch = self.admission_epoch();
         let now = self.admission_now_ms();
         let (client, route) = self.resolve(key, now);
         // Every refusal holds while some time is still ahead (a cool-off's
@@ -583,8 +580,7 @@ impl Clients {
             if now == m.seen_ms {
                 return Ok(m.admitted);
             }
-            let want_net = self.policy.is_some_and(|p| p.network.is_some())
-                && key.namespace() == Namespace::Ip;
+            let want_net = self.wants_network(key);
             if self
                 .touch(m.admitted.client, m.admitted.route, want_net, now)
                 .is_some()
@@ -610,15 +606,29 @@ impl Clients {
         admitted
     }
 
+    /// [`Clients::refusal_epoch`] as an admission records it: plus one,
+    /// or 0 when there is no policy to look at again.
+    #[inline]
+    fn admission_epoch(&self) -> u64 {
+        match self.policy {
+            Some(_) => self.refusal_epoch.load(Ordering::Acquire) + 1,
+            None => 0,
+        }
+    }
+
+    /// Whether `key`'s entries include its network's: only IP keys have
+    /// one, and only a policy with a network level looks at it. Checked
+    /// without building the network's key.
+    #[inline]
+    fn wants_network(&self, key: &ClientKey) -> bool {
+        self.policy.is_some_and(|p| p.network.is_some()) && key.namespace() == Namespace::Ip
+    }
+
     /// Whether `m`, a memo of admitting `key`, still stands.
     #[inline]
     fn memo_holds(&self, m: &AdmitMemo, key: &ClientKey) -> bool {
-        let epoch = match self.policy {
-            Some(_) => self.refusal_epoch.load(Ordering::Acquire) + 1,
-            None => 0,
-        };
         m.table == self.id
-            && m.admitted.epoch == epoch
+            && m.admitted.epoch == self.admission_epoch()
             && ClientKey::ptr_eq(&m.key, key)
             && self.evicted.load(Ordering::Acquire) == m.evictions
     }
@@ -643,7 +653,7 @@ impl Clients {
         if let Some(r) = self.route_overdue(admitted.route, key, true) {
             return Some(r);
         }
-        if admitted.epoch == 0 || self.refusal_epoch.load(Ordering::Acquire) + 1 == admitted.epoch {
+        if admitted.epoch == 0 || self.admission_epoch() == admitted.epoch {
             return None;
         }
         self.check(admitted.client, admitted.route, key, self.now_ms(), true)
@@ -767,9 +777,7 @@ impl Clients {
     /// one. Returns both packed indices. A key's route is not part of its
     /// identity, so the client's lookup needs no key of its own.
     fn resolve(&self, key: &ClientKey, now: u64) -> (u32, u32) {
-        // Only IP keys have a network; checked without building its key.
-        let want_net =
-            self.policy.is_some_and(|p| p.network.is_some()) && key.namespace() == Namespace::Ip;
+        let want_net = self.wants_network(key);
         // Read before the lookup: a resolution made below, after an
         // eviction this read missed, is checked when next used.
         let evictions = self.evicted.load(Ordering::Acquire);
